@@ -1,0 +1,161 @@
+/* log.c: logfmt records, one write(2) each. */
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LOG_MAX_PAIRS 32
+
+/* Set once by log_configure before threads start; read-only afterwards. */
+static struct {
+    char service[64];
+    log_level min;
+    int fd;
+} log_cfg = {"choreo", LOG_INFO, 2};
+
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+void log_configure(const char *service, log_level min_level, int fd)
+{
+    snprintf(log_cfg.service, sizeof log_cfg.service, "%s", service ? service : "choreo");
+    log_cfg.min = min_level;
+    log_cfg.fd = fd;
+}
+
+ch_status log_level_parse(const char *s, log_level *out)
+{
+    for (int i = 0; s && i < 4; i++) {
+        if (strcasecmp(s, level_names[i]) == 0) {
+            *out = (log_level)i;
+            return CH_OK;
+        }
+    }
+    if (s && strcasecmp(s, "warning") == 0) {
+        *out = LOG_WARN;
+        return CH_OK;
+    }
+    return CH_INVALID_ARGUMENT;
+}
+
+bool log_enabled(log_level level)
+{
+    return level >= log_cfg.min;
+}
+
+/* Appends to buf[*len..cap-1]; stops silently at the cap. */
+static void put(char *buf, int cap, int *len, const char *s, size_t n)
+{
+    if (*len >= cap)
+        return;
+    size_t room = (size_t)(cap - *len);
+    if (n > room)
+        n = room;
+    memcpy(buf + *len, s, n);
+    *len += (int)n;
+}
+
+static bool needs_quotes(const char *v)
+{
+    if (*v == '\0')
+        return true;
+    for (const unsigned char *p = (const unsigned char *)v; *p; p++)
+        if (*p <= ' ' || *p == '=' || *p == '"' || *p == '\\' || *p == 0x7f)
+            return true;
+    return false;
+}
+
+static void put_value(char *buf, int cap, int *len, const char *v)
+{
+    if (!needs_quotes(v)) {
+        put(buf, cap, len, v, strlen(v));
+        return;
+    }
+    put(buf, cap, len, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
+        char esc[8];
+        switch (*p) {
+        case '"': put(buf, cap, len, "\\\"", 2); break;
+        case '\\': put(buf, cap, len, "\\\\", 2); break;
+        case '\n': put(buf, cap, len, "\\n", 2); break;
+        case '\t': put(buf, cap, len, "\\t", 2); break;
+        case '\r': put(buf, cap, len, "\\r", 2); break;
+        default:
+            if (*p < ' ' || *p == 0x7f) {
+                int n = snprintf(esc, sizeof esc, "\\x%02x", *p);
+                put(buf, cap, len, esc, (size_t)n);
+            } else {
+                put(buf, cap, len, (const char *)p, 1);
+            }
+        }
+    }
+    put(buf, cap, len, "\"", 1);
+}
+
+static void put_pair(char *buf, int cap, int *len, const char *k, const char *v)
+{
+    put(buf, cap, len, " ", 1);
+    put(buf, cap, len, k, strlen(k));
+    put(buf, cap, len, "=", 1);
+    put_value(buf, cap, len, v);
+}
+
+int log_format(char *buf, int cap, log_level level, const char *msg, const char *const *kv, int nkv)
+{
+    char ts[40];
+    struct timespec now;
+    struct tm tm;
+    int len = 0;
+
+    if ((unsigned)level > LOG_ERROR)
+        level = LOG_ERROR;
+    clock_gettime(CLOCK_REALTIME, &now);
+    gmtime_r(&now.tv_sec, &tm);
+    int n = (int)strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(ts + n, sizeof ts - (size_t)n, ".%03ldZ", now.tv_nsec / 1000000);
+
+    put(buf, cap - 1, &len, "ts=", 3);
+    put(buf, cap - 1, &len, ts, strlen(ts));
+    put_pair(buf, cap - 1, &len, "level", level_names[level]);
+    put_pair(buf, cap - 1, &len, "service", log_cfg.service);
+    put_pair(buf, cap - 1, &len, "msg", msg ? msg : "");
+    for (int i = 0; i + 1 < nkv; i += 2)
+        if (kv[i] && kv[i + 1])
+            put_pair(buf, cap - 1, &len, kv[i], kv[i + 1]);
+    if (len >= cap - 1 && cap > 4) {
+        /* Cut: mark it so a reader knows the line is incomplete. */
+        memcpy(buf + cap - 4, "...", 3);
+        len = cap - 1;
+    }
+    buf[len++] = '\n';
+    return len;
+}
+
+void log_at(log_level level, const char *msg, ...)
+{
+    const char *kv[LOG_MAX_PAIRS * 2];
+    char line[LOG_LINE_MAX];
+    int nkv = 0;
+    va_list ap;
+
+    if (!log_enabled(level))
+        return;
+    va_start(ap, msg);
+    for (;;) {
+        const char *k = va_arg(ap, const char *);
+        if (!k)
+            break;
+        const char *v = va_arg(ap, const char *);
+        if (nkv < LOG_MAX_PAIRS * 2) {
+            kv[nkv++] = k;
+            kv[nkv++] = v;
+        }
+    }
+    va_end(ap);
+    int n = log_format(line, sizeof line, level, msg, kv, nkv);
+    ssize_t w = write(log_cfg.fd, line, (size_t)n);
+    (void)w; /* nowhere to report a failed log write */
+}
