@@ -1,0 +1,533 @@
+/* order_core.c: validation, the reducer, and the in-memory store. */
+#include "order_core.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "utf8.h"
+
+/* ---- validation ---- */
+
+ch_status order_validate_create(const order_create_req *r, char *err, size_t errlen)
+{
+    const char *cust = r->customer_id ? r->customer_id : "";
+    size_t cust_len = strlen(cust);
+
+    if (cust_len == 0) {
+        snprintf(err, errlen, "customer_id: required");
+        return CH_INVALID_ARGUMENT;
+    }
+    if (!utf8_valid(cust, cust_len)) {
+        snprintf(err, errlen, "customer_id: not valid UTF-8");
+        return CH_INVALID_ARGUMENT;
+    }
+    if (!utf8_valid_token(cust, ORDER_CUSTOMER_MAX)) {
+        snprintf(err, errlen,
+                 "customer_id: must be 1..%d bytes with no spaces, control characters, '.', '*' or '>'",
+                 ORDER_CUSTOMER_MAX);
+        return CH_INVALID_ARGUMENT;
+    }
+    if (r->n_items == 0 || r->n_items > ORDER_ITEMS_MAX) {
+        snprintf(err, errlen, "items: must hold 1..%d items, got %zu", ORDER_ITEMS_MAX, r->n_items);
+        return CH_INVALID_ARGUMENT;
+    }
+    for (size_t i = 0; i < r->n_items; i++) {
+        const order_item *it = &r->items[i];
+        size_t sku_len = strnlen(it->sku, sizeof it->sku);
+        if (sku_len == 0) {
+            snprintf(err, errlen, "items[%zu].sku: required", i);
+            return CH_INVALID_ARGUMENT;
+        }
+        if (sku_len > ORDER_SKU_MAX || !utf8_valid(it->sku, sku_len)) {
+            snprintf(err, errlen, "items[%zu].sku: must be 1..%d bytes of valid UTF-8", i, ORDER_SKU_MAX);
+            return CH_INVALID_ARGUMENT;
+        }
+        if (!utf8_valid_token(it->sku, ORDER_SKU_MAX)) {
+            snprintf(err, errlen, "items[%zu].sku: no spaces, control characters, '.', '*' or '>' allowed",
+                     i);
+            return CH_INVALID_ARGUMENT;
+        }
+        if (it->quantity == 0 || it->quantity > ORDER_QTY_MAX) {
+            snprintf(err, errlen, "items[%zu].quantity: must be 1..%d, got %" PRIu32, i, ORDER_QTY_MAX,
+                     it->quantity);
+            return CH_INVALID_ARGUMENT;
+        }
+        if (it->unit_price_cents < 0 || it->unit_price_cents > ORDER_PRICE_MAX) {
+            snprintf(err, errlen, "items[%zu].unit_price_cents: must be 0..%lld, got %" PRId64, i,
+                     ORDER_PRICE_MAX, it->unit_price_cents);
+            return CH_INVALID_ARGUMENT;
+        }
+    }
+    if (r->idempotency_key && r->idempotency_key[0]) {
+        size_t klen = strlen(r->idempotency_key);
+        if (klen > ORDER_IDEMPOTENCY_KEY_MAX || !utf8_valid(r->idempotency_key, klen)) {
+            snprintf(err, errlen, "idempotency_key: must be at most %d bytes of valid UTF-8",
+                     ORDER_IDEMPOTENCY_KEY_MAX);
+            return CH_INVALID_ARGUMENT;
+        }
+    }
+    return CH_OK;
+}
+
+int64_t order_total(const order_item *items, size_t n)
+{
+    int64_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += (int64_t)items[i].quantity * items[i].unit_price_cents;
+    return total;
+}
+
+/* ---- the reducer ---- */
+
+const char *order_status_name(order_status s)
+{
+    switch (s) {
+    case ORDER_PENDING: return "PENDING";
+    case ORDER_RESERVED: return "RESERVED";
+    case ORDER_CONFIRMED: return "CONFIRMED";
+    case ORDER_CANCELLING: return "CANCELLING";
+    case ORDER_CANCELLED: return "CANCELLED";
+    default: return "UNSPECIFIED";
+    }
+}
+
+bool order_saga_running(const order *o)
+{
+    return o->status == ORDER_PENDING || o->status == ORDER_RESERVED || o->status == ORDER_CANCELLING;
+}
+
+void order_clear(order *o)
+{
+    if (!o)
+        return;
+    free(o->items);
+    free(o->reason);
+    free(o->idempotency_key);
+    memset(o, 0, sizeof *o);
+}
+
+static ch_status set_reason(order *o, const char *reason)
+{
+    if (!reason || !reason[0])
+        return CH_OK;
+    char *copy = strndup(reason, ORDER_REASON_MAX);
+    if (!copy)
+        return CH_NO_MEMORY;
+    free(o->reason);
+    o->reason = copy;
+    return CH_OK;
+}
+
+static ch_status apply_created(order *o, const order_event *e)
+{
+    order_item *items = NULL;
+    char *key = NULL;
+
+    if (e->n_items == 0 || e->n_items > ORDER_ITEMS_MAX || !e->customer_id)
+        return CH_INVALID_ARGUMENT;
+    items = malloc(e->n_items * sizeof *items);
+    if (!items)
+        return CH_NO_MEMORY;
+    if (e->idempotency_key && e->idempotency_key[0]) {
+        key = strndup(e->idempotency_key, ORDER_IDEMPOTENCY_KEY_MAX);
+        if (!key) {
+            free(items);
+            return CH_NO_MEMORY;
+        }
+    }
+    memcpy(items, e->items, e->n_items * sizeof *items);
+    snprintf(o->id, sizeof o->id, "%s", e->order_id);
+    snprintf(o->customer_id, sizeof o->customer_id, "%s", e->customer_id);
+    o->items = items;
+    o->n_items = (uint32_t)e->n_items;
+    o->total_cents = order_total(items, e->n_items);
+    o->idempotency_key = key;
+    o->status = ORDER_PENDING;
+    o->created_ms = e->time_ms;
+    return CH_OK;
+}
+
+/* Decides the transition for e in o's state. Returns CH_OK with *next set (or
+ * *noop true for an event already reflected), CH_FAILED_PRECONDITION for an
+ * event that cannot happen in this state. Touches nothing. */
+static ch_status transition(const order *o, const order_event *e, order_status *next, bool *noop)
+{
+    order_status s = o->status;
+
+    *next = s;
+    *noop = false;
+    switch (e->kind) {
+    case ORDER_EV_CREATED: *noop = true; return CH_OK; /* a repeat */
+    case ORDER_EV_INVENTORY_RESERVED:
+        if (s == ORDER_PENDING) {
+            *next = ORDER_RESERVED;
+            return CH_OK;
+        }
+        *noop = true;
+        return CH_OK;
+    case ORDER_EV_INVENTORY_FAILED:
+        if (s == ORDER_PENDING) {
+            *next = ORDER_CANCELLED;
+            return CH_OK;
+        }
+        if (s == ORDER_CANCELLED) {
+            *noop = true;
+            return CH_OK;
+        }
+        return CH_FAILED_PRECONDITION;
+    case ORDER_EV_PAYMENT_PROCESSED:
+    case ORDER_EV_CONFIRMED:
+        if (s == ORDER_RESERVED && !o->payment_failed) {
+            *next = ORDER_CONFIRMED;
+            return CH_OK;
+        }
+        if (s == ORDER_CONFIRMED || s == ORDER_CANCELLING || s == ORDER_CANCELLED) {
+            *noop = true;
+            return CH_OK;
+        }
+        return CH_FAILED_PRECONDITION;
+    case ORDER_EV_PAYMENT_FAILED:
+        if (s == ORDER_RESERVED && !o->payment_failed)
+            return CH_OK; /* stays RESERVED until inventory.released */
+        if (s == ORDER_RESERVED || s == ORDER_CANCELLED) {
+            *noop = true;
+            return CH_OK;
+        }
+        return CH_FAILED_PRECONDITION;
+    case ORDER_EV_INVENTORY_RELEASED:
+        if (s == ORDER_RESERVED && o->payment_failed) {
+            *next = ORDER_CANCELLED;
+            return CH_OK;
+        }
+        if (s == ORDER_CANCELLING && !o->restocked) {
+            *next = o->refunded ? ORDER_CANCELLED : ORDER_CANCELLING;
+            return CH_OK;
+        }
+        if (s == ORDER_CANCELLED || s == ORDER_CANCELLING) {
+            *noop = true;
+            return CH_OK;
+        }
+        return CH_FAILED_PRECONDITION;
+    case ORDER_EV_CANCEL_REQUESTED:
+        if (s == ORDER_CONFIRMED) {
+            *next = ORDER_CANCELLING;
+            return CH_OK;
+        }
+        if (s == ORDER_CANCELLING || s == ORDER_CANCELLED) {
+            *noop = true;
+            return CH_OK;
+        }
+        return CH_FAILED_PRECONDITION;
+    case ORDER_EV_PAYMENT_REFUNDED:
+        if (s == ORDER_CANCELLING && !o->refunded) {
+            *next = o->restocked ? ORDER_CANCELLED : ORDER_CANCELLING;
+            return CH_OK;
+        }
+        if (s == ORDER_CANCELLING || s == ORDER_CANCELLED) {
+            *noop = true;
+            return CH_OK;
+        }
+        return CH_FAILED_PRECONDITION;
+    case ORDER_EV_CANCELLED:
+        if (s == ORDER_CANCELLED) {
+            *noop = true;
+            return CH_OK;
+        }
+        *next = ORDER_CANCELLED;
+        return CH_OK;
+    case ORDER_EV_OTHER: *noop = true; return CH_OK;
+    }
+    return CH_INVALID_ARGUMENT;
+}
+
+ch_status order_apply(order *o, const order_event *e, bool *changed)
+{
+    order_status next;
+    bool noop;
+    ch_status st;
+
+    *changed = false;
+    if (!e->order_id || !e->order_id[0])
+        return CH_INVALID_ARGUMENT;
+    if (o->version == 0) {
+        if (e->kind != ORDER_EV_CREATED)
+            return CH_NOT_FOUND;
+        st = apply_created(o, e);
+        if (st != CH_OK)
+            return st;
+        o->version = 1;
+        o->updated_ms = e->time_ms;
+        o->last_seq = e->seq;
+        *changed = true;
+        return CH_OK;
+    }
+    if (e->seq != 0 && e->seq <= o->last_seq)
+        return CH_OK; /* replayed: already folded in */
+    st = transition(o, e, &next, &noop);
+    if (st != CH_OK)
+        return st;
+    if (e->seq > o->last_seq)
+        o->last_seq = e->seq;
+    if (noop)
+        return CH_OK;
+    if (e->kind == ORDER_EV_INVENTORY_FAILED || e->kind == ORDER_EV_PAYMENT_FAILED ||
+        e->kind == ORDER_EV_CANCEL_REQUESTED || (e->kind == ORDER_EV_CANCELLED && !o->reason)) {
+        st = set_reason(o, e->reason);
+        if (st != CH_OK)
+            return st;
+    }
+    if (e->kind == ORDER_EV_PAYMENT_FAILED)
+        o->payment_failed = true;
+    if (e->kind == ORDER_EV_PAYMENT_REFUNDED)
+        o->refunded = true;
+    if (e->kind == ORDER_EV_INVENTORY_RELEASED && o->status == ORDER_CANCELLING)
+        o->restocked = true;
+    o->status = next;
+    o->version++;
+    o->updated_ms = e->time_ms;
+    *changed = true;
+    return CH_OK;
+}
+
+/* ---- the store ---- */
+
+/* Open-addressing table of order pointers keyed by a string the order holds. */
+typedef struct order_index {
+    order **slots;
+    size_t cap; /* power of two */
+    size_t used;
+} order_index;
+
+struct order_store {
+    order_index by_id;
+    order_index by_key;
+    order **all; /* creation order */
+    size_t n, cap;
+};
+
+static uint64_t hash_bytes(uint64_t h, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* Keys of by_key are customer + '\x1f' + idempotency key. */
+static uint64_t key_hash(const char *customer, const char *key)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    h = hash_bytes(h, customer, strlen(customer));
+    h = hash_bytes(h, "\x1f", 1);
+    h = hash_bytes(h, key, strlen(key));
+    return mix64(h);
+}
+
+static uint64_t id_hash(const char *id)
+{
+    return mix64(hash_bytes(0xcbf29ce484222325ULL, id, strlen(id)));
+}
+
+static bool slot_matches(const order *o, bool by_key, const char *a, const char *b)
+{
+    if (by_key)
+        return strcmp(o->customer_id, a) == 0 && strcmp(o->idempotency_key, b) == 0;
+    return strcmp(o->id, a) == 0;
+}
+
+static order *index_find(const order_index *ix, bool by_key, const char *a, const char *b)
+{
+    if (ix->cap == 0)
+        return NULL;
+    uint64_t h = by_key ? key_hash(a, b) : id_hash(a);
+    for (size_t i = h & (ix->cap - 1);; i = (i + 1) & (ix->cap - 1)) {
+        order *o = ix->slots[i];
+        if (!o)
+            return NULL;
+        if (slot_matches(o, by_key, a, b))
+            return o;
+    }
+}
+
+static ch_status index_put(order_index *ix, bool by_key, order *o);
+
+static ch_status index_grow(order_index *ix, bool by_key)
+{
+    order_index bigger = {0};
+    bigger.cap = ix->cap ? ix->cap * 2 : 64;
+    bigger.slots = calloc(bigger.cap, sizeof *bigger.slots);
+    if (!bigger.slots)
+        return CH_NO_MEMORY;
+    for (size_t i = 0; i < ix->cap; i++)
+        if (ix->slots[i])
+            index_put(&bigger, by_key, ix->slots[i]);
+    free(ix->slots);
+    *ix = bigger;
+    return CH_OK;
+}
+
+static ch_status index_put(order_index *ix, bool by_key, order *o)
+{
+    if ((ix->used + 1) * 4 > ix->cap * 3) {
+        ch_status st = index_grow(ix, by_key);
+        if (st != CH_OK)
+            return st;
+    }
+    uint64_t h = by_key ? key_hash(o->customer_id, o->idempotency_key) : id_hash(o->id);
+    size_t i = h & (ix->cap - 1);
+    while (ix->slots[i])
+        i = (i + 1) & (ix->cap - 1);
+    ix->slots[i] = o;
+    ix->used++;
+    return CH_OK;
+}
+
+ch_status order_store_create(order_store **out)
+{
+    order_store *s = calloc(1, sizeof *s);
+    if (!s)
+        return CH_NO_MEMORY;
+    *out = s;
+    return CH_OK;
+}
+
+void order_store_destroy(order_store *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->n; i++) {
+        order_clear(s->all[i]);
+        free(s->all[i]);
+    }
+    free(s->all);
+    free(s->by_id.slots);
+    free(s->by_key.slots);
+    free(s);
+}
+
+const order *order_store_get(const order_store *s, const char *id)
+{
+    return index_find(&s->by_id, false, id, NULL);
+}
+
+const order *order_store_by_key(const order_store *s, const char *customer_id, const char *key)
+{
+    return index_find(&s->by_key, true, customer_id, key);
+}
+
+size_t order_store_count(const order_store *s)
+{
+    return s->n;
+}
+
+/* Adds a newly created order to every index; on failure nothing is added. */
+static ch_status store_insert(order_store *s, order *o)
+{
+    ch_status st;
+
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 256;
+        order **all = realloc(s->all, cap * sizeof *all);
+        if (!all)
+            return CH_NO_MEMORY;
+        s->all = all;
+        s->cap = cap;
+    }
+    /* Grow both tables first so the puts below cannot fail half-way. */
+    if ((s->by_id.used + 1) * 4 > s->by_id.cap * 3 && (st = index_grow(&s->by_id, false)) != CH_OK)
+        return st;
+    if (o->idempotency_key && (s->by_key.used + 1) * 4 > s->by_key.cap * 3 &&
+        (st = index_grow(&s->by_key, true)) != CH_OK)
+        return st;
+    index_put(&s->by_id, false, o);
+    if (o->idempotency_key)
+        index_put(&s->by_key, true, o);
+    o->list_pos = s->n;
+    s->all[s->n++] = o;
+    return CH_OK;
+}
+
+ch_status order_store_apply(order_store *s, const order_event *e, const order **out, bool *changed)
+{
+    order *o = index_find(&s->by_id, false, e->order_id ? e->order_id : "", NULL);
+    ch_status st;
+
+    *changed = false;
+    if (out)
+        *out = NULL;
+    if (o) {
+        st = order_apply(o, e, changed);
+        if (out)
+            *out = o;
+        return st;
+    }
+    if (e->kind != ORDER_EV_CREATED)
+        return CH_NOT_FOUND;
+    if (!e->order_id || strlen(e->order_id) > ORDER_ID_MAX)
+        return CH_INVALID_ARGUMENT;
+    o = calloc(1, sizeof *o);
+    if (!o)
+        return CH_NO_MEMORY;
+    st = order_apply(o, e, changed);
+    if (st == CH_OK)
+        st = store_insert(s, o);
+    if (st != CH_OK) {
+        order_clear(o);
+        free(o);
+        *changed = false;
+        return st;
+    }
+    if (out)
+        *out = o;
+    return CH_OK;
+}
+
+ch_status order_store_list(const order_store *s, const char *page_token, const char *customer_id,
+                           order_status status, const order **out, size_t cap, size_t *n, char *next_token)
+{
+    size_t pos = s->n; /* walk backwards from here (exclusive) */
+
+    *n = 0;
+    next_token[0] = '\0';
+    if (page_token && page_token[0]) {
+        char *end;
+        unsigned long long v;
+        if (page_token[0] != 'p' || page_token[1] < '0' || page_token[1] > '9')
+            return CH_INVALID_ARGUMENT;
+        v = strtoull(page_token + 1, &end, 10);
+        if (*end != '\0' || v > s->n)
+            return CH_INVALID_ARGUMENT;
+        pos = (size_t)v;
+    }
+    while (pos > 0 && *n < cap) {
+        const order *o = s->all[--pos];
+        if (customer_id && customer_id[0] && strcmp(o->customer_id, customer_id) != 0)
+            continue;
+        if (status != ORDER_UNSPECIFIED && o->status != status)
+            continue;
+        out[(*n)++] = o;
+    }
+    if (pos > 0 && *n == cap)
+        snprintf(next_token, 32, "p%zu", pos);
+    return CH_OK;
+}
+
+void order_id_from_key(char out[ORDER_ID_MAX + 1], const char *customer_id, const char *key)
+{
+    order_id_from_bits(out, key_hash(customer_id, key));
+}
+
+void order_id_from_bits(char out[ORDER_ID_MAX + 1], uint64_t bits)
+{
+    snprintf(out, ORDER_ID_MAX + 1, "ord-%016" PRIx64, bits);
+}

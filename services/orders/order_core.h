@@ -1,0 +1,170 @@
+/* order_core.h: the orders domain, pure (no gRPC, no NATS, no clock).
+ *
+ * An order's state is a fold of its events: order_apply() is the reducer, the
+ * only code that changes an order. The service appends an event to the stream
+ * first and applies it after, and on restart it rebuilds every order by
+ * applying the stream's events again, so memory is a cache of the stream.
+ *
+ * Status machine (SAGA.md):
+ *   PENDING     created; waiting for inventory
+ *   RESERVED    every item held; waiting for payment
+ *   CONFIRMED   paid; terminal unless the customer cancels
+ *   CANCELLING  customer cancel accepted; refund and restock under way
+ *   CANCELLED   terminal; reason says why
+ *
+ * Ownership: an order_store owns its orders; pointers it returns stay valid
+ * until the store is destroyed (orders are never removed). Requests and events
+ * passed in are borrowed and copied as needed. Not thread-safe: the service
+ * serialises access. */
+#ifndef CHOREO_ORDER_CORE_H
+#define CHOREO_ORDER_CORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "status.h"
+
+#define ORDER_ID_MAX              40
+#define ORDER_CUSTOMER_MAX        64
+#define ORDER_SKU_MAX             64
+#define ORDER_ITEMS_MAX           100
+#define ORDER_QTY_MAX             10000
+#define ORDER_PRICE_MAX           1000000000LL
+#define ORDER_IDEMPOTENCY_KEY_MAX 128
+#define ORDER_REASON_MAX          200
+#define ORDER_PAGE_DEFAULT        50
+#define ORDER_PAGE_MAX            500
+
+/* Same numbers as choreo.orders.v1.OrderStatus. */
+typedef enum order_status {
+    ORDER_UNSPECIFIED = 0,
+    ORDER_PENDING = 1,
+    ORDER_RESERVED = 2,
+    ORDER_CONFIRMED = 3,
+    ORDER_CANCELLING = 4,
+    ORDER_CANCELLED = 5,
+} order_status;
+
+typedef struct order_item {
+    char sku[ORDER_SKU_MAX + 1];
+    uint32_t quantity;
+    int64_t unit_price_cents;
+} order_item;
+
+typedef struct order {
+    char id[ORDER_ID_MAX + 1];
+    char customer_id[ORDER_CUSTOMER_MAX + 1];
+    order_item *items;
+    uint32_t n_items;
+    int64_t total_cents;
+    order_status status;
+    char *reason;          /* NULL when none */
+    char *idempotency_key; /* NULL when none */
+    uint64_t version;      /* events applied */
+    int64_t created_ms;
+    int64_t updated_ms;
+    uint64_t last_seq;   /* stream sequence of the last event applied */
+    bool payment_failed; /* payment declined; waiting for the release */
+    bool refunded;       /* customer cancel: refund done */
+    bool restocked;      /* customer cancel: restock done */
+    uint64_t list_pos;   /* position in creation order, for paging */
+} order;
+
+/* What CreateOrder asks for, borrowed from the request. */
+typedef struct order_create_req {
+    const char *customer_id;
+    const order_item *items; /* n_items entries */
+    size_t n_items;
+    const char *idempotency_key; /* "" or NULL when none */
+} order_create_req;
+
+/* Domain events as the reducer sees them (decoded from the wire by the
+ * adapter). Only the fields of `kind` are read. */
+typedef enum order_event_kind {
+    ORDER_EV_CREATED = 0,
+    ORDER_EV_INVENTORY_RESERVED,
+    ORDER_EV_INVENTORY_FAILED,
+    ORDER_EV_PAYMENT_PROCESSED,
+    ORDER_EV_PAYMENT_FAILED,
+    ORDER_EV_INVENTORY_RELEASED,
+    ORDER_EV_CONFIRMED,
+    ORDER_EV_CANCEL_REQUESTED,
+    ORDER_EV_PAYMENT_REFUNDED,
+    ORDER_EV_CANCELLED,
+    ORDER_EV_OTHER, /* concerns the order but changes nothing (notification.sent) */
+} order_event_kind;
+
+typedef struct order_event {
+    order_event_kind kind;
+    const char *order_id;
+    uint64_t seq;    /* stream sequence; 0 when not known yet */
+    int64_t time_ms; /* when the event was published */
+    /* ORDER_EV_CREATED */
+    const char *customer_id;
+    const order_item *items;
+    size_t n_items;
+    const char *idempotency_key;
+    /* failures and cancels: why */
+    const char *reason;
+} order_event;
+
+/* Checks a CreateOrder request. On failure writes a message naming the field
+ * ("items[2].quantity: must be 1..10000, got 0") and returns
+ * CH_INVALID_ARGUMENT. */
+ch_status order_validate_create(const order_create_req *r, char *err, size_t errlen);
+
+/* Sum of quantity * unit price; valid requests cannot overflow it. */
+int64_t order_total(const order_item *items, size_t n);
+
+/* The reducer. Applies e to o (o zeroed for a new order and e CREATED).
+ * Events already reflected (seq <= o->last_seq, or a repeat of a step
+ * already taken) change nothing and return CH_OK with *changed false.
+ * An event that makes no sense in o's state returns CH_FAILED_PRECONDITION
+ * and changes nothing. Pure: no I/O, no clock. */
+ch_status order_apply(order *o, const order_event *e, bool *changed);
+
+/* True while the saga runs (PENDING, RESERVED, CANCELLING). */
+bool order_saga_running(const order *o);
+
+const char *order_status_name(order_status s);
+
+/* Frees what order_apply allocated inside o (not o itself). */
+void order_clear(order *o);
+
+/* ---- the store: every order, by id, by idempotency key, by creation ---- */
+
+typedef struct order_store order_store;
+
+ch_status order_store_create(order_store **out);
+void order_store_destroy(order_store *s); /* accepts NULL */
+
+/* The order with this id, or NULL. */
+const order *order_store_get(const order_store *s, const char *id);
+
+/* The order created with this customer and idempotency key, or NULL. */
+const order *order_store_by_key(const order_store *s, const char *customer_id, const char *key);
+
+/* Applies e to its order, creating the order on CREATED. *changed tells
+ * whether anything changed. Events for unknown orders (other than CREATED)
+ * are CH_NOT_FOUND. */
+ch_status order_store_apply(order_store *s, const order_event *e, const order **out, bool *changed);
+
+size_t order_store_count(const order_store *s);
+
+/* One page of orders, newest first. page_token is "" for the first page or
+ * a token from a previous page; filters: customer_id ("" = any) and status
+ * (ORDER_UNSPECIFIED = any). Fills out[0..*n) (cap entries) with borrowed
+ * pointers and next_token (cap 32) with "" on the last page.
+ * CH_INVALID_ARGUMENT for a token this store did not make. */
+ch_status order_store_list(const order_store *s, const char *page_token, const char *customer_id,
+                           order_status status, const order **out, size_t cap, size_t *n, char *next_token);
+
+/* A deterministic order id for (customer, idempotency key), so a retry on any
+ * replica or after a crash names the same order: "ord-" + 16 hex digits. */
+void order_id_from_key(char out[ORDER_ID_MAX + 1], const char *customer_id, const char *key);
+
+/* An order id from 64 random bits supplied by the caller. */
+void order_id_from_bits(char out[ORDER_ID_MAX + 1], uint64_t bits);
+
+#endif

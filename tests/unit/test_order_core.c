@@ -1,0 +1,263 @@
+/* test_order_core.c: validation, the reducer and the store of the orders core. */
+#include <CUnit/Basic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "order_core.h"
+
+static order_item item(const char *sku, uint32_t qty, int64_t price)
+{
+    order_item it = {.quantity = qty, .unit_price_cents = price};
+    snprintf(it.sku, sizeof it.sku, "%s", sku);
+    return it;
+}
+
+static ch_status validate(const char *customer, const order_item *items, size_t n, const char *key, char *err)
+{
+    order_create_req r = {.customer_id = customer, .items = items, .n_items = n, .idempotency_key = key};
+    return order_validate_create(&r, err, 256);
+}
+
+static void test_order_core_validate_accepts_good_request(void)
+{
+    order_item items[2] = {item("sku-1", 2, 1500), item("sku-2", 1, 0)};
+    char err[256] = "";
+    CU_ASSERT_EQUAL(validate("c-1", items, 2, "", err), CH_OK);
+    CU_ASSERT_EQUAL(order_total(items, 2), 3000);
+}
+
+static void test_order_core_validate_names_the_field(void)
+{
+    order_item one = item("sku-1", 1, 100);
+    order_item items[ORDER_ITEMS_MAX + 1];
+    char err[256];
+
+    CU_ASSERT_EQUAL(validate("", &one, 1, NULL, err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "customer_id"));
+    CU_ASSERT_EQUAL(validate("bad\xc3\x28", &one, 1, NULL, err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "UTF-8"));
+    CU_ASSERT_EQUAL(validate("a.b", &one, 1, NULL, err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(validate("c-1", &one, 0, NULL, err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "items"));
+    for (size_t i = 0; i <= ORDER_ITEMS_MAX; i++)
+        items[i] = item("s", 1, 1);
+    CU_ASSERT_EQUAL(validate("c-1", items, ORDER_ITEMS_MAX, NULL, err), CH_OK);
+    CU_ASSERT_EQUAL(validate("c-1", items, ORDER_ITEMS_MAX + 1, NULL, err), CH_INVALID_ARGUMENT);
+
+    order_item zero = item("sku-1", 0, 100);
+    CU_ASSERT_EQUAL(validate("c-1", &zero, 1, NULL, err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "items[0].quantity"));
+    order_item neg = item("sku-1", 1, -1);
+    CU_ASSERT_EQUAL(validate("c-1", &neg, 1, NULL, err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "items[0].unit_price_cents"));
+    order_item nosku = item("", 1, 1);
+    CU_ASSERT_EQUAL(validate("c-1", &nosku, 1, NULL, err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "items[0].sku"));
+    order_item badsku = item("s\xff", 1, 1);
+    CU_ASSERT_EQUAL(validate("c-1", &badsku, 1, NULL, err), CH_INVALID_ARGUMENT);
+
+    char longkey[ORDER_IDEMPOTENCY_KEY_MAX + 2];
+    memset(longkey, 'k', sizeof longkey - 1);
+    longkey[sizeof longkey - 1] = '\0';
+    CU_ASSERT_EQUAL(validate("c-1", &one, 1, longkey, err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "idempotency_key"));
+}
+
+static order_event ev(order_event_kind kind, const char *id, uint64_t seq)
+{
+    order_event e = {.kind = kind, .order_id = id, .seq = seq, .time_ms = (int64_t)seq * 10};
+    return e;
+}
+
+static order_event created(const char *id, uint64_t seq, const order_item *items, size_t n)
+{
+    order_event e = ev(ORDER_EV_CREATED, id, seq);
+    e.customer_id = "c-1";
+    e.items = items;
+    e.n_items = n;
+    return e;
+}
+
+/* Applies the kinds in order to a fresh order and returns the final status. */
+static order_status fold(const order_event_kind *kinds, size_t n, order *o)
+{
+    order_item it = item("sku-1", 3, 500);
+    order_event c = created("ord-1", 1, &it, 1);
+    bool changed;
+
+    memset(o, 0, sizeof *o);
+    CU_ASSERT_EQUAL(order_apply(o, &c, &changed), CH_OK);
+    for (size_t i = 0; i < n; i++) {
+        order_event e = ev(kinds[i], "ord-1", i + 2);
+        e.reason = "why";
+        CU_ASSERT_EQUAL(order_apply(o, &e, &changed), CH_OK);
+    }
+    return o->status;
+}
+
+static void test_order_core_reducer_paths(void)
+{
+    order o;
+    const order_event_kind happy[] = {ORDER_EV_INVENTORY_RESERVED, ORDER_EV_PAYMENT_PROCESSED,
+                                      ORDER_EV_CONFIRMED};
+    const order_event_kind no_stock[] = {ORDER_EV_INVENTORY_FAILED, ORDER_EV_CANCELLED};
+    const order_event_kind declined[] = {ORDER_EV_INVENTORY_RESERVED, ORDER_EV_PAYMENT_FAILED,
+                                         ORDER_EV_INVENTORY_RELEASED, ORDER_EV_CANCELLED};
+    const order_event_kind cancel[] = {ORDER_EV_INVENTORY_RESERVED, ORDER_EV_PAYMENT_PROCESSED,
+                                       ORDER_EV_CONFIRMED,          ORDER_EV_CANCEL_REQUESTED,
+                                       ORDER_EV_PAYMENT_REFUNDED,   ORDER_EV_INVENTORY_RELEASED};
+
+    CU_ASSERT_EQUAL(fold(happy, 3, &o), ORDER_CONFIRMED);
+    CU_ASSERT_EQUAL(o.total_cents, 1500);
+    CU_ASSERT_EQUAL(o.version, 3); /* created, reserved, processed; confirmed was a repeat */
+    CU_ASSERT_FALSE(order_saga_running(&o));
+    order_clear(&o);
+
+    CU_ASSERT_EQUAL(fold(no_stock, 2, &o), ORDER_CANCELLED);
+    CU_ASSERT_STRING_EQUAL(o.reason, "why");
+    order_clear(&o);
+
+    CU_ASSERT_EQUAL(fold(declined, 2, &o), ORDER_RESERVED); /* waits for the release */
+    CU_ASSERT_TRUE(order_saga_running(&o));
+    order_clear(&o);
+    CU_ASSERT_EQUAL(fold(declined, 3, &o), ORDER_CANCELLED);
+    order_clear(&o);
+
+    CU_ASSERT_EQUAL(fold(cancel, 5, &o), ORDER_CANCELLING); /* refunded, not yet restocked */
+    order_clear(&o);
+    CU_ASSERT_EQUAL(fold(cancel, 6, &o), ORDER_CANCELLED);
+    order_clear(&o);
+}
+
+static void test_order_core_reducer_is_idempotent(void)
+{
+    order_item it = item("sku-1", 1, 100);
+    order o = {0};
+    bool changed;
+    order_event c = created("ord-1", 1, &it, 1);
+    order_event r = ev(ORDER_EV_INVENTORY_RESERVED, "ord-1", 2);
+
+    CU_ASSERT_EQUAL(order_apply(&o, &c, &changed), CH_OK);
+    CU_ASSERT_TRUE(changed);
+    CU_ASSERT_EQUAL(order_apply(&o, &c, &changed), CH_OK); /* created again */
+    CU_ASSERT_FALSE(changed);
+    CU_ASSERT_EQUAL(order_apply(&o, &r, &changed), CH_OK);
+    CU_ASSERT_TRUE(changed);
+    CU_ASSERT_EQUAL(order_apply(&o, &r, &changed), CH_OK); /* same sequence replayed */
+    CU_ASSERT_FALSE(changed);
+    r.seq = 9; /* same event published twice under another message id */
+    CU_ASSERT_EQUAL(order_apply(&o, &r, &changed), CH_OK);
+    CU_ASSERT_FALSE(changed);
+    CU_ASSERT_EQUAL(o.version, 2);
+    CU_ASSERT_EQUAL(o.status, ORDER_RESERVED);
+    order_clear(&o);
+}
+
+static void test_order_core_reducer_refuses_impossible_steps(void)
+{
+    order_item it = item("sku-1", 1, 100);
+    order o = {0};
+    bool changed;
+    order_event c = created("ord-1", 1, &it, 1);
+    order_event paid = ev(ORDER_EV_PAYMENT_PROCESSED, "ord-1", 2);
+    order_event cancel = ev(ORDER_EV_CANCEL_REQUESTED, "ord-1", 3);
+    order_event orphan = ev(ORDER_EV_INVENTORY_RESERVED, "ord-1", 1);
+
+    CU_ASSERT_EQUAL(order_apply(&o, &orphan, &changed), CH_NOT_FOUND);
+    CU_ASSERT_EQUAL(order_apply(&o, &c, &changed), CH_OK);
+    CU_ASSERT_EQUAL(order_apply(&o, &paid, &changed), CH_FAILED_PRECONDITION);   /* not reserved yet */
+    CU_ASSERT_EQUAL(order_apply(&o, &cancel, &changed), CH_FAILED_PRECONDITION); /* saga running */
+    CU_ASSERT_FALSE(changed);
+    CU_ASSERT_EQUAL(o.status, ORDER_PENDING);
+    CU_ASSERT_EQUAL(o.version, 1);
+    order_clear(&o);
+}
+
+static void test_order_core_store_indexes_and_pages(void)
+{
+    order_store *s = NULL;
+    order_item it = item("sku-1", 1, 100);
+    const order *page[7];
+    char token[32], id[ORDER_ID_MAX + 1];
+    size_t n, seen = 0;
+    bool changed;
+
+    CU_ASSERT_EQUAL_FATAL(order_store_create(&s), CH_OK);
+    for (int i = 0; i < 20; i++) {
+        order_event c = created(id, (uint64_t)i + 1, &it, 1);
+        order_id_from_bits(id, (uint64_t)i);
+        c.customer_id = (i % 2) ? "odd" : "even";
+        c.idempotency_key = (i == 5) ? "key-5" : NULL;
+        CU_ASSERT_EQUAL(order_store_apply(s, &c, NULL, &changed), CH_OK);
+    }
+    CU_ASSERT_EQUAL(order_store_count(s), 20);
+    order_id_from_bits(id, 7);
+    CU_ASSERT_PTR_NOT_NULL(order_store_get(s, id));
+    CU_ASSERT_PTR_NULL(order_store_get(s, "ord-unknown"));
+    const order *k = order_store_by_key(s, "odd", "key-5");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(k);
+    order_id_from_bits(id, 5);
+    CU_ASSERT_STRING_EQUAL(k->id, id);
+    CU_ASSERT_PTR_NULL(order_store_by_key(s, "even", "key-5"));
+
+    /* newest first, 7 a page, every order once */
+    token[0] = '\0';
+    uint64_t last_pos = 1000;
+    do {
+        char next[32];
+        CU_ASSERT_EQUAL_FATAL(order_store_list(s, token, "", ORDER_UNSPECIFIED, page, 7, &n, next), CH_OK);
+        for (size_t i = 0; i < n; i++) {
+            CU_ASSERT_TRUE(page[i]->list_pos < last_pos);
+            last_pos = page[i]->list_pos;
+        }
+        seen += n;
+        memcpy(token, next, sizeof token);
+    } while (token[0]);
+    CU_ASSERT_EQUAL(seen, 20);
+
+    CU_ASSERT_EQUAL(order_store_list(s, "", "odd", ORDER_UNSPECIFIED, page, 7, &n, token), CH_OK);
+    CU_ASSERT_EQUAL(n, 7);
+    for (size_t i = 0; i < n; i++)
+        CU_ASSERT_STRING_EQUAL(page[i]->customer_id, "odd");
+    CU_ASSERT_EQUAL(order_store_list(s, "", "", ORDER_CONFIRMED, page, 7, &n, token), CH_OK);
+    CU_ASSERT_EQUAL(n, 0);
+    CU_ASSERT_EQUAL(order_store_list(s, "garbage", "", ORDER_UNSPECIFIED, page, 7, &n, token),
+                    CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(order_store_list(s, "p999", "", ORDER_UNSPECIFIED, page, 7, &n, token),
+                    CH_INVALID_ARGUMENT);
+
+    order_event orphan = ev(ORDER_EV_INVENTORY_RESERVED, "ord-nobody", 99);
+    CU_ASSERT_EQUAL(order_store_apply(s, &orphan, NULL, &changed), CH_NOT_FOUND);
+    order_store_destroy(s);
+}
+
+static void test_order_core_ids_are_deterministic_per_key(void)
+{
+    char a[ORDER_ID_MAX + 1], b[ORDER_ID_MAX + 1], c[ORDER_ID_MAX + 1];
+    order_id_from_key(a, "c-1", "k");
+    order_id_from_key(b, "c-1", "k");
+    order_id_from_key(c, "c-2", "k");
+    CU_ASSERT_STRING_EQUAL(a, b);
+    CU_ASSERT_STRING_NOT_EQUAL(a, c);
+    CU_ASSERT_EQUAL(strlen(a), 20);
+    CU_ASSERT_EQUAL(strncmp(a, "ord-", 4), 0);
+}
+
+int main(void)
+{
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 1;
+    CU_pSuite s = CU_add_suite("order_core", NULL, NULL);
+    CU_add_test(s, "validate accepts a good request", test_order_core_validate_accepts_good_request);
+    CU_add_test(s, "validate names the field", test_order_core_validate_names_the_field);
+    CU_add_test(s, "reducer paths", test_order_core_reducer_paths);
+    CU_add_test(s, "reducer is idempotent", test_order_core_reducer_is_idempotent);
+    CU_add_test(s, "reducer refuses impossible steps", test_order_core_reducer_refuses_impossible_steps);
+    CU_add_test(s, "store indexes and pages", test_order_core_store_indexes_and_pages);
+    CU_add_test(s, "ids are deterministic per key", test_order_core_ids_are_deterministic_per_key);
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    unsigned failures = CU_get_number_of_failures();
+    CU_cleanup_registry();
+    return failures ? 1 : 0;
+}
