@@ -1,6 +1,7 @@
 /* config.c: environment variables into a typed struct, checked once. */
 #include "config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -40,8 +41,8 @@ static ch_status load_field(void *out, const config_field *f, const char *v, cha
     case CONFIG_STRING: {
         size_t len = strlen(v);
         if (len >= f->cap || (long)len < f->min || !utf8_valid(v, len)) {
-            snprintf(err, errlen, "%s: \"%.64s\" is not %s UTF-8 text of at most %zu bytes", f->env, v,
-                     f->min > 0 ? "non-empty" : "", f->cap - 1);
+            snprintf(err, errlen, "%s: \"%.64s\" is not %sUTF-8 text of at most %zu bytes", f->env, v,
+                     f->min > 0 ? "non-empty " : "", f->cap - 1);
             return CH_INVALID_ARGUMENT;
         }
         memcpy(dst, v, len + 1);
@@ -51,7 +52,8 @@ static ch_status load_field(void *out, const config_field *f, const char *v, cha
         char *end;
         errno = 0;
         long n = strtol(v, &end, 10);
-        if (errno || end == v || *end != '\0' || n < f->min || n > f->max) {
+        /* strtol skips leading blanks; reject them like trailing ones. */
+        if (errno || end == v || *end != '\0' || isspace((unsigned char)*v) || n < f->min || n > f->max) {
             snprintf(err, errlen, "%s: \"%.64s\" is not a whole number in %ld..%ld", f->env, v, f->min,
                      f->max);
             return CH_INVALID_ARGUMENT;

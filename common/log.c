@@ -110,6 +110,8 @@ int log_format(char *buf, int cap, log_level level, const char *msg, const char 
     struct tm tm;
     int len = 0;
 
+    if (cap <= 0)
+        return 0;
     if ((unsigned)level > LOG_ERROR)
         level = LOG_ERROR;
     clock_gettime(CLOCK_REALTIME, &now);
@@ -117,17 +119,18 @@ int log_format(char *buf, int cap, log_level level, const char *msg, const char 
     int n = (int)strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(ts + n, sizeof ts - (size_t)n, ".%03ldZ", now.tv_nsec / 1000000);
 
-    put(buf, cap - 1, &len, "ts=", 3);
-    put(buf, cap - 1, &len, ts, strlen(ts));
-    put_pair(buf, cap - 1, &len, "level", level_names[level]);
-    put_pair(buf, cap - 1, &len, "service", log_cfg.service);
-    put_pair(buf, cap - 1, &len, "msg", msg ? msg : "");
+    put(buf, cap, &len, "ts=", 3);
+    put(buf, cap, &len, ts, strlen(ts));
+    put_pair(buf, cap, &len, "level", level_names[level]);
+    put_pair(buf, cap, &len, "service", log_cfg.service);
+    put_pair(buf, cap, &len, "msg", msg ? msg : "");
     for (int i = 0; i + 1 < nkv; i += 2)
         if (kv[i] && kv[i + 1])
-            put_pair(buf, cap - 1, &len, kv[i], kv[i + 1]);
-    if (len >= cap - 1 && cap > 4) {
-        /* Cut: mark it so a reader knows the line is incomplete. */
-        memcpy(buf + cap - 4, "...", 3);
+            put_pair(buf, cap, &len, kv[i], kv[i + 1]);
+    if (len >= cap) {
+        /* Cut (no room for the newline): mark it so a reader knows the line is incomplete. */
+        if (cap > 4)
+            memcpy(buf + cap - 4, "...", 3);
         len = cap - 1;
     }
     buf[len++] = '\n';

@@ -35,8 +35,9 @@ bool log_enabled(log_level level);
  * needs. Any thread. */
 void log_at(log_level level, const char *msg, ...);
 
-/* Formats one line into buf (no newline is added when it would not fit) and
- * returns its length. Exposed for tests; log_at uses it. */
+/* Formats one line, ending with a newline, into buf[0..cap) and returns its
+ * length (0 when cap <= 0). A line that does not fit is cut and ends with
+ * "...\n". Exposed for tests; log_at uses it. */
 int log_format(char *buf, int cap, log_level level, const char *msg, const char *const *kv, int nkv);
 
 #define log_debug(...) log_at(LOG_DEBUG, __VA_ARGS__)

@@ -19,7 +19,7 @@
  * Shutdown (rpc_server_shutdown, or SIGTERM/SIGINT through rpc_server_run):
  * new calls are refused, in-flight calls (deferred ones included) get
  * grace_ms to finish, then the rest are cancelled; stream handlers see
- * rpc_stream_cancelled() turn true.
+ * rpc_stream_wait_cancelled() return true.
  *
  * Ownership: the server owns its calls and streams; a request message passed
  * to a handler is valid until the handler returns (unary: until the call is
@@ -121,8 +121,9 @@ void rpc_call_reply(rpc_call *call, const ProtobufCMessage *resp);
  * wrong (sent as grpc-message, at most 512 bytes). st must not be CH_OK. */
 void rpc_call_fail(rpc_call *call, ch_status st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-/* Value of request metadata `key` (lowercase), or NULL. *len gets its length.
- * Valid until the call is finished. Handler thread only. */
+/* Value of request metadata `key` (lowercase), or NULL. *len gets its length
+ * (len may be NULL); the value is also NUL-terminated. Valid until the call is
+ * finished. Handler thread only. */
 const char *rpc_call_metadata(const rpc_call *call, const char *key, size_t *len);
 
 /* Adds response initial metadata; only before reply/fail; copied. */

@@ -9,6 +9,7 @@ pkgs=(
   nanopb libnanopb-dev
   libnats-dev nats-server
   libcunit1-dev grpc-proto
+  clang-format git
   python3 python3-grpcio python3-protobuf python3-jsonschema python3-yaml
 )
 

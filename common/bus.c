@@ -1,0 +1,1047 @@
+/* bus.c: NATS JetStream over cnats 3.4.1.
+ *
+ * Notes on choices:
+ * - SendAsap is always on: without it every request (PubAck, Fetch) waits for
+ *   the flusher (~1 ms).
+ * - Publishing while disconnected fails fast with CH_UNAVAILABLE instead of
+ *   filling the reconnect buffer; requests in flight fail on disconnect
+ *   (FailRequestsOnDisconnect). Callers retry; Nats-Msg-Id makes it safe.
+ * - Worker acks use natsMsg_Ack (no wait for the server's confirmation). An
+ *   ack lost in a disconnect means one redelivery after AckWait, which
+ *   idempotent handlers absorb; AckSync would cost a round trip per message.
+ * - Async publishes are tracked with our own counters in the AckHandler (not
+ *   ErrHandler + PublishAsyncComplete, whose ordering versus the error
+ *   callback is not documented), each with a MaxWait so none stays pending. */
+#include "bus.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <nats/nats.h>
+
+#include "log.h"
+
+#define BUS_DEFAULT_URL       "nats://127.0.0.1:4222"
+#define BUS_REASON_MAX        256
+#define BUS_SUBJECT_MAX       512
+#define BUS_REPLAY_BATCH      512
+#define BUS_REPLAY_STALL_MS   10000
+#define BUS_ASYNC_MAX_WAIT_MS 10000
+
+struct bus {
+    natsOptions *opts;
+    natsConnection *nc;
+    jsCtx *js;
+    bus_state_fn on_state;
+    void *on_state_arg;
+    atomic_bool up;
+    atomic_bool closing;
+    int reconnect_wait_ms;
+    int reconnect_wait_max_ms;
+    int max_pending_msgs;
+    int max_pending_bytes;
+    unsigned jitter_seed; /* used only by the reconnect thread */
+
+    pthread_mutex_t mu; /* guards the fields below */
+    pthread_cond_t cond;
+    bool closed_seen;
+    uint64_t async_sent;
+    uint64_t async_done;
+    uint64_t async_failed;
+    ch_status async_first_err;
+};
+
+/* ---- status conversion ---------------------------------------------------- */
+
+static ch_status bus__status(natsStatus s, jsErrCode ec)
+{
+    switch (s) {
+    case NATS_OK: return CH_OK;
+    case NATS_TIMEOUT: return CH_TIMEOUT;
+    case NATS_NO_RESPONDERS:
+    case NATS_CONNECTION_CLOSED:
+    case NATS_CONNECTION_DISCONNECTED:
+    case NATS_NOT_YET_CONNECTED:
+    case NATS_STALE_CONNECTION:
+    case NATS_IO_ERROR:
+    case NATS_NO_SERVER:
+    case NATS_DRAINING: return CH_UNAVAILABLE;
+    case NATS_INVALID_ARG:
+    case NATS_INVALID_SUBJECT: return CH_INVALID_ARGUMENT;
+    case NATS_NO_MEMORY: return CH_NO_MEMORY;
+    case NATS_NOT_FOUND: return CH_NOT_FOUND;
+    case NATS_MAX_PAYLOAD: return CH_RESOURCE_EXHAUSTED;
+    default: break;
+    }
+    switch ((int)ec) {
+    case JSStreamNotFoundErr:
+    case JSConsumerNotFoundErr: return CH_NOT_FOUND;
+    case JSStreamMessageExceedsMaximumErr: return CH_RESOURCE_EXHAUSTED;
+    case JSStreamWrongLastSequenceErr:
+    case JSStreamWrongLastMsgIDErr: return CH_CONFLICT;
+    case JSNotEnabledErr: return CH_UNAVAILABLE;
+    case JSStreamInvalidConfig:
+    case JSStreamUpdateErr:
+    case JSStreamNameExistErr: return CH_FAILED_PRECONDITION;
+    default: break;
+    }
+    return ec != 0 ? CH_FAILED_PRECONDITION : CH_INTERNAL;
+}
+
+/* Logs the cnats text of a failure once and returns the ch_status. */
+static ch_status bus__fail(const char *what, const char *name, natsStatus s, jsErrCode ec)
+{
+    ch_status st = bus__status(s, ec);
+    char code[32];
+    snprintf(code, sizeof code, "%d", (int)ec);
+    const char *text = nats_GetLastError(NULL);
+    log_warn(what, "name", name, "nats_status", natsStatus_GetText(s), "js_err_code", ec ? code : NULL,
+             "detail", text, "status", ch_status_str(st), NULL);
+    return st;
+}
+
+static void bus__sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int64_t bus__now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- connection ------------------------------------------------------------ */
+
+static void bus__set_up(bus *b, bool up)
+{
+    bool was = atomic_exchange(&b->up, up);
+    if (was != up && b->on_state && !atomic_load(&b->closing)) {
+        b->on_state(up, b->on_state_arg);
+    }
+}
+
+static void bus__on_connected(natsConnection *nc, void *arg)
+{
+    (void)nc;
+    bus *b = arg;
+    log_info("nats connected", NULL);
+    bus__set_up(b, true);
+}
+
+static void bus__on_disconnected(natsConnection *nc, void *arg)
+{
+    (void)nc;
+    bus *b = arg;
+    if (!atomic_load(&b->closing)) {
+        log_warn("nats disconnected", NULL);
+    }
+    bus__set_up(b, false);
+}
+
+static void bus__on_reconnected(natsConnection *nc, void *arg)
+{
+    (void)nc;
+    bus *b = arg;
+    log_info("nats reconnected", NULL);
+    bus__set_up(b, true);
+}
+
+static void bus__on_closed(natsConnection *nc, void *arg)
+{
+    (void)nc;
+    bus *b = arg;
+    bus__set_up(b, false);
+    pthread_mutex_lock(&b->mu);
+    b->closed_seen = true;
+    pthread_cond_broadcast(&b->cond);
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* Capped exponential backoff with up to 25% jitter; runs on the reconnect
+ * thread. */
+static int64_t bus__reconnect_delay(natsConnection *nc, int attempts, void *arg)
+{
+    (void)nc;
+    bus *b = arg;
+    int64_t d = b->reconnect_wait_ms;
+    for (int i = 1; i < attempts && d < b->reconnect_wait_max_ms; i++) {
+        d *= 2;
+    }
+    if (d > b->reconnect_wait_max_ms) {
+        d = b->reconnect_wait_max_ms;
+    }
+    int64_t jitter = d / 4;
+    if (jitter > 0) {
+        d += rand_r(&b->jitter_seed) % (jitter + 1);
+    }
+    return d;
+}
+
+/* Async publish results; runs on a cnats thread, only counts. */
+static void bus__on_async_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *arg)
+{
+    (void)js;
+    (void)pa;
+    bus *b = arg;
+    pthread_mutex_lock(&b->mu);
+    if (pae) {
+        b->async_failed++;
+        if (b->async_first_err == CH_OK) {
+            b->async_first_err = bus__status(pae->Err, pae->ErrCode);
+            if (b->async_first_err == CH_OK) {
+                b->async_first_err = CH_INTERNAL;
+            }
+        }
+    }
+    b->async_done++;
+    pthread_cond_broadcast(&b->cond);
+    pthread_mutex_unlock(&b->mu);
+    if (pae) {
+        log_warn("async publish failed", "subject", msg ? natsMsg_GetSubject(msg) : NULL, "nats_status",
+                 natsStatus_GetText(pae->Err), "detail", pae->ErrText, NULL);
+    }
+    natsMsg_Destroy(msg);
+}
+
+ch_status bus_create(bus **out, const bus_options *o)
+{
+    ch_status st = CH_INTERNAL;
+    natsStatus s = NATS_OK;
+    *out = NULL;
+    if (!o) {
+        return CH_INVALID_ARGUMENT;
+    }
+    bus *b = calloc(1, sizeof *b);
+    if (!b) {
+        return CH_NO_MEMORY;
+    }
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->cond, NULL);
+    atomic_init(&b->up, false);
+    atomic_init(&b->closing, false);
+    b->on_state = o->on_state;
+    b->on_state_arg = o->on_state_arg;
+    b->reconnect_wait_ms = o->reconnect_wait_ms > 0 ? o->reconnect_wait_ms : 100;
+    b->reconnect_wait_max_ms = o->reconnect_wait_max_ms > 0 ? o->reconnect_wait_max_ms : 2000;
+    if (b->reconnect_wait_max_ms < b->reconnect_wait_ms) {
+        b->reconnect_wait_max_ms = b->reconnect_wait_ms;
+    }
+    b->max_pending_msgs = o->max_pending_msgs > 0 ? o->max_pending_msgs : 65536;
+    b->max_pending_bytes = o->max_pending_bytes > 0 ? o->max_pending_bytes : 64 * 1024 * 1024;
+    b->jitter_seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)b;
+    int connect_timeout = o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 2000;
+    const char *url = o->url && *o->url ? o->url : BUS_DEFAULT_URL;
+
+    s = natsOptions_Create(&b->opts);
+    if (s == NATS_OK)
+        s = natsOptions_SetURL(b->opts, url);
+    if (s == NATS_OK && o->name)
+        s = natsOptions_SetName(b->opts, o->name);
+    if (s == NATS_OK)
+        s = natsOptions_SetTimeout(b->opts, connect_timeout);
+    if (s == NATS_OK)
+        s = natsOptions_SetSendAsap(b->opts, true);
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxReconnect(b->opts, -1);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectWait(b->opts, b->reconnect_wait_ms);
+    if (s == NATS_OK)
+        s = natsOptions_SetCustomReconnectDelay(b->opts, bus__reconnect_delay, b);
+    if (s == NATS_OK)
+        s = natsOptions_SetFailRequestsOnDisconnect(b->opts, true);
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxPendingMsgs(b->opts, b->max_pending_msgs);
+    if (s == NATS_OK)
+        s = natsOptions_SetDisconnectedCB(b->opts, bus__on_disconnected, b);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectedCB(b->opts, bus__on_reconnected, b);
+    if (s == NATS_OK)
+        s = natsOptions_SetClosedCB(b->opts, bus__on_closed, b);
+    if (s == NATS_OK)
+        s = natsOptions_SetRetryOnFailedConnect(b->opts, !o->no_retry_on_failed_connect, bus__on_connected,
+                                                b);
+    if (s != NATS_OK) {
+        st = bus__fail("nats options rejected", url, s, 0);
+        if (st == CH_INTERNAL)
+            st = CH_INVALID_ARGUMENT;
+        goto cleanup;
+    }
+
+    s = natsConnection_Connect(&b->nc, b->opts);
+    if (s == NATS_OK) {
+        bus__set_up(b, true);
+    } else if (s == NATS_NOT_YET_CONNECTED) {
+        log_warn("nats not reachable yet, connecting in the background", "url", url, NULL);
+    } else {
+        st = bus__fail("nats connect failed", url, s, 0);
+        goto cleanup;
+    }
+
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 5000;
+    jo.PublishAsync.MaxPending = o->async_max_pending > 0 ? o->async_max_pending : 4096;
+    jo.PublishAsync.AckHandler = bus__on_async_ack;
+    jo.PublishAsync.AckHandlerClosure = b;
+    jo.PublishAsync.StallWait = 2000;
+    s = natsConnection_JetStream(&b->js, b->nc, &jo);
+    if (s != NATS_OK) {
+        st = bus__fail("jetstream context failed", url, s, 0);
+        goto cleanup;
+    }
+    *out = b;
+    return CH_OK;
+cleanup:
+    bus_destroy(b);
+    return st;
+}
+
+void bus_destroy(bus *b)
+{
+    if (!b) {
+        return;
+    }
+    atomic_store(&b->closing, true);
+    if (b->js) {
+        /* Let queued async publishes finish (bounded) before closing. */
+        if (atomic_load(&b->up)) {
+            jsPubOptions po;
+            jsPubOptions_Init(&po);
+            po.MaxWait = 2000;
+            js_PublishAsyncComplete(b->js, &po);
+        }
+    }
+    if (b->nc) {
+        if (atomic_load(&b->up)) {
+            natsConnection_FlushTimeout(b->nc, 1000);
+        }
+        natsConnection_Close(b->nc);
+        /* The closed callback runs on a cnats thread and uses b: wait for it. */
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        dl.tv_sec += 5;
+        pthread_mutex_lock(&b->mu);
+        while (!b->closed_seen) {
+            if (pthread_cond_timedwait(&b->cond, &b->mu, &dl) != 0) {
+                break;
+            }
+        }
+        pthread_mutex_unlock(&b->mu);
+    }
+    jsCtx_Destroy(b->js);
+    natsConnection_Destroy(b->nc);
+    natsOptions_Destroy(b->opts);
+    pthread_cond_destroy(&b->cond);
+    pthread_mutex_destroy(&b->mu);
+    free(b);
+}
+
+void bus_library_shutdown(void)
+{
+    nats_CloseAndWait(2000);
+}
+
+bool bus_connected(const bus *b)
+{
+    return b && atomic_load(&((bus *)b)->up);
+}
+
+/* ---- provisioning ------------------------------------------------------------ */
+
+ch_status bus_ensure_stream(bus *b, const bus_stream_spec *sp)
+{
+    if (!b || !sp || !sp->name || !sp->subjects[0]) {
+        return CH_INVALID_ARGUMENT;
+    }
+    const char *subjects[BUS_MAX_SUBJECTS];
+    int nsub = 0;
+    while (nsub < BUS_MAX_SUBJECTS && sp->subjects[nsub]) {
+        subjects[nsub] = sp->subjects[nsub];
+        nsub++;
+    }
+    jsStreamConfig cfg;
+    jsStreamConfig_Init(&cfg);
+    cfg.Name = sp->name;
+    cfg.Subjects = subjects;
+    cfg.SubjectsLen = nsub;
+    cfg.Storage = sp->storage == BUS_STORAGE_MEMORY ? js_MemoryStorage : js_FileStorage;
+    cfg.Replicas = sp->replicas > 0 ? sp->replicas : 1;
+    cfg.Duplicates = sp->duplicate_window_ms > 0 ? sp->duplicate_window_ms * 1000000LL : 0;
+    cfg.MaxMsgSize = sp->max_msg_size > 0 ? sp->max_msg_size : -1;
+    cfg.MaxAge = sp->max_age_ms > 0 ? sp->max_age_ms * 1000000LL : 0;
+
+    jsStreamInfo *si = NULL;
+    jsErrCode ec = 0;
+    natsStatus s = js_AddStream(&si, b->js, &cfg, NULL, &ec);
+    if (s == NATS_OK) {
+        jsStreamInfo_Destroy(si);
+        return CH_OK;
+    }
+    if (ec != JSStreamNameExistErr) {
+        return bus__fail("stream create failed", sp->name, s, ec);
+    }
+    /* It exists with a different configuration: update what can change. */
+    ec = 0;
+    s = js_UpdateStream(&si, b->js, &cfg, NULL, &ec);
+    if (s != NATS_OK) {
+        ch_status st = bus__fail("stream update failed", sp->name, s, ec);
+        return st == CH_INTERNAL ? CH_FAILED_PRECONDITION : st;
+    }
+    jsStreamInfo_Destroy(si);
+    log_info("stream updated", "name", sp->name, NULL);
+    return CH_OK;
+}
+
+ch_status bus_ensure_deadletter_stream(bus *b, int replicas)
+{
+    bus_stream_spec s = {
+        .name = BUS_DEADLETTER_STREAM,
+        .subjects = {BUS_DEADLETTER_PREFIX ".>"},
+        .storage = BUS_STORAGE_FILE,
+        .replicas = replicas,
+    };
+    return bus_ensure_stream(b, &s);
+}
+
+static void bus__consumer_config(jsConsumerConfig *cc, const bus_consumer_spec *c)
+{
+    jsConsumerConfig_Init(cc);
+    cc->Durable = c->durable;
+    cc->DeliverPolicy = js_DeliverAll;
+    cc->AckPolicy = js_AckExplicit;
+    cc->AckWait = (int64_t)(c->ack_wait_ms > 0 ? c->ack_wait_ms : 30000) * 1000000LL;
+    cc->MaxDeliver = c->max_deliver > 0 ? c->max_deliver : -1;
+    cc->MaxAckPending = c->max_ack_pending > 0 ? c->max_ack_pending : 1000;
+    cc->FilterSubject = c->filter_subject;
+}
+
+ch_status bus_ensure_consumer(bus *b, const bus_consumer_spec *c)
+{
+    if (!b || !c || !c->stream || !c->durable) {
+        return CH_INVALID_ARGUMENT;
+    }
+    jsConsumerConfig cc;
+    bus__consumer_config(&cc, c);
+    jsConsumerInfo *ci = NULL;
+    jsErrCode ec = 0;
+    natsStatus s = js_AddConsumer(&ci, b->js, c->stream, &cc, NULL, &ec);
+    if (s == NATS_OK) {
+        jsConsumerInfo_Destroy(ci);
+        return CH_OK;
+    }
+    if (ec == JSStreamNotFoundErr || s != NATS_ERR) {
+        return bus__fail("consumer create failed", c->durable, s, ec);
+    }
+    ec = 0;
+    s = js_UpdateConsumer(&ci, b->js, c->stream, &cc, NULL, &ec);
+    if (s != NATS_OK) {
+        return bus__fail("consumer update failed", c->durable, s, ec);
+    }
+    jsConsumerInfo_Destroy(ci);
+    log_info("consumer updated", "name", c->durable, NULL);
+    return CH_OK;
+}
+
+/* ---- publishing ------------------------------------------------------------ */
+
+static ch_status bus__make_msg(natsMsg **out, const bus_out_msg *m)
+{
+    if (!m || !m->subject || (m->len > 0 && !m->data) || m->len > INT32_MAX || m->nheaders < 0 ||
+        m->nheaders > BUS_MAX_HEADERS) {
+        return CH_INVALID_ARGUMENT;
+    }
+    natsMsg *msg = NULL;
+    natsStatus s = natsMsg_Create(&msg, m->subject, NULL, m->data, (int)m->len);
+    for (int i = 0; s == NATS_OK && i < m->nheaders; i++) {
+        if (m->headers[i].key && m->headers[i].value) {
+            s = natsMsgHeader_Set(msg, m->headers[i].key, m->headers[i].value);
+        }
+    }
+    if (s != NATS_OK) {
+        natsMsg_Destroy(msg);
+        return bus__fail("message rejected", m->subject, s, 0);
+    }
+    *out = msg;
+    return CH_OK;
+}
+
+/* Publishes an already built message synchronously (msg stays the caller's). */
+static ch_status bus__publish_msg(bus *b, natsMsg *msg, const char *msg_id, int timeout_ms, bus_pub_ack *ack)
+{
+    if (!atomic_load(&b->up)) {
+        return CH_UNAVAILABLE;
+    }
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = timeout_ms > 0 ? timeout_ms : 5000;
+    po.MsgId = msg_id;
+    jsPubAck *pa = NULL;
+    jsErrCode ec = 0;
+    natsStatus s = js_PublishMsg(&pa, b->js, msg, &po, &ec);
+    if (s != NATS_OK) {
+        ch_status st = bus__fail("publish failed", natsMsg_GetSubject(msg), s, ec);
+        if (st == CH_TIMEOUT && !atomic_load(&b->up)) {
+            st = CH_UNAVAILABLE;
+        }
+        return st;
+    }
+    if (ack) {
+        ack->seq = pa->Sequence;
+        ack->duplicate = pa->Duplicate;
+    }
+    jsPubAck_Destroy(pa);
+    return CH_OK;
+}
+
+ch_status bus_publish(bus *b, const bus_out_msg *m, int timeout_ms, bus_pub_ack *ack)
+{
+    if (!b) {
+        return CH_INVALID_ARGUMENT;
+    }
+    natsMsg *msg = NULL;
+    ch_status st = bus__make_msg(&msg, m);
+    if (st != CH_OK) {
+        return st;
+    }
+    st = bus__publish_msg(b, msg, m->msg_id, timeout_ms, ack);
+    natsMsg_Destroy(msg);
+    return st;
+}
+
+ch_status bus_publish_async(bus *b, const bus_out_msg *m)
+{
+    if (!b) {
+        return CH_INVALID_ARGUMENT;
+    }
+    if (!atomic_load(&b->up)) {
+        return CH_UNAVAILABLE;
+    }
+    natsMsg *msg = NULL;
+    ch_status st = bus__make_msg(&msg, m);
+    if (st != CH_OK) {
+        return st;
+    }
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = m->msg_id;
+    po.MaxWait = BUS_ASYNC_MAX_WAIT_MS;
+    pthread_mutex_lock(&b->mu);
+    b->async_sent++;
+    pthread_mutex_unlock(&b->mu);
+    natsStatus s = js_PublishMsgAsync(b->js, &msg, &po);
+    if (s != NATS_OK) {
+        /* Not queued: the ack handler will never see it. */
+        pthread_mutex_lock(&b->mu);
+        b->async_sent--;
+        pthread_mutex_unlock(&b->mu);
+        natsMsg_Destroy(msg);
+        return bus__fail("async publish failed", m->subject, s, 0);
+    }
+    return CH_OK;
+}
+
+ch_status bus_publish_async_wait(bus *b, int timeout_ms, uint64_t *failed)
+{
+    if (!b) {
+        return CH_INVALID_ARGUMENT;
+    }
+    if (timeout_ms <= 0) {
+        timeout_ms = 5000;
+    }
+    ch_status st = CH_OK;
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += timeout_ms / 1000;
+    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (dl.tv_nsec >= 1000000000L) {
+        dl.tv_sec++;
+        dl.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&b->mu);
+    while (b->async_done < b->async_sent) {
+        if (pthread_cond_timedwait(&b->cond, &b->mu, &dl) != 0) {
+            break;
+        }
+    }
+    uint64_t pending = b->async_sent - b->async_done;
+    if (failed) {
+        *failed = b->async_failed;
+    }
+    if (b->async_failed > 0) {
+        st = b->async_first_err;
+    } else if (pending > 0) {
+        st = CH_TIMEOUT;
+    }
+    b->async_failed = 0;
+    b->async_first_err = CH_OK;
+    pthread_mutex_unlock(&b->mu);
+    if (pending > 0) {
+        char n[32];
+        snprintf(n, sizeof n, "%" PRIu64, pending);
+        log_warn("async publishes still pending", "count", n, NULL);
+    }
+    return st;
+}
+
+/* ---- incoming messages ------------------------------------------------------ */
+
+const char *bus_in_msg_header(const bus_in_msg *m, const char *key)
+{
+    const char *v = NULL;
+    if (!m || !m->priv_ || !key) {
+        return NULL;
+    }
+    if (natsMsgHeader_Get((natsMsg *)m->priv_, key, &v) != NATS_OK) {
+        return NULL;
+    }
+    return v;
+}
+
+/* Fills in from msg and its JetStream metadata. */
+static void bus__in_msg(bus_in_msg *in, natsMsg *msg)
+{
+    memset(in, 0, sizeof *in);
+    in->subject = natsMsg_GetSubject(msg);
+    in->data = (const uint8_t *)natsMsg_GetData(msg);
+    in->len = (size_t)natsMsg_GetDataLength(msg);
+    in->priv_ = msg;
+    in->deliveries = 1;
+    jsMsgMetaData *meta = NULL;
+    if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
+        in->stream_seq = meta->Sequence.Stream;
+        in->deliveries = meta->NumDelivered;
+        in->timestamp_ns = meta->Timestamp;
+        jsMsgMetaData_Destroy(meta);
+    }
+}
+
+/* ---- workers ------------------------------------------------------------------ */
+
+struct bus_worker {
+    bus *b;
+    pthread_t thread;
+    atomic_bool stop;
+    natsSubscription *sub;
+    char *stream;
+    char *durable;
+    char *filter;
+    char *dlq_prefix;
+    char *name;
+    int batch;
+    int fetch_wait_ms;
+    int max_deliver;
+    int backoff_ms[BUS_MAX_BACKOFF];
+    int nbackoff;
+    bus_handler_fn handler;
+    void *ctx;
+};
+
+static char *bus__strdup(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static bool bus__is_reserved_header(const char *k)
+{
+    return strncasecmp(k, "Nats-Expected-", 14) == 0 || strcasecmp(k, "Nats-Msg-Id") == 0;
+}
+
+/* Copies msg to <prefix>.<subject> with its headers and the dead-letter
+ * headers, waits for the PubAck. */
+static ch_status bus__dead_letter(bus_worker *w, natsMsg *msg, const bus_in_msg *in, const char *reason)
+{
+    char subject[BUS_SUBJECT_MAX];
+    int n = snprintf(subject, sizeof subject, "%s.%s", w->dlq_prefix, in->subject);
+    if (n < 0 || (size_t)n >= sizeof subject) {
+        return CH_RESOURCE_EXHAUSTED;
+    }
+    natsMsg *copy = NULL;
+    natsStatus s = natsMsg_Create(&copy, subject, NULL, (const char *)in->data, (int)in->len);
+    const char **keys = NULL;
+    int nkeys = 0;
+    if (s == NATS_OK && natsMsgHeader_Keys(msg, &keys, &nkeys) == NATS_OK) {
+        for (int i = 0; s == NATS_OK && i < nkeys; i++) {
+            const char **vals = NULL;
+            int nvals = 0;
+            if (natsMsgHeader_Values(msg, keys[i], &vals, &nvals) != NATS_OK) {
+                continue;
+            }
+            const char *key = keys[i];
+            if (strcasecmp(key, "Nats-Msg-Id") == 0) {
+                key = "Choreo-Original-Msg-Id";
+            } else if (bus__is_reserved_header(key)) {
+                free((void *)vals);
+                continue;
+            }
+            for (int j = 0; s == NATS_OK && j < nvals; j++) {
+                s = natsMsgHeader_Add(copy, key, vals[j]);
+            }
+            free((void *)vals);
+        }
+        free((void *)keys);
+    }
+    char seq[32], deliveries[32], msg_id[BUS_SUBJECT_MAX];
+    snprintf(seq, sizeof seq, "%" PRIu64, in->stream_seq);
+    snprintf(deliveries, sizeof deliveries, "%" PRIu64, in->deliveries);
+    /* Deterministic: a re-run after a crash between publish and Term is a duplicate. */
+    snprintf(msg_id, sizeof msg_id, "dlq:%s:%s", w->stream, seq);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(copy, BUS_HDR_DEAD_REASON, reason);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(copy, BUS_HDR_ORIGINAL_SUBJECT, in->subject);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(copy, BUS_HDR_ORIGINAL_SEQ, seq);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(copy, BUS_HDR_DELIVERIES, deliveries);
+    ch_status st;
+    if (s != NATS_OK) {
+        st = bus__fail("dead-letter copy failed", subject, s, 0);
+    } else {
+        st = bus__publish_msg(w->b, copy, msg_id, 5000, NULL);
+    }
+    natsMsg_Destroy(copy);
+    if (st == CH_OK) {
+        log_warn("message dead-lettered", "worker", w->name, "subject", in->subject, "seq", seq, "deliveries",
+                 deliveries, "reason", reason, "dlq_subject", subject, NULL);
+    }
+    return st;
+}
+
+static int bus__backoff(const bus_worker *w, uint64_t deliveries)
+{
+    uint64_t i = deliveries > 0 ? deliveries - 1 : 0;
+    if (i >= (uint64_t)w->nbackoff) {
+        i = (uint64_t)w->nbackoff - 1;
+    }
+    return w->backoff_ms[i];
+}
+
+static void bus__handle(bus_worker *w, natsMsg *msg)
+{
+    bus_in_msg in;
+    bus__in_msg(&in, msg);
+    char reason[BUS_REASON_MAX] = "";
+    bus_verdict v;
+    if (in.deliveries > (uint64_t)w->max_deliver) {
+        /* Redelivered past the limit without a verdict (handler crashed or
+         * overran AckWait): stop the loop here. */
+        v = BUS_DEAD;
+        snprintf(reason, sizeof reason, "no verdict after %" PRIu64 " deliveries", in.deliveries);
+    } else {
+        v = w->handler(&in, w->ctx, reason, sizeof reason);
+        reason[sizeof reason - 1] = '\0';
+    }
+    if (v == BUS_RETRY && in.deliveries >= (uint64_t)w->max_deliver) {
+        char suffix[64];
+        snprintf(suffix, sizeof suffix, " (gave up after %" PRIu64 " deliveries)", in.deliveries);
+        if (!reason[0]) {
+            snprintf(reason, sizeof reason, "retry");
+        }
+        size_t used = strlen(reason), add = strlen(suffix);
+        if (used + add >= sizeof reason) {
+            used = sizeof reason - 1 - add;
+        }
+        memcpy(reason + used, suffix, add + 1);
+        v = BUS_DEAD;
+    }
+    natsStatus s = NATS_OK;
+    switch (v) {
+    case BUS_ACK: s = natsMsg_Ack(msg, NULL); break;
+    case BUS_RETRY: s = natsMsg_NakWithDelay(msg, bus__backoff(w, in.deliveries), NULL); break;
+    case BUS_DEAD:
+    default:
+        if (bus__dead_letter(w, msg, &in, reason[0] ? reason : "dead") == CH_OK) {
+            s = natsMsg_Term(msg, NULL);
+        } else {
+            /* Nothing is lost: it comes back after the delay. */
+            log_error("dead-letter publish failed; will retry", "worker", w->name, "subject", in.subject,
+                      "reason", reason, NULL);
+            s = natsMsg_NakWithDelay(msg, 1000, NULL);
+        }
+        break;
+    }
+    if (s != NATS_OK) {
+        bus__fail("ack failed", w->name, s, 0);
+    }
+}
+
+static ch_status bus__worker_subscribe(bus_worker *w)
+{
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = w->stream;
+    jsErrCode ec = 0;
+    natsStatus s = js_PullSubscribe(&w->sub, w->b->js, w->filter, w->durable, NULL, &so, &ec);
+    if (s != NATS_OK) {
+        w->sub = NULL;
+        return bus__status(s, ec);
+    }
+    natsSubscription_SetPendingLimits(w->sub, w->b->max_pending_msgs, w->b->max_pending_bytes);
+    return CH_OK;
+}
+
+static void *bus__worker_main(void *arg)
+{
+    bus_worker *w = arg;
+    int errors = 0;
+    while (!atomic_load(&w->stop)) {
+        if (!w->sub) {
+            ch_status st = bus__worker_subscribe(w);
+            if (st != CH_OK) {
+                if (errors++ == 0) {
+                    log_warn("worker cannot subscribe yet, retrying", "worker", w->name, "status",
+                             ch_status_str(st), "detail", nats_GetLastError(NULL), NULL);
+                }
+                bus__sleep_ms(errors < 10 ? 100 * errors : 1000);
+                continue;
+            }
+        }
+        natsMsgList list = {0};
+        jsErrCode ec = 0;
+        natsStatus s = natsSubscription_Fetch(&list, w->sub, w->batch, w->fetch_wait_ms, &ec);
+        if (s == NATS_OK) {
+            if (errors > 0) {
+                log_info("worker fetching again", "worker", w->name, NULL);
+            }
+            errors = 0;
+            for (int i = 0; i < list.Count; i++) {
+                bus__handle(w, list.Msgs[i]);
+            }
+            natsMsgList_Destroy(&list);
+            continue;
+        }
+        natsMsgList_Destroy(&list);
+        if (s == NATS_TIMEOUT) {
+            /* Nothing pending, or cnats 3.4.1's early timeout: fetch again. */
+            continue;
+        }
+        if (errors++ == 0) {
+            log_warn("worker fetch failed, retrying", "worker", w->name, "nats_status", natsStatus_GetText(s),
+                     "detail", nats_GetLastError(NULL), NULL);
+        }
+        if (s == NATS_CONNECTION_CLOSED || s == NATS_INVALID_SUBSCRIPTION || ec == JSConsumerNotFoundErr ||
+            errors % 20 == 0) {
+            natsSubscription_Destroy(w->sub);
+            w->sub = NULL;
+        }
+        bus__sleep_ms(errors < 10 ? 50 * errors : 500);
+    }
+    return NULL;
+}
+
+static void bus__worker_free(bus_worker *w)
+{
+    if (!w) {
+        return;
+    }
+    if (w->sub) {
+        natsSubscription_Unsubscribe(w->sub);
+        natsSubscription_Destroy(w->sub);
+    }
+    free(w->stream);
+    free(w->durable);
+    free(w->filter);
+    free(w->dlq_prefix);
+    free(w->name);
+    free(w);
+}
+
+ch_status bus_worker_start(bus *b, const bus_worker_spec *ws, bus_worker **out)
+{
+    *out = NULL;
+    if (!b || !ws || !ws->stream || !ws->durable || !ws->handler || ws->nbackoff < 0 ||
+        ws->nbackoff > BUS_MAX_BACKOFF) {
+        return CH_INVALID_ARGUMENT;
+    }
+    bus_worker *w = calloc(1, sizeof *w);
+    if (!w) {
+        return CH_NO_MEMORY;
+    }
+    atomic_init(&w->stop, false);
+    w->b = b;
+    w->stream = bus__strdup(ws->stream);
+    w->durable = bus__strdup(ws->durable);
+    w->filter = bus__strdup(ws->filter_subject);
+    w->dlq_prefix = bus__strdup(ws->dlq_prefix ? ws->dlq_prefix : BUS_DEADLETTER_PREFIX);
+    w->name = bus__strdup(ws->name ? ws->name : ws->durable);
+    if (!w->stream || !w->durable || (ws->filter_subject && !w->filter) || !w->dlq_prefix || !w->name) {
+        bus__worker_free(w);
+        return CH_NO_MEMORY;
+    }
+    w->batch = ws->batch > 0 ? ws->batch : 128;
+    if (w->batch > BUS_MAX_BATCH) {
+        w->batch = BUS_MAX_BATCH;
+    }
+    w->fetch_wait_ms = ws->fetch_wait_ms > 0 ? ws->fetch_wait_ms : 500;
+    w->max_deliver = ws->max_deliver > 0 ? ws->max_deliver : 5;
+    w->handler = ws->handler;
+    w->ctx = ws->ctx;
+    for (int i = 0; i < ws->nbackoff; i++) {
+        if (ws->backoff_ms[i] > 0) {
+            w->backoff_ms[w->nbackoff++] = ws->backoff_ms[i];
+        }
+    }
+    if (w->nbackoff == 0) {
+        w->backoff_ms[0] = 100;
+        w->backoff_ms[1] = 500;
+        w->backoff_ms[2] = 2000;
+        w->nbackoff = 3;
+    }
+    if (pthread_create(&w->thread, NULL, bus__worker_main, w) != 0) {
+        bus__worker_free(w);
+        return CH_INTERNAL;
+    }
+    *out = w;
+    return CH_OK;
+}
+
+void bus_worker_stop(bus_worker *w)
+{
+    if (!w) {
+        return;
+    }
+    atomic_store(&w->stop, true);
+    pthread_join(w->thread, NULL);
+    bus__worker_free(w);
+}
+
+/* ---- reading back -------------------------------------------------------------- */
+
+ch_status bus_stream_info(bus *b, const char *stream, uint64_t *msgs, uint64_t *last_seq)
+{
+    if (!b || !stream) {
+        return CH_INVALID_ARGUMENT;
+    }
+    jsStreamInfo *si = NULL;
+    jsErrCode ec = 0;
+    natsStatus s = js_GetStreamInfo(&si, b->js, stream, NULL, &ec);
+    if (s != NATS_OK) {
+        if (s == NATS_NOT_FOUND || ec == JSStreamNotFoundErr) {
+            return CH_NOT_FOUND;
+        }
+        return bus__fail("stream info failed", stream, s, ec);
+    }
+    if (msgs) {
+        *msgs = si->State.Msgs;
+    }
+    if (last_seq) {
+        *last_seq = si->State.LastSeq;
+    }
+    jsStreamInfo_Destroy(si);
+    return CH_OK;
+}
+
+ch_status bus_replay(bus *b, const char *stream, const char *filter_subject, uint64_t start_seq,
+                     bus_replay_fn fn, void *ctx, uint64_t *last_seq_out)
+{
+    if (!b || !stream || !fn) {
+        return CH_INVALID_ARGUMENT;
+    }
+    if (start_seq == 0) {
+        start_seq = 1;
+    }
+    uint64_t delivered_last = start_seq - 1;
+    ch_status st = CH_OK;
+    jsConsumerInfo *ci = NULL;
+    natsSubscription *sub = NULL;
+    natsStatus s;
+    jsErrCode ec = 0;
+    uint64_t end_seq = 0;
+
+    st = bus_stream_info(b, stream, NULL, &end_seq);
+    if (st != CH_OK || end_seq < start_seq) {
+        goto cleanup;
+    }
+    jsConsumerConfig cc;
+    jsConsumerConfig_Init(&cc);
+    cc.DeliverPolicy = js_DeliverByStartSequence;
+    cc.OptStartSeq = start_seq;
+    cc.AckPolicy = js_AckNone;
+    cc.FilterSubject = filter_subject;
+    cc.MaxDeliver = 1;
+    cc.InactiveThreshold = 60LL * 1000000000LL;
+    s = js_AddConsumer(&ci, b->js, stream, &cc, NULL, &ec);
+    if (s != NATS_OK) {
+        st = bus__fail("replay consumer failed", stream, s, ec);
+        goto cleanup;
+    }
+    if (ci->NumPending == 0) {
+        goto cleanup;
+    }
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = stream;
+    so.Consumer = ci->Name;
+    s = js_PullSubscribe(&sub, b->js, filter_subject ? filter_subject : ">", ci->Name, NULL, &so, &ec);
+    if (s != NATS_OK) {
+        st = bus__fail("replay subscribe failed", stream, s, ec);
+        goto cleanup;
+    }
+    natsSubscription_SetPendingLimits(sub, b->max_pending_msgs, b->max_pending_bytes);
+    int64_t last_progress = bus__now_ms();
+    bool done = false;
+    while (!done) {
+        natsMsgList list = {0};
+        ec = 0;
+        s = natsSubscription_Fetch(&list, sub, BUS_REPLAY_BATCH, 1000, &ec);
+        if (s == NATS_TIMEOUT) {
+            natsMsgList_Destroy(&list);
+            if (bus__now_ms() - last_progress > BUS_REPLAY_STALL_MS) {
+                st = bus__fail("replay stalled", stream, s, ec);
+                break;
+            }
+            continue;
+        }
+        if (s != NATS_OK) {
+            natsMsgList_Destroy(&list);
+            st = bus__fail("replay fetch failed", stream, s, ec);
+            break;
+        }
+        last_progress = bus__now_ms();
+        for (int i = 0; i < list.Count && !done; i++) {
+            bus_in_msg in;
+            bus__in_msg(&in, list.Msgs[i]);
+            jsMsgMetaData *meta = NULL;
+            uint64_t pending = 1;
+            if (natsMsg_GetMetaData(&meta, list.Msgs[i]) == NATS_OK) {
+                pending = meta->NumPending;
+                jsMsgMetaData_Destroy(meta);
+            }
+            if (in.stream_seq > end_seq) {
+                done = true; /* published after the call started */
+                break;
+            }
+            st = fn(&in, ctx);
+            if (st != CH_OK) {
+                done = true;
+                break;
+            }
+            delivered_last = in.stream_seq;
+            if (in.stream_seq >= end_seq || pending == 0) {
+                done = true;
+            }
+        }
+        natsMsgList_Destroy(&list);
+    }
+cleanup:
+    if (sub) {
+        natsSubscription_Unsubscribe(sub);
+        natsSubscription_Destroy(sub);
+    }
+    if (ci) {
+        js_DeleteConsumer(b->js, stream, ci->Name, NULL, NULL);
+        jsConsumerInfo_Destroy(ci);
+    }
+    if (last_seq_out) {
+        *last_seq_out = delivered_last;
+    }
+    return st;
+}

@@ -1,0 +1,226 @@
+/* bus.h: the NATS JetStream layer every service talks through.
+ *
+ * One bus is one NATS connection with its JetStream context. It provisions
+ * streams and durable consumers at start-up (idempotently), publishes with
+ * PubAck (synchronously, or asynchronously in batches), runs pull-consumer
+ * workers that call a handler per message and turn its verdict into Ack, Nak
+ * with backoff or a dead-letter copy followed by Term, and reads a stream back
+ * in order (event sourcing, order history).
+ *
+ * Ownership: the caller owns every bus and bus_worker it creates and frees them
+ * with the matching destroy/stop (all accept NULL); everything passed in is
+ * copied or only borrowed for the call; everything handed to a callback
+ * (bus_in_msg and what it points to) is valid only during that callback.
+ * Workers must be stopped before their bus is destroyed.
+ *
+ * Threads: every function may be called from any thread except that
+ * bus_publish_async/bus_publish_async_wait on one bus must come from one
+ * thread at a time (they share the pending batch). Handlers run on the
+ * worker's own thread and may block (publish, database); on_state runs on a
+ * cnats thread and must not block. */
+#ifndef CHOREO_BUS_H
+#define CHOREO_BUS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "status.h"
+
+#define BUS_MAX_HEADERS       8    /* extra headers on one outgoing message */
+#define BUS_MAX_SUBJECTS      8    /* subjects of one stream */
+#define BUS_MAX_BACKOFF       8    /* entries of a worker's retry backoff */
+#define BUS_MAX_BATCH         1024 /* cap of a worker fetch batch */
+#define BUS_DEADLETTER_STREAM "DEADLETTER"
+#define BUS_DEADLETTER_PREFIX "deadletter"
+
+/* Headers set on a dead-letter copy. */
+#define BUS_HDR_DEAD_REASON      "Choreo-Dead-Reason"
+#define BUS_HDR_ORIGINAL_SUBJECT "Choreo-Original-Subject"
+#define BUS_HDR_ORIGINAL_SEQ     "Choreo-Original-Sequence"
+#define BUS_HDR_DELIVERIES       "Choreo-Deliveries"
+
+typedef struct bus bus;
+typedef struct bus_worker bus_worker;
+
+/* Called on every connection state change: up=true on (re)connect, false on
+ * disconnect or close. Runs on a cnats thread: must not block. */
+typedef void (*bus_state_fn)(bool up, void *arg);
+
+typedef struct bus_options {
+    const char *url;           /* "nats://h:p", comma-separated list allowed; NULL: nats://127.0.0.1:4222 */
+    const char *name;          /* client name shown by the server; may be NULL */
+    int connect_timeout_ms;    /* per connection attempt; 0: 2000 */
+    int reconnect_wait_ms;     /* first reconnect delay, doubled per attempt; 0: 100 */
+    int reconnect_wait_max_ms; /* cap of the backoff (jitter up to 25% added); 0: 2000 */
+    bool no_retry_on_failed_connect; /* true: bus_create fails if NATS is down; default retries */
+    int max_pending_msgs;            /* per-subscription pending cap; 0: 65536 */
+    int max_pending_bytes;           /* per-subscription pending bytes cap; 0: 64 MiB */
+    int async_max_pending;           /* cap of unacknowledged async publishes; 0: 4096 */
+    bus_state_fn on_state;           /* may be NULL */
+    void *on_state_arg;
+} bus_options;
+
+/* Connects (or, unless no_retry_on_failed_connect, starts connecting in the
+ * background so a service can start before NATS) and makes the JetStream
+ * context. Reconnects forever with capped exponential backoff. SendAsap is
+ * always on. *out is owned by the caller (bus_destroy). CH_UNAVAILABLE if it
+ * cannot connect and retry is off; CH_INVALID_ARGUMENT for bad options. */
+ch_status bus_create(bus **out, const bus_options *o);
+
+/* Flushes and closes the connection and frees the bus. Stop the bus's workers
+ * first. Accepts NULL. Any thread except a bus callback. */
+void bus_destroy(bus *b);
+
+/* Releases cnats' process-wide resources (nats_CloseAndWait). Call once at the
+ * very end of main, after every bus is destroyed; optional (leak checkers are
+ * silent with it). */
+void bus_library_shutdown(void);
+
+/* True while the connection is up. Any thread; never blocks. */
+bool bus_connected(const bus *b);
+
+typedef enum bus_storage { BUS_STORAGE_FILE = 0, BUS_STORAGE_MEMORY } bus_storage;
+
+typedef struct bus_stream_spec {
+    const char *name;                       /* e.g. "EVENTS" */
+    const char *subjects[BUS_MAX_SUBJECTS]; /* NULL-terminated if fewer */
+    bus_storage storage;                    /* FILE by default (0) */
+    int replicas;                           /* 0: 1 */
+    int64_t duplicate_window_ms;            /* 0: server default (2 min) */
+    int32_t max_msg_size;                   /* 0: unlimited (server max_payload) */
+    int64_t max_age_ms;                     /* 0: keep forever */
+} bus_stream_spec;
+
+/* Creates the stream, or updates it when it exists with a compatible config
+ * (subjects, limits). Idempotent. CH_UNAVAILABLE if NATS is unreachable,
+ * CH_FAILED_PRECONDITION if the existing stream cannot be changed (e.g.
+ * storage type). Any thread. */
+ch_status bus_ensure_stream(bus *b, const bus_stream_spec *s);
+
+/* Ensures the "DEADLETTER" stream on "deadletter.>" (file storage, given
+ * replicas, 0 means 1) that captures workers' dead-letter copies. */
+ch_status bus_ensure_deadletter_stream(bus *b, int replicas);
+
+typedef struct bus_consumer_spec {
+    const char *stream;
+    const char *durable;        /* durable name, also the consumer name */
+    const char *filter_subject; /* e.g. "events.order.created.*"; NULL: all */
+    int ack_wait_ms;            /* 0: 30000 */
+    int max_deliver;            /* 0: unlimited at the server; if set, keep it above the worker's max_deliver,
+                                 * or the server stops redelivering before the worker dead-letters */
+    int max_ack_pending;        /* 0: 1000 */
+} bus_consumer_spec;
+
+/* Creates the durable pull consumer (ack explicit, deliver all) or updates it
+ * when it exists. Idempotent. Any thread. */
+ch_status bus_ensure_consumer(bus *b, const bus_consumer_spec *c);
+
+typedef struct bus_header {
+    const char *key;
+    const char *value;
+} bus_header;
+
+typedef struct bus_out_msg {
+    const char *subject;
+    const void *data;
+    size_t len;
+    const char *msg_id;                  /* Nats-Msg-Id for dedup; NULL: none */
+    bus_header headers[BUS_MAX_HEADERS]; /* unused entries have key NULL */
+    int nheaders;                        /* entries used, 0..BUS_MAX_HEADERS */
+} bus_out_msg;
+
+typedef struct bus_pub_ack {
+    uint64_t seq;   /* stream sequence of the stored message */
+    bool duplicate; /* true: JetStream had it already (same Nats-Msg-Id) */
+} bus_pub_ack;
+
+/* Publishes m and waits up to timeout_ms (0: 5000) for the PubAck; fills ack
+ * when not NULL. CH_UNAVAILABLE when disconnected or no stream captures the
+ * subject, CH_TIMEOUT when no ack came in time, CH_INVALID_ARGUMENT for a bad
+ * message (too many headers, bad subject), CH_RESOURCE_EXHAUSTED when the
+ * stream refuses the size. The cnats text goes to the log. Any thread. */
+ch_status bus_publish(bus *b, const bus_out_msg *m, int timeout_ms, bus_pub_ack *ack);
+
+/* Queues m for asynchronous publishing (copied). Blocks only when
+ * async_max_pending publishes are in flight. Failures are collected and
+ * reported by bus_publish_async_wait. One thread at a time per bus. */
+ch_status bus_publish_async(bus *b, const bus_out_msg *m);
+
+/* Waits up to timeout_ms (0: 5000) until every queued async publish is
+ * acknowledged. Returns CH_OK when all succeeded; otherwise the status of the
+ * first failure (or CH_TIMEOUT) and, if failed is not NULL, the number of
+ * publishes that failed since the previous wait. Resets the failure count. */
+ch_status bus_publish_async_wait(bus *b, int timeout_ms, uint64_t *failed);
+
+/* A message handed to a worker handler or a replay callback; valid only
+ * during the callback. */
+typedef struct bus_in_msg bus_in_msg;
+
+struct bus_in_msg {
+    const char *subject;
+    const uint8_t *data;
+    size_t len;
+    uint64_t stream_seq;
+    uint64_t deliveries;  /* 1 on the first delivery (replay: 1) */
+    int64_t timestamp_ns; /* when the stream stored it, ns since the epoch */
+    void *priv_;          /* internal: the natsMsg */
+};
+
+/* The value of header key on m, or NULL. The string lives as long as m. */
+const char *bus_in_msg_header(const bus_in_msg *m, const char *key);
+
+typedef enum bus_verdict {
+    BUS_ACK = 0, /* processed (or a duplicate): ack */
+    BUS_RETRY,   /* transient failure: redeliver after the backoff; dead-letter at max_deliver */
+    BUS_DEAD,    /* permanently bad (malformed, unknown): dead-letter now */
+} bus_verdict;
+
+/* Worker handler: returns the verdict; for BUS_RETRY/BUS_DEAD writes a short
+ * reason into reason (NUL-terminated, at most reason_cap bytes). Runs on the
+ * worker thread. */
+typedef bus_verdict (*bus_handler_fn)(const bus_in_msg *m, void *ctx, char *reason, size_t reason_cap);
+
+typedef struct bus_worker_spec {
+    const char *stream;
+    const char *durable;        /* must exist (bus_ensure_consumer) or is created */
+    const char *filter_subject; /* as in the consumer */
+    int batch;                  /* messages per fetch; 0: 128; capped at BUS_MAX_BATCH */
+    int fetch_wait_ms;          /* how long one fetch waits; 0: 500 */
+    bus_handler_fn handler;
+    void *ctx;
+    int max_deliver;                 /* dead-letter once deliveries >= this; 0: 5 */
+    int backoff_ms[BUS_MAX_BACKOFF]; /* nak delay for delivery n: backoff_ms[n-1] or the last > 0 entry */
+    int nbackoff;                    /* entries used; 0: {100, 500, 2000} */
+    const char *dlq_prefix;          /* NULL: BUS_DEADLETTER_PREFIX */
+    const char *name;                /* for log lines; NULL: durable */
+} bus_worker_spec;
+
+/* Starts a thread that fetches batches from the durable pull consumer and
+ * calls the handler for each message, in order within a batch. Survives
+ * disconnections (sleeps briefly and retries). *out is owned by the caller
+ * (bus_worker_stop). */
+ch_status bus_worker_start(bus *b, const bus_worker_spec *w, bus_worker **out);
+
+/* Stops the worker after its current batch, joins its thread and frees it.
+ * Accepts NULL. Not from the worker's own handler. */
+void bus_worker_stop(bus_worker *w);
+
+/* Replay callback: return CH_OK to continue, anything else stops the replay
+ * and is returned by bus_replay. Runs on the calling thread. */
+typedef ch_status (*bus_replay_fn)(const bus_in_msg *m, void *ctx);
+
+/* Delivers, in order, every message of stream matching filter_subject (NULL:
+ * all) from start_seq (0 or 1: the beginning) up to the stream's last
+ * sequence at the time of the call, then returns. *last_seq_out (may be
+ * NULL) gets the stream sequence of the last message delivered, or
+ * start_seq - 1 (0 from the beginning) when there was none. Uses an ephemeral
+ * pull consumer and batched fetches. Any thread; blocks. */
+ch_status bus_replay(bus *b, const char *stream, const char *filter_subject, uint64_t start_seq,
+                     bus_replay_fn fn, void *ctx, uint64_t *last_seq_out);
+
+/* Message count and last sequence of stream (either pointer may be NULL).
+ * CH_NOT_FOUND if it does not exist. */
+ch_status bus_stream_info(bus *b, const char *stream, uint64_t *msgs, uint64_t *last_seq);
+
+#endif

@@ -1,0 +1,100 @@
+/* event_bus.c: encoding a domain event and publishing it with its headers. */
+#include "event_bus.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+
+ch_status event_bus_ensure_streams(bus *b, int replicas, int64_t max_age_ms)
+{
+    bus_stream_spec s = {
+        .name = EVENT_STREAM,
+        .subjects = {"events.>"},
+        .storage = BUS_STORAGE_FILE,
+        .replicas = replicas,
+        .max_msg_size = EVENT_MAX_BYTES,
+        .max_age_ms = max_age_ms,
+    };
+    ch_status st = bus_ensure_stream(b, &s);
+    if (st != CH_OK) {
+        return st;
+    }
+    return bus_ensure_deadletter_stream(b, replicas);
+}
+
+/* Everything an outgoing event needs, built on the caller's stack. */
+typedef struct event_out {
+    uint8_t data[EVENT_MAX_BYTES];
+    char subject[EVENT_SUBJECT_MAX];
+    char msg_id[EVENT_MSG_ID_MAX];
+    bus_out_msg m;
+} event_out;
+
+static ch_status event__prepare(event_out *o, const choreo_events_v1_Envelope *e)
+{
+    char reason[256] = "";
+    size_t len = 0;
+    event_type t;
+    ch_status st = event_encode(e, o->data, sizeof o->data, &len, reason, sizeof reason);
+    if (st == CH_OK) {
+        st = event_type_of(e, &t);
+    }
+    if (st == CH_OK) {
+        st = event_subject(o->subject, sizeof o->subject, t, e->order_id);
+    }
+    if (st == CH_OK) {
+        st = event_msg_id(o->msg_id, sizeof o->msg_id, t, e->order_id);
+    }
+    if (st != CH_OK) {
+        log_error("event not published: invalid", "type", e->type, "order_id", e->order_id, "event_id",
+                  e->event_id, "reason", reason[0] ? reason : ch_status_str(st), NULL);
+        return st;
+    }
+    memset(&o->m, 0, sizeof o->m);
+    o->m.subject = o->subject;
+    o->m.data = o->data;
+    o->m.len = len;
+    o->m.msg_id = o->msg_id;
+    o->m.headers[o->m.nheaders++] = (bus_header){EVENT_HDR_TYPE, e->type};
+    if (e->traceparent[0]) {
+        o->m.headers[o->m.nheaders++] = (bus_header){EVENT_HDR_TRACEPARENT, e->traceparent};
+    }
+    return CH_OK;
+}
+
+ch_status event_publish(bus *b, const choreo_events_v1_Envelope *e, int timeout_ms, bus_pub_ack *ack)
+{
+    event_out o;
+    bus_pub_ack local = {0};
+    ch_status st = event__prepare(&o, e);
+    if (st != CH_OK) {
+        return st;
+    }
+    st = bus_publish(b, &o.m, timeout_ms, &local);
+    if (ack) {
+        *ack = local;
+    }
+    if (st == CH_OK) {
+        char seq[32];
+        snprintf(seq, sizeof seq, "%" PRIu64, local.seq);
+        log_info("event published", "type", e->type, "order_id", e->order_id, "event_id", e->event_id,
+                 "causation_id", e->causation_id, "seq", seq, "outcome",
+                 local.duplicate ? "duplicate" : "stored", NULL);
+    } else {
+        log_warn("event publish failed", "type", e->type, "order_id", e->order_id, "event_id", e->event_id,
+                 "status", ch_status_str(st), NULL);
+    }
+    return st;
+}
+
+ch_status event_publish_async(bus *b, const choreo_events_v1_Envelope *e)
+{
+    event_out o;
+    ch_status st = event__prepare(&o, e);
+    if (st != CH_OK) {
+        return st;
+    }
+    return bus_publish_async(b, &o.m);
+}

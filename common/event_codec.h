@@ -1,0 +1,98 @@
+/* event_codec.h: the domain event envelope on the wire (nanopb).
+ *
+ * Every saga event is a choreo_events_v1_Envelope (proto/choreo/events/v1/)
+ * encoded with nanopb; all its strings and arrays are fixed-size members, so
+ * an envelope is one flat struct (about 9 KB with 100 items: keep it off small
+ * stacks in hot loops or reuse one). This module names the event types, builds
+ * subjects and deterministic message ids, and encodes/decodes with every
+ * check a reader needs (size, schema version, type/payload match, UTF-8, ids).
+ *
+ * Ownership: the caller owns every buffer and envelope; nothing is allocated.
+ * Threads: every function is reentrant. */
+#ifndef CHOREO_EVENT_CODEC_H
+#define CHOREO_EVENT_CODEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "choreo/events/v1/envelope.pb.h"
+#include "status.h"
+
+#define EVENT_SCHEMA_VERSION 1
+#define EVENT_MAX_BYTES      16384
+#define EVENT_SUBJECT_MAX    128 /* enough for any subject event_subject builds */
+#define EVENT_MSG_ID_MAX     96  /* enough for any id event_msg_id builds */
+#define EVENT_ID_LEN         32  /* hex digits of an event_id */
+#define EVENT_ORDER_ID_MAX   40  /* bytes of an order id (order_id[41]) */
+
+typedef enum event_type {
+    EVENT_ORDER_CREATED = 0,      /* "order.created" */
+    EVENT_INVENTORY_RESERVED,     /* "inventory.reserved" */
+    EVENT_INVENTORY_FAILED,       /* "inventory.failed" */
+    EVENT_PAYMENT_PROCESSED,      /* "payment.processed" */
+    EVENT_PAYMENT_FAILED,         /* "payment.failed" */
+    EVENT_INVENTORY_RELEASED,     /* "inventory.released" */
+    EVENT_ORDER_CONFIRMED,        /* "order.confirmed" */
+    EVENT_ORDER_CANCEL_REQUESTED, /* "order.cancel_requested" */
+    EVENT_PAYMENT_REFUNDED,       /* "payment.refunded" */
+    EVENT_ORDER_CANCELLED,        /* "order.cancelled" */
+    EVENT_NOTIFICATION_SENT,      /* "notification.sent" */
+    EVENT_TYPE_COUNT
+} event_type;
+
+/* "order.created" etc.; "?" for an out-of-range value. Never NULL. */
+const char *event_type_name(event_type t);
+
+/* Parses a type name; CH_INVALID_ARGUMENT (and *out unchanged) if unknown. */
+ch_status event_type_parse(const char *name, event_type *out);
+
+/* The Envelope oneof tag of t's payload (choreo_events_v1_Envelope_*_tag), or
+ * 0 for an out-of-range value. */
+pb_size_t event_type_payload_tag(event_type t);
+
+/* The event type whose payload has this tag; CH_INVALID_ARGUMENT if none. */
+ch_status event_type_from_payload_tag(pb_size_t tag, event_type *out);
+
+/* Writes "events.<aggregate>.<event>.<order_id>" (e.g.
+ * "events.order.cancel_requested.ord-1") into buf. order_id NULL writes the
+ * type-wide wildcard "events.order.created.*". CH_RESOURCE_EXHAUSTED if cap is
+ * too small, CH_INVALID_ARGUMENT for a bad type or an order id that is not a
+ * valid token. */
+ch_status event_subject(char *buf, size_t cap, event_type t, const char *order_id);
+
+/* Writes the deterministic Nats-Msg-Id "<order_id>:<type>" into buf, so a
+ * re-run handler's publish is dropped by JetStream as a duplicate. Same errors
+ * as event_subject. */
+ch_status event_msg_id(char *buf, size_t cap, event_type t, const char *order_id);
+
+/* Zeroes *e and fills type, a fresh random event_id (32 lowercase hex),
+ * occurred_at (now, ns), schema_version, which_payload, and copies order_id,
+ * causation_id, producer and traceparent (each may be NULL; too long is cut
+ * to the field size, which encode/decode then check). The payload itself is
+ * left zeroed for the caller to fill. CH_INVALID_ARGUMENT for a bad type. */
+ch_status event_init(choreo_events_v1_Envelope *e, event_type t, const char *order_id,
+                     const char *causation_id, const char *producer, const char *traceparent);
+
+/* Encodes e into buf[0..cap), *len gets the size. Checks first what decode
+ * checks (type known and matching the payload, schema version set, ids
+ * present and valid, strings UTF-8, items_count within bounds); on failure
+ * returns CH_INVALID_ARGUMENT (CH_RESOURCE_EXHAUSTED if cap is too small) and
+ * writes the reason into reason (may be NULL). */
+ch_status event_encode(const choreo_events_v1_Envelope *e, uint8_t *buf, size_t cap, size_t *len,
+                       char *reason, size_t reason_cap);
+
+/* Decodes and validates buf[0..len) into *out. CH_INVALID_ARGUMENT with a
+ * reason for: empty input, oversized ("oversized: N bytes > 16384"),
+ * undecodable bytes (nanopb's error text), schema version 0 or newer than
+ * EVENT_SCHEMA_VERSION ("schema version 7 is newer than 1"), unknown type,
+ * type not matching the payload, missing event_id/order_id, invalid UTF-8,
+ * order_id not a valid token. *out is unspecified on failure. */
+ch_status event_decode(const uint8_t *buf, size_t len, choreo_events_v1_Envelope *out, char *reason,
+                       size_t reason_cap);
+
+/* The type of a valid (decoded or initialised) envelope; CH_INVALID_ARGUMENT
+ * if e->type is unknown. */
+ch_status event_type_of(const choreo_events_v1_Envelope *e, event_type *out);
+
+#endif

@@ -1,0 +1,55 @@
+/* service.h: what every choreo service's main() does, once.
+ *
+ * A service's main reads its configuration (service_boot handles --help and
+ * --check-config), connects the bus (health follows the NATS link),
+ * provisions the streams, wires its own handlers, and then
+ * service_serve() registers health and reflection, starts gRPC and waits for
+ * SIGTERM/SIGINT. service_shutdown() stops gRPC first (draining in-flight
+ * calls), then the bus, and frees everything.
+ *
+ * Ownership: the service_runtime owns its bus, health and server; the caller
+ * owns the runtime struct itself (usually on main's stack). Main thread only. */
+#ifndef CHOREO_SERVICE_H
+#define CHOREO_SERVICE_H
+
+#include <stdbool.h>
+
+#include "bus.h"
+#include "config.h"
+#include "health.h"
+#include "rpc_server.h"
+
+typedef struct service_runtime {
+    const char *name;         /* "orders" */
+    const char *grpc_service; /* "choreo.orders.v1.Orders": health reports it too */
+    service_config cfg;
+    health *health;
+    bus *bus;
+    rpc_server *server;
+} service_runtime;
+
+/* Blocks signals, reads the configuration from the environment and sets up
+ * logging. Handles `--help` (prints the variables) and `--check-config`
+ * (validates, prints the verdict). Returns -1 to go on, or the exit code
+ * main should return (0 for help / a valid config, 2 for a bad config or
+ * unknown arguments). */
+int service_boot(service_runtime *rt, int argc, char **argv, const char *name, const char *grpc_service,
+                 const char *default_listen_addr);
+
+/* Creates the bus (health NOT_SERVING until the link is up) and provisions the
+ * event and dead-letter streams, retrying while NATS is unreachable. Returns
+ * CH_CANCELLED when SIGTERM/SIGINT arrives while waiting. */
+ch_status service_connect(service_runtime *rt);
+
+/* Creates the gRPC server; the caller then registers its own methods on
+ * rt->server. */
+ch_status service_create_server(service_runtime *rt);
+
+/* Registers health and reflection, starts the server, logs the address and
+ * blocks until SIGTERM/SIGINT; then shuts gRPC down gracefully. */
+ch_status service_serve(service_runtime *rt);
+
+/* Frees the server, bus and health (each may be NULL). */
+void service_shutdown(service_runtime *rt);
+
+#endif

@@ -1,0 +1,43 @@
+/* choreo-orders: the orders service. Reads its configuration, rebuilds its
+ * orders from the event stream, serves gRPC until SIGTERM. */
+#include <pthread.h>
+#include <stdlib.h>
+
+#include "log.h"
+#include "orders.h"
+#include "service.h"
+
+int main(int argc, char **argv)
+{
+    service_runtime rt;
+    orders_service svc = {0};
+    ch_status st;
+
+    int code = service_boot(&rt, argc, argv, "orders", ORDERS_SERVICE_NAME, "0.0.0.0:50051");
+    if (code >= 0)
+        return code;
+    svc.cfg = &rt.cfg;
+    pthread_mutex_init(&svc.mu, NULL);
+
+    st = order_store_create(&svc.store);
+    if (st == CH_OK)
+        st = service_connect(&rt);
+    svc.bus = rt.bus;
+    if (st == CH_OK)
+        st = orders_rebuild(&svc, NULL);
+    if (st == CH_OK)
+        st = service_create_server(&rt);
+    if (st == CH_OK)
+        st = orders_rpc_register(rt.server, &svc);
+    if (st == CH_OK)
+        st = service_serve(&rt);
+
+    service_shutdown(&rt);
+    order_store_destroy(svc.store);
+    pthread_mutex_destroy(&svc.mu);
+    if (st != CH_OK && st != CH_CANCELLED) {
+        log_error("exiting on error", "status", ch_status_str(st), NULL);
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,80 @@
+/* orders.h: the orders service's adapters around its pure core.
+ *
+ * Data flows one way: gRPC request -> orders_rpc.c (decode, validate through
+ * the core) -> orders_events.c (append the event to JetStream) -> core
+ * (apply the event to the store) -> orders_rpc.c (reply). On start-up,
+ * orders_events.c replays the stream into the store (event sourcing).
+ *
+ * Ownership: main owns the orders_service and everything it points to. The
+ * store is guarded by `mu`; the adapters hold it only around store calls and
+ * reply packing, never across a publish. */
+#ifndef CHOREO_ORDERS_H
+#define CHOREO_ORDERS_H
+
+#include <pthread.h>
+
+#include "bus.h"
+#include "config.h"
+#include "event_codec.h"
+#include "order_core.h"
+#include "rpc_server.h"
+
+#define ORDERS_SERVICE_NAME "choreo.orders.v1.Orders"
+#define ORDERS_PRODUCER     "orders"
+#define ORDERS_HISTORY_MAX  64
+
+typedef struct orders_service {
+    const service_config *cfg;
+    bus *bus;
+    order_store *store;
+    pthread_mutex_t mu;
+} orders_service;
+
+/* A request to create, checked by the core and given its id. */
+typedef struct orders_new {
+    order_create_req req;
+    char id[ORDER_ID_MAX + 1];
+    const char *traceparent; /* the call's W3C trace context */
+    const char *causation_id;
+} orders_new;
+
+/* ---- orders_events.c: wire events <-> core events ---- */
+
+/* Converts a decoded envelope into a core event (pointing into env and
+ * items_buf, which must hold ORDER_ITEMS_MAX items). CH_INVALID_ARGUMENT for
+ * a payload the core cannot take. */
+ch_status orders_event_from_envelope(const choreo_events_v1_Envelope *env, uint64_t seq, order_event *out,
+                                     order_item *items_buf);
+
+/* Appends order.created for n to the stream, waits for the PubAck, then
+ * applies the event to the store (under mu). *replayed tells whether the
+ * stream already had it (a retry under the same idempotency key). Nothing is
+ * stored when the append fails. Any thread. */
+ch_status orders_append_created(orders_service *svc, const orders_new *n, int timeout_ms, bool *replayed);
+
+/* Rebuilds the store from every event in the stream (start-up). */
+ch_status orders_rebuild(orders_service *svc, uint64_t *events_read);
+
+/* One entry of an order's timeline, read back from the stream. */
+typedef struct orders_history_entry {
+    uint64_t seq;
+    char event_id[EVENT_ID_LEN + 1];
+    char type[33];
+    char causation_id[81];
+    char producer[33];
+    int64_t occurred_at_ns;
+    order_status status_after;
+    char summary[256];
+} orders_history_entry;
+
+/* Reads every event of one order (events.*.*.<id>) and folds it with the
+ * reducer. *n gets the count (at most cap). CH_NOT_FOUND when there is none. */
+ch_status orders_history(orders_service *svc, const char *order_id, orders_history_entry *out, size_t cap,
+                         size_t *n);
+
+/* ---- orders_rpc.c: the gRPC API ---- */
+
+/* Registers every choreo.orders.v1.Orders method on s. */
+ch_status orders_rpc_register(rpc_server *s, orders_service *svc);
+
+#endif

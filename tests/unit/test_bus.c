@@ -1,0 +1,601 @@
+/* test_bus.c: the JetStream layer against a real nats-server (file storage,
+ * temp dir, free port) started by tests/support/natsd. */
+#include <CUnit/Basic.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bus.h"
+#include "log.h"
+#include "natsd.h"
+#include "proc.h"
+
+static natsd *server;
+
+static atomic_int state_ups;
+static atomic_int state_downs;
+
+static void on_state(bool up, void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(up ? &state_ups : &state_downs, 1);
+}
+
+static bus *connect_bus(void)
+{
+    bus_options o = {.url = natsd_url(server), .name = "test_bus", .on_state = on_state};
+    bus *b = NULL;
+    CU_ASSERT_EQUAL_FATAL(bus_create(&b, &o), CH_OK);
+    return b;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Polls until *v >= want or timeout; returns the last value seen. */
+static int wait_atomic(atomic_int *v, int want, int timeout_ms)
+{
+    long long end = test_now_ms() + timeout_ms;
+    while (atomic_load(v) < want && test_now_ms() < end) {
+        sleep_ms(5);
+    }
+    return atomic_load(v);
+}
+
+static void ensure(bus *b, const char *name, const char *subject)
+{
+    bus_stream_spec s = {.name = name, .subjects = {subject}};
+    CU_ASSERT_EQUAL_FATAL(bus_ensure_stream(b, &s), CH_OK);
+}
+
+static ch_status publish(bus *b, const char *subject, const char *data, const char *msg_id, bus_pub_ack *ack)
+{
+    bus_out_msg m = {.subject = subject, .data = data, .len = strlen(data), .msg_id = msg_id};
+    return bus_publish(b, &m, 2000, ack);
+}
+
+/* ---- replay collection ---- */
+
+#define MAX_SEEN 2048
+typedef struct seen {
+    int n;
+    uint64_t seq[MAX_SEEN];
+    char subject[MAX_SEEN][64];
+    char data[MAX_SEEN][32];
+    char hdr_a[MAX_SEEN][32];
+    char hdr_b[MAX_SEEN][32];
+    char msg_id[MAX_SEEN][32];
+    char reason[MAX_SEEN][128];
+    char deliveries[MAX_SEEN][16];
+    char orig_subject[MAX_SEEN][64];
+} seen;
+
+static void copy_hdr(char *dst, size_t cap, const bus_in_msg *m, const char *key)
+{
+    const char *v = bus_in_msg_header(m, key);
+    snprintf(dst, cap, "%s", v ? v : "");
+}
+
+static ch_status collect(const bus_in_msg *m, void *ctx)
+{
+    seen *s = ctx;
+    if (s->n >= MAX_SEEN) {
+        return CH_RESOURCE_EXHAUSTED;
+    }
+    int i = s->n++;
+    s->seq[i] = m->stream_seq;
+    snprintf(s->subject[i], sizeof s->subject[i], "%s", m->subject);
+    snprintf(s->data[i], sizeof s->data[i], "%.*s", (int)m->len, (const char *)m->data);
+    copy_hdr(s->hdr_a[i], sizeof s->hdr_a[i], m, "X-A");
+    copy_hdr(s->hdr_b[i], sizeof s->hdr_b[i], m, "X-B");
+    copy_hdr(s->msg_id[i], sizeof s->msg_id[i], m, "Nats-Msg-Id");
+    copy_hdr(s->reason[i], sizeof s->reason[i], m, BUS_HDR_DEAD_REASON);
+    copy_hdr(s->deliveries[i], sizeof s->deliveries[i], m, BUS_HDR_DELIVERIES);
+    copy_hdr(s->orig_subject[i], sizeof s->orig_subject[i], m, BUS_HDR_ORIGINAL_SUBJECT);
+    return CH_OK;
+}
+
+static seen *seen_new(void)
+{
+    seen *s = calloc(1, sizeof *s);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    return s;
+}
+
+/* ---- tests ---- */
+
+static void test_bus_ensure_stream_idempotent(void)
+{
+    bus *b = connect_bus();
+    bus_stream_spec s = {.name = "IDEM", .subjects = {"idem.>"}, .duplicate_window_ms = 60000};
+    CU_ASSERT_EQUAL(bus_ensure_stream(b, &s), CH_OK);
+    CU_ASSERT_EQUAL(bus_ensure_stream(b, &s), CH_OK);
+    uint64_t msgs = 99, last = 99;
+    CU_ASSERT_EQUAL(bus_stream_info(b, "IDEM", &msgs, &last), CH_OK);
+    CU_ASSERT_EQUAL(msgs, 0);
+    CU_ASSERT_EQUAL(last, 0);
+    /* A compatible change (more subjects, max age) updates it in place. */
+    s.subjects[1] = "idem2.>";
+    s.max_age_ms = 3600 * 1000;
+    CU_ASSERT_EQUAL(bus_ensure_stream(b, &s), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "idem2.x", "v", NULL, NULL), CH_OK);
+    /* An incompatible one (storage type) is refused, the stream stays. */
+    s.storage = BUS_STORAGE_MEMORY;
+    CU_ASSERT_EQUAL(bus_ensure_stream(b, &s), CH_FAILED_PRECONDITION);
+    CU_ASSERT_EQUAL(bus_stream_info(b, "IDEM", &msgs, NULL), CH_OK);
+    CU_ASSERT_EQUAL(msgs, 1);
+    CU_ASSERT_EQUAL(bus_stream_info(b, "NOSUCH", &msgs, NULL), CH_NOT_FOUND);
+    bus_stream_spec bad = {.name = "BAD"};
+    CU_ASSERT_EQUAL(bus_ensure_stream(b, &bad), CH_INVALID_ARGUMENT);
+    bus_destroy(b);
+}
+
+static void test_bus_publish_dedup(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "DEDUP", "dedup.>");
+    bus_pub_ack a1 = {0}, a2 = {0};
+    CU_ASSERT_EQUAL(publish(b, "dedup.1", "first", "id-1", &a1), CH_OK);
+    CU_ASSERT_EQUAL(a1.seq, 1);
+    CU_ASSERT_FALSE(a1.duplicate);
+    CU_ASSERT_EQUAL(publish(b, "dedup.1", "second", "id-1", &a2), CH_OK);
+    CU_ASSERT_TRUE(a2.duplicate);
+    CU_ASSERT_EQUAL(a2.seq, 1);
+    uint64_t msgs = 0;
+    CU_ASSERT_EQUAL(bus_stream_info(b, "DEDUP", &msgs, NULL), CH_OK);
+    CU_ASSERT_EQUAL(msgs, 1);
+    /* No stream captures the subject: no responders. */
+    CU_ASSERT_EQUAL(publish(b, "nostream.1", "x", NULL, NULL), CH_UNAVAILABLE);
+    bus_out_msg bad = {.subject = "dedup.1", .data = "x", .len = 1, .nheaders = BUS_MAX_HEADERS + 1};
+    CU_ASSERT_EQUAL(bus_publish(b, &bad, 1000, NULL), CH_INVALID_ARGUMENT);
+    bus_destroy(b);
+}
+
+static void test_bus_headers_survive(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "HDRS", "hdrs.>");
+    bus_out_msg m = {.subject = "hdrs.one", .data = "payload", .len = 7, .msg_id = "hid-1"};
+    m.headers[0] = (bus_header){"X-A", "alpha"};
+    m.headers[1] = (bus_header){"X-B", "beta value"};
+    m.nheaders = 2;
+    bus_pub_ack ack;
+    CU_ASSERT_EQUAL_FATAL(bus_publish(b, &m, 2000, &ack), CH_OK);
+    seen *s = seen_new();
+    uint64_t last = 0;
+    CU_ASSERT_EQUAL(bus_replay(b, "HDRS", NULL, 1, collect, s, &last), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(s->n, 1);
+    CU_ASSERT_EQUAL(last, ack.seq);
+    CU_ASSERT_STRING_EQUAL(s->subject[0], "hdrs.one");
+    CU_ASSERT_STRING_EQUAL(s->data[0], "payload");
+    CU_ASSERT_STRING_EQUAL(s->hdr_a[0], "alpha");
+    CU_ASSERT_STRING_EQUAL(s->hdr_b[0], "beta value");
+    CU_ASSERT_STRING_EQUAL(s->msg_id[0], "hid-1");
+    free(s);
+    bus_destroy(b);
+}
+
+static void test_bus_async_batch(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "ASYNC", "async.>");
+    char data[32], id[32];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(data, sizeof data, "m%d", i);
+        snprintf(id, sizeof id, "a-%d", i);
+        bus_out_msg m = {.subject = "async.x", .data = data, .len = strlen(data), .msg_id = id};
+        CU_ASSERT_EQUAL_FATAL(bus_publish_async(b, &m), CH_OK);
+    }
+    uint64_t failed = 99;
+    CU_ASSERT_EQUAL(bus_publish_async_wait(b, 10000, &failed), CH_OK);
+    CU_ASSERT_EQUAL(failed, 0);
+    uint64_t msgs = 0;
+    CU_ASSERT_EQUAL(bus_stream_info(b, "ASYNC", &msgs, NULL), CH_OK);
+    CU_ASSERT_EQUAL(msgs, 1000);
+    /* Read back in order, in batches. */
+    seen *s = seen_new();
+    uint64_t last = 0;
+    CU_ASSERT_EQUAL(bus_replay(b, "ASYNC", NULL, 0, collect, s, &last), CH_OK);
+    CU_ASSERT_EQUAL(s->n, 1000);
+    CU_ASSERT_EQUAL(last, 1000);
+    int in_order = 1;
+    for (int i = 0; i < s->n; i++) {
+        snprintf(data, sizeof data, "m%d", i);
+        in_order &= s->seq[i] == (uint64_t)i + 1 && strcmp(s->data[i], data) == 0;
+    }
+    CU_ASSERT_TRUE(in_order);
+    /* Failures are counted: a subject no stream captures. */
+    bus_out_msg m = {.subject = "nostream.async", .data = "x", .len = 1};
+    CU_ASSERT_EQUAL(bus_publish_async(b, &m), CH_OK);
+    CU_ASSERT_EQUAL(bus_publish_async(b, &m), CH_OK);
+    CU_ASSERT_NOT_EQUAL(bus_publish_async_wait(b, 10000, &failed), CH_OK);
+    CU_ASSERT_EQUAL(failed, 2);
+    CU_ASSERT_EQUAL(bus_publish_async_wait(b, 1000, &failed), CH_OK);
+    CU_ASSERT_EQUAL(failed, 0);
+    free(s);
+    bus_destroy(b);
+}
+
+static ch_status stop_after_two(const bus_in_msg *m, void *ctx)
+{
+    seen *s = ctx;
+    collect(m, ctx);
+    return s->n == 2 ? CH_CANCELLED : CH_OK;
+}
+
+static void test_bus_replay_empty_and_filter(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "REPLAY", "replay.>");
+    seen *s = seen_new();
+    uint64_t last = 77;
+    CU_ASSERT_EQUAL(bus_replay(b, "REPLAY", NULL, 1, collect, s, &last), CH_OK);
+    CU_ASSERT_EQUAL(s->n, 0);
+    CU_ASSERT_EQUAL(last, 0);
+    CU_ASSERT_EQUAL(bus_replay(b, "NOSUCH", NULL, 1, collect, s, &last), CH_NOT_FOUND);
+
+    CU_ASSERT_EQUAL(publish(b, "replay.a.1", "a1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "replay.b.1", "b1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "replay.a.2", "a2", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "replay.b.2", "b2", NULL, NULL), CH_OK);
+
+    CU_ASSERT_EQUAL(bus_replay(b, "REPLAY", "replay.a.*", 1, collect, s, &last), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(s->n, 2);
+    CU_ASSERT_STRING_EQUAL(s->data[0], "a1");
+    CU_ASSERT_STRING_EQUAL(s->data[1], "a2");
+    CU_ASSERT_EQUAL(last, 3);
+
+    /* From a later sequence. */
+    memset(s, 0, sizeof *s);
+    CU_ASSERT_EQUAL(bus_replay(b, "REPLAY", NULL, 3, collect, s, &last), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(s->n, 2);
+    CU_ASSERT_STRING_EQUAL(s->data[0], "a2");
+    CU_ASSERT_STRING_EQUAL(s->data[1], "b2");
+    CU_ASSERT_EQUAL(last, 4);
+
+    /* A filter nothing matches, and a start past the end. */
+    memset(s, 0, sizeof *s);
+    CU_ASSERT_EQUAL(bus_replay(b, "REPLAY", "replay.c.*", 1, collect, s, &last), CH_OK);
+    CU_ASSERT_EQUAL(s->n, 0);
+    CU_ASSERT_EQUAL(bus_replay(b, "REPLAY", NULL, 10, collect, s, &last), CH_OK);
+    CU_ASSERT_EQUAL(s->n, 0);
+    CU_ASSERT_EQUAL(last, 9);
+
+    /* The callback can stop the replay; its status comes back. */
+    CU_ASSERT_EQUAL(bus_replay(b, "REPLAY", NULL, 1, stop_after_two, s, &last), CH_CANCELLED);
+    CU_ASSERT_EQUAL(s->n, 2);
+    CU_ASSERT_EQUAL(last, 1);
+    free(s);
+    bus_destroy(b);
+}
+
+static ch_status count_in_order(const bus_in_msg *m, void *ctx)
+{
+    uint64_t *n = ctx;
+    if (m->stream_seq != *n + 1) {
+        return CH_INTERNAL;
+    }
+    (*n)++;
+    return CH_OK;
+}
+
+static void test_bus_replay_large(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "LARGE", "large.>");
+    enum { N = 100000 };
+    char data[100];
+    memset(data, 'x', sizeof data);
+    long long t0 = test_now_ms();
+    for (int i = 0; i < N; i++) {
+        bus_out_msg m = {.subject = i % 2 ? "large.odd" : "large.even", .data = data, .len = sizeof data};
+        CU_ASSERT_EQUAL_FATAL(bus_publish_async(b, &m), CH_OK);
+    }
+    CU_ASSERT_EQUAL_FATAL(bus_publish_async_wait(b, 30000, NULL), CH_OK);
+    long long t1 = test_now_ms();
+    uint64_t n = 0, last = 0;
+    CU_ASSERT_EQUAL(bus_replay(b, "LARGE", NULL, 1, count_in_order, &n, &last), CH_OK);
+    long long t2 = test_now_ms();
+    CU_ASSERT_EQUAL(n, N);
+    CU_ASSERT_EQUAL(last, N);
+    CU_ASSERT(t2 - t1 < 20000);
+    fprintf(stderr, "\n  100k: async publish %lld ms, replay %lld ms\n", t1 - t0, t2 - t1);
+    bus_destroy(b);
+}
+
+/* ---- workers ---- */
+
+#define MAX_EVENTS 256
+typedef struct worker_log {
+    atomic_int n;
+    atomic_int good;
+    char data[MAX_EVENTS][32];
+    uint64_t deliveries[MAX_EVENTS];
+    long long at_ms[MAX_EVENTS];
+    int fail_first; /* BUS_RETRY for the first N deliveries of every message */
+} worker_log;
+
+/* Records every delivery; "poison" always retries, "dead" is dead now,
+ * anything else acks after fail_first retries. */
+static bus_verdict record(const bus_in_msg *m, void *ctx, char *reason, size_t cap)
+{
+    worker_log *w = ctx;
+    int i = atomic_load(&w->n);
+    if (i < MAX_EVENTS) {
+        snprintf(w->data[i], sizeof w->data[i], "%.*s", (int)m->len, (const char *)m->data);
+        w->deliveries[i] = m->deliveries;
+        w->at_ms[i] = test_now_ms();
+        atomic_store(&w->n, i + 1);
+    }
+    if (m->len == 6 && memcmp(m->data, "poison", 6) == 0) {
+        snprintf(reason, cap, "boom");
+        return BUS_RETRY;
+    }
+    if (m->len == 4 && memcmp(m->data, "dead", 4) == 0) {
+        snprintf(reason, cap, "malformed event");
+        return BUS_DEAD;
+    }
+    if (m->deliveries <= (uint64_t)w->fail_first) {
+        snprintf(reason, cap, "transient");
+        return BUS_RETRY;
+    }
+    atomic_fetch_add(&w->good, 1);
+    return BUS_ACK;
+}
+
+static bus_worker *start_worker(bus *b, const char *stream, const char *durable, const char *filter,
+                                worker_log *log, int max_deliver, int b0, int b1)
+{
+    bus_consumer_spec c = {
+        .stream = stream, .durable = durable, .filter_subject = filter, .ack_wait_ms = 2000};
+    CU_ASSERT_EQUAL_FATAL(bus_ensure_consumer(b, &c), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(bus_ensure_consumer(b, &c), CH_OK);
+    bus_worker_spec ws = {.stream = stream,
+                          .durable = durable,
+                          .filter_subject = filter,
+                          .batch = 64,
+                          .fetch_wait_ms = 200,
+                          .handler = record,
+                          .ctx = log,
+                          .max_deliver = max_deliver,
+                          .backoff_ms = {b0, b1},
+                          .nbackoff = 2};
+    bus_worker *w = NULL;
+    CU_ASSERT_EQUAL_FATAL(bus_worker_start(b, &ws, &w), CH_OK);
+    return w;
+}
+
+static void test_bus_worker_acks(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "WACK", "wack.>");
+    worker_log *log = calloc(1, sizeof *log);
+    bus_worker *w = start_worker(b, "WACK", "wack-c", "wack.>", log, 5, 100, 100);
+    for (int i = 0; i < 10; i++) {
+        char d[16];
+        snprintf(d, sizeof d, "m%d", i);
+        CU_ASSERT_EQUAL(publish(b, "wack.x", d, NULL, NULL), CH_OK);
+    }
+    CU_ASSERT_EQUAL(wait_atomic(&log->good, 10, 5000), 10);
+    bus_worker_stop(w);
+    for (int i = 0; i < 10; i++) {
+        char d[16];
+        snprintf(d, sizeof d, "m%d", i);
+        CU_ASSERT_STRING_EQUAL(log->data[i], d);
+        CU_ASSERT_EQUAL(log->deliveries[i], 1);
+    }
+    /* Acked means gone: a new worker on the durable, after AckWait (2 s), gets nothing. */
+    sleep_ms(2200);
+    worker_log *again = calloc(1, sizeof *again);
+    w = start_worker(b, "WACK", "wack-c", "wack.>", again, 5, 100, 100);
+    sleep_ms(500);
+    CU_ASSERT_EQUAL(atomic_load(&again->n), 0);
+    bus_worker_stop(w);
+    bus_worker_stop(NULL);
+    free(again);
+    free(log);
+    bus_destroy(b);
+}
+
+static void test_bus_worker_retry_backoff(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "WRETRY", "wretry.>");
+    worker_log *log = calloc(1, sizeof *log);
+    log->fail_first = 2;
+    bus_worker *w = start_worker(b, "WRETRY", "wretry-c", "wretry.>", log, 5, 300, 600);
+    CU_ASSERT_EQUAL(publish(b, "wretry.x", "flaky", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(wait_atomic(&log->good, 1, 5000), 1);
+    bus_worker_stop(w);
+    CU_ASSERT_EQUAL_FATAL(atomic_load(&log->n), 3);
+    CU_ASSERT_EQUAL(log->deliveries[0], 1);
+    CU_ASSERT_EQUAL(log->deliveries[1], 2);
+    CU_ASSERT_EQUAL(log->deliveries[2], 3);
+    long long gap1 = log->at_ms[1] - log->at_ms[0], gap2 = log->at_ms[2] - log->at_ms[1];
+    CU_ASSERT(gap1 >= 290);
+    CU_ASSERT(gap2 >= 590);
+    if (gap1 < 290 || gap2 < 590) {
+        fprintf(stderr, "\n  gaps %lld ms and %lld ms\n", gap1, gap2);
+    }
+    free(log);
+    bus_destroy(b);
+}
+
+static void test_bus_worker_dead_letters_after_max_deliver(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "WDLQ", "wdlq.>");
+    worker_log *log = calloc(1, sizeof *log);
+    bus_worker *w = start_worker(b, "WDLQ", "wdlq-c", "wdlq.>", log, 3, 50, 50);
+    CU_ASSERT_EQUAL(publish(b, "wdlq.p", "poison", "poison-id", NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "wdlq.g", "good", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(wait_atomic(&log->good, 1, 5000), 1);
+    CU_ASSERT_EQUAL(wait_atomic(&log->n, 4, 5000), 4);
+    sleep_ms(500); /* no fourth delivery of the poison */
+    bus_worker_stop(w);
+    int poison = 0;
+    for (int i = 0; i < atomic_load(&log->n); i++) {
+        poison += strcmp(log->data[i], "poison") == 0;
+    }
+    CU_ASSERT_EQUAL(poison, 3);
+    seen *s = seen_new();
+    uint64_t last = 0;
+    CU_ASSERT_EQUAL(bus_replay(b, BUS_DEADLETTER_STREAM, "deadletter.wdlq.p", 1, collect, s, &last), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(s->n, 1);
+    CU_ASSERT_STRING_EQUAL(s->data[0], "poison");
+    CU_ASSERT_PTR_NOT_NULL(strstr(s->reason[0], "boom"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(s->reason[0], "after 3 deliveries"));
+    CU_ASSERT_STRING_EQUAL(s->deliveries[0], "3");
+    CU_ASSERT_STRING_EQUAL(s->orig_subject[0], "wdlq.p");
+    free(s);
+    free(log);
+    bus_destroy(b);
+}
+
+static void test_bus_worker_dead_now(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "WDEAD", "wdead.>");
+    worker_log *log = calloc(1, sizeof *log);
+    bus_worker *w = start_worker(b, "WDEAD", "wdead-c", "wdead.>", log, 5, 50, 50);
+    CU_ASSERT_EQUAL(publish(b, "wdead.d", "dead", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "wdead.g", "fine", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(wait_atomic(&log->good, 1, 5000), 1);
+    sleep_ms(300);
+    bus_worker_stop(w);
+    CU_ASSERT_EQUAL(atomic_load(&log->n), 2);
+    seen *s = seen_new();
+    CU_ASSERT_EQUAL(bus_replay(b, BUS_DEADLETTER_STREAM, "deadletter.wdead.>", 1, collect, s, NULL), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(s->n, 1);
+    CU_ASSERT_STRING_EQUAL(s->data[0], "dead");
+    CU_ASSERT_STRING_EQUAL(s->reason[0], "malformed event");
+    CU_ASSERT_STRING_EQUAL(s->deliveries[0], "1");
+    free(s);
+    free(log);
+    bus_destroy(b);
+}
+
+static void test_bus_connection_state(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "CONN", "conn.>");
+    CU_ASSERT_TRUE(bus_connected(b));
+    worker_log *log = calloc(1, sizeof *log);
+    bus_worker *w = start_worker(b, "CONN", "conn-c", "conn.>", log, 5, 50, 50);
+    CU_ASSERT_EQUAL(publish(b, "conn.x", "before", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(wait_atomic(&log->good, 1, 5000), 1);
+
+    int downs = atomic_load(&state_downs), ups = atomic_load(&state_ups);
+    CU_ASSERT_EQUAL(natsd_stop(server), CH_OK);
+    CU_ASSERT_EQUAL(wait_atomic(&state_downs, downs + 1, 5000), downs + 1);
+    CU_ASSERT_FALSE(bus_connected(b));
+    long long t0 = test_now_ms();
+    ch_status st = publish(b, "conn.x", "while-down", NULL, NULL);
+    CU_ASSERT(st == CH_UNAVAILABLE || st == CH_TIMEOUT);
+    CU_ASSERT(test_now_ms() - t0 < 3000);
+    bus_out_msg m = {.subject = "conn.x", .data = "x", .len = 1};
+    CU_ASSERT_EQUAL(bus_publish_async(b, &m), CH_UNAVAILABLE);
+
+    CU_ASSERT_EQUAL_FATAL(natsd_restart(server), CH_OK);
+    CU_ASSERT(wait_atomic(&state_ups, ups + 1, 10000) >= ups + 1);
+    CU_ASSERT_TRUE(bus_connected(b));
+    /* The stream survived (file storage) and the worker resumes. */
+    st = CH_UNAVAILABLE;
+    for (int i = 0; i < 50 && st != CH_OK; i++) {
+        st = publish(b, "conn.x", "after", NULL, NULL);
+        if (st != CH_OK) {
+            sleep_ms(100);
+        }
+    }
+    CU_ASSERT_EQUAL(st, CH_OK);
+    CU_ASSERT_EQUAL(wait_atomic(&log->good, 2, 10000), 2);
+    uint64_t msgs = 0;
+    CU_ASSERT_EQUAL(bus_stream_info(b, "CONN", &msgs, NULL), CH_OK);
+    CU_ASSERT_EQUAL(msgs, 2);
+    bus_worker_stop(w);
+    free(log);
+    bus_destroy(b);
+}
+
+static void test_bus_create_before_server(void)
+{
+    int port = test_free_port();
+    CU_ASSERT_FATAL(port > 0);
+    char url[64];
+    snprintf(url, sizeof url, "nats://127.0.0.1:%d", port);
+    atomic_store(&state_ups, 0);
+    bus_options o = {.url = url, .on_state = on_state, .reconnect_wait_ms = 50, .reconnect_wait_max_ms = 200};
+    bus *b = NULL;
+    CU_ASSERT_EQUAL_FATAL(bus_create(&b, &o), CH_OK);
+    CU_ASSERT_FALSE(bus_connected(b));
+    CU_ASSERT_EQUAL(publish(b, "late.x", "x", NULL, NULL), CH_UNAVAILABLE);
+    natsd *late = NULL;
+    natsd_options no = {.port = port};
+    CU_ASSERT_EQUAL_FATAL(natsd_start(&late, &no), CH_OK);
+    CU_ASSERT(wait_atomic(&state_ups, 1, 10000) >= 1);
+    CU_ASSERT_TRUE(bus_connected(b));
+    ensure(b, "LATE", "late.>");
+    CU_ASSERT_EQUAL(publish(b, "late.x", "x", NULL, NULL), CH_OK);
+    bus_destroy(b);
+    natsd_destroy(late);
+
+    /* Without retry, an unreachable server is an error. */
+    o.no_retry_on_failed_connect = true;
+    CU_ASSERT_EQUAL(bus_create(&b, &o), CH_UNAVAILABLE);
+    CU_ASSERT_PTR_NULL(b);
+    bus_destroy(NULL);
+}
+
+static int suite_init(void)
+{
+    if (natsd_start(&server, NULL) != CH_OK) {
+        return 1;
+    }
+    bus_options o = {.url = natsd_url(server)};
+    bus *b = NULL;
+    if (bus_create(&b, &o) != CH_OK) {
+        return 1;
+    }
+    ch_status st = bus_ensure_deadletter_stream(b, 1);
+    bus_destroy(b);
+    return st == CH_OK ? 0 : 1;
+}
+
+static int suite_clean(void)
+{
+    natsd_destroy(server);
+    server = NULL;
+    return 0;
+}
+
+int main(void)
+{
+    log_configure("test_bus", getenv("TEST_LOG") ? LOG_DEBUG : LOG_ERROR, 2);
+    if (CU_initialize_registry() != CUE_SUCCESS) {
+        return 1;
+    }
+    CU_pSuite s = CU_add_suite("bus", suite_init, suite_clean);
+    CU_add_test(s, "ensure stream idempotent", test_bus_ensure_stream_idempotent);
+    CU_add_test(s, "publish dedup", test_bus_publish_dedup);
+    CU_add_test(s, "headers survive", test_bus_headers_survive);
+    CU_add_test(s, "async batch", test_bus_async_batch);
+    CU_add_test(s, "replay empty and filter", test_bus_replay_empty_and_filter);
+    CU_add_test(s, "replay large", test_bus_replay_large);
+    CU_add_test(s, "worker acks", test_bus_worker_acks);
+    CU_add_test(s, "worker retry backoff", test_bus_worker_retry_backoff);
+    CU_add_test(s, "worker dead-letters after max deliver", test_bus_worker_dead_letters_after_max_deliver);
+    CU_add_test(s, "worker dead now", test_bus_worker_dead_now);
+    CU_add_test(s, "connection state", test_bus_connection_state);
+    CU_add_test(s, "create before server", test_bus_create_before_server);
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    unsigned failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
+    CU_cleanup_registry();
+    bus_library_shutdown();
+    return failures ? 1 : 0;
+}
