@@ -474,7 +474,8 @@ static ch_status bus__make_msg(natsMsg **out, const bus_out_msg *m)
 }
 
 /* Publishes an already built message synchronously (msg stays the caller's). */
-static ch_status bus__publish_msg(bus *b, natsMsg *msg, const char *msg_id, int timeout_ms, bus_pub_ack *ack)
+static ch_status bus__publish_msg(bus *b, natsMsg *msg, const char *msg_id, const bus_out_msg *m,
+                                  int timeout_ms, bus_pub_ack *ack)
 {
     if (!atomic_load(&b->up)) {
         return CH_UNAVAILABLE;
@@ -483,11 +484,18 @@ static ch_status bus__publish_msg(bus *b, natsMsg *msg, const char *msg_id, int 
     jsPubOptions_Init(&po);
     po.MaxWait = timeout_ms > 0 ? timeout_ms : 5000;
     po.MsgId = msg_id;
+    if (m) {
+        po.ExpectLastSubjectSeq = m->expect_last_subject_seq;
+        po.ExpectNoMessage = m->expect_no_message;
+    }
     jsPubAck *pa = NULL;
     jsErrCode ec = 0;
     natsStatus s = js_PublishMsg(&pa, b->js, msg, &po, &ec);
     if (s != NATS_OK) {
-        ch_status st = bus__fail("publish failed", natsMsg_GetSubject(msg), s, ec);
+        /* A lost compare-and-set is the caller's normal business, not a warning. */
+        ch_status st = bus__status(s, ec) == CH_CONFLICT
+                           ? CH_CONFLICT
+                           : bus__fail("publish failed", natsMsg_GetSubject(msg), s, ec);
         if (st == CH_TIMEOUT && !atomic_load(&b->up)) {
             st = CH_UNAVAILABLE;
         }
@@ -511,7 +519,7 @@ ch_status bus_publish(bus *b, const bus_out_msg *m, int timeout_ms, bus_pub_ack 
     if (st != CH_OK) {
         return st;
     }
-    st = bus__publish_msg(b, msg, m->msg_id, timeout_ms, ack);
+    st = bus__publish_msg(b, msg, m->msg_id, m, timeout_ms, ack);
     natsMsg_Destroy(msg);
     return st;
 }
@@ -705,7 +713,7 @@ static ch_status bus__dead_letter(bus_worker *w, natsMsg *msg, const bus_in_msg 
     if (s != NATS_OK) {
         st = bus__fail("dead-letter copy failed", subject, s, 0);
     } else {
-        st = bus__publish_msg(w->b, copy, msg_id, 5000, NULL);
+        st = bus__publish_msg(w->b, copy, msg_id, NULL, 5000, NULL);
     }
     natsMsg_Destroy(copy);
     if (st == CH_OK) {

@@ -128,6 +128,12 @@ typedef struct bus_out_msg {
     const char *msg_id;                  /* Nats-Msg-Id for dedup; NULL: none */
     bus_header headers[BUS_MAX_HEADERS]; /* unused entries have key NULL */
     int nheaders;                        /* entries used, 0..BUS_MAX_HEADERS */
+    /* Optimistic concurrency on the subject (synchronous publish only): the
+     * stream stores the message only if the subject's last sequence is this
+     * value, or, with expect_no_message, if the subject holds nothing yet;
+     * otherwise bus_publish returns CH_CONFLICT. 0/false: no expectation. */
+    uint64_t expect_last_subject_seq;
+    bool expect_no_message;
 } bus_out_msg;
 
 typedef struct bus_pub_ack {

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "event_worker.h"
 #include "log.h"
 
 ch_status event_bus_ensure_streams(bus *b, int replicas, int64_t max_age_ms)
@@ -47,6 +48,14 @@ static ch_status event__prepare(event_out *o, const choreo_events_v1_Envelope *e
     if (st == CH_OK) {
         st = event_msg_id(o->msg_id, sizeof o->msg_id, t, e->order_id);
     }
+    if (st == CH_OK && t == EVENT_NOTIFICATION_SENT) {
+        /* one order gets a notification of each kind: keep both */
+        size_t n = strlen(o->msg_id);
+        if (snprintf(o->msg_id + n, sizeof o->msg_id - n, ":%s", e->payload.notification_sent.kind) >=
+            (int)(sizeof o->msg_id - n)) {
+            st = CH_INVALID_ARGUMENT;
+        }
+    }
     if (st != CH_OK) {
         log_error("event not published: invalid", "type", e->type, "order_id", e->order_id, "event_id",
                   e->event_id, "reason", reason[0] ? reason : ch_status_str(st), NULL);
@@ -76,15 +85,17 @@ ch_status event_publish(bus *b, const choreo_events_v1_Envelope *e, int timeout_
     if (ack) {
         *ack = local;
     }
+    char trace_id[33];
+    event_trace_id(e->traceparent, trace_id);
     if (st == CH_OK) {
         char seq[32];
         snprintf(seq, sizeof seq, "%" PRIu64, local.seq);
         log_info("event published", "type", e->type, "order_id", e->order_id, "event_id", e->event_id,
-                 "causation_id", e->causation_id, "seq", seq, "outcome",
+                 "causation_id", e->causation_id, "trace_id", trace_id, "seq", seq, "outcome",
                  local.duplicate ? "duplicate" : "stored", NULL);
     } else {
         log_warn("event publish failed", "type", e->type, "order_id", e->order_id, "event_id", e->event_id,
-                 "status", ch_status_str(st), NULL);
+                 "causation_id", e->causation_id, "trace_id", trace_id, "status", ch_status_str(st), NULL);
     }
     return st;
 }

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
@@ -375,4 +376,43 @@ ch_status event_decode(const uint8_t *buf, size_t len, choreo_events_v1_Envelope
         return CH_INVALID_ARGUMENT;
     }
     return event__validate(out, reason, reason_cap);
+}
+
+void event_summary(const choreo_events_v1_Envelope *env, char *buf, size_t cap)
+{
+    event_type t = EVENT_TYPE_COUNT;
+    event_type_of(env, &t);
+    switch (t) {
+    case EVENT_ORDER_CREATED:
+        snprintf(buf, cap, "%u items, total %" PRId64 " cents, customer %s",
+                 (unsigned)env->payload.order_created.items_count, env->payload.order_created.total_cents,
+                 env->payload.order_created.customer_id);
+        break;
+    case EVENT_INVENTORY_RESERVED:
+        snprintf(buf, cap, "reserved %u units", (unsigned)env->payload.inventory_reserved.units);
+        break;
+    case EVENT_INVENTORY_FAILED: snprintf(buf, cap, "%s", env->payload.inventory_failed.reason); break;
+    case EVENT_PAYMENT_PROCESSED:
+        snprintf(buf, cap, "charged %" PRId64 " cents", env->payload.payment_processed.amount_cents);
+        break;
+    case EVENT_PAYMENT_FAILED: snprintf(buf, cap, "%s", env->payload.payment_failed.reason); break;
+    case EVENT_INVENTORY_RELEASED:
+        snprintf(buf, cap, "%s %u units",
+                 env->payload.inventory_released.restocked ? "restocked" : "released",
+                 (unsigned)env->payload.inventory_released.units);
+        break;
+    case EVENT_PAYMENT_REFUNDED:
+        snprintf(buf, cap, "refunded %" PRId64 " cents", env->payload.payment_refunded.amount_cents);
+        break;
+    case EVENT_ORDER_CANCEL_REQUESTED:
+    case EVENT_ORDER_CANCELLED:
+        snprintf(buf, cap, "%s",
+                 t == EVENT_ORDER_CANCELLED ? env->payload.order_cancelled.reason
+                                            : env->payload.order_cancel_requested.reason);
+        break;
+    case EVENT_NOTIFICATION_SENT:
+        snprintf(buf, cap, "notified %s", env->payload.notification_sent.customer_id);
+        break;
+    default: buf[0] = '\0';
+    }
 }

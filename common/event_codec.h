@@ -95,4 +95,8 @@ ch_status event_decode(const uint8_t *buf, size_t len, choreo_events_v1_Envelope
  * if e->type is unknown. */
 ch_status event_type_of(const choreo_events_v1_Envelope *e, event_type *out);
 
+/* One readable line about the event's payload, e.g. "reserved 3 units" or
+ * the reason of a failure, for logs, timelines and the CLI. */
+void event_summary(const choreo_events_v1_Envelope *e, char *buf, size_t cap);
+
 #endif

@@ -26,12 +26,15 @@ int main(int argc, char **argv)
     if (st == CH_OK)
         st = orders_rebuild(&svc, NULL);
     if (st == CH_OK)
+        st = orders_events_start(&svc);
+    if (st == CH_OK)
         st = service_create_server(&rt);
     if (st == CH_OK)
         st = orders_rpc_register(rt.server, &svc);
     if (st == CH_OK)
         st = service_serve(&rt);
 
+    orders_events_stop(&svc); /* service_serve has drained the calls; the bus goes last */
     service_shutdown(&rt);
     order_store_destroy(svc.store);
     pthread_mutex_destroy(&svc.mu);

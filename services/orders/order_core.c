@@ -98,6 +98,28 @@ bool order_saga_running(const order *o)
     return o->status == ORDER_PENDING || o->status == ORDER_RESERVED || o->status == ORDER_CANCELLING;
 }
 
+order_reaction order_next_reaction(const order *o)
+{
+    if (o->status == ORDER_CONFIRMED && !o->confirmed_seen)
+        return ORDER_REACT_CONFIRM;
+    if (o->status == ORDER_CANCELLED && !o->cancelled_seen)
+        return ORDER_REACT_CANCEL;
+    return ORDER_REACT_NONE;
+}
+
+ch_status order_check_cancel(const order *o, char *err, size_t errlen)
+{
+    switch (o->status) {
+    case ORDER_CONFIRMED: return CH_OK;
+    case ORDER_CANCELLING:
+    case ORDER_CANCELLED: return CH_ALREADY_EXISTS;
+    default:
+        snprintf(err, errlen, "order %s is %s: its saga is still running, cancel once it is CONFIRMED", o->id,
+                 order_status_name(o->status));
+        return CH_FAILED_PRECONDITION;
+    }
+}
+
 void order_clear(order *o)
 {
     if (!o)
@@ -263,13 +285,23 @@ ch_status order_apply(order *o, const order_event *e, bool *changed)
         *changed = true;
         return CH_OK;
     }
-    if (e->seq != 0 && e->seq <= o->last_seq)
-        return CH_OK; /* replayed: already folded in */
+    /* No skipping by sequence: each service consumes each event type on its
+     * own consumer, so events of one order may arrive out of stream order.
+     * Every transition is idempotent on the order's own state instead. */
     st = transition(o, e, &next, &noop);
     if (st != CH_OK)
         return st;
     if (e->seq > o->last_seq)
         o->last_seq = e->seq;
+    /* The service's own outcome events, once seen, are never published again. */
+    if (e->kind == ORDER_EV_CONFIRMED && !o->confirmed_seen) {
+        o->confirmed_seen = true;
+        *changed = true;
+    }
+    if (e->kind == ORDER_EV_CANCELLED && !o->cancelled_seen) {
+        o->cancelled_seen = true;
+        *changed = true;
+    }
     if (noop)
         return CH_OK;
     if (e->kind == ORDER_EV_INVENTORY_FAILED || e->kind == ORDER_EV_PAYMENT_FAILED ||

@@ -68,6 +68,8 @@ typedef struct order {
     bool payment_failed; /* payment declined; waiting for the release */
     bool refunded;       /* customer cancel: refund done */
     bool restocked;      /* customer cancel: restock done */
+    bool confirmed_seen; /* order.confirmed is in the stream */
+    bool cancelled_seen; /* order.cancelled is in the stream */
     uint64_t list_pos;   /* position in creation order, for paging */
 } order;
 
@@ -118,14 +120,29 @@ ch_status order_validate_create(const order_create_req *r, char *err, size_t err
 int64_t order_total(const order_item *items, size_t n);
 
 /* The reducer. Applies e to o (o zeroed for a new order and e CREATED).
- * Events already reflected (seq <= o->last_seq, or a repeat of a step
- * already taken) change nothing and return CH_OK with *changed false.
+ * Events already reflected (a repeat of a step already taken, whatever its
+ * sequence) change nothing and return CH_OK with *changed false.
  * An event that makes no sense in o's state returns CH_FAILED_PRECONDITION
  * and changes nothing. Pure: no I/O, no clock. */
 ch_status order_apply(order *o, const order_event *e, bool *changed);
 
 /* True while the saga runs (PENDING, RESERVED, CANCELLING). */
 bool order_saga_running(const order *o);
+
+/* What the orders service must publish next for o, derived from its state
+ * alone (so a re-run after a crash decides the same). */
+typedef enum order_reaction {
+    ORDER_REACT_NONE = 0,
+    ORDER_REACT_CONFIRM, /* payment processed: publish order.confirmed */
+    ORDER_REACT_CANCEL,  /* saga over without a sale: publish order.cancelled */
+} order_reaction;
+
+order_reaction order_next_reaction(const order *o);
+
+/* Whether the customer may cancel o now. CH_OK for a CONFIRMED order;
+ * CH_ALREADY_EXISTS when it is already CANCELLING or CANCELLED (nothing to
+ * do); CH_FAILED_PRECONDITION with a message while the saga runs. */
+ch_status order_check_cancel(const order *o, char *err, size_t errlen);
 
 const char *order_status_name(order_status s);
 

@@ -16,18 +16,21 @@
 #include "bus.h"
 #include "config.h"
 #include "event_codec.h"
+#include "event_worker.h"
 #include "order_core.h"
 #include "rpc_server.h"
 
 #define ORDERS_SERVICE_NAME "choreo.orders.v1.Orders"
 #define ORDERS_PRODUCER     "orders"
 #define ORDERS_HISTORY_MAX  64
+#define ORDERS_CONSUMED     6 /* event types the saga makes orders react to */
 
 typedef struct orders_service {
     const service_config *cfg;
     bus *bus;
     order_store *store;
     pthread_mutex_t mu;
+    event_worker *workers[ORDERS_CONSUMED];
 } orders_service;
 
 /* A request to create, checked by the core and given its id. */
@@ -51,6 +54,19 @@ ch_status orders_event_from_envelope(const choreo_events_v1_Envelope *env, uint6
  * stream already had it (a retry under the same idempotency key). Nothing is
  * stored when the append fails. Any thread. */
 ch_status orders_append_created(orders_service *svc, const orders_new *n, int timeout_ms, bool *replayed);
+
+/* Appends order.cancel_requested for a CONFIRMED order and applies it.
+ * CH_FAILED_PRECONDITION (err says why) while the saga runs; CH_OK without
+ * publishing when the order is already CANCELLING or CANCELLED. */
+ch_status orders_append_cancel(orders_service *svc, const char *order_id, const char *reason,
+                               const char *traceparent, const char *causation_id, int timeout_ms, char *err,
+                               size_t errlen);
+
+/* Starts one event worker per consumed type (the saga reactions). */
+ch_status orders_events_start(orders_service *svc);
+
+/* Stops the workers (before the bus goes). */
+void orders_events_stop(orders_service *svc);
 
 /* Rebuilds the store from every event in the stream (start-up). */
 ch_status orders_rebuild(orders_service *svc, uint64_t *events_read);

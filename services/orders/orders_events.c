@@ -155,18 +155,33 @@ static ch_status rebuild_one(const bus_in_msg *m, void *arg)
     return CH_OK;
 }
 
-ch_status orders_rebuild(orders_service *svc, uint64_t *events_read)
+/* Folds every event of the stream matching filter into the store; the
+ * caller holds mu. */
+static ch_status replay_into_store(orders_service *svc, const char *filter, rebuild_ctx **out)
 {
     rebuild_ctx *rc = calloc(1, sizeof *rc);
     uint64_t last = 0;
-    ch_status st;
 
     if (!rc)
         return CH_NO_MEMORY;
     rc->svc = svc;
+    ch_status st = bus_replay(svc->bus, EVENT_STREAM, filter, 1, rebuild_one, rc, &last);
+    if (out)
+        *out = rc;
+    else
+        free(rc);
+    return st;
+}
+
+ch_status orders_rebuild(orders_service *svc, uint64_t *events_read)
+{
+    rebuild_ctx *rc = NULL;
+
     pthread_mutex_lock(&svc->mu);
-    st = bus_replay(svc->bus, EVENT_STREAM, "events.>", 1, rebuild_one, rc, &last);
+    ch_status st = replay_into_store(svc, "events.>", &rc);
     pthread_mutex_unlock(&svc->mu);
+    if (!rc)
+        return st;
     if (events_read)
         *events_read = rc->events;
     if (st == CH_OK) {
@@ -181,6 +196,186 @@ ch_status orders_rebuild(orders_service *svc, uint64_t *events_read)
     return st;
 }
 
+/* ---- the saga: reacting to other services' events ---- */
+
+/* What a reaction needs from the order, copied under the lock. */
+typedef struct reaction {
+    order_reaction what;
+    char customer_id[ORDER_CUSTOMER_MAX + 1];
+    int64_t total_cents;
+    char reason[ORDER_REASON_MAX + 1];
+} reaction;
+
+static ch_status publish_reaction(orders_service *svc, const reaction *r,
+                                  const choreo_events_v1_Envelope *cause)
+{
+    choreo_events_v1_Envelope *out = malloc(sizeof *out);
+    event_type t = r->what == ORDER_REACT_CONFIRM ? EVENT_ORDER_CONFIRMED : EVENT_ORDER_CANCELLED;
+    bus_pub_ack ack = {0};
+    order_event own;
+    bool changed;
+
+    if (!out)
+        return CH_NO_MEMORY;
+    ch_status st = event_init_caused(out, t, cause, ORDERS_PRODUCER);
+    if (st != CH_OK)
+        goto cleanup;
+    if (t == EVENT_ORDER_CONFIRMED) {
+        snprintf(out->payload.order_confirmed.customer_id, sizeof out->payload.order_confirmed.customer_id,
+                 "%s", r->customer_id);
+        out->payload.order_confirmed.total_cents = r->total_cents;
+    } else {
+        snprintf(out->payload.order_cancelled.customer_id, sizeof out->payload.order_cancelled.customer_id,
+                 "%s", r->customer_id);
+        snprintf(out->payload.order_cancelled.reason, sizeof out->payload.order_cancelled.reason, "%s",
+                 r->reason);
+    }
+    st = event_publish(svc->bus, out, svc->cfg->publish_timeout_ms, &ack);
+    if (st != CH_OK)
+        goto cleanup;
+    /* Append, then apply: the order now knows its outcome is published. */
+    own = (order_event){.kind = t == EVENT_ORDER_CONFIRMED ? ORDER_EV_CONFIRMED : ORDER_EV_CANCELLED,
+                        .order_id = out->order_id,
+                        .seq = ack.seq,
+                        .time_ms = out->occurred_at_unix_ns / 1000000,
+                        .reason = r->reason};
+    pthread_mutex_lock(&svc->mu);
+    order_store_apply(svc->store, &own, NULL, &changed);
+    pthread_mutex_unlock(&svc->mu);
+
+cleanup:
+    free(out);
+    return st;
+}
+
+static bus_verdict on_saga_event(const choreo_events_v1_Envelope *e, const bus_in_msg *m, void *ctx,
+                                 char *why, size_t why_cap)
+{
+    orders_service *svc = ctx;
+    const order *o = NULL;
+    order_event ev;
+    reaction r = {0};
+    bool changed;
+
+    if (orders_event_from_envelope(e, m->stream_seq, &ev, NULL) != CH_OK) {
+        snprintf(why, why_cap, "payload of %s is not usable", e->type);
+        return BUS_DEAD;
+    }
+    pthread_mutex_lock(&svc->mu);
+    ch_status st = order_store_apply(svc->store, &ev, &o, &changed);
+    if (st == CH_NOT_FOUND) {
+        /* Its order.created may not be folded in yet here (another replica
+         * took the call, or the reply path is still applying it): read it. */
+        char filter[EVENT_SUBJECT_MAX];
+        event_subject(filter, sizeof filter, EVENT_ORDER_CREATED, e->order_id);
+        replay_into_store(svc, filter, NULL);
+        st = order_store_apply(svc->store, &ev, &o, &changed);
+    }
+    if (st == CH_OK) {
+        r.what = order_next_reaction(o);
+        snprintf(r.customer_id, sizeof r.customer_id, "%s", o->customer_id);
+        r.total_cents = o->total_cents;
+        snprintf(r.reason, sizeof r.reason, "%s", o->reason ? o->reason : "");
+    } else if (st == CH_FAILED_PRECONDITION) {
+        snprintf(why, why_cap, "%s arrived while the order is %s: retried later", e->type,
+                 order_status_name(o ? o->status : ORDER_UNSPECIFIED));
+    } else {
+        snprintf(why, why_cap, "cannot apply: %s", ch_status_str(st));
+    }
+    pthread_mutex_unlock(&svc->mu);
+
+    if (st == CH_NOT_FOUND) {
+        snprintf(why, why_cap, "no order %s (yet)", e->order_id);
+        return BUS_RETRY;
+    }
+    if (st != CH_OK)
+        return BUS_RETRY;
+    if (r.what == ORDER_REACT_NONE)
+        return BUS_ACK;
+    st = publish_reaction(svc, &r, e);
+    if (st != CH_OK) {
+        snprintf(why, why_cap, "reaction not published: %s", ch_status_str(st));
+        return BUS_RETRY;
+    }
+    return BUS_ACK;
+}
+
+ch_status orders_events_start(orders_service *svc)
+{
+    static const event_type consumed[ORDERS_CONSUMED] = {
+        EVENT_INVENTORY_RESERVED, EVENT_INVENTORY_FAILED,   EVENT_PAYMENT_PROCESSED,
+        EVENT_PAYMENT_FAILED,     EVENT_INVENTORY_RELEASED, EVENT_PAYMENT_REFUNDED,
+    };
+    for (int i = 0; i < ORDERS_CONSUMED; i++) {
+        event_worker_spec spec = {
+            .service = ORDERS_PRODUCER, .type = consumed[i], .handler = on_saga_event, .ctx = svc};
+        ch_status st = event_worker_start(svc->bus, &spec, &svc->workers[i]);
+        if (st != CH_OK)
+            return st;
+    }
+    return CH_OK;
+}
+
+void orders_events_stop(orders_service *svc)
+{
+    for (int i = 0; i < ORDERS_CONSUMED; i++) {
+        event_worker_stop(svc->workers[i]);
+        svc->workers[i] = NULL;
+    }
+}
+
+/* ---- customer cancel ---- */
+
+ch_status orders_append_cancel(orders_service *svc, const char *order_id, const char *reason,
+                               const char *traceparent, const char *causation_id, int timeout_ms, char *err,
+                               size_t errlen)
+{
+    choreo_events_v1_Envelope *env = NULL;
+    bus_pub_ack ack = {0};
+    order_event ev;
+    bool changed;
+    ch_status st;
+
+    pthread_mutex_lock(&svc->mu);
+    const order *o = order_store_get(svc->store, order_id);
+    if (!o) {
+        pthread_mutex_unlock(&svc->mu);
+        snprintf(err, errlen, "order_id: no order %s", order_id);
+        return CH_NOT_FOUND;
+    }
+    st = order_check_cancel(o, err, errlen);
+    if (st != CH_OK) {
+        pthread_mutex_unlock(&svc->mu);
+        return st == CH_ALREADY_EXISTS ? CH_OK : st;
+    }
+    env = malloc(sizeof *env);
+    if (!env) {
+        pthread_mutex_unlock(&svc->mu);
+        return CH_NO_MEMORY;
+    }
+    st = event_init(env, EVENT_ORDER_CANCEL_REQUESTED, order_id, causation_id, ORDERS_PRODUCER, traceparent);
+    choreo_events_v1_OrderCancelRequested *c = &env->payload.order_cancel_requested;
+    snprintf(c->customer_id, sizeof c->customer_id, "%s", o->customer_id);
+    c->total_cents = o->total_cents;
+    snprintf(c->reason, sizeof c->reason, "%s", reason && reason[0] ? reason : "cancelled by the customer");
+    pthread_mutex_unlock(&svc->mu);
+
+    if (st == CH_OK)
+        st = event_publish(svc->bus, env, timeout_ms, &ack);
+    if (st == CH_OK) {
+        ev = (order_event){.kind = ORDER_EV_CANCEL_REQUESTED,
+                           .order_id = order_id,
+                           .seq = ack.seq,
+                           .time_ms = env->occurred_at_unix_ns / 1000000,
+                           .reason = c->reason};
+        pthread_mutex_lock(&svc->mu);
+        st = order_store_apply(svc->store, &ev, NULL, &changed);
+        pthread_mutex_unlock(&svc->mu);
+    }
+    free(env);
+    return st;
+}
+
 /* ---- history ---- */
 
 typedef struct history_ctx {
@@ -190,45 +385,6 @@ typedef struct history_ctx {
     choreo_events_v1_Envelope env;
     order_item items[ORDER_ITEMS_MAX];
 } history_ctx;
-
-static void summarize(const choreo_events_v1_Envelope *env, char *buf, size_t cap)
-{
-    event_type t = EVENT_TYPE_COUNT;
-    event_type_of(env, &t);
-    switch (t) {
-    case EVENT_ORDER_CREATED:
-        snprintf(buf, cap, "%u items, total %" PRId64 " cents, customer %s",
-                 (unsigned)env->payload.order_created.items_count, env->payload.order_created.total_cents,
-                 env->payload.order_created.customer_id);
-        break;
-    case EVENT_INVENTORY_RESERVED:
-        snprintf(buf, cap, "reserved %u units", (unsigned)env->payload.inventory_reserved.units);
-        break;
-    case EVENT_INVENTORY_FAILED: snprintf(buf, cap, "%s", env->payload.inventory_failed.reason); break;
-    case EVENT_PAYMENT_PROCESSED:
-        snprintf(buf, cap, "charged %" PRId64 " cents", env->payload.payment_processed.amount_cents);
-        break;
-    case EVENT_PAYMENT_FAILED: snprintf(buf, cap, "%s", env->payload.payment_failed.reason); break;
-    case EVENT_INVENTORY_RELEASED:
-        snprintf(buf, cap, "%s %u units",
-                 env->payload.inventory_released.restocked ? "restocked" : "released",
-                 (unsigned)env->payload.inventory_released.units);
-        break;
-    case EVENT_PAYMENT_REFUNDED:
-        snprintf(buf, cap, "refunded %" PRId64 " cents", env->payload.payment_refunded.amount_cents);
-        break;
-    case EVENT_ORDER_CANCEL_REQUESTED:
-    case EVENT_ORDER_CANCELLED:
-        snprintf(buf, cap, "%s",
-                 t == EVENT_ORDER_CANCELLED ? env->payload.order_cancelled.reason
-                                            : env->payload.order_cancel_requested.reason);
-        break;
-    case EVENT_NOTIFICATION_SENT:
-        snprintf(buf, cap, "notified %s", env->payload.notification_sent.customer_id);
-        break;
-    default: buf[0] = '\0';
-    }
-}
 
 static ch_status history_one(const bus_in_msg *m, void *arg)
 {
@@ -252,7 +408,7 @@ static ch_status history_one(const bus_in_msg *m, void *arg)
     snprintf(h->producer, sizeof h->producer, "%s", hc->env.producer);
     h->occurred_at_ns = hc->env.occurred_at_unix_ns;
     h->status_after = hc->folded.status;
-    summarize(&hc->env, h->summary, sizeof h->summary);
+    event_summary(&hc->env, h->summary, sizeof h->summary);
     return CH_OK;
 }
 

@@ -71,9 +71,11 @@ static Choreo__Orders__V1__Order *pb_order_fill(pb_orders *p, size_t i, const or
     return pb;
 }
 
-/* Replies with one order (looked up under the lock) as the message that
- * `wrap` builds around it. */
-static void reply_order(rpc_call *call, orders_service *svc, const char *id, bool replayed, bool create)
+typedef enum reply_kind { REPLY_GET, REPLY_CREATE, REPLY_CANCEL } reply_kind;
+
+/* Replies with one order (looked up and packed under the lock) in the
+ * response message of the call's kind. */
+static void reply_order(rpc_call *call, orders_service *svc, const char *id, reply_kind kind, bool replayed)
 {
     pb_orders p;
 
@@ -91,10 +93,14 @@ static void reply_order(rpc_call *call, orders_service *svc, const char *id, boo
         return;
     }
     Choreo__Orders__V1__Order *pb = pb_order_fill(&p, 0, o);
-    if (create) {
+    if (kind == REPLY_CREATE) {
         Choreo__Orders__V1__CreateOrderResponse resp = CHOREO__ORDERS__V1__CREATE_ORDER_RESPONSE__INIT;
         resp.order = pb;
         resp.replayed = replayed;
+        rpc_call_reply(call, &resp.base);
+    } else if (kind == REPLY_CANCEL) {
+        Choreo__Orders__V1__CancelOrderResponse resp = CHOREO__ORDERS__V1__CANCEL_ORDER_RESPONSE__INIT;
+        resp.order = pb;
         rpc_call_reply(call, &resp.base);
     } else {
         Choreo__Orders__V1__GetOrderResponse resp = CHOREO__ORDERS__V1__GET_ORDER_RESPONSE__INIT;
@@ -138,6 +144,17 @@ static void call_traceparent(const rpc_call *call, char out[TRACEPARENT_LEN + 1]
     for (int i = 16; i < 24; i++)
         p += sprintf(p, "%02x", r[i]);
     sprintf(p, "-01");
+}
+
+/* How long a publish may wait: the configured cap, or less if the client's
+ * deadline is nearer. */
+static int call_timeout(const rpc_call *call, const orders_service *svc)
+{
+    int64_t timeout = svc->cfg->publish_timeout_ms;
+    int64_t left = rpc_call_remaining_ms(call);
+    if (left < timeout)
+        timeout = left > 1 ? left : 1;
+    return (int)timeout;
 }
 
 static bool valid_order_id(const char *id)
@@ -184,7 +201,7 @@ static void create_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
         bool known = order_store_by_key(svc->store, r->customer_id, r->idempotency_key) != NULL;
         pthread_mutex_unlock(&svc->mu);
         if (known) {
-            reply_order(call, svc, n.id, true, true);
+            reply_order(call, svc, n.id, REPLY_CREATE, true);
             return;
         }
     } else {
@@ -202,11 +219,7 @@ static void create_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
     n.causation_id = causation;
     rpc_call_add_metadata(call, "traceparent", traceparent);
 
-    int64_t timeout = svc->cfg->publish_timeout_ms;
-    int64_t left = rpc_call_remaining_ms(call);
-    if (left < timeout)
-        timeout = left > 1 ? left : 1;
-    ch_status st = orders_append_created(svc, &n, (int)timeout, &replayed);
+    ch_status st = orders_append_created(svc, &n, call_timeout(call, svc), &replayed);
     if (st != CH_OK) {
         log_warn("order not created", "order_id", n.id, "trace_id", n.traceparent + 3, "status",
                  ch_status_str(st), NULL);
@@ -217,7 +230,7 @@ static void create_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
             rpc_call_fail(call, st, "order not created: %s", ch_status_str(st));
         return;
     }
-    reply_order(call, svc, n.id, replayed, true);
+    reply_order(call, svc, n.id, REPLY_CREATE, replayed);
 }
 
 static void get_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
@@ -233,7 +246,7 @@ static void get_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
                       ORDER_ID_MAX);
         return;
     }
-    reply_order(call, ctx, r->order_id, false, false);
+    reply_order(call, ctx, r->order_id, REPLY_GET, false);
 }
 
 static void list_orders(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
@@ -299,6 +312,40 @@ cleanup:
     free(page);
 }
 
+static void cancel_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
+{
+    const Choreo__Orders__V1__CancelOrderRequest *r = (const Choreo__Orders__V1__CancelOrderRequest *)msg;
+    orders_service *svc = ctx;
+    char traceparent[TRACEPARENT_LEN + 1], causation[40], err[256];
+
+    if (!valid_order_id(r->order_id)) {
+        rpc_call_fail(call, CH_INVALID_ARGUMENT, "order_id: %s",
+                      r->order_id[0] ? "not a valid order id" : "required");
+        return;
+    }
+    size_t reason_len = strlen(r->reason);
+    if (reason_len > ORDER_REASON_MAX || !utf8_valid(r->reason, reason_len)) {
+        rpc_call_fail(call, CH_INVALID_ARGUMENT, "reason: must be at most %d bytes of valid UTF-8",
+                      ORDER_REASON_MAX);
+        return;
+    }
+    call_traceparent(call, traceparent);
+    snprintf(causation, sizeof causation, "rpc-%.16s", traceparent + 36);
+    rpc_call_add_metadata(call, "traceparent", traceparent);
+    ch_status st = orders_append_cancel(svc, r->order_id, r->reason, traceparent, causation,
+                                        call_timeout(call, svc), err, sizeof err);
+    if (st == CH_NOT_FOUND || st == CH_FAILED_PRECONDITION) {
+        rpc_call_fail(call, st, "%s", err);
+        return;
+    }
+    if (st != CH_OK) {
+        rpc_call_fail(call, CH_UNAVAILABLE, "event stream unavailable (%s): order not cancelled, retry",
+                      ch_status_str(st));
+        return;
+    }
+    reply_order(call, svc, r->order_id, REPLY_CANCEL, false);
+}
+
 static void get_order_history(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
 {
     const Choreo__Orders__V1__GetOrderHistoryRequest *r =
@@ -357,6 +404,9 @@ ch_status orders_rpc_register(rpc_server *s, orders_service *svc)
         {"/" ORDERS_SERVICE_NAME "/ListOrders", RPC_UNARY,
          &choreo__orders__v1__list_orders_request__descriptor,
          &choreo__orders__v1__list_orders_response__descriptor, list_orders, NULL, svc},
+        {"/" ORDERS_SERVICE_NAME "/CancelOrder", RPC_UNARY,
+         &choreo__orders__v1__cancel_order_request__descriptor,
+         &choreo__orders__v1__cancel_order_response__descriptor, cancel_order, NULL, svc},
         {"/" ORDERS_SERVICE_NAME "/GetOrderHistory", RPC_UNARY,
          &choreo__orders__v1__get_order_history_request__descriptor,
          &choreo__orders__v1__get_order_history_response__descriptor, get_order_history, NULL, svc},

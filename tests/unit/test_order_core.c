@@ -173,6 +173,48 @@ static void test_order_core_reducer_refuses_impossible_steps(void)
     order_clear(&o);
 }
 
+static void test_order_core_reactions_follow_state(void)
+{
+    order_item it = item("sku-1", 1, 100);
+    order o = {0};
+    bool changed;
+    char err[256];
+    order_event c = created("ord-1", 1, &it, 1);
+    order_event reserved = ev(ORDER_EV_INVENTORY_RESERVED, "ord-1", 2);
+    order_event paid = ev(ORDER_EV_PAYMENT_PROCESSED, "ord-1", 3);
+    order_event confirmed = ev(ORDER_EV_CONFIRMED, "ord-1", 4);
+    order_event cancel = ev(ORDER_EV_CANCEL_REQUESTED, "ord-1", 5);
+    order_event refunded = ev(ORDER_EV_PAYMENT_REFUNDED, "ord-1", 7);
+    order_event restocked = ev(ORDER_EV_INVENTORY_RELEASED, "ord-1", 6);
+    order_event cancelled = ev(ORDER_EV_CANCELLED, "ord-1", 8);
+
+    CU_ASSERT_EQUAL(order_apply(&o, &c, &changed), CH_OK);
+    CU_ASSERT_EQUAL(order_next_reaction(&o), ORDER_REACT_NONE);
+    CU_ASSERT_EQUAL(order_check_cancel(&o, err, sizeof err), CH_FAILED_PRECONDITION); /* saga running */
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "PENDING"));
+    CU_ASSERT_EQUAL(order_apply(&o, &reserved, &changed), CH_OK);
+    CU_ASSERT_EQUAL(order_apply(&o, &paid, &changed), CH_OK);
+    CU_ASSERT_EQUAL(order_next_reaction(&o), ORDER_REACT_CONFIRM);
+    CU_ASSERT_EQUAL(order_apply(&o, &confirmed, &changed), CH_OK);
+    CU_ASSERT_TRUE(changed); /* the outcome is now known to be published */
+    CU_ASSERT_EQUAL(order_next_reaction(&o), ORDER_REACT_NONE);
+    CU_ASSERT_EQUAL(order_check_cancel(&o, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL(order_apply(&o, &cancel, &changed), CH_OK);
+    CU_ASSERT_EQUAL(o.status, ORDER_CANCELLING);
+    CU_ASSERT_EQUAL(order_check_cancel(&o, err, sizeof err), CH_ALREADY_EXISTS);
+    /* the refund (a later sequence) arrives before the restock: order does not matter */
+    CU_ASSERT_EQUAL(order_apply(&o, &refunded, &changed), CH_OK);
+    CU_ASSERT_EQUAL(o.status, ORDER_CANCELLING);
+    CU_ASSERT_EQUAL(order_next_reaction(&o), ORDER_REACT_NONE);
+    CU_ASSERT_EQUAL(order_apply(&o, &restocked, &changed), CH_OK);
+    CU_ASSERT_TRUE(changed);
+    CU_ASSERT_EQUAL(o.status, ORDER_CANCELLED);
+    CU_ASSERT_EQUAL(order_next_reaction(&o), ORDER_REACT_CANCEL);
+    CU_ASSERT_EQUAL(order_apply(&o, &cancelled, &changed), CH_OK);
+    CU_ASSERT_EQUAL(order_next_reaction(&o), ORDER_REACT_NONE);
+    order_clear(&o);
+}
+
 static void test_order_core_store_indexes_and_pages(void)
 {
     order_store *s = NULL;
@@ -253,6 +295,7 @@ int main(void)
     CU_add_test(s, "reducer paths", test_order_core_reducer_paths);
     CU_add_test(s, "reducer is idempotent", test_order_core_reducer_is_idempotent);
     CU_add_test(s, "reducer refuses impossible steps", test_order_core_reducer_refuses_impossible_steps);
+    CU_add_test(s, "reactions follow state", test_order_core_reactions_follow_state);
     CU_add_test(s, "store indexes and pages", test_order_core_store_indexes_and_pages);
     CU_add_test(s, "ids are deterministic per key", test_order_core_ids_are_deterministic_per_key);
     CU_basic_set_mode(CU_BRM_VERBOSE);

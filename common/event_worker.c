@@ -1,0 +1,139 @@
+/* event_worker.c: one durable consumer per event type, decoding and
+ * dispatching to the service's typed handler. */
+#include "event_worker.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "event_bus.h"
+#include "log.h"
+
+struct event_worker {
+    event_worker_spec spec;
+    char service[32];
+    char durable[64];
+    char filter[EVENT_SUBJECT_MAX];
+    char type_name[40];
+    bus_worker *worker;
+    choreo_events_v1_Envelope env; /* reused: one event at a time per worker */
+};
+
+void event_trace_id(const char *traceparent, char out[33])
+{
+    /* "00-<32 hex trace id>-<16 hex span id>-<2 hex flags>" */
+    if (traceparent && strlen(traceparent) == 55 && traceparent[2] == '-' && traceparent[35] == '-') {
+        memcpy(out, traceparent + 3, 32);
+        out[32] = '\0';
+    } else {
+        out[0] = '\0';
+    }
+}
+
+ch_status event_init_caused(choreo_events_v1_Envelope *e, event_type t,
+                            const choreo_events_v1_Envelope *cause, const char *producer)
+{
+    return event_init(e, t, cause->order_id, cause->event_id, producer, cause->traceparent);
+}
+
+static const char *verdict_name(bus_verdict v)
+{
+    switch (v) {
+    case BUS_ACK: return "ack";
+    case BUS_RETRY: return "retry";
+    default: return "dead";
+    }
+}
+
+static bus_verdict on_message(const bus_in_msg *m, void *arg, char *reason, size_t reason_cap)
+{
+    event_worker *w = arg;
+    choreo_events_v1_Envelope *e = &w->env;
+    char trace_id[33], deliveries[24];
+    event_type t;
+
+    snprintf(deliveries, sizeof deliveries, "%llu", (unsigned long long)m->deliveries);
+    if (event_decode(m->data, m->len, e, reason, reason_cap) != CH_OK) {
+        log_warn("event handled", "consumer", w->durable, "subject", m->subject, "outcome", "dead", "reason",
+                 reason, NULL);
+        return BUS_DEAD;
+    }
+    /* The subject routed it here; the envelope must agree with it. */
+    if (event_type_of(e, &t) != CH_OK || t != w->spec.type) {
+        snprintf(reason, reason_cap, "event type %s does not match consumer of %s", e->type, w->type_name);
+        log_warn("event handled", "consumer", w->durable, "type", e->type, "order_id", e->order_id,
+                 "event_id", e->event_id, "outcome", "dead", "reason", reason, NULL);
+        return BUS_DEAD;
+    }
+    reason[0] = '\0';
+    bus_verdict v = w->spec.handler(e, m, w->spec.ctx, reason, reason_cap);
+    event_trace_id(e->traceparent, trace_id);
+    log_at(v == BUS_ACK ? LOG_INFO : LOG_WARN, "event handled", "type", e->type, "order_id", e->order_id,
+           "event_id", e->event_id, "causation_id", e->causation_id, "trace_id", trace_id, "deliveries",
+           deliveries, "outcome", verdict_name(v), "reason", reason[0] ? reason : NULL, NULL);
+    return v;
+}
+
+ch_status event_worker_start(bus *b, const event_worker_spec *spec, event_worker **out)
+{
+    event_worker *w = calloc(1, sizeof *w);
+    ch_status st;
+    char *p;
+
+    if (!w)
+        return CH_NO_MEMORY;
+    w->spec = *spec;
+    snprintf(w->service, sizeof w->service, "%s", spec->service);
+    w->spec.service = w->service;
+    snprintf(w->type_name, sizeof w->type_name, "%s", event_type_name(spec->type));
+    /* durable names cannot hold '.': "inventory-order_created" */
+    snprintf(w->durable, sizeof w->durable, "%s-%s", spec->service, w->type_name);
+    while ((p = strchr(w->durable, '.')))
+        *p = '_';
+    st = event_subject(w->filter, sizeof w->filter, spec->type, NULL);
+    if (st != CH_OK)
+        goto fail;
+
+    int max_deliver = spec->max_deliver > 0 ? spec->max_deliver : 8;
+    bus_consumer_spec c = {
+        .stream = EVENT_STREAM,
+        .durable = w->durable,
+        .filter_subject = w->filter,
+        .ack_wait_ms = spec->ack_wait_ms > 0 ? spec->ack_wait_ms : 10000,
+        .max_deliver = 0, /* the worker dead-letters at max_deliver; the server must not stop first */
+        .max_ack_pending = 4096,
+    };
+    st = bus_ensure_consumer(b, &c);
+    if (st != CH_OK)
+        goto fail;
+    bus_worker_spec ws = {
+        .stream = EVENT_STREAM,
+        .durable = w->durable,
+        .filter_subject = w->filter,
+        .batch = spec->batch > 0 ? spec->batch : 128,
+        .handler = on_message,
+        .ctx = w,
+        .max_deliver = max_deliver,
+        .backoff_ms = {50, 200, 500, 1000, 2000},
+        .nbackoff = 5,
+        .name = w->durable,
+    };
+    st = bus_worker_start(b, &ws, &w->worker);
+    if (st != CH_OK)
+        goto fail;
+    *out = w;
+    return CH_OK;
+
+fail:
+    log_error("event worker not started", "consumer", w->durable, "status", ch_status_str(st), NULL);
+    free(w);
+    return st;
+}
+
+void event_worker_stop(event_worker *w)
+{
+    if (!w)
+        return;
+    bus_worker_stop(w->worker);
+    free(w);
+}

@@ -1,0 +1,129 @@
+/* ledger.c: service state as a compare-and-set ledger on one subject. */
+#include "ledger.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+#define LEDGER_DEDUP_WINDOW_MS (10 * 60 * 1000)
+
+struct ledger {
+    bus *b;
+    char stream[64];
+    char subject[128];
+    ledger_apply_fn apply;
+    void *ctx;
+    uint64_t last; /* sequence of the last entry applied */
+};
+
+static ch_status apply_one(const bus_in_msg *m, void *arg)
+{
+    ledger *l = arg;
+    ch_status st = l->apply(m->data, m->len, m->stream_seq, l->ctx);
+
+    if (m->stream_seq > l->last)
+        l->last = m->stream_seq;
+    if (st == CH_NO_MEMORY)
+        return st;
+    if (st != CH_OK) {
+        char seq[24];
+        snprintf(seq, sizeof seq, "%" PRIu64, m->stream_seq);
+        log_warn("ledger entry skipped", "subject", l->subject, "seq", seq, "status", ch_status_str(st),
+                 NULL);
+    }
+    return CH_OK;
+}
+
+ch_status ledger_catch_up(ledger *l)
+{
+    return bus_replay(l->b, l->stream, l->subject, l->last + 1, apply_one, l, NULL);
+}
+
+ch_status ledger_open(ledger **out, bus *b, const ledger_spec *spec)
+{
+    ledger *l = calloc(1, sizeof *l);
+    ch_status st;
+
+    if (!l)
+        return CH_NO_MEMORY;
+    if (snprintf(l->stream, sizeof l->stream, "%s", spec->stream) >= (int)sizeof l->stream ||
+        snprintf(l->subject, sizeof l->subject, "%s", spec->subject) >= (int)sizeof l->subject ||
+        !spec->apply) {
+        free(l);
+        return CH_INVALID_ARGUMENT;
+    }
+    l->b = b;
+    l->apply = spec->apply;
+    l->ctx = spec->ctx;
+    bus_stream_spec ss = {
+        .name = l->stream,
+        .subjects = {l->subject},
+        .storage = BUS_STORAGE_FILE,
+        .replicas = spec->replicas,
+        .duplicate_window_ms = LEDGER_DEDUP_WINDOW_MS,
+        .max_msg_size = LEDGER_MAX_ENTRY,
+    };
+    st = bus_ensure_stream(b, &ss);
+    if (st == CH_OK)
+        st = ledger_catch_up(l);
+    if (st != CH_OK) {
+        log_error("ledger not opened", "stream", l->stream, "status", ch_status_str(st), NULL);
+        free(l);
+        return st;
+    }
+    char last[24];
+    snprintf(last, sizeof last, "%" PRIu64, l->last);
+    log_info("ledger replayed", "stream", l->stream, "last_seq", last, NULL);
+    *out = l;
+    return CH_OK;
+}
+
+void ledger_close(ledger *l)
+{
+    free(l);
+}
+
+uint64_t ledger_last_seq(const ledger *l)
+{
+    return l->last;
+}
+
+ch_status ledger_append(ledger *l, const void *data, size_t len, const char *msg_id, int timeout_ms,
+                        uint64_t *seq)
+{
+    bus_out_msg m = {
+        .subject = l->subject,
+        .data = data,
+        .len = len,
+        .msg_id = msg_id,
+        .expect_last_subject_seq = l->last,
+        .expect_no_message = l->last == 0,
+    };
+    bus_pub_ack ack = {0};
+    ch_status st;
+
+    if (len > LEDGER_MAX_ENTRY)
+        return CH_RESOURCE_EXHAUSTED;
+    st = bus_publish(l->b, &m, timeout_ms, &ack);
+    if (st == CH_CONFLICT) {
+        /* Someone else appended: learn what they did before deciding again. */
+        ch_status cst = ledger_catch_up(l);
+        return cst == CH_OK ? CH_CONFLICT : cst;
+    }
+    if (st != CH_OK)
+        return st;
+    if (ack.duplicate) {
+        /* Stored before (a re-run): make sure it is applied, once. */
+        st = ledger_catch_up(l);
+    } else if (ack.seq > l->last) {
+        bus_in_msg in = {
+            .subject = l->subject, .data = data, .len = len, .stream_seq = ack.seq, .deliveries = 1};
+        st = apply_one(&in, l);
+    }
+    if (seq)
+        *seq = ack.seq;
+    return st;
+}

@@ -1,0 +1,67 @@
+/* ledger.h: a service's private state as an append-only ledger on one
+ * JetStream subject, written with compare-and-set.
+ *
+ * Stock levels and account balances are not events of the saga, yet they
+ * must survive a restart and must not be decided twice by two replicas. So
+ * each service keeps them as a fold over its own ledger: entries (encoded by
+ * the service, e.g. with nanopb) on one subject of a file-storage stream.
+ * ledger_open replays every entry into the service's apply function;
+ * ledger_append publishes a new entry only if the subject's last sequence is
+ * still the one this process has applied (ExpectLastSubjectSeq). A replica
+ * that lost the race gets CH_CONFLICT after its state has been brought up to
+ * date, and decides again from the fresh state. A duplicate message id
+ * (a re-run handler) stores nothing and applies nothing twice.
+ *
+ * Ownership: the caller owns the ledger (ledger_close); data passed in is
+ * copied. Threads: not thread-safe; the service serialises calls with the
+ * same lock that guards the state apply() changes. apply runs on the calling
+ * thread, inside ledger_open/append/catch_up. */
+#ifndef CHOREO_LEDGER_H
+#define CHOREO_LEDGER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bus.h"
+#include "status.h"
+
+#define LEDGER_MAX_ENTRY 65536 /* bytes of one entry */
+
+typedef struct ledger ledger;
+
+/* Folds one entry into the service's state. An error stops ledger_open
+ * (CH_NO_MEMORY) or is logged and skipped (anything else: a corrupt entry
+ * must not brick the service). */
+typedef ch_status (*ledger_apply_fn)(const uint8_t *data, size_t len, uint64_t seq, void *ctx);
+
+typedef struct ledger_spec {
+    const char *stream;  /* e.g. "INVENTORY" */
+    const char *subject; /* e.g. "inventory.ledger" */
+    int replicas;        /* 0: 1 */
+    ledger_apply_fn apply;
+    void *ctx;
+} ledger_spec;
+
+/* Ensures the stream (file storage, the one subject, dedup window 10 min),
+ * then replays every entry into apply. */
+ch_status ledger_open(ledger **out, bus *b, const ledger_spec *spec);
+
+/* Frees the ledger (not the bus). Accepts NULL. */
+void ledger_close(ledger *l);
+
+/* Appends one entry, expected to follow the last entry applied. On CH_OK
+ * the entry is stored and applied (and *seq, if not NULL, is its
+ * sequence). On CH_CONFLICT another writer got there first: newer entries
+ * have been applied; decide again and retry. A duplicate msg_id returns
+ * CH_OK without applying anything twice. Other errors (CH_UNAVAILABLE,
+ * CH_TIMEOUT) leave the state as it was. */
+ch_status ledger_append(ledger *l, const void *data, size_t len, const char *msg_id, int timeout_ms,
+                        uint64_t *seq);
+
+/* Applies entries stored since the last one applied (other replicas'). */
+ch_status ledger_catch_up(ledger *l);
+
+/* Sequence of the last entry applied (0: none). */
+uint64_t ledger_last_seq(const ledger *l);
+
+#endif
