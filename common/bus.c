@@ -473,6 +473,19 @@ static ch_status bus__make_msg(natsMsg **out, const bus_out_msg *m)
     return CH_OK;
 }
 
+ch_status bus_delete_consumer(bus *b, const char *stream, const char *durable)
+{
+    jsErrCode ec = 0;
+    if (!b || !stream || !durable) {
+        return CH_INVALID_ARGUMENT;
+    }
+    natsStatus s = js_DeleteConsumer(b->js, stream, durable, NULL, &ec);
+    if (s != NATS_OK) {
+        return bus__fail("consumer not deleted", durable, s, ec);
+    }
+    return CH_OK;
+}
+
 /* Publishes an already built message synchronously (msg stays the caller's). */
 static ch_status bus__publish_msg(bus *b, natsMsg *msg, const char *msg_id, const bus_out_msg *m,
                                   int timeout_ms, bus_pub_ack *ack)

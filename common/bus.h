@@ -116,6 +116,10 @@ typedef struct bus_consumer_spec {
  * when it exists. Idempotent. Any thread. */
 ch_status bus_ensure_consumer(bus *b, const bus_consumer_spec *c);
 
+/* Deletes a durable consumer (tests and operators replaying a service from
+ * the start of the stream). CH_NOT_FOUND if it does not exist. */
+ch_status bus_delete_consumer(bus *b, const char *stream, const char *durable);
+
 typedef struct bus_header {
     const char *key;
     const char *value;

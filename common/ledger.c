@@ -9,6 +9,9 @@
 #include "log.h"
 
 #define LEDGER_DEDUP_WINDOW_MS (10 * 60 * 1000)
+/* The stream's max_msg_size counts headers too (Nats-Msg-Id, Nats-Expected-*):
+ * leave room for them above LEDGER_MAX_ENTRY bytes of entry. */
+#define LEDGER_HEADER_ROOM 4096
 
 struct ledger {
     bus *b;
@@ -64,7 +67,7 @@ ch_status ledger_open(ledger **out, bus *b, const ledger_spec *spec)
         .storage = BUS_STORAGE_FILE,
         .replicas = spec->replicas,
         .duplicate_window_ms = LEDGER_DEDUP_WINDOW_MS,
-        .max_msg_size = LEDGER_MAX_ENTRY,
+        .max_msg_size = LEDGER_MAX_ENTRY + LEDGER_HEADER_ROOM,
     };
     st = bus_ensure_stream(b, &ss);
     if (st == CH_OK)

@@ -9,11 +9,6 @@
 
 #include "grpc/health/v1/health.pb-c.h"
 
-static void sleep_ms(int ms)
-{
-    nanosleep(&(struct timespec){ms / 1000, (long)(ms % 1000) * 1000000L}, NULL);
-}
-
 static ch_status spawn(svc_proc *s, const char *const *extra_env)
 {
     char listen[96], nats[160];
@@ -93,13 +88,14 @@ void svc_destroy(svc_proc *s)
     s->client = NULL;
 }
 
-int svc_health(svc_proc *s, int timeout_ms)
+/* Health Check through client c. */
+static int health_via(rpc_client *c, int timeout_ms)
 {
     Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
     ProtobufCMessage *resp = NULL;
 
     req.service = (char *)"";
-    if (rpc_client_call(s->client, "/grpc.health.v1.Health/Check", NULL, 0, &req.base,
+    if (rpc_client_call(c, "/grpc.health.v1.Health/Check", NULL, 0, &req.base,
                         &grpc__health__v1__health_check_response__descriptor, &resp, timeout_ms,
                         NULL) != CH_OK)
         return -1;
@@ -108,13 +104,24 @@ int svc_health(svc_proc *s, int timeout_ms)
     return status;
 }
 
+int svc_health(svc_proc *s, int timeout_ms)
+{
+    return health_via(s->client, timeout_ms);
+}
+
 bool svc_wait_health(svc_proc *s, int want, int timeout_ms)
 {
     long long end = test_now_ms() + timeout_ms;
     do {
-        if (svc_health(s, 500) == want)
+        /* A fresh channel per probe: one that failed to connect backs off for
+         * seconds before trying again. (s->client may be in use by other
+         * threads of the test, so it is left alone.) */
+        rpc_client *probe = NULL;
+        int got = rpc_client_create(&probe, s->addr) == CH_OK ? health_via(probe, 500) : -1;
+        rpc_client_destroy(probe);
+        if (got == want)
             return true;
-        sleep_ms(50);
+        test_sleep_ms(50);
     } while (test_now_ms() < end);
     return false;
 }

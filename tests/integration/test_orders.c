@@ -10,6 +10,7 @@
 
 #include "bus.h"
 #include "choreo/orders/v1/orders.pb-c.h"
+#include "cu_run.h"
 #include "event_bus.h"
 #include "event_codec.h"
 #include "grpc/reflection/v1/reflection.pb-c.h"
@@ -497,21 +498,17 @@ static void test_orders_sigterm_drains_calls_and_exits_zero(void)
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite s = CU_add_suite("orders_integration", suite_init, suite_cleanup);
-    CU_add_test(s, "create publishes order.created", test_orders_create_publishes_order_created);
-    CU_add_test(s, "idempotency key returns the same order", test_orders_idempotency_key_returns_same_order);
-    CU_add_test(s, "bad input is refused, not fatal", test_orders_bad_input_is_refused_not_fatal);
-    CU_add_test(s, "list pages newest first", test_orders_list_pages_newest_first);
-    CU_add_test(s, "reflection lists and finds symbols", test_orders_reflection_lists_and_finds_symbols);
-    CU_add_test(s, "health follows nats", test_orders_health_follows_nats);
-    CU_add_test(s, "state survives a restart", test_orders_state_survives_restart);
-    CU_add_test(s, "SIGTERM drains calls and exits 0", test_orders_sigterm_drains_calls_and_exits_zero);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    /* a suite whose set-up failed ran nothing: that is a failure too */
-    unsigned failures = CU_get_number_of_failures() + CU_get_run_summary()->nSuitesFailed;
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
+    static const cu_test tests[] = {
+        {"create publishes order.created", test_orders_create_publishes_order_created},
+        {"idempotency key returns the same order", test_orders_idempotency_key_returns_same_order},
+        {"bad input is refused, not fatal", test_orders_bad_input_is_refused_not_fatal},
+        {"list pages newest first", test_orders_list_pages_newest_first},
+        {"reflection lists and finds symbols", test_orders_reflection_lists_and_finds_symbols},
+        {"health follows nats", test_orders_health_follows_nats},
+        {"state survives a restart", test_orders_state_survives_restart},
+        {"SIGTERM drains calls and exits 0", test_orders_sigterm_drains_calls_and_exits_zero},
+        {NULL, NULL},
+    };
+
+    return cu_run("orders_integration", suite_init, suite_cleanup, tests);
 }

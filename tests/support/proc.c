@@ -34,6 +34,21 @@ long long test_now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+void test_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+int test_wait_atomic(atomic_int *v, int want, int timeout_ms)
+{
+    long long end = test_now_ms() + timeout_ms;
+    while (atomic_load(v) < want && test_now_ms() < end) {
+        test_sleep_ms(5);
+    }
+    return atomic_load(v);
+}
+
 /* Resolves a bare program name on PATH before fork (execvp is not
  * async-signal-safe in a threaded parent). */
 static bool proc__resolve(const char *name, char *out, size_t cap)

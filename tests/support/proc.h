@@ -8,6 +8,7 @@
 #ifndef CHOREO_TEST_PROC_H
 #define CHOREO_TEST_PROC_H
 
+#include <stdatomic.h>
 #include <sys/types.h>
 
 #include "status.h"
@@ -49,5 +50,12 @@ int test_free_port(void);
 
 /* Milliseconds on the monotonic clock (for bounded waits in tests). */
 long long test_now_ms(void);
+
+/* Sleeps ms milliseconds (the calling thread only). */
+void test_sleep_ms(int ms);
+
+/* Polls *v every 5 ms until it is >= want or timeout_ms has passed; returns
+ * the last value seen (for counters a worker thread bumps). */
+int test_wait_atomic(atomic_int *v, int want, int timeout_ms);
 
 #endif

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "bus.h"
+#include "cu_run.h"
 #include "log.h"
 #include "natsd.h"
 #include "proc.h"
@@ -29,22 +30,6 @@ static bus *connect_bus(void)
     bus *b = NULL;
     CU_ASSERT_EQUAL_FATAL(bus_create(&b, &o), CH_OK);
     return b;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* Polls until *v >= want or timeout; returns the last value seen. */
-static int wait_atomic(atomic_int *v, int want, int timeout_ms)
-{
-    long long end = test_now_ms() + timeout_ms;
-    while (atomic_load(v) < want && test_now_ms() < end) {
-        sleep_ms(5);
-    }
-    return atomic_load(v);
 }
 
 static void ensure(bus *b, const char *name, const char *subject)
@@ -381,7 +366,7 @@ static void test_bus_worker_acks(void)
         snprintf(d, sizeof d, "m%d", i);
         CU_ASSERT_EQUAL(publish(b, "wack.x", d, NULL, NULL), CH_OK);
     }
-    CU_ASSERT_EQUAL(wait_atomic(&log->good, 10, 5000), 10);
+    CU_ASSERT_EQUAL(test_wait_atomic(&log->good, 10, 5000), 10);
     bus_worker_stop(w);
     for (int i = 0; i < 10; i++) {
         char d[16];
@@ -390,10 +375,10 @@ static void test_bus_worker_acks(void)
         CU_ASSERT_EQUAL(log->deliveries[i], 1);
     }
     /* Acked means gone: a new worker on the durable, after AckWait (2 s), gets nothing. */
-    sleep_ms(2200);
+    test_sleep_ms(2200);
     worker_log *again = calloc(1, sizeof *again);
     w = start_worker(b, "WACK", "wack-c", "wack.>", again, 5, 100, 100);
-    sleep_ms(500);
+    test_sleep_ms(500);
     CU_ASSERT_EQUAL(atomic_load(&again->n), 0);
     bus_worker_stop(w);
     bus_worker_stop(NULL);
@@ -410,7 +395,7 @@ static void test_bus_worker_retry_backoff(void)
     log->fail_first = 2;
     bus_worker *w = start_worker(b, "WRETRY", "wretry-c", "wretry.>", log, 5, 300, 600);
     CU_ASSERT_EQUAL(publish(b, "wretry.x", "flaky", NULL, NULL), CH_OK);
-    CU_ASSERT_EQUAL(wait_atomic(&log->good, 1, 5000), 1);
+    CU_ASSERT_EQUAL(test_wait_atomic(&log->good, 1, 5000), 1);
     bus_worker_stop(w);
     CU_ASSERT_EQUAL_FATAL(atomic_load(&log->n), 3);
     CU_ASSERT_EQUAL(log->deliveries[0], 1);
@@ -434,9 +419,9 @@ static void test_bus_worker_dead_letters_after_max_deliver(void)
     bus_worker *w = start_worker(b, "WDLQ", "wdlq-c", "wdlq.>", log, 3, 50, 50);
     CU_ASSERT_EQUAL(publish(b, "wdlq.p", "poison", "poison-id", NULL), CH_OK);
     CU_ASSERT_EQUAL(publish(b, "wdlq.g", "good", NULL, NULL), CH_OK);
-    CU_ASSERT_EQUAL(wait_atomic(&log->good, 1, 5000), 1);
-    CU_ASSERT_EQUAL(wait_atomic(&log->n, 4, 5000), 4);
-    sleep_ms(500); /* no fourth delivery of the poison */
+    CU_ASSERT_EQUAL(test_wait_atomic(&log->good, 1, 5000), 1);
+    CU_ASSERT_EQUAL(test_wait_atomic(&log->n, 4, 5000), 4);
+    test_sleep_ms(500); /* no fourth delivery of the poison */
     bus_worker_stop(w);
     int poison = 0;
     for (int i = 0; i < atomic_load(&log->n); i++) {
@@ -465,8 +450,8 @@ static void test_bus_worker_dead_now(void)
     bus_worker *w = start_worker(b, "WDEAD", "wdead-c", "wdead.>", log, 5, 50, 50);
     CU_ASSERT_EQUAL(publish(b, "wdead.d", "dead", NULL, NULL), CH_OK);
     CU_ASSERT_EQUAL(publish(b, "wdead.g", "fine", NULL, NULL), CH_OK);
-    CU_ASSERT_EQUAL(wait_atomic(&log->good, 1, 5000), 1);
-    sleep_ms(300);
+    CU_ASSERT_EQUAL(test_wait_atomic(&log->good, 1, 5000), 1);
+    test_sleep_ms(300);
     bus_worker_stop(w);
     CU_ASSERT_EQUAL(atomic_load(&log->n), 2);
     seen *s = seen_new();
@@ -488,11 +473,11 @@ static void test_bus_connection_state(void)
     worker_log *log = calloc(1, sizeof *log);
     bus_worker *w = start_worker(b, "CONN", "conn-c", "conn.>", log, 5, 50, 50);
     CU_ASSERT_EQUAL(publish(b, "conn.x", "before", NULL, NULL), CH_OK);
-    CU_ASSERT_EQUAL(wait_atomic(&log->good, 1, 5000), 1);
+    CU_ASSERT_EQUAL(test_wait_atomic(&log->good, 1, 5000), 1);
 
     int downs = atomic_load(&state_downs), ups = atomic_load(&state_ups);
     CU_ASSERT_EQUAL(natsd_stop(server), CH_OK);
-    CU_ASSERT_EQUAL(wait_atomic(&state_downs, downs + 1, 5000), downs + 1);
+    CU_ASSERT_EQUAL(test_wait_atomic(&state_downs, downs + 1, 5000), downs + 1);
     CU_ASSERT_FALSE(bus_connected(b));
     long long t0 = test_now_ms();
     ch_status st = publish(b, "conn.x", "while-down", NULL, NULL);
@@ -502,18 +487,18 @@ static void test_bus_connection_state(void)
     CU_ASSERT_EQUAL(bus_publish_async(b, &m), CH_UNAVAILABLE);
 
     CU_ASSERT_EQUAL_FATAL(natsd_restart(server), CH_OK);
-    CU_ASSERT(wait_atomic(&state_ups, ups + 1, 10000) >= ups + 1);
+    CU_ASSERT(test_wait_atomic(&state_ups, ups + 1, 10000) >= ups + 1);
     CU_ASSERT_TRUE(bus_connected(b));
     /* The stream survived (file storage) and the worker resumes. */
     st = CH_UNAVAILABLE;
     for (int i = 0; i < 50 && st != CH_OK; i++) {
         st = publish(b, "conn.x", "after", NULL, NULL);
         if (st != CH_OK) {
-            sleep_ms(100);
+            test_sleep_ms(100);
         }
     }
     CU_ASSERT_EQUAL(st, CH_OK);
-    CU_ASSERT_EQUAL(wait_atomic(&log->good, 2, 10000), 2);
+    CU_ASSERT_EQUAL(test_wait_atomic(&log->good, 2, 10000), 2);
     uint64_t msgs = 0;
     CU_ASSERT_EQUAL(bus_stream_info(b, "CONN", &msgs, NULL), CH_OK);
     CU_ASSERT_EQUAL(msgs, 2);
@@ -537,7 +522,7 @@ static void test_bus_create_before_server(void)
     natsd *late = NULL;
     natsd_options no = {.port = port};
     CU_ASSERT_EQUAL_FATAL(natsd_start(&late, &no), CH_OK);
-    CU_ASSERT(wait_atomic(&state_ups, 1, 10000) >= 1);
+    CU_ASSERT(test_wait_atomic(&state_ups, 1, 10000) >= 1);
     CU_ASSERT_TRUE(bus_connected(b));
     ensure(b, "LATE", "late.>");
     CU_ASSERT_EQUAL(publish(b, "late.x", "x", NULL, NULL), CH_OK);
@@ -575,27 +560,24 @@ static int suite_clean(void)
 
 int main(void)
 {
+    static const cu_test tests[] = {
+        {"ensure stream idempotent", test_bus_ensure_stream_idempotent},
+        {"publish dedup", test_bus_publish_dedup},
+        {"headers survive", test_bus_headers_survive},
+        {"async batch", test_bus_async_batch},
+        {"replay empty and filter", test_bus_replay_empty_and_filter},
+        {"replay large", test_bus_replay_large},
+        {"worker acks", test_bus_worker_acks},
+        {"worker retry backoff", test_bus_worker_retry_backoff},
+        {"worker dead-letters after max deliver", test_bus_worker_dead_letters_after_max_deliver},
+        {"worker dead now", test_bus_worker_dead_now},
+        {"connection state", test_bus_connection_state},
+        {"create before server", test_bus_create_before_server},
+        {NULL, NULL},
+    };
+
     log_configure("test_bus", getenv("TEST_LOG") ? LOG_DEBUG : LOG_ERROR, 2);
-    if (CU_initialize_registry() != CUE_SUCCESS) {
-        return 1;
-    }
-    CU_pSuite s = CU_add_suite("bus", suite_init, suite_clean);
-    CU_add_test(s, "ensure stream idempotent", test_bus_ensure_stream_idempotent);
-    CU_add_test(s, "publish dedup", test_bus_publish_dedup);
-    CU_add_test(s, "headers survive", test_bus_headers_survive);
-    CU_add_test(s, "async batch", test_bus_async_batch);
-    CU_add_test(s, "replay empty and filter", test_bus_replay_empty_and_filter);
-    CU_add_test(s, "replay large", test_bus_replay_large);
-    CU_add_test(s, "worker acks", test_bus_worker_acks);
-    CU_add_test(s, "worker retry backoff", test_bus_worker_retry_backoff);
-    CU_add_test(s, "worker dead-letters after max deliver", test_bus_worker_dead_letters_after_max_deliver);
-    CU_add_test(s, "worker dead now", test_bus_worker_dead_now);
-    CU_add_test(s, "connection state", test_bus_connection_state);
-    CU_add_test(s, "create before server", test_bus_create_before_server);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
+    int rc = cu_run("bus", suite_init, suite_clean, tests);
     bus_library_shutdown();
-    return failures ? 1 : 0;
+    return rc;
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "cu_run.h"
 
 typedef struct test_cfg {
     char name[8];
@@ -335,10 +336,7 @@ static void test_config_usage_lists_every_variable(void)
 
 int main(void)
 {
-    static const struct {
-        const char *name;
-        CU_TestFunc fn;
-    } tests[] = {
+    static const cu_test tests[] = {
         {"defaults", test_config_defaults},
         {"each_type", test_config_each_type},
         {"bool_spellings", test_config_bool_spellings},
@@ -355,24 +353,8 @@ int main(void)
         {"service_fields_overrides_and_errors", test_config_service_fields_overrides_and_errors},
         {"service_fields_small_cap", test_config_service_fields_small_cap},
         {"usage_lists_every_variable", test_config_usage_lists_every_variable},
+        {NULL, NULL},
     };
 
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite s = CU_add_suite("config", NULL, NULL);
-    if (!s) {
-        CU_cleanup_registry();
-        return 1;
-    }
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        if (!CU_add_test(s, tests[i].name, tests[i].fn)) {
-            CU_cleanup_registry();
-            return 1;
-        }
-    }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned failures = CU_get_number_of_failures();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
+    return cu_run("config", NULL, NULL, tests);
 }

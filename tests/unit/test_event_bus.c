@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cu_run.h"
 #include "event_bus.h"
 #include "log.h"
 #include "natsd.h"
@@ -133,17 +134,14 @@ static int suite_clean(void)
 
 int main(void)
 {
+    static const cu_test tests[] = {
+        {"publish headers and dedup", test_event_bus_publish_headers_and_dedup},
+        {"rejects invalid", test_event_bus_rejects_invalid},
+        {NULL, NULL},
+    };
+
     log_configure("test_event_bus", LOG_ERROR, 2);
-    if (CU_initialize_registry() != CUE_SUCCESS) {
-        return 1;
-    }
-    CU_pSuite s = CU_add_suite("event_bus", suite_init, suite_clean);
-    CU_add_test(s, "publish headers and dedup", test_event_bus_publish_headers_and_dedup);
-    CU_add_test(s, "rejects invalid", test_event_bus_rejects_invalid);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-    CU_cleanup_registry();
+    int rc = cu_run("event_bus", suite_init, suite_clean, tests);
     bus_library_shutdown();
-    return failures ? 1 : 0;
+    return rc;
 }

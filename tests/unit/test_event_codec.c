@@ -5,6 +5,7 @@
 
 #include <pb_encode.h>
 
+#include "cu_run.h"
 #include "event_codec.h"
 
 static const char *const type_names[EVENT_TYPE_COUNT] = {
@@ -355,23 +356,19 @@ static void test_event_codec_encode_limits(void)
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS) {
-        return 1;
-    }
-    CU_pSuite s = CU_add_suite("event_codec", NULL, NULL);
-    CU_add_test(s, "type names", test_event_codec_type_names);
-    CU_add_test(s, "subject and msg id", test_event_codec_subject_and_msg_id);
-    CU_add_test(s, "init", test_event_codec_init);
-    CU_add_test(s, "round trip every type", test_event_codec_round_trip_every_type);
-    CU_add_test(s, "rejects truncated and garbage", test_event_codec_rejects_truncated_and_garbage);
-    CU_add_test(s, "rejects oversized", test_event_codec_rejects_oversized);
-    CU_add_test(s, "rejects schema versions", test_event_codec_rejects_schema_versions);
-    CU_add_test(s, "rejects unknown type and mismatch", test_event_codec_rejects_unknown_type_and_mismatch);
-    CU_add_test(s, "rejects bad strings and ids", test_event_codec_rejects_bad_strings_and_ids);
-    CU_add_test(s, "encode limits", test_event_codec_encode_limits);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned failures = CU_get_number_of_failures();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
+    static const cu_test tests[] = {
+        {"type names", test_event_codec_type_names},
+        {"subject and msg id", test_event_codec_subject_and_msg_id},
+        {"init", test_event_codec_init},
+        {"round trip every type", test_event_codec_round_trip_every_type},
+        {"rejects truncated and garbage", test_event_codec_rejects_truncated_and_garbage},
+        {"rejects oversized", test_event_codec_rejects_oversized},
+        {"rejects schema versions", test_event_codec_rejects_schema_versions},
+        {"rejects unknown type and mismatch", test_event_codec_rejects_unknown_type_and_mismatch},
+        {"rejects bad strings and ids", test_event_codec_rejects_bad_strings_and_ids},
+        {"encode limits", test_event_codec_encode_limits},
+        {NULL, NULL},
+    };
+
+    return cu_run("event_codec", NULL, NULL, tests);
 }

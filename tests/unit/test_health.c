@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cu_run.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "health.h"
 #include "log.h"
@@ -288,24 +289,16 @@ static void test_health_set_bounds(void)
 
 int main(void)
 {
-    CU_pSuite suite;
-    unsigned failures;
+    static const cu_test tests[] = {
+        {"check follows health_set", test_health_check_follows_set},
+        {"check rejects unknown and bad names", test_health_check_rejects_unknown_and_bad_names},
+        {"watch sees changes from another thread", test_health_watch_sees_changes_from_another_thread},
+        {"watch ends on client cancel", test_health_watch_ends_on_client_cancel},
+        {"watch ends on server stop", test_health_watch_ends_on_server_stop},
+        {"health_set bounds", test_health_set_bounds},
+        {NULL, NULL},
+    };
 
     log_configure("test_health", LOG_ERROR, 2); /* the bounds test logs warnings on purpose */
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    suite = CU_add_suite("health", NULL, NULL);
-    CU_add_test(suite, "check follows health_set", test_health_check_follows_set);
-    CU_add_test(suite, "check rejects unknown and bad names",
-                test_health_check_rejects_unknown_and_bad_names);
-    CU_add_test(suite, "watch sees changes from another thread",
-                test_health_watch_sees_changes_from_another_thread);
-    CU_add_test(suite, "watch ends on client cancel", test_health_watch_ends_on_client_cancel);
-    CU_add_test(suite, "watch ends on server stop", test_health_watch_ends_on_server_stop);
-    CU_add_test(suite, "health_set bounds", test_health_set_bounds);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    failures = CU_get_number_of_failures();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
+    return cu_run("health", NULL, NULL, tests);
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cu_run.h"
 #include "log.h"
 
 /* Formats one record with the given pairs into buf (NUL-terminated after the
@@ -293,10 +294,7 @@ static void test_log_at_writes_one_filtered_line(void)
 
 int main(void)
 {
-    static const struct {
-        const char *name;
-        CU_TestFunc fn;
-    } tests[] = {
+    static const cu_test tests[] = {
         {"format_shape", test_log_format_shape},
         {"format_levels", test_log_format_levels},
         {"quoting_and_escaping", test_log_quoting_and_escaping},
@@ -307,24 +305,8 @@ int main(void)
         {"level_parse", test_log_level_parse},
         {"enabled_filter", test_log_enabled_filter},
         {"at_writes_one_filtered_line", test_log_at_writes_one_filtered_line},
+        {NULL, NULL},
     };
 
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite s = CU_add_suite("log", NULL, NULL);
-    if (!s) {
-        CU_cleanup_registry();
-        return 1;
-    }
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        if (!CU_add_test(s, tests[i].name, tests[i].fn)) {
-            CU_cleanup_registry();
-            return 1;
-        }
-    }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned failures = CU_get_number_of_failures();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
+    return cu_run("log", NULL, NULL, tests);
 }

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cu_run.h"
 #include "order_core.h"
 
 static order_item item(const char *sku, uint32_t qty, int64_t price)
@@ -287,20 +288,17 @@ static void test_order_core_ids_are_deterministic_per_key(void)
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite s = CU_add_suite("order_core", NULL, NULL);
-    CU_add_test(s, "validate accepts a good request", test_order_core_validate_accepts_good_request);
-    CU_add_test(s, "validate names the field", test_order_core_validate_names_the_field);
-    CU_add_test(s, "reducer paths", test_order_core_reducer_paths);
-    CU_add_test(s, "reducer is idempotent", test_order_core_reducer_is_idempotent);
-    CU_add_test(s, "reducer refuses impossible steps", test_order_core_reducer_refuses_impossible_steps);
-    CU_add_test(s, "reactions follow state", test_order_core_reactions_follow_state);
-    CU_add_test(s, "store indexes and pages", test_order_core_store_indexes_and_pages);
-    CU_add_test(s, "ids are deterministic per key", test_order_core_ids_are_deterministic_per_key);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned failures = CU_get_number_of_failures();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
+    static const cu_test tests[] = {
+        {"validate accepts a good request", test_order_core_validate_accepts_good_request},
+        {"validate names the field", test_order_core_validate_names_the_field},
+        {"reducer paths", test_order_core_reducer_paths},
+        {"reducer is idempotent", test_order_core_reducer_is_idempotent},
+        {"reducer refuses impossible steps", test_order_core_reducer_refuses_impossible_steps},
+        {"reactions follow state", test_order_core_reactions_follow_state},
+        {"store indexes and pages", test_order_core_store_indexes_and_pages},
+        {"ids are deterministic per key", test_order_core_ids_are_deterministic_per_key},
+        {NULL, NULL},
+    };
+
+    return cu_run("order_core", NULL, NULL, tests);
 }

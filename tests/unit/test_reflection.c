@@ -12,6 +12,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/support/time.h>
 
+#include "cu_run.h"
 #include "descriptor_index.h"
 #include "grpc/reflection/v1/reflection.pb-c.h"
 #include "log.h"
@@ -779,29 +780,25 @@ static void test_reflection_end_to_end_garbage(void)
 
 int main(void)
 {
-    CU_pSuite suite;
+    static const cu_test tests[] = {
+        {"index splits the embedded set", test_reflection_index_splits_embedded_set},
+        {"index finds symbols", test_reflection_index_finds_symbols},
+        {"closure without imports", test_reflection_index_closure_without_imports},
+        {"closure with imports", test_reflection_index_closure_with_imports},
+        {"nested types and extensions", test_reflection_index_nested_and_extensions},
+        {"bad sets rejected", test_reflection_index_rejects_bad_sets},
+        {"corruption survived", test_reflection_index_survives_corruption},
+        {"answers requests", test_reflection_answer_requests},
+        {"answers extension requests", test_reflection_answer_extensions},
+        {"rejects bad strings", test_reflection_answer_rejects_bad_strings},
+        {"end to end v1 and v1alpha", test_reflection_end_to_end},
+        {"end to end garbage request", test_reflection_end_to_end_garbage},
+        {NULL, NULL},
+    };
 
     log_configure("test_reflection", LOG_ERROR, 2); /* rejected sets log warnings: keep them quiet */
     grpc_init();
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    suite = CU_add_suite("reflection", NULL, NULL);
-    CU_add_test(suite, "index splits the embedded set", test_reflection_index_splits_embedded_set);
-    CU_add_test(suite, "index finds symbols", test_reflection_index_finds_symbols);
-    CU_add_test(suite, "closure without imports", test_reflection_index_closure_without_imports);
-    CU_add_test(suite, "closure with imports", test_reflection_index_closure_with_imports);
-    CU_add_test(suite, "nested types and extensions", test_reflection_index_nested_and_extensions);
-    CU_add_test(suite, "bad sets rejected", test_reflection_index_rejects_bad_sets);
-    CU_add_test(suite, "corruption survived", test_reflection_index_survives_corruption);
-    CU_add_test(suite, "answers requests", test_reflection_answer_requests);
-    CU_add_test(suite, "answers extension requests", test_reflection_answer_extensions);
-    CU_add_test(suite, "rejects bad strings", test_reflection_answer_rejects_bad_strings);
-    CU_add_test(suite, "end to end v1 and v1alpha", test_reflection_end_to_end);
-    CU_add_test(suite, "end to end garbage request", test_reflection_end_to_end_garbage);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned failures = CU_get_number_of_failures();
-    CU_cleanup_registry();
+    int rc = cu_run("reflection", NULL, NULL, tests);
     grpc_shutdown();
-    return failures ? 1 : 0;
+    return rc;
 }

@@ -14,8 +14,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "cu_run.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "log.h"
+#include "proc.h"
 #include "rpc_client.h"
 #include "rpc_server.h"
 
@@ -46,16 +48,10 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static void *slow_main(void *arg)
 {
     slow_job *job = arg;
-    sleep_ms(600);
+    test_sleep_ms(600);
     rpc_call_reply(job->call, job->req);
     free(job);
     return NULL;
@@ -277,25 +273,18 @@ static void test_rpc_client_stream_unknown_method(void)
 
 int main(void)
 {
+    static const cu_test tests[] = {
+        {"create and bad arguments", test_rpc_client_create_and_bad_arguments},
+        {"no server unavailable", test_rpc_client_no_server_unavailable},
+        {"metadata sent", test_rpc_client_metadata_sent},
+        {"raw round trip", test_rpc_client_raw_round_trip},
+        {"deadline exceeded", test_rpc_client_deadline_exceeded},
+        {"stream next times out then reads", test_rpc_client_stream_next_times_out_then_reads},
+        {"stream unknown method", test_rpc_client_stream_unknown_method},
+        {NULL, NULL},
+    };
+
     rpc_block_signals();
     log_configure("test_rpc_client", LOG_WARN, 2);
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite suite = CU_add_suite("rpc_client", NULL, NULL);
-    if (!suite) {
-        CU_cleanup_registry();
-        return 1;
-    }
-    CU_add_test(suite, "create and bad arguments", test_rpc_client_create_and_bad_arguments);
-    CU_add_test(suite, "no server unavailable", test_rpc_client_no_server_unavailable);
-    CU_add_test(suite, "metadata sent", test_rpc_client_metadata_sent);
-    CU_add_test(suite, "raw round trip", test_rpc_client_raw_round_trip);
-    CU_add_test(suite, "deadline exceeded", test_rpc_client_deadline_exceeded);
-    CU_add_test(suite, "stream next times out then reads", test_rpc_client_stream_next_times_out_then_reads);
-    CU_add_test(suite, "stream unknown method", test_rpc_client_stream_unknown_method);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned failures = CU_get_number_of_failures();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
+    return cu_run("rpc_client", NULL, NULL, tests);
 }

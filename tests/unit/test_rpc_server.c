@@ -17,8 +17,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cu_run.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "log.h"
+#include "proc.h"
 #include "rpc_client.h"
 #include "rpc_server.h"
 
@@ -60,16 +62,10 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static void *defer_main(void *arg)
 {
     defer_job *job = arg;
-    sleep_ms(job->delay_ms);
+    test_sleep_ms(job->delay_ms);
     rpc_call_reply(job->call, job->req);
     pthread_mutex_lock(&job->ctx->mu);
     job->ctx->deferred_replied++;
@@ -233,7 +229,7 @@ static bool ctx_wait(bool (*pred)(void), int ms)
     bool ok;
     while (!(ok = pred()) && now_ms() < end) {
         pthread_mutex_unlock(&g_ctx.mu);
-        sleep_ms(5);
+        test_sleep_ms(5);
         pthread_mutex_lock(&g_ctx.mu);
     }
     pthread_mutex_unlock(&g_ctx.mu);
@@ -575,7 +571,7 @@ static void test_rpc_server_late_reply_after_shutdown_is_safe(void)
 static void *kill_main(void *arg)
 {
     (void)arg;
-    sleep_ms(100);
+    test_sleep_ms(100);
     kill(getpid(), SIGTERM);
     return NULL;
 }
@@ -632,39 +628,32 @@ static void test_rpc_server_many_concurrent_calls(void)
 
 int main(void)
 {
+    static const cu_test tests[] = {
+        {"echo round trip", test_rpc_server_echo_round_trip},
+        {"metadata in and out", test_rpc_server_metadata_in_and_out},
+        {"error status reaches client", test_rpc_server_error_status_reaches_client},
+        {"deferred reply", test_rpc_server_deferred_reply},
+        {"unknown method unimplemented", test_rpc_server_unknown_method_unimplemented},
+        {"malformed request", test_rpc_server_malformed_request_invalid_argument},
+        {"oversized request", test_rpc_server_oversized_request_resource_exhausted},
+        {"busy port unavailable", test_rpc_server_busy_port_unavailable},
+        {"add method after start refused", test_rpc_server_add_method_after_start_refused},
+        {"server stream three then ok", test_rpc_server_server_stream_three_then_ok},
+        {"client cancel seen by stream", test_rpc_server_client_cancel_seen_by_stream},
+        {"graceful shutdown completes deferred call",
+         test_rpc_server_graceful_shutdown_completes_deferred_call},
+        {"late reply after shutdown is safe", test_rpc_server_late_reply_after_shutdown_is_safe},
+        {"many concurrent calls", test_rpc_server_many_concurrent_calls},
+        {"run stops on sigterm", test_rpc_server_run_stops_on_sigterm},
+        {NULL, NULL},
+    };
+
     rpc_block_signals();
     log_configure("test_rpc_server", LOG_WARN, 2);
     pthread_mutex_init(&g_ctx.mu, NULL);
     pthread_cond_init(&g_ctx.cv, NULL);
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite suite = CU_add_suite("rpc_server", NULL, NULL);
-    if (!suite) {
-        CU_cleanup_registry();
-        return 1;
-    }
-    CU_add_test(suite, "echo round trip", test_rpc_server_echo_round_trip);
-    CU_add_test(suite, "metadata in and out", test_rpc_server_metadata_in_and_out);
-    CU_add_test(suite, "error status reaches client", test_rpc_server_error_status_reaches_client);
-    CU_add_test(suite, "deferred reply", test_rpc_server_deferred_reply);
-    CU_add_test(suite, "unknown method unimplemented", test_rpc_server_unknown_method_unimplemented);
-    CU_add_test(suite, "malformed request", test_rpc_server_malformed_request_invalid_argument);
-    CU_add_test(suite, "oversized request", test_rpc_server_oversized_request_resource_exhausted);
-    CU_add_test(suite, "busy port unavailable", test_rpc_server_busy_port_unavailable);
-    CU_add_test(suite, "add method after start refused", test_rpc_server_add_method_after_start_refused);
-    CU_add_test(suite, "server stream three then ok", test_rpc_server_server_stream_three_then_ok);
-    CU_add_test(suite, "client cancel seen by stream", test_rpc_server_client_cancel_seen_by_stream);
-    CU_add_test(suite, "graceful shutdown completes deferred call",
-                test_rpc_server_graceful_shutdown_completes_deferred_call);
-    CU_add_test(suite, "late reply after shutdown is safe",
-                test_rpc_server_late_reply_after_shutdown_is_safe);
-    CU_add_test(suite, "many concurrent calls", test_rpc_server_many_concurrent_calls);
-    CU_add_test(suite, "run stops on sigterm", test_rpc_server_run_stops_on_sigterm);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned failures = CU_get_number_of_failures();
-    CU_cleanup_registry();
+    int rc = cu_run("rpc_server", NULL, NULL, tests);
     pthread_cond_destroy(&g_ctx.cv);
     pthread_mutex_destroy(&g_ctx.mu);
-    return failures ? 1 : 0;
+    return rc;
 }

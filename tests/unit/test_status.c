@@ -3,6 +3,7 @@
 #include <grpc/status.h>
 #include <string.h>
 
+#include "cu_run.h"
 #include "status.h"
 
 static void test_status_ok_is_zero(void)
@@ -76,21 +77,15 @@ static void test_status_from_grpc_other_codes(void)
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite s = CU_add_suite("status", NULL, NULL);
-    if (!s || !CU_add_test(s, "ok_is_zero", test_status_ok_is_zero) ||
-        !CU_add_test(s, "every_code_has_a_distinct_name", test_status_every_code_has_a_distinct_name) ||
-        !CU_add_test(s, "out_of_range_is_unknown", test_status_out_of_range_is_unknown) ||
-        !CU_add_test(s, "to_grpc_mapping", test_status_to_grpc_mapping) ||
-        !CU_add_test(s, "round_trip", test_status_round_trip) ||
-        !CU_add_test(s, "from_grpc_other_codes", test_status_from_grpc_other_codes)) {
-        CU_cleanup_registry();
-        return 1;
-    }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned failures = CU_get_number_of_failures();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
+    static const cu_test tests[] = {
+        {"ok_is_zero", test_status_ok_is_zero},
+        {"every_code_has_a_distinct_name", test_status_every_code_has_a_distinct_name},
+        {"out_of_range_is_unknown", test_status_out_of_range_is_unknown},
+        {"to_grpc_mapping", test_status_to_grpc_mapping},
+        {"round_trip", test_status_round_trip},
+        {"from_grpc_other_codes", test_status_from_grpc_other_codes},
+        {NULL, NULL},
+    };
+
+    return cu_run("status", NULL, NULL, tests);
 }

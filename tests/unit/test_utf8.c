@@ -3,6 +3,7 @@
 #include <CUnit/Basic.h>
 #include <string.h>
 
+#include "cu_run.h"
 #include "utf8.h"
 
 /* Checks a literal that may hold NUL bytes: the length is the array's. */
@@ -166,10 +167,7 @@ static void test_utf8_token_rejects_empty_long_and_invalid(void)
 
 int main(void)
 {
-    static const struct {
-        const char *name;
-        CU_TestFunc fn;
-    } tests[] = {
+    static const cu_test tests[] = {
         {"valid_ascii", test_utf8_valid_ascii},
         {"valid_multibyte", test_utf8_valid_multibyte},
         {"valid_four_byte", test_utf8_valid_four_byte},
@@ -183,24 +181,8 @@ int main(void)
         {"token_rejects_subject_chars", test_utf8_token_rejects_subject_chars},
         {"token_rejects_space_and_control", test_utf8_token_rejects_space_and_control},
         {"token_rejects_empty_long_and_invalid", test_utf8_token_rejects_empty_long_and_invalid},
+        {NULL, NULL},
     };
 
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 1;
-    CU_pSuite s = CU_add_suite("utf8", NULL, NULL);
-    if (!s) {
-        CU_cleanup_registry();
-        return 1;
-    }
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        if (!CU_add_test(s, tests[i].name, tests[i].fn)) {
-            CU_cleanup_registry();
-            return 1;
-        }
-    }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned failures = CU_get_number_of_failures();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
+    return cu_run("utf8", NULL, NULL, tests);
 }

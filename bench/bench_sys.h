@@ -1,0 +1,39 @@
+/* bench_sys.h: what the benchmark measures outside its own process: CPU time
+ * and peak memory of other processes (from /proc), percentiles of a sample,
+ * and the monotonic clock.
+ *
+ * Ownership: callers own every buffer they pass; nothing here allocates
+ * except where stated. Any thread. */
+#ifndef CHOREO_BENCH_SYS_H
+#define CHOREO_BENCH_SYS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+/* Nanoseconds on the monotonic clock. */
+long long bench_now_ns(void);
+
+/* User + system CPU time of pid so far, in seconds (clock ticks from
+ * /proc/<pid>/stat divided by sysconf(_SC_CLK_TCK)); -1 if unreadable. */
+double bench_cpu_seconds(pid_t pid);
+
+/* Peak resident set size of pid (VmHWM in /proc/<pid>/status) in bytes; -1
+ * if unreadable (the process has gone). */
+long long bench_peak_rss_bytes(pid_t pid);
+
+/* The first child of the calling process whose command name (comm) is
+ * `comm` (e.g. "nats-server"), or -1. */
+pid_t bench_find_child(const char *comm);
+
+/* True when something accepts TCP connections on 127.0.0.1:port now. */
+bool bench_port_open(int port);
+
+/* Sorts v[0..n) ascending in place. */
+void bench_sort(double *v, size_t n);
+
+/* The q-quantile (0 < q <= 1) of the ascending sample v[0..n), nearest
+ * rank: v[ceil(q * n) - 1]; 0 when n is 0. */
+double bench_quantile(const double *sorted, size_t n, double q);
+
+#endif

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# bench/run.sh: what `make bench` runs (after `make build`). Runs the saga
+# benchmark in open mode, then closed mode, each on a fresh nats-server and
+# fresh services, and ends with both summary lines. Builds nothing itself.
+#
+#   BENCH_N=5000 BENCH_C=16 BENCH_MODES="open closed" bash bench/run.sh [choreo-bench args]
+#
+# BUILD_DIR (default build) says where choreo-bench is; extra arguments go to
+# every run (e.g. -t 600, --keep). Exits non-zero if any run fails.
+set -uo pipefail
+
+cd "$(dirname "$0")/.." || exit 1
+BUILD_DIR=${BUILD_DIR:-build}
+BIN=${BENCH_BIN:-$BUILD_DIR/bench/choreo-bench}
+N=${BENCH_N:-5000}
+C=${BENCH_C:-16}
+MODES=${BENCH_MODES:-open closed}
+
+if [[ ! -x $BIN ]]; then
+  echo "bench/run.sh: $BIN is missing: run \`make bench\` (it builds first); the bench needs all four services" >&2
+  exit 1
+fi
+for m in $MODES; do
+  if [[ $m != open && $m != closed ]]; then
+    echo "bench/run.sh: BENCH_MODES: '$m' is not open or closed" >&2
+    exit 2
+  fi
+done
+
+rc=0
+summaries=()
+out=$(mktemp) || exit 1
+trap 'rm -f "$out"' EXIT
+for m in $MODES; do
+  echo "== choreo-bench -m $m -n $N -c $C $*"
+  "$BIN" -m "$m" -n "$N" -c "$C" "$@" | tee "$out"
+  status=${PIPESTATUS[0]}
+  line=$(grep '^bench:' "$out" | tail -n 1)
+  summaries+=("${line:-bench: mode=$m n=$N c=$C checks=failed (no summary line)}")
+  if ((status != 0)); then
+    echo "bench/run.sh: $m mode failed (exit $status)" >&2
+    rc=1
+  fi
+  echo
+done
+
+echo "== summary"
+printf '%s\n' "${summaries[@]}"
+exit "$rc"

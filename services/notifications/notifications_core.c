@@ -1,0 +1,377 @@
+/* notifications_core.c: building, checking and storing notifications. */
+#include "notifications_core.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "utf8.h"
+
+#define NOTIF_TOKEN_PREFIX "n-"
+
+static const char *const kind_names[] = {
+    [NOTIF_KIND_UNSPECIFIED] = "unspecified",
+    [NOTIF_ORDER_CONFIRMED] = "order_confirmed",
+    [NOTIF_ORDER_CANCELLED] = "order_cancelled",
+};
+
+const char *notif_kind_name(notif_kind k)
+{
+    if (k != NOTIF_ORDER_CONFIRMED && k != NOTIF_ORDER_CANCELLED)
+        return kind_names[NOTIF_KIND_UNSPECIFIED];
+    return kind_names[k];
+}
+
+ch_status notif_kind_parse(const char *name, notif_kind *out)
+{
+    if (!name)
+        return CH_INVALID_ARGUMENT;
+    for (int k = NOTIF_ORDER_CONFIRMED; k <= NOTIF_ORDER_CANCELLED; k++) {
+        if (strcmp(name, kind_names[k]) == 0) {
+            *out = (notif_kind)k;
+            return CH_OK;
+        }
+    }
+    return CH_INVALID_ARGUMENT;
+}
+
+static ch_status fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static ch_status fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return CH_INVALID_ARGUMENT;
+}
+
+/* Checks an id field: required, a token of at most max bytes. */
+static ch_status check_id(const char *field, const char *v, size_t max, char *err, size_t errlen)
+{
+    if (!v || !v[0])
+        return fail(err, errlen, "%s: required", field);
+    if (!utf8_valid_token(v, max))
+        return fail(err, errlen, "%s: must be 1..%zu bytes of UTF-8 with no spaces, '.', '*' or '>'", field,
+                    max);
+    return CH_OK;
+}
+
+/* Length of the longest prefix of s (n bytes) of at most cap bytes that does
+ * not split a UTF-8 sequence. */
+static size_t utf8_cut(const char *s, size_t n, size_t cap)
+{
+    if (n <= cap)
+        return n;
+    n = cap;
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+        n--;
+    return n;
+}
+
+ch_status notif_build(const notif_input *in, notification *out, char *err, size_t errlen)
+{
+    ch_status st;
+
+    if (in->kind != NOTIF_ORDER_CONFIRMED && in->kind != NOTIF_ORDER_CANCELLED)
+        return fail(err, errlen, "kind: unknown value %d", (int)in->kind);
+    if ((st = check_id("order_id", in->order_id, NOTIF_ORDER_ID_MAX, err, errlen)) != CH_OK)
+        return st;
+    if ((st = check_id("customer_id", in->customer_id, NOTIF_CUSTOMER_MAX, err, errlen)) != CH_OK)
+        return st;
+
+    memset(out, 0, sizeof *out);
+    out->kind = in->kind;
+    out->sent_at_ms = in->sent_at_ms;
+    snprintf(out->order_id, sizeof out->order_id, "%s", in->order_id);
+    snprintf(out->customer_id, sizeof out->customer_id, "%s", in->customer_id);
+    snprintf(out->id, sizeof out->id, "%s.%s", in->order_id, notif_kind_name(in->kind));
+
+    if (in->kind == NOTIF_ORDER_CONFIRMED) {
+        if (in->total_cents < 0)
+            return fail(err, errlen, "total_cents: must be >= 0, got %" PRId64, in->total_cents);
+        snprintf(out->message, sizeof out->message, "Your order %s is confirmed: total %" PRId64 ".%02d",
+                 in->order_id, in->total_cents / 100, (int)(in->total_cents % 100));
+        return CH_OK;
+    }
+
+    const char *reason = in->reason && in->reason[0] ? in->reason : "no reason given";
+    size_t rlen = strlen(reason);
+    if (rlen > NOTIF_REASON_MAX || !utf8_valid(reason, rlen))
+        return fail(err, errlen, "reason: must be at most %d bytes of UTF-8", NOTIF_REASON_MAX);
+    int head = snprintf(out->message, sizeof out->message, "Your order %s was cancelled: ", in->order_id);
+    size_t room = NOTIF_MESSAGE_MAX - (size_t)head; /* head <= 11 + 40 + 16 */
+    size_t take = utf8_cut(reason, rlen, room);
+    memcpy(out->message + head, reason, take);
+    out->message[(size_t)head + take] = '\0';
+    return CH_OK;
+}
+
+ch_status notif_validate(const notification *n, char *err, size_t errlen)
+{
+    char want[NOTIF_ID_MAX + 1];
+    ch_status st;
+
+    if (n->kind != NOTIF_ORDER_CONFIRMED && n->kind != NOTIF_ORDER_CANCELLED)
+        return fail(err, errlen, "kind: unknown value %d", (int)n->kind);
+    if ((st = check_id("order_id", n->order_id, NOTIF_ORDER_ID_MAX, err, errlen)) != CH_OK)
+        return st;
+    if ((st = check_id("customer_id", n->customer_id, NOTIF_CUSTOMER_MAX, err, errlen)) != CH_OK)
+        return st;
+    snprintf(want, sizeof want, "%s.%s", n->order_id, notif_kind_name(n->kind));
+    if (strcmp(n->id, want) != 0)
+        return fail(err, errlen, "notification_id: must be %s", want);
+    size_t len = strnlen(n->message, sizeof n->message);
+    if (len == 0 || len > NOTIF_MESSAGE_MAX || !utf8_valid(n->message, len))
+        return fail(err, errlen, "message: must be 1..%d bytes of UTF-8", NOTIF_MESSAGE_MAX);
+    return CH_OK;
+}
+
+/* Parses a page token "n-<seq>"; false if it is not one. */
+static bool token_parse(const char *t, uint64_t *seq)
+{
+    size_t plen = strlen(NOTIF_TOKEN_PREFIX);
+    uint64_t v = 0;
+
+    if (strncmp(t, NOTIF_TOKEN_PREFIX, plen) != 0)
+        return false;
+    t += plen;
+    if (!*t || strlen(t) > 19)
+        return false;
+    for (; *t; t++) {
+        if (*t < '0' || *t > '9')
+            return false;
+        v = v * 10 + (uint64_t)(*t - '0');
+    }
+    if (v == 0)
+        return false;
+    *seq = v;
+    return true;
+}
+
+ch_status notif_validate_list(const char *customer_id, const char *order_id, uint32_t page_size,
+                              const char *page_token, size_t *size, char *err, size_t errlen)
+{
+    bool by_customer = customer_id && customer_id[0], by_order = order_id && order_id[0];
+    uint64_t seq;
+    ch_status st;
+
+    if (!by_customer && !by_order)
+        return fail(err, errlen, "customer_id, order_id: one of the two is required");
+    if (by_customer && by_order)
+        return fail(err, errlen, "customer_id, order_id: give one of the two, not both");
+    if (by_customer && (st = check_id("customer_id", customer_id, NOTIF_CUSTOMER_MAX, err, errlen)) != CH_OK)
+        return st;
+    if (by_order && (st = check_id("order_id", order_id, NOTIF_ORDER_ID_MAX, err, errlen)) != CH_OK)
+        return st;
+    if (page_size > NOTIF_PAGE_MAX)
+        return fail(err, errlen, "page_size: must be 0..%d, got %" PRIu32, NOTIF_PAGE_MAX, page_size);
+    if (page_token && page_token[0] && !token_parse(page_token, &seq))
+        return fail(err, errlen, "page_token: not a token this service made");
+    *size = page_size ? page_size : NOTIF_PAGE_DEFAULT;
+    return CH_OK;
+}
+
+/* ---- the store ---- */
+
+/* Seqs of the notifications of one key (a customer or an order), ascending. */
+typedef struct notif_index_entry {
+    char *key; /* NULL: empty slot */
+    uint64_t *seqs;
+    size_t n, cap;
+} notif_index_entry;
+
+/* Open addressing, linear probing, power-of-two size; never shrinks. */
+typedef struct notif_index {
+    notif_index_entry *slots;
+    size_t size, used;
+} notif_index;
+
+struct notif_store {
+    notification *items; /* items[seq - 1] */
+    size_t n, cap;
+    notif_index by_customer;
+    notif_index by_order;
+};
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static notif_index_entry *index_slot(const notif_index *ix, const char *key)
+{
+    if (ix->size == 0)
+        return NULL;
+    size_t mask = ix->size - 1;
+    for (size_t i = hash_str(key) & mask;; i = (i + 1) & mask) {
+        notif_index_entry *e = &ix->slots[i];
+        if (!e->key || strcmp(e->key, key) == 0)
+            return e;
+    }
+}
+
+static const notif_index_entry *index_get(const notif_index *ix, const char *key)
+{
+    const notif_index_entry *e = index_slot(ix, key);
+    return e && e->key ? e : NULL;
+}
+
+static ch_status index_grow(notif_index *ix)
+{
+    size_t size = ix->size ? ix->size * 2 : 64;
+    notif_index grown = {calloc(size, sizeof *grown.slots), size, ix->used};
+
+    if (!grown.slots)
+        return CH_NO_MEMORY;
+    for (size_t i = 0; i < ix->size; i++)
+        if (ix->slots[i].key)
+            *index_slot(&grown, ix->slots[i].key) = ix->slots[i];
+    free(ix->slots);
+    *ix = grown;
+    return CH_OK;
+}
+
+/* Makes room for one more seq under key (creating the key), so that the
+ * append after it cannot fail. */
+static ch_status index_reserve(notif_index *ix, const char *key, notif_index_entry **out)
+{
+    if ((ix->used + 1) * 2 > ix->size && index_grow(ix) != CH_OK)
+        return CH_NO_MEMORY;
+    notif_index_entry *e = index_slot(ix, key);
+    if (!e->key) {
+        char *k = strdup(key);
+        if (!k)
+            return CH_NO_MEMORY;
+        e->key = k;
+        ix->used++;
+    }
+    if (e->n == e->cap) {
+        size_t cap = e->cap ? e->cap * 2 : 4;
+        uint64_t *seqs = realloc(e->seqs, cap * sizeof *seqs);
+        if (!seqs)
+            return CH_NO_MEMORY;
+        e->seqs = seqs;
+        e->cap = cap;
+    }
+    *out = e;
+    return CH_OK;
+}
+
+static void index_free(notif_index *ix)
+{
+    for (size_t i = 0; i < ix->size; i++) {
+        free(ix->slots[i].key);
+        free(ix->slots[i].seqs);
+    }
+    free(ix->slots);
+}
+
+ch_status notif_store_create(notif_store **out)
+{
+    *out = calloc(1, sizeof **out);
+    return *out ? CH_OK : CH_NO_MEMORY;
+}
+
+void notif_store_destroy(notif_store *s)
+{
+    if (!s)
+        return;
+    index_free(&s->by_customer);
+    index_free(&s->by_order);
+    free(s->items);
+    free(s);
+}
+
+const notification *notif_store_find(const notif_store *s, const char *order_id, notif_kind kind)
+{
+    const notif_index_entry *e = index_get(&s->by_order, order_id);
+    for (size_t i = 0; e && i < e->n; i++) {
+        const notification *n = &s->items[e->seqs[i] - 1];
+        if (n->kind == kind)
+            return n;
+    }
+    return NULL;
+}
+
+ch_status notif_store_add(notif_store *s, const notification *n, bool *added)
+{
+    notif_index_entry *by_cust, *by_order;
+
+    *added = false;
+    if (notif_store_find(s, n->order_id, n->kind))
+        return CH_OK;
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 64;
+        notification *items = realloc(s->items, cap * sizeof *items);
+        if (!items)
+            return CH_NO_MEMORY;
+        s->items = items;
+        s->cap = cap;
+    }
+    /* An empty key created here on a later failure is harmless: lists see no
+     * seqs under it. */
+    if (index_reserve(&s->by_customer, n->customer_id, &by_cust) != CH_OK ||
+        index_reserve(&s->by_order, n->order_id, &by_order) != CH_OK)
+        return CH_NO_MEMORY;
+
+    notification *stored = &s->items[s->n++];
+    *stored = *n;
+    stored->seq = s->n;
+    by_cust->seqs[by_cust->n++] = stored->seq;
+    by_order->seqs[by_order->n++] = stored->seq;
+    *added = true;
+    return CH_OK;
+}
+
+uint64_t notif_store_count(const notif_store *s)
+{
+    return s->n;
+}
+
+const notification *notif_store_at(const notif_store *s, uint64_t seq)
+{
+    if (seq == 0 || seq > s->n)
+        return NULL;
+    return &s->items[seq - 1];
+}
+
+ch_status notif_store_list(const notif_store *s, const char *customer_id, const char *order_id,
+                           const char *page_token, const notification **out, size_t cap, size_t *n,
+                           char *next_token)
+{
+    const notif_index_entry *e =
+        order_id && order_id[0] ? index_get(&s->by_order, order_id) : index_get(&s->by_customer, customer_id);
+    uint64_t from = 1;
+    size_t lo = 0, hi;
+
+    *n = 0;
+    next_token[0] = '\0';
+    if (page_token && page_token[0] && !token_parse(page_token, &from))
+        return CH_INVALID_ARGUMENT;
+    if (!e)
+        return CH_OK;
+    /* the first seq >= from */
+    hi = e->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (e->seqs[mid] < from)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (; lo < e->n && *n < cap; lo++)
+        out[(*n)++] = &s->items[e->seqs[lo] - 1];
+    if (lo < e->n)
+        snprintf(next_token, NOTIF_TOKEN_MAX, NOTIF_TOKEN_PREFIX "%" PRIu64, e->seqs[lo]);
+    return CH_OK;
+}

@@ -1,0 +1,854 @@
+/* test_inventory.c: the inventory service end to end, against a real
+ * nats-server (JetStream, file storage, temp dir, free port) and the real
+ * binary. Events are driven by publishing envelopes as the other services
+ * would, and read back from the EVENTS stream. */
+#include <CUnit/CUnit.h>
+#include <nats/nats.h>
+#include <pb_encode.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bus.h"
+#include "choreo/inventory/v1/inventory.pb-c.h"
+#include "choreo/ledger/v1/inventory_ledger.pb.h"
+#include "cu_run.h"
+#include "event_bus.h"
+#include "event_codec.h"
+#include "harness.h"
+
+#define TRACEPARENT "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+#define SVC         "/choreo.inventory.v1.Inventory/"
+#define WAIT_MS     10000
+
+static natsd *nats;
+static svc_proc inv;
+static bus *pub;
+static natsConnection *nc; /* consumer info, to know when a consumer is idle */
+static jsCtx *js;
+static choreo_events_v1_Envelope *env; /* big: kept off the stack */
+
+static int suite_init(void)
+{
+    bus_options bo = {.no_retry_on_failed_connect = true};
+
+    env = calloc(1, sizeof *env);
+    if (!env || natsd_start(&nats, NULL) != CH_OK)
+        return 1;
+    if (svc_start(&inv, "inventory", INVENTORY_BIN, natsd_url(nats), NULL, 15000) != CH_OK)
+        return 1;
+    bo.url = natsd_url(nats);
+    if (bus_create(&pub, &bo) != CH_OK)
+        return 1;
+    if (natsConnection_ConnectTo(&nc, natsd_url(nats)) != NATS_OK ||
+        natsConnection_JetStream(&js, nc, NULL) != NATS_OK)
+        return 1;
+    return 0;
+}
+
+static int suite_cleanup(void)
+{
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    bus_destroy(pub);
+    svc_destroy(&inv);
+    natsd_destroy(nats);
+    bus_library_shutdown();
+    free(env);
+    return 0;
+}
+
+static void sleep_ms(int ms)
+{
+    nanosleep(&(struct timespec){ms / 1000, (long)(ms % 1000) * 1000000L}, NULL);
+}
+
+/* ---- the gRPC API ---- */
+
+typedef struct level {
+    int64_t available, reserved, sold, total_in;
+} level;
+
+static ch_status call(const char *method, const ProtobufCMessage *req, const ProtobufCMessageDescriptor *desc,
+                      ProtobufCMessage **resp, rpc_client_result *res)
+{
+    char path[128];
+    snprintf(path, sizeof path, SVC "%s", method);
+    return rpc_client_call(inv.client, path, NULL, 0, req, desc, resp, 5000, res);
+}
+
+static level level_of(const Choreo__Inventory__V1__StockLevel *s)
+{
+    level l = {s->available, s->reserved, s->sold, s->total_in};
+    CU_ASSERT_EQUAL(l.available + l.reserved + l.sold, l.total_in); /* conservation, on every read */
+    return l;
+}
+
+static ch_status set_stock(const char *sku, int64_t available, level *out, rpc_client_result *res)
+{
+    Choreo__Inventory__V1__SetStockRequest req = CHOREO__INVENTORY__V1__SET_STOCK_REQUEST__INIT;
+    Choreo__Inventory__V1__SetStockResponse *resp = NULL;
+    req.sku = (char *)sku;
+    req.available = available;
+    ch_status st = call("SetStock", &req.base, &choreo__inventory__v1__set_stock_response__descriptor,
+                        (ProtobufCMessage **)&resp, res);
+    if (st == CH_OK) {
+        if (out)
+            *out = level_of(resp->stock);
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    }
+    return st;
+}
+
+static ch_status adjust_stock(const char *sku, int64_t delta, level *out, rpc_client_result *res)
+{
+    Choreo__Inventory__V1__AdjustStockRequest req = CHOREO__INVENTORY__V1__ADJUST_STOCK_REQUEST__INIT;
+    Choreo__Inventory__V1__AdjustStockResponse *resp = NULL;
+    req.sku = (char *)sku;
+    req.delta = delta;
+    ch_status st = call("AdjustStock", &req.base, &choreo__inventory__v1__adjust_stock_response__descriptor,
+                        (ProtobufCMessage **)&resp, res);
+    if (st == CH_OK) {
+        if (out)
+            *out = level_of(resp->stock);
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    }
+    return st;
+}
+
+static ch_status get_stock(const char *sku, level *out, rpc_client_result *res)
+{
+    Choreo__Inventory__V1__GetStockRequest req = CHOREO__INVENTORY__V1__GET_STOCK_REQUEST__INIT;
+    Choreo__Inventory__V1__GetStockResponse *resp = NULL;
+    req.sku = (char *)sku;
+    ch_status st = call("GetStock", &req.base, &choreo__inventory__v1__get_stock_response__descriptor,
+                        (ProtobufCMessage **)&resp, res);
+    if (st == CH_OK) {
+        *out = level_of(resp->stock);
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    }
+    return st;
+}
+
+static void expect_level(const char *sku, int64_t available, int64_t reserved, int64_t sold, int64_t total_in)
+{
+    level l = {-1, -1, -1, -1};
+    CU_ASSERT_EQUAL_FATAL(get_stock(sku, &l, NULL), CH_OK);
+    CU_ASSERT_EQUAL(l.available, available);
+    CU_ASSERT_EQUAL(l.reserved, reserved);
+    CU_ASSERT_EQUAL(l.sold, sold);
+    CU_ASSERT_EQUAL(l.total_in, total_in);
+    if (l.available != available || l.reserved != reserved || l.sold != sold || l.total_in != total_in)
+        fprintf(stderr, "\n%s: got %lld/%lld/%lld/%lld, want %lld/%lld/%lld/%lld\n", sku,
+                (long long)l.available, (long long)l.reserved, (long long)l.sold, (long long)l.total_in,
+                (long long)available, (long long)reserved, (long long)sold, (long long)total_in);
+}
+
+/* The reservation of an order (caller frees), or NULL with *st set. */
+static Choreo__Inventory__V1__Reservation *get_reservation(const char *order_id, ch_status *st,
+                                                           rpc_client_result *res)
+{
+    Choreo__Inventory__V1__GetReservationRequest req = CHOREO__INVENTORY__V1__GET_RESERVATION_REQUEST__INIT;
+    Choreo__Inventory__V1__GetReservationResponse *resp = NULL;
+    req.order_id = (char *)order_id;
+    *st = call("GetReservation", &req.base, &choreo__inventory__v1__get_reservation_response__descriptor,
+               (ProtobufCMessage **)&resp, res);
+    if (*st != CH_OK)
+        return NULL;
+    Choreo__Inventory__V1__Reservation *r = resp->reservation;
+    resp->reservation = NULL;
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return r;
+}
+
+static int reservation_status(const char *order_id)
+{
+    ch_status st;
+    Choreo__Inventory__V1__Reservation *r = get_reservation(order_id, &st, NULL);
+    if (!r)
+        return -1;
+    int s = (int)r->status;
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    return s;
+}
+
+static bool wait_reservation_status(const char *order_id, int want)
+{
+    for (int waited = 0; waited < WAIT_MS; waited += 20) {
+        if (reservation_status(order_id) == want)
+            return true;
+        sleep_ms(20);
+    }
+    fprintf(stderr, "\n%s: reservation status %d, want %d\n", order_id, reservation_status(order_id), want);
+    return false;
+}
+
+/* ---- events in and out ---- */
+
+/* Fills the shared envelope as order.created from orders. */
+static void created(const char *order_id, const char *customer, const char *const *skus, const uint32_t *qty,
+                    size_t n, int64_t total)
+{
+    CU_ASSERT_EQUAL_FATAL(event_init(env, EVENT_ORDER_CREATED, order_id, "rpc-test", "orders", TRACEPARENT),
+                          CH_OK);
+    choreo_events_v1_OrderCreated *c = &env->payload.order_created;
+    snprintf(c->customer_id, sizeof c->customer_id, "%s", customer);
+    c->items_count = (pb_size_t)n;
+    for (size_t i = 0; i < n; i++) {
+        snprintf(c->items[i].sku, sizeof c->items[i].sku, "%s", skus[i]);
+        c->items[i].quantity = qty[i];
+        c->items[i].unit_price_cents = 1;
+    }
+    c->total_cents = total;
+}
+
+/* Fills the shared envelope as a payment or cancel event for order_id. */
+static void saga_event(event_type t, const char *order_id, const char *reason)
+{
+    const char *producer = t == EVENT_ORDER_CANCEL_REQUESTED ? "orders" : "payment";
+    CU_ASSERT_EQUAL_FATAL(event_init(env, t, order_id, "test-cause", producer, TRACEPARENT), CH_OK);
+    if (t == EVENT_PAYMENT_FAILED)
+        snprintf(env->payload.payment_failed.reason, sizeof env->payload.payment_failed.reason, "%s", reason);
+    if (t == EVENT_ORDER_CANCEL_REQUESTED)
+        snprintf(env->payload.order_cancel_requested.reason,
+                 sizeof env->payload.order_cancel_requested.reason, "%s", reason);
+}
+
+/* Publishes the shared envelope with its deterministic msg id; *dup tells
+ * whether JetStream dropped it as a duplicate. */
+static void publish(bool *dup)
+{
+    bus_pub_ack ack = {0};
+    CU_ASSERT_EQUAL_FATAL(event_publish(pub, env, 5000, &ack), CH_OK);
+    if (dup)
+        *dup = ack.duplicate;
+}
+
+/* Publishes the shared envelope as a fresh event (new event id) under a
+ * different Nats-Msg-Id, so JetStream stores it again: only the handler's
+ * own idempotency stands between it and a second effect. */
+static void publish_again_under_new_msg_id(const char *tag)
+{
+    uint8_t data[EVENT_MAX_BYTES];
+    char subject[EVENT_SUBJECT_MAX], msg_id[EVENT_MSG_ID_MAX + 32];
+    size_t len = 0;
+    event_type t;
+    bus_pub_ack ack = {0};
+
+    CU_ASSERT_EQUAL_FATAL(event_type_of(env, &t), CH_OK);
+    static unsigned fresh;
+    snprintf(env->event_id, sizeof env->event_id, "feed%028x", ++fresh);
+    CU_ASSERT_EQUAL_FATAL(event_encode(env, data, sizeof data, &len, NULL, 0), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(event_subject(subject, sizeof subject, t, env->order_id), CH_OK);
+    snprintf(msg_id, sizeof msg_id, "%s:%s:again-%s", env->order_id, env->type, tag);
+    bus_out_msg m = {.subject = subject, .data = data, .len = len, .msg_id = msg_id};
+    m.headers[m.nheaders++] = (bus_header){EVENT_HDR_TYPE, env->type};
+    CU_ASSERT_EQUAL_FATAL(bus_publish(pub, &m, 5000, &ack), CH_OK);
+    CU_ASSERT_FALSE(ack.duplicate);
+}
+
+/* Every event of one type for one order in the stream. */
+typedef struct found {
+    int count;
+    char msg_id[96];
+    choreo_events_v1_Envelope env; /* the last one */
+} found;
+
+static ch_status collect(const bus_in_msg *m, void *arg)
+{
+    found *f = arg;
+    const char *h = bus_in_msg_header(m, "Nats-Msg-Id");
+    f->count++;
+    snprintf(f->msg_id, sizeof f->msg_id, "%s", h ? h : "");
+    return event_decode(m->data, m->len, &f->env, NULL, 0);
+}
+
+static ch_status read_events(event_type t, const char *order_id, found *f)
+{
+    char subject[EVENT_SUBJECT_MAX];
+    memset(f, 0, sizeof *f);
+    if (event_subject(subject, sizeof subject, t, order_id) != CH_OK)
+        return CH_INVALID_ARGUMENT;
+    return bus_replay(pub, EVENT_STREAM, subject, 1, collect, f, NULL);
+}
+
+/* Waits until the stream holds at least one event of type t for order_id. */
+static bool wait_event(event_type t, const char *order_id, found *f)
+{
+    for (int waited = 0; waited < WAIT_MS; waited += 20) {
+        if (read_events(t, order_id, f) == CH_OK && f->count > 0)
+            return true;
+        sleep_ms(20);
+    }
+    fprintf(stderr, "\nno %s for %s\n", event_type_name(t), order_id);
+    svc_dump_log(&inv, 20);
+    return false;
+}
+
+/* Waits until inventory's consumer of type t has handled and acked
+ * everything published so far. */
+static bool wait_idle(event_type t)
+{
+    char durable[64], *p;
+    snprintf(durable, sizeof durable, "inventory-%s", event_type_name(t));
+    while ((p = strchr(durable, '.')))
+        *p = '_';
+    for (int waited = 0; waited < WAIT_MS; waited += 20) {
+        jsConsumerInfo *ci = NULL;
+        if (js_GetConsumerInfo(&ci, js, EVENT_STREAM, durable, NULL, NULL) == NATS_OK) {
+            bool idle = ci->NumPending == 0 && ci->NumAckPending == 0;
+            jsConsumerInfo_Destroy(ci);
+            if (idle)
+                return true;
+        }
+        sleep_ms(20);
+    }
+    fprintf(stderr, "\nconsumer %s never idle\n", durable);
+    return false;
+}
+
+static void expect_invalid(ch_status st, const rpc_client_result *res, ch_status want, const char *field)
+{
+    CU_ASSERT_EQUAL(st, want);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->details, field));
+    if (st != want || !strstr(res->details, field))
+        fprintf(stderr, "\nwanted %s naming %s, got %s: %s\n", ch_status_str(want), field, ch_status_str(st),
+                res->details);
+}
+
+/* ---- tests ---- */
+
+static void test_inventory_stock_api_and_validation(void)
+{
+    rpc_client_result res;
+    level l;
+    ch_status st;
+
+    CU_ASSERT_EQUAL(get_stock("sku-api", &l, &res), CH_NOT_FOUND);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "sku"));
+    CU_ASSERT_EQUAL_FATAL(set_stock("sku-api", 10, &l, NULL), CH_OK);
+    CU_ASSERT_EQUAL(l.available, 10);
+    CU_ASSERT_EQUAL(l.total_in, 10);
+    CU_ASSERT_EQUAL_FATAL(adjust_stock("sku-api", 5, &l, NULL), CH_OK);
+    CU_ASSERT_EQUAL(l.available, 15);
+    CU_ASSERT_EQUAL(l.total_in, 15);
+    CU_ASSERT_EQUAL_FATAL(adjust_stock("sku-api", -15, &l, NULL), CH_OK);
+    CU_ASSERT_EQUAL(l.available, 0);
+    CU_ASSERT_EQUAL(l.total_in, 0);
+    expect_level("sku-api", 0, 0, 0, 0);
+    /* AdjustStock never makes available negative */
+    st = adjust_stock("sku-api", -1, NULL, &res);
+    expect_invalid(st, &res, CH_FAILED_PRECONDITION, "delta");
+    st = adjust_stock("sku-never", -1, NULL, &res);
+    expect_invalid(st, &res, CH_FAILED_PRECONDITION, "delta");
+    CU_ASSERT_EQUAL(get_stock("sku-never", &l, NULL), CH_NOT_FOUND);
+    /* a positive adjustment creates a SKU */
+    CU_ASSERT_EQUAL_FATAL(adjust_stock("sku-adjusted", 3, &l, NULL), CH_OK);
+    expect_level("sku-adjusted", 3, 0, 0, 3);
+
+    /* bad input names the field */
+    st = set_stock("", 1, NULL, &res);
+    expect_invalid(st, &res, CH_INVALID_ARGUMENT, "sku: required");
+    st = set_stock("sku-\xc3\x28", 1, NULL, &res);
+    expect_invalid(st, &res, CH_INVALID_ARGUMENT, "sku");
+    st = set_stock("sku with space", 1, NULL, &res);
+    expect_invalid(st, &res, CH_INVALID_ARGUMENT, "sku");
+    char longsku[80];
+    memset(longsku, 'x', sizeof longsku - 1);
+    longsku[sizeof longsku - 1] = '\0';
+    st = set_stock(longsku, 1, NULL, &res);
+    expect_invalid(st, &res, CH_INVALID_ARGUMENT, "sku");
+    st = set_stock("sku-api", -1, NULL, &res);
+    expect_invalid(st, &res, CH_INVALID_ARGUMENT, "available");
+    st = set_stock("sku-api", 1000000001, NULL, &res);
+    expect_invalid(st, &res, CH_INVALID_ARGUMENT, "available");
+    st = adjust_stock("sku-api", 0, NULL, &res);
+    expect_invalid(st, &res, CH_INVALID_ARGUMENT, "delta");
+    st = adjust_stock("sku-api", 1000000001, NULL, &res);
+    expect_invalid(st, &res, CH_INVALID_ARGUMENT, "delta");
+    st = get_stock("", &l, &res);
+    expect_invalid(st, &res, CH_INVALID_ARGUMENT, "sku");
+    CU_ASSERT_PTR_NULL(get_reservation("", &st, &res));
+    expect_invalid(st, &res, CH_INVALID_ARGUMENT, "order_id");
+    CU_ASSERT_PTR_NULL(get_reservation("ord.bad", &st, &res));
+    expect_invalid(st, &res, CH_INVALID_ARGUMENT, "order_id");
+    CU_ASSERT_PTR_NULL(get_reservation("ord-nobody", &st, &res));
+    expect_invalid(st, &res, CH_NOT_FOUND, "order_id");
+
+    /* bytes that are not a request */
+    const unsigned char garbage[] = {0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f};
+    void *raw = NULL;
+    size_t raw_len = 0;
+    CU_ASSERT_EQUAL(rpc_client_call_raw(inv.client, SVC "SetStock", NULL, 0, garbage, sizeof garbage, &raw,
+                                        &raw_len, 5000, &res),
+                    CH_INVALID_ARGUMENT);
+    free(raw);
+    expect_level("sku-api", 0, 0, 0, 0); /* nothing changed, still serving */
+}
+
+static void test_inventory_list_pages_in_byte_order(void)
+{
+    const char *mine[] = {"list-c", "list-a", "list-E", "list-b", "list-d"};
+    rpc_client_result res;
+    char token[256] = "", prev[80] = "";
+    int seen_mine = 0, pages = 0;
+
+    for (size_t i = 0; i < 5; i++)
+        CU_ASSERT_EQUAL_FATAL(set_stock(mine[i], (int64_t)i + 1, NULL, NULL), CH_OK);
+    do {
+        Choreo__Inventory__V1__ListStockRequest req = CHOREO__INVENTORY__V1__LIST_STOCK_REQUEST__INIT;
+        Choreo__Inventory__V1__ListStockResponse *resp = NULL;
+        req.page_size = 2;
+        req.page_token = token;
+        CU_ASSERT_EQUAL_FATAL(call("ListStock", &req.base,
+                                   &choreo__inventory__v1__list_stock_response__descriptor,
+                                   (ProtobufCMessage **)&resp, NULL),
+                              CH_OK);
+        CU_ASSERT_TRUE(resp->n_stock <= 2);
+        for (size_t i = 0; i < resp->n_stock; i++) {
+            level_of(resp->stock[i]);
+            CU_ASSERT_TRUE(strcmp(prev, resp->stock[i]->sku) < 0); /* strictly increasing bytes */
+            snprintf(prev, sizeof prev, "%s", resp->stock[i]->sku);
+            seen_mine += strncmp(prev, "list-", 5) == 0;
+        }
+        snprintf(token, sizeof token, "%s", resp->next_page_token);
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+        pages++;
+    } while (token[0] && pages < 100);
+    CU_ASSERT_EQUAL(seen_mine, 5);
+    CU_ASSERT_TRUE(pages >= 3);
+
+    Choreo__Inventory__V1__ListStockRequest bad = CHOREO__INVENTORY__V1__LIST_STOCK_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
+    bad.page_size = 501;
+    expect_invalid(
+        call("ListStock", &bad.base, &choreo__inventory__v1__list_stock_response__descriptor, &resp, &res),
+        &res, CH_INVALID_ARGUMENT, "page_size");
+    bad.page_size = 0;
+    bad.page_token = (char *)"not-a-token";
+    expect_invalid(
+        call("ListStock", &bad.base, &choreo__inventory__v1__list_stock_response__descriptor, &resp, &res),
+        &res, CH_INVALID_ARGUMENT, "page_token");
+}
+
+static void test_inventory_reserves_all_or_nothing(void)
+{
+    found f;
+    ch_status st;
+
+    CU_ASSERT_EQUAL_FATAL(set_stock("sku-r1", 5, NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(set_stock("sku-r2", 5, NULL, NULL), CH_OK);
+
+    /* the same SKU twice: summed */
+    const char *skus[] = {"sku-r1", "sku-r2", "sku-r1"};
+    const uint32_t qty[] = {2, 1, 1};
+    created("ord-r1", "cust-9", skus, qty, 3, 999);
+    char cause[EVENT_ID_LEN + 1];
+    snprintf(cause, sizeof cause, "%s", env->event_id);
+    publish(NULL);
+    CU_ASSERT_TRUE_FATAL(wait_event(EVENT_INVENTORY_RESERVED, "ord-r1", &f));
+    CU_ASSERT_EQUAL(f.count, 1);
+    CU_ASSERT_STRING_EQUAL(f.msg_id, "ord-r1:inventory.reserved");
+    CU_ASSERT_STRING_EQUAL(f.env.producer, "inventory");
+    CU_ASSERT_STRING_EQUAL(f.env.causation_id, cause);
+    CU_ASSERT_STRING_EQUAL(f.env.traceparent, TRACEPARENT);
+    CU_ASSERT_STRING_EQUAL(f.env.payload.inventory_reserved.customer_id, "cust-9");
+    CU_ASSERT_EQUAL(f.env.payload.inventory_reserved.total_cents, 999);
+    CU_ASSERT_EQUAL(f.env.payload.inventory_reserved.units, 4);
+    expect_level("sku-r1", 2, 3, 0, 5);
+    expect_level("sku-r2", 4, 1, 0, 5);
+    Choreo__Inventory__V1__Reservation *r = get_reservation("ord-r1", &st, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_EQUAL(r->status, CHOREO__INVENTORY__V1__RESERVATION_STATUS__RESERVATION_STATUS_RESERVED);
+    CU_ASSERT_EQUAL_FATAL(r->n_lines, 2);
+    CU_ASSERT_STRING_EQUAL(r->lines[0]->sku, "sku-r1");
+    CU_ASSERT_EQUAL(r->lines[0]->quantity, 3);
+    CU_ASSERT_STRING_EQUAL(r->lines[1]->sku, "sku-r2");
+    CU_ASSERT_EQUAL(r->lines[1]->quantity, 1);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+
+    /* short on the second SKU: nothing is held, not even the first */
+    const char *skus2[] = {"sku-r2", "sku-r1"};
+    const uint32_t q2[] = {3, 3};
+    created("ord-r2", "cust-9", skus2, q2, 2, 600);
+    publish(NULL);
+    CU_ASSERT_TRUE_FATAL(wait_event(EVENT_INVENTORY_FAILED, "ord-r2", &f));
+    CU_ASSERT_EQUAL(f.count, 1);
+    CU_ASSERT_STRING_EQUAL(f.env.payload.inventory_failed.sku, "sku-r1");
+    CU_ASSERT_EQUAL(f.env.payload.inventory_failed.requested, 3);
+    CU_ASSERT_EQUAL(f.env.payload.inventory_failed.available, 2);
+    CU_ASSERT_STRING_EQUAL(f.env.payload.inventory_failed.reason, "out of stock: sku-r1 needs 3, has 2");
+    expect_level("sku-r1", 2, 3, 0, 5);
+    expect_level("sku-r2", 4, 1, 0, 5);
+    r = get_reservation("ord-r2", &st, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_EQUAL(r->status, CHOREO__INVENTORY__V1__RESERVATION_STATUS__RESERVATION_STATUS_REJECTED);
+    CU_ASSERT_STRING_EQUAL(r->reason, "out of stock: sku-r1 needs 3, has 2");
+    CU_ASSERT_EQUAL(r->n_lines, 0);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_RESERVED, "ord-r2", &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 0);
+
+    /* a SKU never stocked is short with 0, and is not created */
+    const char *ghost[] = {"sku-ghost"};
+    const uint32_t one[] = {1};
+    created("ord-r3", "cust-9", ghost, one, 1, 1);
+    publish(NULL);
+    CU_ASSERT_TRUE_FATAL(wait_event(EVENT_INVENTORY_FAILED, "ord-r3", &f));
+    CU_ASSERT_EQUAL(f.env.payload.inventory_failed.available, 0);
+    level l;
+    CU_ASSERT_EQUAL(get_stock("sku-ghost", &l, NULL), CH_NOT_FOUND);
+}
+
+static void test_inventory_duplicates_change_nothing(void)
+{
+    found f;
+    bool dup = false;
+
+    /* order.created for ord-r1 again: same msg id (dropped by JetStream),
+     * a fresh event under another msg id, and another order.created for
+     * the same order with other items: one reservation per order */
+    const char *skus[] = {"sku-r1", "sku-r2", "sku-r1"};
+    const uint32_t qty[] = {2, 1, 1};
+    created("ord-r1", "cust-9", skus, qty, 3, 999);
+    publish(&dup);
+    CU_ASSERT_TRUE(dup);
+    publish_again_under_new_msg_id("a");
+    const char *other[] = {"sku-r2"};
+    const uint32_t four[] = {4};
+    created("ord-r1", "cust-9", other, four, 1, 5);
+    publish_again_under_new_msg_id("b");
+    /* and the rejected order: stays rejected */
+    const char *skus2[] = {"sku-r2", "sku-r1"};
+    const uint32_t q2[] = {3, 3};
+    created("ord-r2", "cust-9", skus2, q2, 2, 600);
+    publish_again_under_new_msg_id("c");
+    CU_ASSERT_TRUE_FATAL(wait_idle(EVENT_ORDER_CREATED));
+
+    expect_level("sku-r1", 2, 3, 0, 5);
+    expect_level("sku-r2", 4, 1, 0, 5);
+    CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_RESERVED, "ord-r1", &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 1); /* the re-published event was a duplicate too */
+    CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_FAILED, "ord-r2", &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 1);
+    CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_RESERVED, "ord-r2", &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 0);
+    CU_ASSERT_EQUAL(reservation_status("ord-r2"),
+                    CHOREO__INVENTORY__V1__RESERVATION_STATUS__RESERVATION_STATUS_REJECTED);
+}
+
+static void test_inventory_payment_processed_commits_once(void)
+{
+    found f;
+
+    saga_event(EVENT_PAYMENT_PROCESSED, "ord-r1", NULL);
+    publish(NULL);
+    CU_ASSERT_TRUE_FATAL(wait_reservation_status(
+        "ord-r1", CHOREO__INVENTORY__V1__RESERVATION_STATUS__RESERVATION_STATUS_COMMITTED));
+    expect_level("sku-r1", 2, 0, 3, 5);
+    expect_level("sku-r2", 4, 0, 1, 5);
+    /* again, under another msg id */
+    publish_again_under_new_msg_id("d");
+    CU_ASSERT_TRUE_FATAL(wait_idle(EVENT_PAYMENT_PROCESSED));
+    expect_level("sku-r1", 2, 0, 3, 5);
+    expect_level("sku-r2", 4, 0, 1, 5);
+    /* a commit publishes nothing */
+    CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_RELEASED, "ord-r1", &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 0);
+    /* payment.failed after the commit contradicts it: nothing released */
+    saga_event(EVENT_PAYMENT_FAILED, "ord-r1", "late");
+    publish(NULL);
+    CU_ASSERT_TRUE_FATAL(wait_idle(EVENT_PAYMENT_FAILED));
+    expect_level("sku-r1", 2, 0, 3, 5);
+    CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_RELEASED, "ord-r1", &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 0);
+}
+
+static void test_inventory_payment_failed_releases_once(void)
+{
+    const char *skus[] = {"sku-f"};
+    const uint32_t three[] = {3};
+    ch_status st;
+    found f;
+
+    CU_ASSERT_EQUAL_FATAL(set_stock("sku-f", 4, NULL, NULL), CH_OK);
+    created("ord-f1", "cust-poor", skus, three, 1, 300);
+    publish(NULL);
+    CU_ASSERT_TRUE_FATAL(wait_event(EVENT_INVENTORY_RESERVED, "ord-f1", &f));
+    expect_level("sku-f", 1, 3, 0, 4);
+
+    saga_event(EVENT_PAYMENT_FAILED, "ord-f1", "balance 0 < 300");
+    char cause[EVENT_ID_LEN + 1];
+    snprintf(cause, sizeof cause, "%s", env->event_id);
+    publish(NULL);
+    CU_ASSERT_TRUE_FATAL(wait_event(EVENT_INVENTORY_RELEASED, "ord-f1", &f));
+    CU_ASSERT_EQUAL(f.count, 1);
+    CU_ASSERT_STRING_EQUAL(f.env.causation_id, cause);
+    CU_ASSERT_EQUAL(f.env.payload.inventory_released.units, 3);
+    CU_ASSERT_FALSE(f.env.payload.inventory_released.restocked);
+    CU_ASSERT_STRING_EQUAL(f.env.payload.inventory_released.reason, "payment failed: balance 0 < 300");
+    expect_level("sku-f", 4, 0, 0, 4);
+    Choreo__Inventory__V1__Reservation *r = get_reservation("ord-f1", &st, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_EQUAL(r->status, CHOREO__INVENTORY__V1__RESERVATION_STATUS__RESERVATION_STATUS_RELEASED);
+    CU_ASSERT_STRING_EQUAL(r->reason, "payment failed: balance 0 < 300");
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+
+    /* again under another msg id, and a late payment.processed: no effect */
+    publish_again_under_new_msg_id("e");
+    saga_event(EVENT_PAYMENT_PROCESSED, "ord-f1", NULL);
+    publish(NULL);
+    CU_ASSERT_TRUE_FATAL(wait_idle(EVENT_PAYMENT_FAILED));
+    CU_ASSERT_TRUE_FATAL(wait_idle(EVENT_PAYMENT_PROCESSED));
+    expect_level("sku-f", 4, 0, 0, 4);
+    CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_RELEASED, "ord-f1", &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 1);
+}
+
+static void test_inventory_cancel_restocks_once(void)
+{
+    found f;
+
+    /* after the commit: sold -> available */
+    saga_event(EVENT_ORDER_CANCEL_REQUESTED, "ord-r1", "changed my mind");
+    publish(NULL);
+    CU_ASSERT_TRUE_FATAL(wait_event(EVENT_INVENTORY_RELEASED, "ord-r1", &f));
+    CU_ASSERT_EQUAL(f.env.payload.inventory_released.units, 4);
+    CU_ASSERT_TRUE(f.env.payload.inventory_released.restocked);
+    CU_ASSERT_STRING_EQUAL(f.env.payload.inventory_released.reason,
+                           "cancelled by the customer: changed my mind");
+    expect_level("sku-r1", 5, 0, 0, 5);
+    expect_level("sku-r2", 5, 0, 0, 5);
+    publish_again_under_new_msg_id("f");
+    CU_ASSERT_TRUE_FATAL(wait_idle(EVENT_ORDER_CANCEL_REQUESTED));
+    expect_level("sku-r1", 5, 0, 0, 5);
+    CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_RELEASED, "ord-r1", &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 1);
+
+    /* cancel seen before the commit: reserved -> available; the late commit changes nothing */
+    const char *skus[] = {"sku-c"};
+    const uint32_t two[] = {2};
+    CU_ASSERT_EQUAL_FATAL(set_stock("sku-c", 2, NULL, NULL), CH_OK);
+    created("ord-c2", "cust-c", skus, two, 1, 20);
+    publish(NULL);
+    CU_ASSERT_TRUE_FATAL(wait_event(EVENT_INVENTORY_RESERVED, "ord-c2", &f));
+    saga_event(EVENT_ORDER_CANCEL_REQUESTED, "ord-c2", "");
+    publish(NULL);
+    CU_ASSERT_TRUE_FATAL(wait_event(EVENT_INVENTORY_RELEASED, "ord-c2", &f));
+    CU_ASSERT_TRUE(f.env.payload.inventory_released.restocked);
+    expect_level("sku-c", 2, 0, 0, 2);
+    saga_event(EVENT_PAYMENT_PROCESSED, "ord-c2", NULL);
+    publish(NULL);
+    CU_ASSERT_TRUE_FATAL(wait_idle(EVENT_PAYMENT_PROCESSED));
+    expect_level("sku-c", 2, 0, 0, 2);
+    CU_ASSERT_EQUAL(reservation_status("ord-c2"),
+                    CHOREO__INVENTORY__V1__RESERVATION_STATUS__RESERVATION_STATUS_RELEASED);
+}
+
+static void test_inventory_set_stock_keeps_reserved_and_sold(void)
+{
+    const char *skus[] = {"sku-s"};
+    const uint32_t four[] = {4}, two[] = {2};
+    rpc_client_result res;
+    level l;
+    found f;
+
+    CU_ASSERT_EQUAL_FATAL(set_stock("sku-s", 10, NULL, NULL), CH_OK);
+    created("ord-s1", "cust-s", skus, four, 1, 4);
+    publish(NULL);
+    created("ord-s2", "cust-s", skus, two, 1, 2);
+    publish(NULL);
+    CU_ASSERT_TRUE_FATAL(wait_event(EVENT_INVENTORY_RESERVED, "ord-s2", &f));
+    saga_event(EVENT_PAYMENT_PROCESSED, "ord-s2", NULL);
+    publish(NULL);
+    CU_ASSERT_TRUE_FATAL(wait_reservation_status(
+        "ord-s2", CHOREO__INVENTORY__V1__RESERVATION_STATUS__RESERVATION_STATUS_COMMITTED));
+    expect_level("sku-s", 4, 4, 2, 10);
+    CU_ASSERT_EQUAL_FATAL(set_stock("sku-s", 1, &l, NULL), CH_OK);
+    CU_ASSERT_EQUAL(l.available, 1);
+    CU_ASSERT_EQUAL(l.reserved, 4);
+    CU_ASSERT_EQUAL(l.sold, 2);
+    CU_ASSERT_EQUAL(l.total_in, 7);
+    expect_invalid(adjust_stock("sku-s", -2, NULL, &res), &res, CH_FAILED_PRECONDITION, "delta");
+    expect_level("sku-s", 1, 4, 2, 7);
+}
+
+static void test_inventory_poison_event_is_dead_lettered(void)
+{
+    found f;
+    const char *skus[] = {"sku-p"};
+    const uint32_t zero[] = {0}, one[] = {1};
+
+    CU_ASSERT_EQUAL_FATAL(set_stock("sku-p", 5, NULL, NULL), CH_OK);
+    created("ord-poison", "cust-p", skus, zero, 1, 0); /* decodes, but no order has quantity 0 */
+    publish(NULL);
+    created("ord-after-poison", "cust-p", skus, one, 1, 1);
+    publish(NULL);
+    CU_ASSERT_TRUE_FATAL(wait_event(EVENT_INVENTORY_RESERVED, "ord-after-poison", &f));
+    CU_ASSERT_TRUE_FATAL(wait_idle(EVENT_ORDER_CREATED));
+    CU_ASSERT_EQUAL(reservation_status("ord-poison"), -1);
+    expect_level("sku-p", 4, 1, 0, 5);
+
+    /* the poison went to the dead-letter subject */
+    int copies = 0;
+    for (int waited = 0; waited < WAIT_MS && copies == 0; waited += 20) {
+        found d;
+        memset(&d, 0, sizeof d);
+        if (bus_replay(pub, BUS_DEADLETTER_STREAM, "deadletter.events.order.created.ord-poison", 1, collect,
+                       &d, NULL) == CH_OK)
+            copies = d.count;
+        if (!copies)
+            sleep_ms(20);
+    }
+    CU_ASSERT_EQUAL(copies, 1);
+}
+
+/* Every stock level, page by page, into out (cap entries); returns the count. */
+static size_t list_all(Choreo__Inventory__V1__StockLevel *out, char (*skus)[80], size_t cap)
+{
+    char token[256] = "";
+    size_t n = 0;
+    do {
+        Choreo__Inventory__V1__ListStockRequest req = CHOREO__INVENTORY__V1__LIST_STOCK_REQUEST__INIT;
+        Choreo__Inventory__V1__ListStockResponse *resp = NULL;
+        req.page_token = token;
+        if (call("ListStock", &req.base, &choreo__inventory__v1__list_stock_response__descriptor,
+                 (ProtobufCMessage **)&resp, NULL) != CH_OK)
+            return 0;
+        for (size_t i = 0; i < resp->n_stock && n < cap; i++, n++) {
+            out[n] = *resp->stock[i];
+            snprintf(skus[n], sizeof skus[n], "%s", resp->stock[i]->sku);
+            out[n].sku = skus[n];
+            level_of(&out[n]); /* conservation for every SKU */
+        }
+        snprintf(token, sizeof token, "%s", resp->next_page_token);
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    } while (token[0]);
+    return n;
+}
+
+static void test_inventory_state_survives_kill_and_restart(void)
+{
+    enum { CAP = 64 };
+    Choreo__Inventory__V1__StockLevel before[CAP], after[CAP];
+    char skus_before[CAP][80], skus_after[CAP][80];
+    found f;
+
+    size_t n = list_all(before, skus_before, CAP);
+    CU_ASSERT_TRUE_FATAL(n >= 10);
+    svc_kill(&inv); /* no goodbye: the state must come from the ledger */
+
+    /* events that arrive while it is down wait in its durable consumers */
+    const char *skus[] = {"sku-k"};
+    const uint32_t one[] = {1};
+    created("ord-k1", "cust-k", skus, one, 1, 7);
+    publish(NULL);
+    CU_ASSERT_EQUAL_FATAL(svc_restart(&inv, 15000), CH_OK);
+
+    size_t m = list_all(after, skus_after, CAP);
+    CU_ASSERT_EQUAL_FATAL(m, n);
+    for (size_t i = 0; i < n; i++) {
+        CU_ASSERT_STRING_EQUAL(before[i].sku, after[i].sku);
+        CU_ASSERT_EQUAL(before[i].available, after[i].available);
+        CU_ASSERT_EQUAL(before[i].reserved, after[i].reserved);
+        CU_ASSERT_EQUAL(before[i].sold, after[i].sold);
+        CU_ASSERT_EQUAL(before[i].total_in, after[i].total_in);
+    }
+    CU_ASSERT_EQUAL(reservation_status("ord-r1"),
+                    CHOREO__INVENTORY__V1__RESERVATION_STATUS__RESERVATION_STATUS_RELEASED);
+    CU_ASSERT_EQUAL(reservation_status("ord-r2"),
+                    CHOREO__INVENTORY__V1__RESERVATION_STATUS__RESERVATION_STATUS_REJECTED);
+    CU_ASSERT_EQUAL(reservation_status("ord-s1"),
+                    CHOREO__INVENTORY__V1__RESERVATION_STATUS__RESERVATION_STATUS_RESERVED);
+    CU_ASSERT_TRUE_FATAL(wait_event(EVENT_INVENTORY_FAILED, "ord-k1", &f)); /* sku-k was never stocked */
+
+    /* after the restart the dedup window is no defence any more than before:
+     * a redelivered order.created still changes nothing */
+    const char *rs[] = {"sku-s"};
+    const uint32_t four[] = {4};
+    created("ord-s1", "cust-s", rs, four, 1, 4);
+    publish_again_under_new_msg_id("g");
+    CU_ASSERT_TRUE_FATAL(wait_idle(EVENT_ORDER_CREATED));
+    expect_level("sku-s", 1, 4, 2, 7);
+    CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_RESERVED, "ord-s1", &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 1);
+}
+
+/* Appends one entry to the service's ledger, as the service would have
+ * before a crash. */
+static void ledger_put(const choreo_ledger_v1_InventoryEntry *e)
+{
+    uint8_t buf[choreo_ledger_v1_InventoryEntry_size];
+    pb_ostream_t out = pb_ostream_from_buffer(buf, sizeof buf);
+    CU_ASSERT_TRUE_FATAL(pb_encode(&out, choreo_ledger_v1_InventoryEntry_fields, e));
+    bus_out_msg m = {.subject = "inventory.ledger", .data = buf, .len = out.bytes_written};
+    CU_ASSERT_EQUAL_FATAL(bus_publish(pub, &m, 5000, NULL), CH_OK);
+}
+
+static void test_inventory_decision_recorded_before_a_crash_is_published(void)
+{
+    choreo_ledger_v1_InventoryEntry *e = calloc(1, sizeof *e);
+    found f;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(e);
+    /* the service decided and recorded, then died before publishing */
+    svc_kill(&inv);
+    e->which_entry = choreo_ledger_v1_InventoryEntry_stock_set_tag;
+    snprintf(e->entry.stock_set.sku, sizeof e->entry.stock_set.sku, "sku-crash");
+    e->entry.stock_set.available = 5;
+    ledger_put(e);
+    memset(e, 0, sizeof *e);
+    e->which_entry = choreo_ledger_v1_InventoryEntry_reserved_tag;
+    snprintf(e->entry.reserved.order_id, sizeof e->entry.reserved.order_id, "ord-crash");
+    snprintf(e->entry.reserved.customer_id, sizeof e->entry.reserved.customer_id, "cust-x");
+    e->entry.reserved.total_cents = 42;
+    e->entry.reserved.lines_count = 1;
+    snprintf(e->entry.reserved.lines[0].sku, sizeof e->entry.reserved.lines[0].sku, "sku-crash");
+    e->entry.reserved.lines[0].quantity = 2;
+    ledger_put(e);
+    free(e);
+    /* the order.created it had not acked comes again */
+    const char *skus[] = {"sku-crash"};
+    const uint32_t two[] = {2};
+    created("ord-crash", "cust-x", skus, two, 1, 42);
+    publish(NULL);
+    CU_ASSERT_EQUAL_FATAL(svc_restart(&inv, 15000), CH_OK);
+
+    CU_ASSERT_TRUE_FATAL(wait_event(EVENT_INVENTORY_RESERVED, "ord-crash", &f));
+    CU_ASSERT_EQUAL(f.count, 1);
+    CU_ASSERT_STRING_EQUAL(f.env.payload.inventory_reserved.customer_id, "cust-x");
+    CU_ASSERT_EQUAL(f.env.payload.inventory_reserved.total_cents, 42);
+    CU_ASSERT_EQUAL(f.env.payload.inventory_reserved.units, 2);
+    CU_ASSERT_TRUE_FATAL(wait_idle(EVENT_ORDER_CREATED));
+    expect_level("sku-crash", 3, 2, 0, 5); /* reserved once, not twice */
+}
+
+static void test_inventory_sigterm_exits_zero(void)
+{
+    int exit_status = -1;
+    CU_ASSERT_EQUAL(svc_stop(&inv, 15000, &exit_status), CH_OK);
+    CU_ASSERT_EQUAL(exit_status, 0);
+}
+
+int main(void)
+{
+    static const cu_test tests[] = {
+        {"stock API and validation", test_inventory_stock_api_and_validation},
+        {"list pages in byte order", test_inventory_list_pages_in_byte_order},
+        {"reserves all or nothing", test_inventory_reserves_all_or_nothing},
+        {"duplicates change nothing", test_inventory_duplicates_change_nothing},
+        {"payment.processed commits once", test_inventory_payment_processed_commits_once},
+        {"payment.failed releases once", test_inventory_payment_failed_releases_once},
+        {"cancel restocks once", test_inventory_cancel_restocks_once},
+        {"SetStock keeps reserved and sold", test_inventory_set_stock_keeps_reserved_and_sold},
+        {"poison event is dead-lettered", test_inventory_poison_event_is_dead_lettered},
+        {"state survives kill -9 and restart", test_inventory_state_survives_kill_and_restart},
+        {"a decision recorded before a crash is published",
+         test_inventory_decision_recorded_before_a_crash_is_published},
+        {"SIGTERM exits 0", test_inventory_sigterm_exits_zero},
+        {NULL, NULL},
+    };
+
+    return cu_run("inventory_integration", suite_init, suite_cleanup, tests);
+}

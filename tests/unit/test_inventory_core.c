@@ -1,0 +1,689 @@
+/* test_inventory_core.c: validation, decisions, the reducer and the store of
+ * the inventory core. */
+#include <CUnit/CUnit.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cu_run.h"
+#include "inventory_core.h"
+#include "utf8.h"
+
+/* ---- helpers ---- */
+
+static inv_decision *dec; /* one decision buffer for every test (7 KB) */
+
+static void check_conservation(const inv_store *s)
+{
+    const inv_stock *page[INV_PAGE_MAX];
+    char token[INV_TOKEN_MAX + 1] = "", next[INV_TOKEN_MAX + 1];
+    size_t n, seen = 0;
+
+    do {
+        CU_ASSERT_EQUAL_FATAL(inv_store_list(s, token, page, INV_PAGE_MAX, &n, next), CH_OK);
+        for (size_t i = 0; i < n; i++) {
+            const inv_stock *st = page[i];
+            CU_ASSERT_TRUE(st->available >= 0 && st->reserved >= 0 && st->sold >= 0);
+            CU_ASSERT_EQUAL(st->available + st->reserved + st->sold, st->total_in);
+            CU_ASSERT_TRUE(st->total_in <= INV_UNITS_MAX);
+        }
+        seen += n;
+        memcpy(token, next, sizeof token);
+    } while (token[0]);
+    CU_ASSERT_EQUAL(seen, inv_store_sku_count(s));
+}
+
+static void set_stock(inv_store *s, const char *sku, int64_t available)
+{
+    char err[256];
+    CU_ASSERT_EQUAL_FATAL(inv_decide_set(s, sku, available, dec, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(inv_apply(s, &dec->entry, NULL), CH_OK);
+}
+
+static inv_line line(const char *sku, uint32_t qty)
+{
+    inv_line l = {.quantity = qty};
+    snprintf(l.sku, sizeof l.sku, "%s", sku);
+    return l;
+}
+
+static inv_reserve_req req(const char *order_id, const inv_line *items, size_t n)
+{
+    inv_reserve_req r = {
+        .order_id = order_id,
+        .customer_id = "cust-1",
+        .cause_event_id = "0123456789abcdef0123456789abcdef",
+        .total_cents = 1234,
+        .items = items,
+        .n_items = n,
+    };
+    return r;
+}
+
+/* Decides and applies a reservation; returns the outcome. */
+static inv_outcome reserve(inv_store *s, const char *order_id, const inv_line *items, size_t n)
+{
+    inv_reserve_req r = req(order_id, items, n);
+    inv_outcome out = INV_NOOP;
+    char err[256] = "";
+    bool changed = false;
+
+    CU_ASSERT_EQUAL_FATAL(inv_decide_reserve(s, &r, dec, &out, err, sizeof err), CH_OK);
+    if (out == INV_APPEND) {
+        CU_ASSERT_EQUAL(inv_apply(s, &dec->entry, &changed), CH_OK);
+        CU_ASSERT_TRUE(changed);
+    }
+    return out;
+}
+
+static inv_outcome commit(inv_store *s, const char *order_id)
+{
+    inv_outcome out = INV_NOOP;
+    CU_ASSERT_EQUAL_FATAL(inv_decide_commit(s, order_id, "", dec, &out), CH_OK);
+    if (out == INV_APPEND)
+        CU_ASSERT_EQUAL(inv_apply(s, &dec->entry, NULL), CH_OK);
+    return out;
+}
+
+static inv_outcome release(inv_store *s, const char *order_id, bool cancel, const char *why)
+{
+    inv_outcome out = INV_NOOP;
+    CU_ASSERT_EQUAL_FATAL(inv_decide_release(s, order_id, cancel, why, "", dec, &out), CH_OK);
+    if (out == INV_APPEND)
+        CU_ASSERT_EQUAL(inv_apply(s, &dec->entry, NULL), CH_OK);
+    return out;
+}
+
+static void expect_stock(const inv_store *s, const char *sku, int64_t avail, int64_t reserved, int64_t sold,
+                         int64_t total)
+{
+    const inv_stock *st = inv_store_stock(s, sku);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(st);
+    CU_ASSERT_EQUAL(st->available, avail);
+    CU_ASSERT_EQUAL(st->reserved, reserved);
+    CU_ASSERT_EQUAL(st->sold, sold);
+    CU_ASSERT_EQUAL(st->total_in, total);
+}
+
+/* ---- tests ---- */
+
+static void test_inventory_core_validation_names_the_field(void)
+{
+    inv_store *s = NULL;
+    char err[256], longsku[INV_SKU_MAX + 2];
+
+    CU_ASSERT_EQUAL_FATAL(inv_store_create(&s), CH_OK);
+    memset(longsku, 's', sizeof longsku - 1);
+    longsku[sizeof longsku - 1] = '\0';
+
+    CU_ASSERT_EQUAL(inv_decide_set(s, "", 1, dec, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_STRING_EQUAL(err, "sku: required");
+    CU_ASSERT_EQUAL(inv_decide_set(s, NULL, 1, dec, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(inv_decide_set(s, "bad\xc3\x28", 1, dec, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "sku: not valid UTF-8"));
+    CU_ASSERT_EQUAL(inv_decide_set(s, "a b", 1, dec, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(strncmp(err, "sku:", 4), 0);
+    CU_ASSERT_EQUAL(inv_decide_set(s, longsku, 1, dec, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(strncmp(err, "sku:", 4), 0);
+    longsku[INV_SKU_MAX] = '\0'; /* exactly 64 bytes is fine */
+    CU_ASSERT_EQUAL(inv_decide_set(s, longsku, 1, dec, err, sizeof err), CH_OK);
+
+    CU_ASSERT_EQUAL(inv_decide_set(s, "sku-1", -1, dec, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "available: must be 0..1000000000, got -1"));
+    CU_ASSERT_EQUAL(inv_decide_set(s, "sku-1", INV_SET_MAX + 1, dec, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(inv_decide_set(s, "sku-1", INV_SET_MAX, dec, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL(inv_decide_set(s, "sku-1", 0, dec, err, sizeof err), CH_OK);
+
+    CU_ASSERT_EQUAL(inv_decide_adjust(s, "sku-1", 0, dec, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(strncmp(err, "delta:", 6), 0);
+    CU_ASSERT_EQUAL(inv_decide_adjust(s, "sku-1", INV_DELTA_MAX + 1, dec, err, sizeof err),
+                    CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(inv_decide_adjust(s, "sku-1", -INV_DELTA_MAX - 1, dec, err, sizeof err),
+                    CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(inv_decide_adjust(s, "", 5, dec, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_STRING_EQUAL(err, "sku: required");
+
+    CU_ASSERT_EQUAL(inv_validate_order_id("", err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_STRING_EQUAL(err, "order_id: required");
+    CU_ASSERT_EQUAL(inv_validate_order_id("ord.1", err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(inv_validate_order_id("ord-0123456789012345678901234567890123456", err, sizeof err),
+                    CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(inv_validate_order_id("ord-1", err, sizeof err), CH_OK);
+
+    /* a reservation request no order could make: every field named */
+    inv_line ok = line("sku-1", 1), zero = line("sku-1", 0), big = line("sku-1", INV_QTY_MAX + 1);
+    inv_line nosku = line("", 1);
+    inv_reserve_req r;
+    inv_outcome out;
+    r = req("", &ok, 1);
+    CU_ASSERT_EQUAL(inv_decide_reserve(s, &r, dec, &out, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(strncmp(err, "order_id:", 9), 0);
+    r = req("ord-1", &ok, 0);
+    CU_ASSERT_EQUAL(inv_decide_reserve(s, &r, dec, &out, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(strncmp(err, "items:", 6), 0);
+    r = req("ord-1", &zero, 1);
+    CU_ASSERT_EQUAL(inv_decide_reserve(s, &r, dec, &out, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(strncmp(err, "items[0].quantity:", 18), 0);
+    r = req("ord-1", &big, 1);
+    CU_ASSERT_EQUAL(inv_decide_reserve(s, &r, dec, &out, err, sizeof err), CH_INVALID_ARGUMENT);
+    r = req("ord-1", &nosku, 1);
+    CU_ASSERT_EQUAL(inv_decide_reserve(s, &r, dec, &out, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(strncmp(err, "items[0].sku:", 13), 0);
+    r = req("ord-1", &ok, 1);
+    r.customer_id = "";
+    CU_ASSERT_EQUAL(inv_decide_reserve(s, &r, dec, &out, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(strncmp(err, "customer_id:", 12), 0);
+    r = req("ord-1", &ok, 1);
+    r.total_cents = -1;
+    CU_ASSERT_EQUAL(inv_decide_reserve(s, &r, dec, &out, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(strncmp(err, "total_cents:", 12), 0);
+    CU_ASSERT_EQUAL(inv_store_reservation_count(s), 0);
+    CU_ASSERT_EQUAL(inv_store_sku_count(s), 0); /* deciding changes nothing */
+    inv_store_destroy(s);
+}
+
+static void test_inventory_core_set_and_adjust_keep_total_in(void)
+{
+    inv_store *s = NULL;
+    char err[256];
+    inv_line two = line("sku-a", 2);
+
+    CU_ASSERT_EQUAL_FATAL(inv_store_create(&s), CH_OK);
+    CU_ASSERT_PTR_NULL(inv_store_stock(s, "sku-a"));
+    set_stock(s, "sku-a", 10);
+    CU_ASSERT_EQUAL(dec->entry.delta, 10);
+    expect_stock(s, "sku-a", 10, 0, 0, 10);
+
+    /* SetStock to X records X - available and keeps reserved and sold */
+    CU_ASSERT_EQUAL(reserve(s, "ord-1", &two, 1), INV_APPEND);
+    CU_ASSERT_EQUAL(reserve(s, "ord-2", &two, 1), INV_APPEND);
+    CU_ASSERT_EQUAL(commit(s, "ord-2"), INV_APPEND);
+    expect_stock(s, "sku-a", 6, 2, 2, 10);
+    set_stock(s, "sku-a", 3);
+    CU_ASSERT_EQUAL(dec->entry.delta, -3);
+    expect_stock(s, "sku-a", 3, 2, 2, 7);
+    set_stock(s, "sku-a", 3); /* same value: nothing changes */
+    CU_ASSERT_EQUAL(dec->entry.delta, 0);
+    expect_stock(s, "sku-a", 3, 2, 2, 7);
+
+    /* AdjustStock moves available and total_in together ... */
+    CU_ASSERT_EQUAL_FATAL(inv_decide_adjust(s, "sku-a", 5, dec, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL(inv_apply(s, &dec->entry, NULL), CH_OK);
+    expect_stock(s, "sku-a", 8, 2, 2, 12);
+    CU_ASSERT_EQUAL_FATAL(inv_decide_adjust(s, "sku-a", -8, dec, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL(inv_apply(s, &dec->entry, NULL), CH_OK);
+    expect_stock(s, "sku-a", 0, 2, 2, 4);
+    /* ... and refuses to make available negative (reserved units are not available) */
+    CU_ASSERT_EQUAL(inv_decide_adjust(s, "sku-a", -1, dec, err, sizeof err), CH_FAILED_PRECONDITION);
+    CU_ASSERT_EQUAL(strncmp(err, "delta:", 6), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "0 units available"));
+    expect_stock(s, "sku-a", 0, 2, 2, 4);
+    /* the reducer refuses the same (an entry that cannot happen here) */
+    inv_entry neg = {.kind = INV_ENTRY_STOCK_ADJUSTED, .sku = "sku-a", .delta = -1};
+    bool changed = true;
+    CU_ASSERT_EQUAL(inv_apply(s, &neg, &changed), CH_FAILED_PRECONDITION);
+    CU_ASSERT_FALSE(changed);
+    expect_stock(s, "sku-a", 0, 2, 2, 4);
+
+    /* an unknown SKU: a positive delta creates it, a negative one is refused */
+    CU_ASSERT_EQUAL(inv_decide_adjust(s, "sku-new", -1, dec, err, sizeof err), CH_FAILED_PRECONDITION);
+    CU_ASSERT_PTR_NULL(inv_store_stock(s, "sku-new"));
+    CU_ASSERT_EQUAL_FATAL(inv_decide_adjust(s, "sku-new", 7, dec, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL(inv_apply(s, &dec->entry, NULL), CH_OK);
+    expect_stock(s, "sku-new", 7, 0, 0, 7);
+
+    /* total_in is capped, so int64 never overflows */
+    for (int i = 0; i < 3; i++) {
+        CU_ASSERT_EQUAL_FATAL(inv_decide_adjust(s, "sku-big", INV_DELTA_MAX, dec, err, sizeof err), CH_OK);
+        CU_ASSERT_EQUAL(inv_apply(s, &dec->entry, NULL), CH_OK);
+    }
+    /* ... up to the cap, then refused: by the decision and by the reducer */
+    inv_entry big = {.kind = INV_ENTRY_STOCK_ADJUSTED, .sku = "sku-big", .delta = INV_DELTA_MAX};
+    for (int64_t i = 3; i < INV_UNITS_MAX / INV_DELTA_MAX; i++)
+        inv_apply(s, &big, NULL);
+    expect_stock(s, "sku-big", INV_UNITS_MAX, 0, 0, INV_UNITS_MAX);
+    CU_ASSERT_EQUAL(inv_decide_adjust(s, "sku-big", 1, dec, err, sizeof err), CH_FAILED_PRECONDITION);
+    CU_ASSERT_EQUAL(strncmp(err, "delta:", 6), 0);
+    CU_ASSERT_EQUAL(inv_apply(s, &big, NULL), CH_FAILED_PRECONDITION);
+    CU_ASSERT_EQUAL(inv_decide_set(s, "sku-big", INV_SET_MAX, dec, err, sizeof err), CH_OK); /* lowers it */
+    inv_entry huge = {.kind = INV_ENTRY_STOCK_SET, .sku = "sku-big", .available = 0};
+    CU_ASSERT_EQUAL(inv_apply(s, &huge, NULL), CH_OK);
+    expect_stock(s, "sku-big", 0, 0, 0, 0);
+    check_conservation(s);
+    inv_store_destroy(s);
+}
+
+static void test_inventory_core_reserve_is_all_or_nothing_per_sku_sum(void)
+{
+    inv_store *s = NULL;
+    inv_reserve_req r;
+    inv_outcome out;
+    char err[256];
+
+    CU_ASSERT_EQUAL_FATAL(inv_store_create(&s), CH_OK);
+    set_stock(s, "sku-a", 3);
+    set_stock(s, "sku-b", 10);
+
+    /* sku-a twice: 2 + 2 = 4 > 3, although each item alone would fit */
+    inv_line items[3] = {line("sku-b", 1), line("sku-a", 2), line("sku-a", 2)};
+    r = req("ord-short", items, 3);
+    CU_ASSERT_EQUAL_FATAL(inv_decide_reserve(s, &r, dec, &out, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL(out, INV_APPEND);
+    CU_ASSERT_EQUAL(dec->entry.kind, INV_ENTRY_REJECTED);
+    CU_ASSERT_STRING_EQUAL(dec->entry.sku, "sku-a");
+    CU_ASSERT_EQUAL(dec->entry.requested, 4);
+    CU_ASSERT_EQUAL(dec->entry.available, 3);
+    CU_ASSERT_STRING_EQUAL(dec->entry.reason, "out of stock: sku-a needs 4, has 3");
+    CU_ASSERT_EQUAL(inv_apply(s, &dec->entry, NULL), CH_OK);
+    expect_stock(s, "sku-a", 3, 0, 0, 3); /* nothing held, sku-b included */
+    expect_stock(s, "sku-b", 10, 0, 0, 10);
+    const inv_reservation *res = inv_store_reservation(s, "ord-short");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(res);
+    CU_ASSERT_EQUAL(res->status, INV_RES_REJECTED);
+    CU_ASSERT_STRING_EQUAL(res->short_sku, "sku-a");
+    CU_ASSERT_EQUAL(res->requested, 4);
+    CU_ASSERT_EQUAL(res->available, 3);
+    CU_ASSERT_STRING_EQUAL(res->reason, "out of stock: sku-a needs 4, has 3");
+    CU_ASSERT_EQUAL(res->n_lines, 0);
+
+    /* an unknown SKU is short with 0 available, and is not created */
+    inv_line ghost = line("sku-ghost", 1);
+    r = req("ord-ghost", &ghost, 1);
+    CU_ASSERT_EQUAL_FATAL(inv_decide_reserve(s, &r, dec, &out, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL(dec->entry.kind, INV_ENTRY_REJECTED);
+    CU_ASSERT_EQUAL(dec->entry.available, 0);
+    CU_ASSERT_EQUAL(inv_apply(s, &dec->entry, NULL), CH_OK);
+    CU_ASSERT_PTR_NULL(inv_store_stock(s, "sku-ghost"));
+
+    /* exactly enough: summed lines in order of first appearance */
+    inv_line fit[3] = {line("sku-a", 1), line("sku-b", 4), line("sku-a", 2)};
+    r = req("ord-fit", fit, 3);
+    CU_ASSERT_EQUAL_FATAL(inv_decide_reserve(s, &r, dec, &out, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL(out, INV_APPEND);
+    CU_ASSERT_EQUAL_FATAL(dec->entry.kind, INV_ENTRY_RESERVED);
+    CU_ASSERT_EQUAL_FATAL(dec->entry.n_lines, 2);
+    CU_ASSERT_STRING_EQUAL(dec->entry.lines[0].sku, "sku-a");
+    CU_ASSERT_EQUAL(dec->entry.lines[0].quantity, 3);
+    CU_ASSERT_STRING_EQUAL(dec->entry.lines[1].sku, "sku-b");
+    CU_ASSERT_EQUAL(dec->entry.lines[1].quantity, 4);
+    CU_ASSERT_EQUAL(inv_apply(s, &dec->entry, NULL), CH_OK);
+    expect_stock(s, "sku-a", 0, 3, 0, 3);
+    expect_stock(s, "sku-b", 6, 4, 0, 10);
+    res = inv_store_reservation(s, "ord-fit");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(res);
+    CU_ASSERT_EQUAL(res->status, INV_RES_RESERVED);
+    CU_ASSERT_EQUAL(res->units, 7);
+    CU_ASSERT_EQUAL(res->total_cents, 1234);
+    CU_ASSERT_STRING_EQUAL(res->customer_id, "cust-1");
+    CU_ASSERT_PTR_NULL(res->reason);
+    check_conservation(s);
+    inv_store_destroy(s);
+}
+
+static void test_inventory_core_one_reservation_per_order(void)
+{
+    inv_store *s = NULL;
+    inv_line one = line("sku-a", 1), many = line("sku-a", 5);
+    bool changed = true;
+
+    CU_ASSERT_EQUAL_FATAL(inv_store_create(&s), CH_OK);
+    set_stock(s, "sku-a", 5);
+    CU_ASSERT_EQUAL(reserve(s, "ord-1", &one, 1), INV_APPEND);
+    inv_decision *first = malloc(sizeof *first);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(first);
+    memcpy(first, dec, sizeof *first);
+    first->entry.lines = first->lines;
+
+    /* a redelivered order.created: decided before, nothing new */
+    CU_ASSERT_EQUAL(reserve(s, "ord-1", &one, 1), INV_DECIDED);
+    /* even with other items (a second order.created for the same id) */
+    CU_ASSERT_EQUAL(reserve(s, "ord-1", &many, 1), INV_DECIDED);
+    /* the same entry folded twice (a replay) changes nothing */
+    CU_ASSERT_EQUAL(inv_apply(s, &first->entry, &changed), CH_OK);
+    CU_ASSERT_FALSE(changed);
+    expect_stock(s, "sku-a", 4, 1, 0, 5);
+    CU_ASSERT_EQUAL(inv_store_reservation_count(s), 1);
+
+    /* a rejected order stays rejected, even once stock arrives */
+    CU_ASSERT_EQUAL(reserve(s, "ord-2", &many, 1), INV_APPEND);
+    CU_ASSERT_EQUAL(inv_store_reservation(s, "ord-2")->status, INV_RES_REJECTED);
+    set_stock(s, "sku-a", 100);
+    CU_ASSERT_EQUAL(reserve(s, "ord-2", &many, 1), INV_DECIDED);
+    CU_ASSERT_EQUAL(inv_store_reservation(s, "ord-2")->status, INV_RES_REJECTED);
+    expect_stock(s, "sku-a", 100, 1, 0, 101);
+    free(first);
+    inv_store_destroy(s);
+}
+
+static void test_inventory_core_commit_release_restock(void)
+{
+    inv_store *s = NULL;
+    inv_line two = line("sku-a", 2);
+    inv_outcome out;
+    bool changed;
+
+    CU_ASSERT_EQUAL_FATAL(inv_store_create(&s), CH_OK);
+    set_stock(s, "sku-a", 10);
+
+    /* happy path: reserved -> sold, once */
+    CU_ASSERT_EQUAL(reserve(s, "ord-ok", &two, 1), INV_APPEND);
+    CU_ASSERT_EQUAL(commit(s, "ord-ok"), INV_APPEND);
+    inv_entry again = dec->entry;
+    expect_stock(s, "sku-a", 8, 0, 2, 10);
+    CU_ASSERT_EQUAL(commit(s, "ord-ok"), INV_NOOP);
+    CU_ASSERT_EQUAL(inv_apply(s, &again, &changed), CH_OK);
+    CU_ASSERT_FALSE(changed);
+    expect_stock(s, "sku-a", 8, 0, 2, 10);
+    CU_ASSERT_EQUAL(inv_store_reservation(s, "ord-ok")->status, INV_RES_COMMITTED);
+    /* payment.failed after a commit contradicts it: nothing to do */
+    CU_ASSERT_EQUAL(release(s, "ord-ok", false, "declined"), INV_NOOP);
+    expect_stock(s, "sku-a", 8, 0, 2, 10);
+
+    /* payment failed: reserved -> available, and the decision is kept */
+    CU_ASSERT_EQUAL(reserve(s, "ord-declined", &two, 1), INV_APPEND);
+    CU_ASSERT_EQUAL(release(s, "ord-declined", false, "balance 5 < 1234"), INV_APPEND);
+    CU_ASSERT_FALSE(dec->entry.restocked);
+    expect_stock(s, "sku-a", 8, 0, 2, 10);
+    const inv_reservation *res = inv_store_reservation(s, "ord-declined");
+    CU_ASSERT_EQUAL(res->status, INV_RES_RELEASED);
+    CU_ASSERT_FALSE(res->restocked);
+    CU_ASSERT_FALSE(res->was_committed);
+    CU_ASSERT_STRING_EQUAL(res->reason, "payment failed: balance 5 < 1234");
+    CU_ASSERT_EQUAL(release(s, "ord-declined", false, "again"), INV_DECIDED);
+    CU_ASSERT_EQUAL(commit(s, "ord-declined"), INV_NOOP);
+    expect_stock(s, "sku-a", 8, 0, 2, 10);
+
+    /* customer cancel after the commit: sold -> available */
+    CU_ASSERT_EQUAL(release(s, "ord-ok", true, "changed my mind"), INV_APPEND);
+    CU_ASSERT_TRUE(dec->entry.restocked);
+    again = dec->entry;
+    expect_stock(s, "sku-a", 10, 0, 0, 10);
+    res = inv_store_reservation(s, "ord-ok");
+    CU_ASSERT_EQUAL(res->status, INV_RES_RELEASED);
+    CU_ASSERT_TRUE(res->restocked);
+    CU_ASSERT_TRUE(res->was_committed);
+    CU_ASSERT_STRING_EQUAL(res->reason, "cancelled by the customer: changed my mind");
+    CU_ASSERT_EQUAL(release(s, "ord-ok", true, NULL), INV_DECIDED);
+    CU_ASSERT_EQUAL(inv_apply(s, &again, &changed), CH_OK);
+    CU_ASSERT_FALSE(changed);
+    expect_stock(s, "sku-a", 10, 0, 0, 10);
+
+    /* cancel seen before the commit: reserved -> available; the late commit is a no-op */
+    CU_ASSERT_EQUAL(reserve(s, "ord-race", &two, 1), INV_APPEND);
+    CU_ASSERT_EQUAL(release(s, "ord-race", true, ""), INV_APPEND);
+    CU_ASSERT_STRING_EQUAL(inv_store_reservation(s, "ord-race")->reason, "cancelled by the customer");
+    expect_stock(s, "sku-a", 10, 0, 0, 10);
+    CU_ASSERT_EQUAL(commit(s, "ord-race"), INV_NOOP);
+    expect_stock(s, "sku-a", 10, 0, 0, 10);
+
+    /* a rejected reservation has nothing to release or commit */
+    inv_line lots = line("sku-a", 11);
+    CU_ASSERT_EQUAL(reserve(s, "ord-rej", &lots, 1), INV_APPEND);
+    CU_ASSERT_EQUAL(release(s, "ord-rej", true, NULL), INV_NOOP);
+    CU_ASSERT_EQUAL(release(s, "ord-rej", false, NULL), INV_NOOP);
+    CU_ASSERT_EQUAL(commit(s, "ord-rej"), INV_NOOP);
+
+    /* unknown orders */
+    CU_ASSERT_EQUAL(inv_decide_commit(s, "ord-none", "", dec, &out), CH_NOT_FOUND);
+    CU_ASSERT_EQUAL(inv_decide_release(s, "ord-none", true, NULL, "", dec, &out), CH_NOT_FOUND);
+    check_conservation(s);
+    inv_store_destroy(s);
+}
+
+static void test_inventory_core_reducer_refuses_impossible_entries(void)
+{
+    inv_store *s = NULL;
+    bool changed = true;
+
+    CU_ASSERT_EQUAL_FATAL(inv_store_create(&s), CH_OK);
+    set_stock(s, "sku-a", 2);
+    set_stock(s, "sku-b", 2);
+
+    /* more than is available, on any line: nothing moves on any line */
+    inv_line lines[2] = {line("sku-a", 1), line("sku-b", 3)};
+    inv_entry e = {.kind = INV_ENTRY_RESERVED,
+                   .order_id = "ord-1",
+                   .customer_id = "c",
+                   .total_cents = 1,
+                   .lines = lines,
+                   .n_lines = 2};
+    CU_ASSERT_EQUAL(inv_apply(s, &e, &changed), CH_FAILED_PRECONDITION);
+    CU_ASSERT_FALSE(changed);
+    CU_ASSERT_PTR_NULL(inv_store_reservation(s, "ord-1"));
+    expect_stock(s, "sku-a", 2, 0, 0, 2);
+    expect_stock(s, "sku-b", 2, 0, 0, 2);
+
+    /* lines must be summed per SKU already */
+    inv_line dup[2] = {line("sku-a", 1), line("sku-a", 1)};
+    e.lines = dup;
+    CU_ASSERT_EQUAL(inv_apply(s, &e, NULL), CH_INVALID_ARGUMENT);
+    /* malformed strings */
+    e.lines = lines;
+    e.n_lines = 1;
+    e.order_id = "bad id";
+    CU_ASSERT_EQUAL(inv_apply(s, &e, NULL), CH_INVALID_ARGUMENT);
+    e.order_id = "ord-1";
+    e.customer_id = NULL;
+    CU_ASSERT_EQUAL(inv_apply(s, &e, NULL), CH_INVALID_ARGUMENT);
+    e.customer_id = "c";
+    e.kind = INV_ENTRY_RELEASED;
+    e.reason = "bad \xff";
+    CU_ASSERT_EQUAL(inv_apply(s, &e, NULL), CH_INVALID_ARGUMENT);
+    e.reason = NULL;
+
+    /* steps of orders never reserved */
+    e.kind = INV_ENTRY_COMMITTED;
+    CU_ASSERT_EQUAL(inv_apply(s, &e, NULL), CH_NOT_FOUND);
+    e.kind = INV_ENTRY_RELEASED;
+    CU_ASSERT_EQUAL(inv_apply(s, &e, NULL), CH_NOT_FOUND);
+
+    /* steps from the wrong status */
+    e.kind = INV_ENTRY_RESERVED;
+    CU_ASSERT_EQUAL(inv_apply(s, &e, &changed), CH_OK);
+    CU_ASSERT_TRUE(changed);
+    e.kind = INV_ENTRY_RELEASED;
+    e.restocked = false;
+    CU_ASSERT_EQUAL(inv_apply(s, &e, NULL), CH_OK);
+    e.kind = INV_ENTRY_COMMITTED;
+    CU_ASSERT_EQUAL(inv_apply(s, &e, &changed), CH_FAILED_PRECONDITION); /* released: cannot sell */
+    CU_ASSERT_FALSE(changed);
+    e.kind = 99;
+    CU_ASSERT_EQUAL(inv_apply(s, &e, NULL), CH_INVALID_ARGUMENT);
+    inv_entry bad_set = {.kind = INV_ENTRY_STOCK_SET, .sku = "sku-a", .available = -1};
+    CU_ASSERT_EQUAL(inv_apply(s, &bad_set, NULL), CH_INVALID_ARGUMENT);
+    expect_stock(s, "sku-a", 2, 0, 0, 2);
+    expect_stock(s, "sku-b", 2, 0, 0, 2);
+    check_conservation(s);
+    inv_store_destroy(s);
+}
+
+static void test_inventory_core_list_pages_in_byte_order(void)
+{
+    inv_store *s = NULL;
+    const inv_stock *page[3];
+    char token[INV_TOKEN_MAX + 1], next[INV_TOKEN_MAX + 1];
+    const char *skus[] = {"b", "a", "Z", "\xc3\xa9t\xc3\xa9", "a-1", "c"};
+    /* byte order: "Z" (0x5a) < "a" < "a-1" < "b" < "c" < "d" < "\xc3..." */
+    const char *want[] = {"Z", "a", "a-1", "b", "c", "d", "\xc3\xa9t\xc3\xa9"};
+    size_t n, seen = 0;
+
+    CU_ASSERT_EQUAL_FATAL(inv_store_create(&s), CH_OK);
+    for (size_t i = 0; i < 6; i++)
+        set_stock(s, skus[i], (int64_t)i);
+    token[0] = '\0';
+    do {
+        CU_ASSERT_EQUAL_FATAL(inv_store_list(s, token, page, 2, &n, next), CH_OK);
+        for (size_t i = 0; i < n && seen < 7; i++, seen++)
+            CU_ASSERT_STRING_EQUAL(page[i]->sku, want[seen]);
+        if (seen == 2)
+            set_stock(s, "A", 1); /* sorts before the token: not listed */
+        if (seen == 4)
+            set_stock(s, "d", 1); /* sorts after: listed */
+        memcpy(token, next, sizeof token);
+    } while (token[0] && seen < 20);
+    CU_ASSERT_EQUAL(seen, 7);
+    CU_ASSERT_EQUAL(inv_store_sku_count(s), 8);
+
+    /* exactly a full last page: no token */
+    CU_ASSERT_EQUAL(inv_store_list(s, "", page, 3, &n, next), CH_OK);
+    CU_ASSERT_EQUAL(n, 3);
+    CU_ASSERT_TRUE(next[0] != '\0');
+
+    /* tokens this store did not make */
+    const char *bad[] = {"x", "k", "k6", "k6g", "kZZ", "k00", "p1", "K61"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CU_ASSERT_EQUAL(inv_store_list(s, bad[i], page, 3, &n, next), CH_INVALID_ARGUMENT);
+    char longtok[INV_TOKEN_MAX + 3];
+    longtok[0] = 'k';
+    memset(longtok + 1, '6', INV_TOKEN_MAX + 1);
+    longtok[INV_TOKEN_MAX + 2] = '\0';
+    CU_ASSERT_EQUAL(inv_store_list(s, longtok, page, 3, &n, next), CH_INVALID_ARGUMENT);
+    /* a token past the end: an empty last page */
+    CU_ASSERT_EQUAL(inv_store_list(s, "kff", page, 3, &n, next), CH_OK);
+    CU_ASSERT_EQUAL(n, 0);
+    CU_ASSERT_STRING_EQUAL(next, "");
+    inv_store_destroy(s);
+}
+
+/* An entry recorded with its own copy of every string, to fold again later. */
+typedef struct recorded {
+    inv_decision d;
+    char order_id[INV_ORDER_ID_MAX + 1];
+    char sku[INV_SKU_MAX + 1];
+} recorded;
+
+static void record(recorded *r, const inv_decision *d)
+{
+    memcpy(&r->d, d, sizeof *d);
+    inv_entry *e = &r->d.entry;
+    if (e->order_id) {
+        snprintf(r->order_id, sizeof r->order_id, "%s", e->order_id);
+        e->order_id = r->order_id;
+    }
+    if (e->sku) {
+        snprintf(r->sku, sizeof r->sku, "%s", e->sku);
+        e->sku = r->sku;
+    }
+    if (e->lines)
+        e->lines = r->d.lines;
+    if (e->reason)
+        e->reason = r->d.reason;
+    e->customer_id = e->customer_id ? "cust-1" : NULL;
+    e->cause_event_id = NULL;
+}
+
+static void test_inventory_core_random_sagas_conserve_and_refold(void)
+{
+    enum { STEPS = 600 };
+    inv_store *s = NULL, *again = NULL;
+    recorded *log = calloc(STEPS, sizeof *log);
+    const char *skus[] = {"sku-0", "sku-1", "sku-2", "sku-3"};
+    uint64_t rng = 0x9e3779b97f4a7c15ULL;
+    size_t n_log = 0;
+    char err[256], order_id[32];
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(log);
+    CU_ASSERT_EQUAL_FATAL(inv_store_create(&s), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(inv_store_create(&again), CH_OK);
+    for (int step = 0; step < STEPS; step++) {
+        rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+        unsigned r = (unsigned)(rng >> 33);
+        int order = (int)(r % 40);
+        inv_outcome out = INV_NOOP;
+        ch_status st = CH_OK;
+        snprintf(order_id, sizeof order_id, "ord-%d", order);
+        switch ((r >> 8) % 6) {
+        case 0: {
+            int64_t delta = (int64_t)((r >> 14) % 8) - 3;
+            st = inv_decide_adjust(s, skus[(r >> 12) % 4], delta >= 0 ? delta + 1 : delta, dec, err,
+                                   sizeof err);
+            out = st == CH_OK ? INV_APPEND : INV_NOOP;
+            break;
+        }
+        case 1:
+            st = inv_decide_set(s, skus[(r >> 12) % 4], (r >> 14) % 12, dec, err, sizeof err);
+            out = st == CH_OK ? INV_APPEND : INV_NOOP;
+            break;
+        case 2: {
+            inv_line items[3] = {line(skus[(r >> 12) % 4], 1 + (r >> 14) % 3), line(skus[(r >> 16) % 4], 1),
+                                 line(skus[(r >> 12) % 4], 1)};
+            inv_reserve_req q = req(order_id, items, 1 + (r >> 18) % 3);
+            st = inv_decide_reserve(s, &q, dec, &out, err, sizeof err);
+            break;
+        }
+        case 3: st = inv_decide_commit(s, order_id, "", dec, &out); break;
+        case 4: st = inv_decide_release(s, order_id, false, "declined", "", dec, &out); break;
+        default: st = inv_decide_release(s, order_id, true, NULL, "", dec, &out); break;
+        }
+        CU_ASSERT_TRUE(st == CH_OK || st == CH_NOT_FOUND || st == CH_FAILED_PRECONDITION);
+        if (st == CH_OK && out == INV_APPEND) {
+            /* every decision taken on a state folds into that state */
+            CU_ASSERT_EQUAL(inv_apply(s, &dec->entry, NULL), CH_OK);
+            record(&log[n_log++], dec);
+        }
+        check_conservation(s);
+    }
+    CU_ASSERT_TRUE(n_log > STEPS / 3);
+
+    /* the fold is deterministic: the same entries give the same state (what
+     * a restart does: replay the ledger into an empty store) */
+    for (size_t i = 0; i < n_log; i++)
+        CU_ASSERT_EQUAL(inv_apply(again, &log[i].d.entry, NULL), CH_OK);
+    for (size_t k = 0; k < 4; k++) {
+        const inv_stock *a = inv_store_stock(s, skus[k]), *b = inv_store_stock(again, skus[k]);
+        CU_ASSERT_EQUAL_FATAL(a == NULL, b == NULL);
+        if (a)
+            CU_ASSERT_EQUAL(memcmp(a, b, sizeof *a), 0);
+    }
+    CU_ASSERT_EQUAL(inv_store_reservation_count(s), inv_store_reservation_count(again));
+    for (int o = 0; o < 40; o++) {
+        snprintf(order_id, sizeof order_id, "ord-%d", o);
+        const inv_reservation *a = inv_store_reservation(s, order_id),
+                              *b = inv_store_reservation(again, order_id);
+        CU_ASSERT_EQUAL_FATAL(a == NULL, b == NULL);
+        if (a) {
+            CU_ASSERT_EQUAL(a->status, b->status);
+            CU_ASSERT_EQUAL(a->units, b->units);
+        }
+    }
+    free(log);
+    inv_store_destroy(s);
+    inv_store_destroy(again);
+}
+
+static void test_inventory_core_text_copy_cuts_at_a_character(void)
+{
+    char out[6];
+    inv_text_copy(out, sizeof out, "abcd\xc3\xa9z"); /* the é would straddle the cut */
+    CU_ASSERT_STRING_EQUAL(out, "abcd");
+    CU_ASSERT_TRUE(utf8_valid(out, strlen(out)));
+    inv_text_copy(out, sizeof out, "ab\xe2\x82\xac!"); /* the euro sign fits whole */
+    CU_ASSERT_STRING_EQUAL(out, "ab\xe2\x82\xac");
+    inv_text_copy(out, sizeof out, NULL);
+    CU_ASSERT_STRING_EQUAL(out, "");
+    CU_ASSERT_STRING_EQUAL(inv_res_status_name(INV_RES_REJECTED), "REJECTED");
+}
+
+int main(void)
+{
+    static const cu_test tests[] = {
+        {"validation names the field", test_inventory_core_validation_names_the_field},
+        {"set and adjust keep total_in", test_inventory_core_set_and_adjust_keep_total_in},
+        {"reserve is all or nothing per SKU sum", test_inventory_core_reserve_is_all_or_nothing_per_sku_sum},
+        {"one reservation per order", test_inventory_core_one_reservation_per_order},
+        {"commit, release, restock", test_inventory_core_commit_release_restock},
+        {"reducer refuses impossible entries", test_inventory_core_reducer_refuses_impossible_entries},
+        {"list pages in byte order", test_inventory_core_list_pages_in_byte_order},
+        {"random sagas conserve and refold", test_inventory_core_random_sagas_conserve_and_refold},
+        {"text copy cuts at a character", test_inventory_core_text_copy_cuts_at_a_character},
+        {NULL, NULL},
+    };
+    int rc;
+
+    dec = malloc(sizeof *dec);
+    if (!dec)
+        return 1;
+    rc = cu_run("inventory_core", NULL, NULL, tests);
+    free(dec);
+    return rc;
+}

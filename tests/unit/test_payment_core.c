@@ -1,0 +1,567 @@
+/* test_payment_core.c: validation, decisions, the reducer over ledger
+ * entries, paging and the entry codec of the payment core. */
+#include <CUnit/Basic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cu_run.h"
+#include "payment_core.h"
+
+/* ---- helpers ---- */
+
+/* Decides and applies a credit, as the service does; returns the decision. */
+static ch_status credit(payment_state *s, const char *customer, int64_t amount, const char *key)
+{
+    pay_entry e;
+    char err[256];
+    bool changed = false;
+    ch_status st = payment_decide_credit(s, customer, amount, key, &e, err, sizeof err);
+    if (st != CH_OK)
+        return st;
+    CU_ASSERT_EQUAL(payment_apply(s, &e, &changed), CH_OK);
+    CU_ASSERT_TRUE(changed);
+    return CH_OK;
+}
+
+/* Decides and applies an inventory.reserved; returns the decided kind (0 when
+ * nothing was decided) and the decision status in *st. */
+static pay_entry_kind reserve(payment_state *s, const char *order, const char *customer, int64_t amount,
+                              ch_status *st)
+{
+    pay_entry e;
+    char err[256];
+    *st = payment_decide_charge(s, order, customer, amount, "0123456789abcdef0123456789abcdef", &e, err,
+                                sizeof err);
+    if (*st != CH_OK)
+        return 0;
+    CU_ASSERT_EQUAL(payment_apply(s, &e, NULL), CH_OK);
+    return e.kind;
+}
+
+static ch_status refund(payment_state *s, const char *order)
+{
+    pay_entry e;
+    ch_status st = payment_decide_refund(s, order, NULL, &e);
+    if (st != CH_OK)
+        return st;
+    CU_ASSERT_EQUAL(payment_apply(s, &e, NULL), CH_OK);
+    return CH_OK;
+}
+
+static payment_state *fresh_state(void)
+{
+    payment_state *s = NULL;
+    CU_ASSERT_EQUAL_FATAL(payment_state_create(&s), CH_OK);
+    return s;
+}
+
+static void assert_account(const payment_state *s, const char *customer, int64_t balance, int64_t credited,
+                           int64_t charged, int64_t refunded)
+{
+    const pay_account *a = payment_account_get(s, customer);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_EQUAL(a->balance_cents, balance);
+    CU_ASSERT_EQUAL(a->credited_cents, credited);
+    CU_ASSERT_EQUAL(a->charged_cents, charged);
+    CU_ASSERT_EQUAL(a->refunded_cents, refunded);
+    CU_ASSERT_TRUE(payment_account_balanced(a));
+}
+
+/* ---- tests ---- */
+
+static void test_payment_core_validate_credit_names_the_field(void)
+{
+    char err[256];
+    char longkey[PAY_KEY_MAX + 2];
+    char longcust[PAY_CUSTOMER_MAX + 2];
+
+    CU_ASSERT_EQUAL(payment_validate_credit("c-1", 1, NULL, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL(payment_validate_credit("c-1", PAY_CREDIT_MAX, "k", err, sizeof err), CH_OK);
+
+    CU_ASSERT_EQUAL(payment_validate_credit("", 1, NULL, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_STRING_EQUAL(err, "customer_id: required");
+    CU_ASSERT_EQUAL(payment_validate_credit(NULL, 1, NULL, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(payment_validate_credit("c\xc3\x28", 1, NULL, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "customer_id: not valid UTF-8"));
+    CU_ASSERT_EQUAL(payment_validate_credit("a.b", 1, NULL, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "customer_id"));
+    memset(longcust, 'c', sizeof longcust - 1);
+    longcust[sizeof longcust - 1] = '\0';
+    CU_ASSERT_EQUAL(payment_validate_credit(longcust, 1, NULL, err, sizeof err), CH_INVALID_ARGUMENT);
+    longcust[PAY_CUSTOMER_MAX] = '\0';
+    CU_ASSERT_EQUAL(payment_validate_credit(longcust, 1, NULL, err, sizeof err), CH_OK);
+
+    CU_ASSERT_EQUAL(payment_validate_credit("c-1", 0, NULL, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_STRING_EQUAL(err, "amount_cents: must be 1..100000000000, got 0");
+    CU_ASSERT_EQUAL(payment_validate_credit("c-1", -5, NULL, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(payment_validate_credit("c-1", PAY_CREDIT_MAX + 1, NULL, err, sizeof err),
+                    CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "amount_cents"));
+
+    memset(longkey, 'k', sizeof longkey - 1);
+    longkey[sizeof longkey - 1] = '\0';
+    CU_ASSERT_EQUAL(payment_validate_credit("c-1", 1, longkey, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "idempotency_key"));
+    longkey[PAY_KEY_MAX] = '\0';
+    CU_ASSERT_EQUAL(payment_validate_credit("c-1", 1, longkey, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL(payment_validate_credit("c-1", 1, "a\r\nb", err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(payment_validate_credit("c-1", 1, "\xff", err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(payment_validate_credit("c-1", 1, "with space", err, sizeof err), CH_OK);
+}
+
+static void test_payment_core_credit_creates_and_adds(void)
+{
+    payment_state *s = fresh_state();
+
+    CU_ASSERT_PTR_NULL(payment_account_get(s, "c-1"));
+    CU_ASSERT_EQUAL(credit(s, "c-1", 1000, NULL), CH_OK);
+    CU_ASSERT_EQUAL(credit(s, "c-1", 500, NULL), CH_OK);
+    assert_account(s, "c-1", 1500, 1500, 0, 0);
+    CU_ASSERT_EQUAL(payment_account_count(s), 1);
+    CU_ASSERT_TRUE(payment_state_consistent(s));
+    payment_state_destroy(s);
+}
+
+static void test_payment_core_credit_key_credits_once(void)
+{
+    payment_state *s = fresh_state();
+    pay_entry e;
+    char err[256];
+    bool changed = true;
+
+    CU_ASSERT_EQUAL(credit(s, "c-1", 1000, "k1"), CH_OK);
+    /* the decision sees the key ... */
+    CU_ASSERT_EQUAL(payment_decide_credit(s, "c-1", 1000, "k1", &e, err, sizeof err), CH_ALREADY_EXISTS);
+    CU_ASSERT_TRUE(payment_credit_key_known(s, "c-1", "k1"));
+    /* ... and so does the reducer, for an entry that made it to the ledger twice */
+    CU_ASSERT_EQUAL(payment_decide_credit(s, "c-1", 1000, "k2", &e, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL(payment_apply(s, &e, &changed), CH_OK);
+    CU_ASSERT_TRUE(changed);
+    CU_ASSERT_EQUAL(payment_apply(s, &e, &changed), CH_OK);
+    CU_ASSERT_FALSE(changed);
+    assert_account(s, "c-1", 2000, 2000, 0, 0);
+    /* keys are per customer */
+    CU_ASSERT_FALSE(payment_credit_key_known(s, "c-2", "k1"));
+    CU_ASSERT_EQUAL(credit(s, "c-2", 7, "k1"), CH_OK);
+    assert_account(s, "c-2", 7, 7, 0, 0);
+    /* no key: every credit counts */
+    CU_ASSERT_EQUAL(credit(s, "c-2", 7, ""), CH_OK);
+    CU_ASSERT_EQUAL(credit(s, "c-2", 7, ""), CH_OK);
+    assert_account(s, "c-2", 21, 21, 0, 0);
+    payment_state_destroy(s);
+}
+
+static void test_payment_core_account_totals_are_capped(void)
+{
+    payment_state *s = fresh_state();
+    pay_entry e = {.kind = PAY_ENTRY_CREDIT, .amount_cents = PAY_CREDIT_MAX};
+    char err[256], order[32];
+    ch_status st;
+
+    /* fill the account to the credit cap (1e7 entries of the per-call maximum) */
+    snprintf(e.customer_id, sizeof e.customer_id, "rich");
+    for (long i = 0; i < PAY_ACCOUNT_TOTAL_MAX / PAY_CREDIT_MAX; i++)
+        if (payment_apply(s, &e, NULL) != CH_OK)
+            CU_FAIL_FATAL("credit below the cap refused");
+    assert_account(s, "rich", PAY_ACCOUNT_TOTAL_MAX, PAY_ACCOUNT_TOTAL_MAX, 0, 0);
+    CU_ASSERT_EQUAL(payment_decide_credit(s, "rich", 1, NULL, &e, err, sizeof err), CH_FAILED_PRECONDITION);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "amount_cents"));
+    e.amount_cents = 1;
+    CU_ASSERT_EQUAL(payment_apply(s, &e, NULL), CH_FAILED_PRECONDITION);
+    e.amount_cents = PAY_CREDIT_MAX + 1; /* a crafted entry above the per-call cap */
+    CU_ASSERT_EQUAL(payment_apply(s, &e, NULL), CH_INVALID_ARGUMENT);
+
+    /* charges are capped too: charge and refund until charged reaches the cap */
+    for (int i = 0; i < PAY_ACCOUNT_TOTAL_MAX / PAY_CHARGE_MAX; i++) {
+        snprintf(order, sizeof order, "ord-%d", i);
+        CU_ASSERT_EQUAL_FATAL(reserve(s, order, "rich", PAY_CHARGE_MAX, &st), PAY_ENTRY_CHARGE);
+        CU_ASSERT_EQUAL_FATAL(refund(s, order), CH_OK);
+    }
+    assert_account(s, "rich", PAY_ACCOUNT_TOTAL_MAX, PAY_ACCOUNT_TOTAL_MAX, PAY_ACCOUNT_TOTAL_MAX,
+                   PAY_ACCOUNT_TOTAL_MAX);
+    CU_ASSERT_EQUAL(reserve(s, "ord-over", "rich", 1, &st), PAY_ENTRY_DECLINE);
+    CU_ASSERT_PTR_NOT_NULL(strstr(payment_get(s, "ord-over")->reason, "account limit"));
+    CU_ASSERT_TRUE(payment_state_consistent(s));
+    payment_state_destroy(s);
+}
+
+static void test_payment_core_charge_when_balance_covers(void)
+{
+    payment_state *s = fresh_state();
+    ch_status st;
+
+    CU_ASSERT_EQUAL(credit(s, "c-1", 5000, NULL), CH_OK);
+    CU_ASSERT_EQUAL(reserve(s, "ord-1", "c-1", 3000, &st), PAY_ENTRY_CHARGE);
+    CU_ASSERT_EQUAL(st, CH_OK);
+    assert_account(s, "c-1", 2000, 5000, 3000, 0);
+    const pay_payment *p = payment_get(s, "ord-1");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    CU_ASSERT_EQUAL(p->status, PAY_CHARGED);
+    CU_ASSERT_EQUAL(p->amount_cents, 3000);
+    CU_ASSERT_STRING_EQUAL(p->customer_id, "c-1");
+    CU_ASSERT_STRING_EQUAL(p->reason, "");
+    /* exactly the balance is enough */
+    CU_ASSERT_EQUAL(reserve(s, "ord-2", "c-1", 2000, &st), PAY_ENTRY_CHARGE);
+    assert_account(s, "c-1", 0, 5000, 5000, 0);
+    /* a zero total is charged even with nothing left */
+    CU_ASSERT_EQUAL(reserve(s, "ord-3", "c-1", 0, &st), PAY_ENTRY_CHARGE);
+    CU_ASSERT_TRUE(payment_state_consistent(s));
+    payment_state_destroy(s);
+}
+
+static void test_payment_core_decline_when_balance_short(void)
+{
+    payment_state *s = fresh_state();
+    ch_status st;
+
+    CU_ASSERT_EQUAL(credit(s, "c-1", 500, NULL), CH_OK);
+    CU_ASSERT_EQUAL(reserve(s, "ord-1", "c-1", 3000, &st), PAY_ENTRY_DECLINE);
+    const pay_payment *p = payment_get(s, "ord-1");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    CU_ASSERT_EQUAL(p->status, PAY_DECLINED);
+    CU_ASSERT_EQUAL(p->balance_cents, 500);
+    CU_ASSERT_EQUAL(p->amount_cents, 3000);
+    CU_ASSERT_STRING_EQUAL(p->reason, "insufficient funds: balance 500 < total 3000");
+    assert_account(s, "c-1", 500, 500, 0, 0); /* nothing charged */
+
+    /* a customer never credited has balance 0 and no account afterwards */
+    CU_ASSERT_EQUAL(reserve(s, "ord-2", "nobody", 1, &st), PAY_ENTRY_DECLINE);
+    CU_ASSERT_STRING_EQUAL(payment_get(s, "ord-2")->reason, "insufficient funds: balance 0 < total 1");
+    CU_ASSERT_PTR_NULL(payment_account_get(s, "nobody"));
+    CU_ASSERT_EQUAL(payment_account_count(s), 1);
+    CU_ASSERT_TRUE(payment_state_consistent(s));
+    payment_state_destroy(s);
+}
+
+static void test_payment_core_one_payment_per_order(void)
+{
+    payment_state *s = fresh_state();
+    pay_entry first, again;
+    char err[256];
+    bool changed = true;
+    ch_status st;
+
+    CU_ASSERT_EQUAL(credit(s, "c-1", 1000, NULL), CH_OK);
+    CU_ASSERT_EQUAL(payment_decide_charge(s, "ord-1", "c-1", 600, NULL, &first, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL(payment_apply(s, &first, &changed), CH_OK);
+    CU_ASSERT_TRUE(changed);
+    /* a second inventory.reserved: nothing to decide */
+    CU_ASSERT_EQUAL(payment_decide_charge(s, "ord-1", "c-1", 600, NULL, &again, err, sizeof err),
+                    CH_ALREADY_EXISTS);
+    /* the same entry applied twice (a replay, a duplicate) changes nothing */
+    CU_ASSERT_EQUAL(payment_apply(s, &first, &changed), CH_OK);
+    CU_ASSERT_FALSE(changed);
+    /* nor does a conflicting decision for a decided order */
+    pay_entry decline = first;
+    decline.kind = PAY_ENTRY_DECLINE;
+    snprintf(decline.reason, sizeof decline.reason, "late");
+    CU_ASSERT_EQUAL(payment_apply(s, &decline, &changed), CH_OK);
+    CU_ASSERT_FALSE(changed);
+    CU_ASSERT_EQUAL(payment_get(s, "ord-1")->status, PAY_CHARGED);
+    assert_account(s, "c-1", 400, 1000, 600, 0);
+    CU_ASSERT_EQUAL(reserve(s, "ord-1", "c-1", 600, &st), 0);
+    CU_ASSERT_EQUAL(st, CH_ALREADY_EXISTS);
+    CU_ASSERT_EQUAL(payment_count(s), 1);
+    payment_state_destroy(s);
+}
+
+static void test_payment_core_charge_rejects_bad_input(void)
+{
+    payment_state *s = fresh_state();
+    pay_entry e;
+    char err[256];
+
+    CU_ASSERT_EQUAL(payment_decide_charge(s, "", "c-1", 1, NULL, &e, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_STRING_EQUAL(err, "order_id: required");
+    CU_ASSERT_EQUAL(payment_decide_charge(s, "ord-1", "", 1, NULL, &e, err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_STRING_EQUAL(err, "customer_id: required");
+    CU_ASSERT_EQUAL(payment_decide_charge(s, "ord-1", "c-1", -1, NULL, &e, err, sizeof err),
+                    CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "total_cents"));
+    CU_ASSERT_EQUAL(payment_decide_charge(s, "ord-1", "c-1", PAY_CHARGE_MAX + 1, NULL, &e, err, sizeof err),
+                    CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(payment_decide_charge(s, "ord-1-that-is-far-too-long-for-an-order-id", "c-1", 1, NULL, &e,
+                                          err, sizeof err),
+                    CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(payment_count(s), 0);
+    payment_state_destroy(s);
+}
+
+static void test_payment_core_refund_only_charged_and_once(void)
+{
+    payment_state *s = fresh_state();
+    pay_entry e;
+    bool changed = true;
+    ch_status st;
+
+    CU_ASSERT_EQUAL(credit(s, "c-1", 1000, NULL), CH_OK);
+    CU_ASSERT_EQUAL(reserve(s, "ord-1", "c-1", 700, &st), PAY_ENTRY_CHARGE);
+    CU_ASSERT_EQUAL(reserve(s, "ord-2", "c-1", 700, &st), PAY_ENTRY_DECLINE);
+
+    CU_ASSERT_EQUAL(payment_decide_refund(s, "ord-1", "fedcba9876543210fedcba9876543210", &e), CH_OK);
+    CU_ASSERT_EQUAL(e.kind, PAY_ENTRY_REFUND);
+    CU_ASSERT_EQUAL(e.amount_cents, 700);
+    CU_ASSERT_STRING_EQUAL(e.customer_id, "c-1");
+    CU_ASSERT_EQUAL(payment_apply(s, &e, &changed), CH_OK);
+    CU_ASSERT_TRUE(changed);
+    assert_account(s, "c-1", 1000, 1000, 700, 700);
+    CU_ASSERT_EQUAL(payment_get(s, "ord-1")->status, PAY_REFUNDED);
+
+    /* once: the decision says so, and a duplicate entry changes nothing */
+    CU_ASSERT_EQUAL(refund(s, "ord-1"), CH_ALREADY_EXISTS);
+    CU_ASSERT_EQUAL(payment_apply(s, &e, &changed), CH_OK);
+    CU_ASSERT_FALSE(changed);
+    assert_account(s, "c-1", 1000, 1000, 700, 700);
+
+    /* a decline has nothing to refund; an unknown order has no payment */
+    CU_ASSERT_EQUAL(refund(s, "ord-2"), CH_FAILED_PRECONDITION);
+    CU_ASSERT_EQUAL(refund(s, "ord-none"), CH_NOT_FOUND);
+    pay_entry crafted = e;
+    snprintf(crafted.order_id, sizeof crafted.order_id, "ord-2");
+    CU_ASSERT_EQUAL(payment_apply(s, &crafted, NULL), CH_FAILED_PRECONDITION);
+    snprintf(crafted.order_id, sizeof crafted.order_id, "ord-none");
+    CU_ASSERT_EQUAL(payment_apply(s, &crafted, NULL), CH_NOT_FOUND);
+    assert_account(s, "c-1", 1000, 1000, 700, 700);
+
+    /* a refund entry whose amount is not the charge's is refused */
+    CU_ASSERT_EQUAL(reserve(s, "ord-3", "c-1", 300, &st), PAY_ENTRY_CHARGE);
+    CU_ASSERT_EQUAL(payment_decide_refund(s, "ord-3", NULL, &e), CH_OK);
+    e.amount_cents = 301;
+    CU_ASSERT_EQUAL(payment_apply(s, &e, NULL), CH_INVALID_ARGUMENT);
+    assert_account(s, "c-1", 700, 1000, 1000, 700);
+    CU_ASSERT_TRUE(payment_state_consistent(s));
+    payment_state_destroy(s);
+}
+
+static void test_payment_core_reducer_refuses_overdraft_entries(void)
+{
+    payment_state *s = fresh_state();
+    pay_entry e = {.kind = PAY_ENTRY_CHARGE, .amount_cents = 100};
+    bool changed = true;
+
+    snprintf(e.order_id, sizeof e.order_id, "ord-x");
+    snprintf(e.customer_id, sizeof e.customer_id, "c-1");
+    CU_ASSERT_EQUAL(payment_apply(s, &e, &changed), CH_FAILED_PRECONDITION);
+    CU_ASSERT_FALSE(changed);
+    CU_ASSERT_PTR_NULL(payment_get(s, "ord-x"));
+    CU_ASSERT_EQUAL(credit(s, "c-1", 99, NULL), CH_OK);
+    CU_ASSERT_EQUAL(payment_apply(s, &e, &changed), CH_FAILED_PRECONDITION);
+    assert_account(s, "c-1", 99, 99, 0, 0);
+    e.kind = 99;
+    CU_ASSERT_EQUAL(payment_apply(s, &e, &changed), CH_INVALID_ARGUMENT);
+    pay_entry bad_id = {.kind = PAY_ENTRY_DECLINE};
+    snprintf(bad_id.customer_id, sizeof bad_id.customer_id, "c-1");
+    CU_ASSERT_EQUAL(payment_apply(s, &bad_id, &changed), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(payment_count(s), 0);
+    CU_ASSERT_TRUE(payment_state_consistent(s));
+    payment_state_destroy(s);
+}
+
+static void test_payment_core_conservation_under_random_operations(void)
+{
+    payment_state *s = fresh_state();
+    unsigned seed = 12345;
+    char customer[16], order[32], key[16];
+    int64_t credited = 0;
+
+    for (int i = 0; i < 20000; i++) {
+        seed = seed * 1103515245u + 12345u;
+        unsigned r = (seed >> 8) % 100;
+        snprintf(customer, sizeof customer, "c-%u", (seed >> 4) % 13);
+        if (r < 25) {
+            snprintf(key, sizeof key, "k-%u", (seed >> 12) % 50);
+            int64_t amount = 1 + (int64_t)((seed >> 3) % 5000);
+            bool known = payment_credit_key_known(s, customer, key);
+            ch_status st = credit(s, customer, amount, r < 10 ? key : NULL);
+            CU_ASSERT_EQUAL(st, (r < 10 && known) ? CH_ALREADY_EXISTS : CH_OK);
+            if (st == CH_OK)
+                credited += amount;
+        } else if (r < 75) {
+            ch_status st;
+            snprintf(order, sizeof order, "ord-%u", (seed >> 6) % 4000);
+            reserve(s, order, customer, (int64_t)((seed >> 5) % 3000), &st);
+            CU_ASSERT(st == CH_OK || st == CH_ALREADY_EXISTS);
+        } else {
+            snprintf(order, sizeof order, "ord-%u", (seed >> 6) % 4000);
+            ch_status st = refund(s, order);
+            CU_ASSERT(st == CH_OK || st == CH_ALREADY_EXISTS || st == CH_FAILED_PRECONDITION ||
+                      st == CH_NOT_FOUND);
+        }
+        if (i % 1000 == 0)
+            CU_ASSERT_TRUE_FATAL(payment_state_consistent(s));
+    }
+    CU_ASSERT_TRUE(payment_state_consistent(s));
+    int64_t sum = 0;
+    for (int c = 0; c < 13; c++) {
+        snprintf(customer, sizeof customer, "c-%d", c);
+        const pay_account *a = payment_account_get(s, customer);
+        if (a) {
+            CU_ASSERT_TRUE(payment_account_balanced(a));
+            sum += a->credited_cents;
+        }
+    }
+    CU_ASSERT_EQUAL(sum, credited);
+    payment_state_destroy(s);
+}
+
+/* The ledger as a byte log: encode every entry, replay into a fresh state
+ * (twice, as a redelivered stream would), and get the same state. */
+static void test_payment_core_entries_replay_to_the_same_state(void)
+{
+    payment_state *live = fresh_state(), *replayed = fresh_state();
+    uint8_t log[64][PAY_ENTRY_MAX_BYTES];
+    size_t lens[64], n = 0;
+    pay_entry e, back;
+    char err[256];
+
+#define RECORD(decide_call)                                                                                  \
+    do {                                                                                                     \
+        CU_ASSERT_EQUAL_FATAL((decide_call), CH_OK);                                                         \
+        CU_ASSERT_EQUAL_FATAL(payment_entry_encode(&e, log[n], sizeof log[n], &lens[n]), CH_OK);             \
+        CU_ASSERT_EQUAL_FATAL(payment_entry_decode(log[n], lens[n], &back), CH_OK);                          \
+        CU_ASSERT_EQUAL(memcmp(&back, &e, sizeof e), 0);                                                     \
+        CU_ASSERT_EQUAL(payment_apply(live, &e, NULL), CH_OK);                                               \
+        n++;                                                                                                 \
+    } while (0)
+
+    RECORD(payment_decide_credit(live, "c-1", 5000, "first", &e, err, sizeof err));
+    RECORD(payment_decide_credit(live, "c-2", 100, NULL, &e, err, sizeof err));
+    RECORD(payment_decide_charge(live, "ord-1", "c-1", 3000, "0123456789abcdef0123456789abcdef", &e, err,
+                                 sizeof err));
+    RECORD(payment_decide_charge(live, "ord-2", "c-2", 3000, NULL, &e, err, sizeof err));
+    RECORD(payment_decide_refund(live, "ord-1", NULL, &e));
+    RECORD(payment_decide_charge(live, "ord-3", "c-1", 4500, NULL, &e, err, sizeof err));
+#undef RECORD
+
+    for (size_t i = 0; i < n; i++) {
+        CU_ASSERT_EQUAL(payment_entry_decode(log[i], lens[i], &back), CH_OK);
+        CU_ASSERT_EQUAL(payment_apply(replayed, &back, NULL), CH_OK);
+    }
+    /* Entries seen again (a duplicate the dedup window missed) change
+     * nothing, except a credit without a key: the ledger's msg id is its only
+     * guard, as the API documents. */
+    for (size_t i = 0; i < n; i++) {
+        bool changed = true;
+        CU_ASSERT_EQUAL(payment_entry_decode(log[i], lens[i], &back), CH_OK);
+        if (back.kind == PAY_ENTRY_CREDIT && !back.idempotency_key[0])
+            continue;
+        CU_ASSERT_EQUAL(payment_apply(replayed, &back, &changed), CH_OK);
+        CU_ASSERT_FALSE(changed);
+    }
+    const char *customers[] = {"c-1", "c-2"};
+    for (int i = 0; i < 2; i++) {
+        const pay_account *a = payment_account_get(live, customers[i]);
+        const pay_account *b = payment_account_get(replayed, customers[i]);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+        CU_ASSERT_EQUAL(memcmp(a, b, sizeof *a), 0);
+    }
+    assert_account(replayed, "c-1", 500, 5000, 7500, 3000);
+    const char *orders[] = {"ord-1", "ord-2", "ord-3"};
+    for (int i = 0; i < 3; i++) {
+        const pay_payment *a = payment_get(live, orders[i]);
+        const pay_payment *b = payment_get(replayed, orders[i]);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+        CU_ASSERT_EQUAL(memcmp(a, b, sizeof *a), 0);
+    }
+    CU_ASSERT_STRING_EQUAL(payment_get(replayed, "ord-2")->reason,
+                           "insufficient funds: balance 100 < total 3000");
+    CU_ASSERT_TRUE(payment_credit_key_known(replayed, "c-1", "first"));
+    CU_ASSERT_EQUAL(payment_count(replayed), 3);
+    payment_state_destroy(live);
+    payment_state_destroy(replayed);
+}
+
+static void test_payment_core_decode_rejects_garbage(void)
+{
+    const uint8_t garbage[] = {0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x12};
+    const uint8_t empty[] = {0};
+    uint8_t buf[8];
+    size_t len;
+    pay_entry e = {.kind = PAY_ENTRY_CREDIT, .amount_cents = 1};
+
+    CU_ASSERT_EQUAL(payment_entry_decode(garbage, sizeof garbage, &e), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(payment_entry_decode(empty, 0, &e), CH_INVALID_ARGUMENT); /* no entry kind */
+    e = (pay_entry){.kind = PAY_ENTRY_CREDIT, .amount_cents = 1};
+    snprintf(e.customer_id, sizeof e.customer_id, "a-customer-with-a-long-name");
+    CU_ASSERT_EQUAL(payment_entry_encode(&e, buf, sizeof buf, &len), CH_RESOURCE_EXHAUSTED);
+    e.kind = 0;
+    CU_ASSERT_EQUAL(payment_entry_encode(&e, buf, sizeof buf, &len), CH_INVALID_ARGUMENT);
+}
+
+static void test_payment_core_list_pages_newest_first(void)
+{
+    payment_state *s = fresh_state();
+    const pay_payment *page[3];
+    char token[PAY_TOKEN_MAX] = "", order[32];
+    size_t n;
+    ch_status st;
+
+    CU_ASSERT_EQUAL(credit(s, "a", 100000, NULL), CH_OK);
+    for (int i = 0; i < 10; i++) {
+        snprintf(order, sizeof order, "ord-%d", i);
+        reserve(s, order, i % 2 ? "b" : "a", 10, &st); /* b was never credited: declined */
+    }
+    /* everyone, 3 at a time, newest first */
+    int seen = 0;
+    do {
+        CU_ASSERT_EQUAL_FATAL(payment_list(s, token, "", page, 3, &n, token), CH_OK);
+        for (size_t i = 0; i < n; i++, seen++) {
+            snprintf(order, sizeof order, "ord-%d", 9 - seen);
+            CU_ASSERT_STRING_EQUAL(page[i]->order_id, order);
+        }
+    } while (token[0] && seen < 20);
+    CU_ASSERT_EQUAL(seen, 10);
+
+    /* one customer */
+    seen = 0;
+    token[0] = '\0';
+    do {
+        CU_ASSERT_EQUAL_FATAL(payment_list(s, token, "b", page, 2, &n, token), CH_OK);
+        for (size_t i = 0; i < n; i++, seen++) {
+            snprintf(order, sizeof order, "ord-%d", 9 - 2 * seen);
+            CU_ASSERT_STRING_EQUAL(page[i]->order_id, order);
+            CU_ASSERT_EQUAL(page[i]->status, PAY_DECLINED);
+        }
+    } while (token[0] && seen < 20);
+    CU_ASSERT_EQUAL(seen, 5);
+    /* exactly a full last page leaves no token */
+    CU_ASSERT_EQUAL(payment_list(s, "", "a", page, 3, &n, token), CH_OK);
+    CU_ASSERT_EQUAL(n, 3);
+    CU_ASSERT_STRING_NOT_EQUAL(token, "");
+    CU_ASSERT_EQUAL(payment_list(s, token, "a", page, 3, &n, token), CH_OK);
+    CU_ASSERT_EQUAL(n, 2);
+    CU_ASSERT_STRING_EQUAL(token, "");
+    /* unknown customer: empty */
+    CU_ASSERT_EQUAL(payment_list(s, "", "nobody", page, 3, &n, token), CH_OK);
+    CU_ASSERT_EQUAL(n, 0);
+    CU_ASSERT_STRING_EQUAL(token, "");
+
+    /* tokens this state did not make */
+    const char *bad[] = {"x", "p", "p-1", "p11", "p0", "p3x", "p99999999999999999999999999"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CU_ASSERT_EQUAL(payment_list(s, bad[i], NULL, page, 3, &n, token), CH_INVALID_ARGUMENT);
+    payment_state_destroy(s);
+}
+
+int main(void)
+{
+    static const cu_test tests[] = {
+        {"validate credit names the field", test_payment_core_validate_credit_names_the_field},
+        {"credit creates and adds", test_payment_core_credit_creates_and_adds},
+        {"credit key credits once", test_payment_core_credit_key_credits_once},
+        {"account totals are capped", test_payment_core_account_totals_are_capped},
+        {"charge when balance covers", test_payment_core_charge_when_balance_covers},
+        {"decline when balance short", test_payment_core_decline_when_balance_short},
+        {"one payment per order", test_payment_core_one_payment_per_order},
+        {"charge rejects bad input", test_payment_core_charge_rejects_bad_input},
+        {"refund only charged, once", test_payment_core_refund_only_charged_and_once},
+        {"reducer refuses overdraft entries", test_payment_core_reducer_refuses_overdraft_entries},
+        {"conservation under random operations", test_payment_core_conservation_under_random_operations},
+        {"entries replay to the same state", test_payment_core_entries_replay_to_the_same_state},
+        {"decode rejects garbage", test_payment_core_decode_rejects_garbage},
+        {"list pages newest first", test_payment_core_list_pages_newest_first},
+        {NULL, NULL},
+    };
+    return cu_run("payment_core", NULL, NULL, tests);
+}
