@@ -924,6 +924,13 @@ ch_status bus_worker_start(bus *b, const bus_worker_spec *ws, bus_worker **out)
     return CH_OK;
 }
 
+void bus_worker_request_stop(bus_worker *w)
+{
+    if (w) {
+        atomic_store(&w->stop, true);
+    }
+}
+
 void bus_worker_stop(bus_worker *w)
 {
     if (!w) {

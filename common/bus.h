@@ -212,6 +212,10 @@ typedef struct bus_worker_spec {
  * (bus_worker_stop). */
 ch_status bus_worker_start(bus *b, const bus_worker_spec *w, bus_worker **out);
 
+/* Asks the worker to stop after its current batch, without waiting; lets a
+ * service stop all its workers at once before joining them one by one. */
+void bus_worker_request_stop(bus_worker *w);
+
 /* Stops the worker after its current batch, joins its thread and frees it.
  * Accepts NULL. Not from the worker's own handler. */
 void bus_worker_stop(bus_worker *w);

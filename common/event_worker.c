@@ -130,6 +130,17 @@ fail:
     return st;
 }
 
+void event_workers_stop(event_worker **ws, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ws[i])
+            bus_worker_request_stop(ws[i]->worker);
+    for (size_t i = 0; i < n; i++) {
+        event_worker_stop(ws[i]);
+        ws[i] = NULL;
+    }
+}
+
 void event_worker_stop(event_worker *w)
 {
     if (!w)

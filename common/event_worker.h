@@ -44,6 +44,10 @@ ch_status event_worker_start(bus *b, const event_worker_spec *spec, event_worker
 /* Stops the worker after its current batch and frees it. Accepts NULL. */
 void event_worker_stop(event_worker *w);
 
+/* Stops n workers together (each waits out at most one fetch, in parallel)
+ * and frees them; the array entries are set to NULL. Accepts NULL entries. */
+void event_workers_stop(event_worker **ws, size_t n);
+
 /* Fills e as an event of type t caused by `cause`: same order id and
  * traceparent, causation id = cause's event id, producer = producer. The
  * payload is left zeroed for the caller. */

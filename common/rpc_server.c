@@ -1169,7 +1169,7 @@ void rpc_server_shutdown(rpc_server *s)
     grpc_server_shutdown_and_notify(s->server, s->shutdown_cq, &s->t_shutdown);
 
     gpr_timespec grace_end = deadline_in_ms(s->opts.grace_ms);
-    bool tag_seen = false, cancelled = false;
+    bool tag_seen = false, cancelled = false, cut_idle = false;
     for (;;) {
         if (!tag_seen) {
             grpc_event ev = grpc_completion_queue_next(s->shutdown_cq, deadline_in_ms(20), NULL);
@@ -1188,6 +1188,14 @@ void rpc_server_shutdown(rpc_server *s)
         pthread_mutex_unlock(&s->mu);
         if (tag_seen && idle)
             break;
+        if (idle && !cancelled && !cut_idle) {
+            /* Every call of ours is done, yet the tag waits for clients to
+             * close their idle connections, which they may never do: cut
+             * them (there is nothing left to cancel). */
+            grpc_server_cancel_all_calls(s->server);
+            cut_idle = true;
+            continue;
+        }
         if (!cancelled && gpr_time_cmp(gpr_now(GPR_CLOCK_MONOTONIC), grace_end) >= 0) {
             log_warn("rpc shutdown grace over, cancelling calls", NULL);
             grpc_server_cancel_all_calls(s->server);

@@ -397,9 +397,8 @@ ch_status inventory_workers_start(inventory_service *svc)
 
 void inventory_workers_stop(inventory_service *svc)
 {
+    event_workers_stop(svc->workers, INVENTORY_WORKERS);
     for (size_t i = 0; i < INVENTORY_WORKERS; i++) {
-        event_worker_stop(svc->workers[i]);
-        svc->workers[i] = NULL;
         free(svc->handlers[i]);
         svc->handlers[i] = NULL;
     }

@@ -160,8 +160,8 @@ ch_status notifications_workers_start(notifications_service *svc)
 
 void notifications_workers_stop(notifications_service *svc)
 {
-    event_worker_stop(svc->on_confirmed);
-    event_worker_stop(svc->on_cancelled);
+    event_worker *ws[] = {svc->on_confirmed, svc->on_cancelled};
+    event_workers_stop(ws, 2);
     svc->on_confirmed = NULL;
     svc->on_cancelled = NULL;
 }

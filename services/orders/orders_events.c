@@ -318,10 +318,7 @@ ch_status orders_events_start(orders_service *svc)
 
 void orders_events_stop(orders_service *svc)
 {
-    for (int i = 0; i < ORDERS_CONSUMED; i++) {
-        event_worker_stop(svc->workers[i]);
-        svc->workers[i] = NULL;
-    }
+    event_workers_stop(svc->workers, ORDERS_CONSUMED);
 }
 
 /* ---- customer cancel ---- */

@@ -266,9 +266,9 @@ ch_status payment_events_start(payment_service *svc)
 
 void payment_events_stop(payment_service *svc)
 {
-    event_worker_stop(svc->reserved_worker);
+    event_worker *ws[] = {svc->reserved_worker, svc->cancel_worker};
+    event_workers_stop(ws, 2);
     svc->reserved_worker = NULL;
-    event_worker_stop(svc->cancel_worker);
     svc->cancel_worker = NULL;
     ledger_close(svc->ledger);
     svc->ledger = NULL;
