@@ -644,6 +644,143 @@ static void bus__in_msg(bus_in_msg *in, natsMsg *msg)
     }
 }
 
+/* ---- followers ---------------------------------------------------------------- */
+
+static char *bus__strdup(const char *s);
+
+struct bus_follower {
+    bus *b;
+    pthread_t thread;
+    atomic_bool stop;
+    char *stream;
+    char *filter;
+    uint64_t next;      /* first sequence not delivered yet */
+    char consumer[128]; /* the current ephemeral consumer, "" when none */
+    bus_replay_fn fn;
+    void *ctx;
+};
+
+/* An ephemeral pull consumer from f->next; NULL on failure. */
+static natsSubscription *bus__follow_subscribe(bus_follower *f)
+{
+    jsConsumerConfig cc;
+    jsConsumerInfo *ci = NULL;
+    natsSubscription *sub = NULL;
+    jsErrCode ec = 0;
+
+    jsConsumerConfig_Init(&cc);
+    cc.DeliverPolicy = js_DeliverByStartSequence;
+    cc.OptStartSeq = f->next;
+    cc.AckPolicy = js_AckNone;
+    cc.FilterSubject = f->filter;
+    cc.InactiveThreshold = 60LL * 1000000000LL; /* the server removes it if we vanish */
+    natsStatus s = js_AddConsumer(&ci, f->b->js, f->stream, &cc, NULL, &ec);
+    if (s == NATS_OK) {
+        jsSubOptions so;
+        jsSubOptions_Init(&so);
+        so.Stream = f->stream;
+        so.Consumer = ci->Name;
+        s = js_PullSubscribe(&sub, f->b->js, f->filter ? f->filter : ">", ci->Name, NULL, &so, &ec);
+        if (s == NATS_OK) {
+            natsSubscription_SetPendingLimits(sub, f->b->max_pending_msgs, f->b->max_pending_bytes);
+            snprintf(f->consumer, sizeof f->consumer, "%s", ci->Name);
+        } else {
+            js_DeleteConsumer(f->b->js, f->stream, ci->Name, NULL, NULL);
+        }
+    }
+    jsConsumerInfo_Destroy(ci);
+    return s == NATS_OK ? sub : NULL;
+}
+
+static void *bus__follow_main(void *arg)
+{
+    bus_follower *f = arg;
+    natsSubscription *sub = NULL;
+    int errors = 0;
+
+    while (!atomic_load(&f->stop)) {
+        if (!sub && !(sub = bus__follow_subscribe(f))) {
+            if (errors++ == 0) {
+                log_warn("follower cannot subscribe yet, retrying", "stream", f->stream, "detail",
+                         nats_GetLastError(NULL), NULL);
+            }
+            bus__sleep_ms(errors < 10 ? 100 * errors : 1000);
+            continue;
+        }
+        natsMsgList list = {0};
+        jsErrCode ec = 0;
+        natsStatus s = natsSubscription_Fetch(&list, sub, BUS_REPLAY_BATCH, 500, &ec);
+        if (s == NATS_OK) {
+            errors = 0;
+            for (int i = 0; i < list.Count; i++) {
+                bus_in_msg in;
+                bus__in_msg(&in, list.Msgs[i]);
+                if (in.stream_seq < f->next) {
+                    continue; /* seen before a resubscribe */
+                }
+                f->fn(&in, f->ctx);
+                f->next = in.stream_seq + 1;
+            }
+        }
+        natsMsgList_Destroy(&list);
+        if (s == NATS_OK || s == NATS_TIMEOUT) {
+            continue;
+        }
+        /* Lost the consumer or the link: start again after the last one delivered. */
+        natsSubscription_Unsubscribe(sub);
+        natsSubscription_Destroy(sub);
+        sub = NULL;
+        bus__sleep_ms(100);
+    }
+    if (sub) {
+        natsSubscription_Unsubscribe(sub);
+        natsSubscription_Destroy(sub);
+        js_DeleteConsumer(f->b->js, f->stream, f->consumer, NULL, NULL);
+    }
+    return NULL;
+}
+
+ch_status bus_follow_start(bus *b, const char *stream, const char *filter_subject, uint64_t start_seq,
+                           bus_replay_fn fn, void *ctx, bus_follower **out)
+{
+    *out = NULL;
+    if (!b || !stream || !fn) {
+        return CH_INVALID_ARGUMENT;
+    }
+    bus_follower *f = calloc(1, sizeof *f);
+    if (!f) {
+        return CH_NO_MEMORY;
+    }
+    atomic_init(&f->stop, false);
+    f->b = b;
+    f->stream = bus__strdup(stream);
+    f->filter = bus__strdup(filter_subject);
+    f->next = start_seq ? start_seq : 1;
+    f->fn = fn;
+    f->ctx = ctx;
+    if (!f->stream || (filter_subject && !f->filter) ||
+        pthread_create(&f->thread, NULL, bus__follow_main, f) != 0) {
+        free(f->stream);
+        free(f->filter);
+        free(f);
+        return CH_NO_MEMORY;
+    }
+    *out = f;
+    return CH_OK;
+}
+
+void bus_follow_stop(bus_follower *f)
+{
+    if (!f) {
+        return;
+    }
+    atomic_store(&f->stop, true);
+    pthread_join(f->thread, NULL);
+    free(f->stream);
+    free(f->filter);
+    free(f);
+}
+
 /* ---- workers ------------------------------------------------------------------ */
 
 struct bus_worker {

@@ -233,6 +233,21 @@ typedef ch_status (*bus_replay_fn)(const bus_in_msg *m, void *ctx);
 ch_status bus_replay(bus *b, const char *stream, const char *filter_subject, uint64_t start_seq,
                      bus_replay_fn fn, void *ctx, uint64_t *last_seq_out);
 
+typedef struct bus_follower bus_follower;
+
+/* Follows a stream: delivers every message matching filter_subject (NULL:
+ * all) from start_seq on, in order, as it is stored, to fn on the
+ * follower's own thread (fn's return value is ignored; it must not block
+ * for long). No acks: an ephemeral consumer per follower, recreated after
+ * the last message delivered when the connection or the consumer is lost.
+ * This is how a replica keeps its read model up to date with what other
+ * replicas did. *out is the caller's (bus_follow_stop). */
+ch_status bus_follow_start(bus *b, const char *stream, const char *filter_subject, uint64_t start_seq,
+                           bus_replay_fn fn, void *ctx, bus_follower **out);
+
+/* Stops following (after the current batch), joins and frees. Accepts NULL. */
+void bus_follow_stop(bus_follower *f);
+
 /* Message count and last sequence of stream (either pointer may be NULL).
  * CH_NOT_FOUND if it does not exist. */
 ch_status bus_stream_info(bus *b, const char *stream, uint64_t *msgs, uint64_t *last_seq);

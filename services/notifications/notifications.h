@@ -34,6 +34,9 @@ typedef struct notifications_service {
     const rpc_server *server; /* set by notifications_rpc_register: watchers end when it stops */
     event_worker *on_confirmed;
     event_worker *on_cancelled;
+    bus_follower *follower; /* records what other replicas sent, too */
+    void *follow_ctx;
+    uint64_t rebuilt_to; /* last stream sequence read at start-up */
 } notifications_service;
 
 /* Initialises mu and recorded (monotonic clock) and creates the store. */

@@ -143,8 +143,14 @@ cleanup:
     return verdict;
 }
 
+static ch_status follow_start(notifications_service *svc);
+static void follow_stop(notifications_service *svc);
+
 ch_status notifications_workers_start(notifications_service *svc)
 {
+    ch_status fst = follow_start(svc);
+    if (fst != CH_OK)
+        return fst;
     event_worker_spec spec = {
         .service = NOTIFICATIONS_PRODUCER,
         .type = EVENT_ORDER_CONFIRMED,
@@ -164,6 +170,7 @@ void notifications_workers_stop(notifications_service *svc)
     event_workers_stop(ws, 2);
     svc->on_confirmed = NULL;
     svc->on_cancelled = NULL;
+    follow_stop(svc);
 }
 
 /* ---- rebuild ---- */
@@ -233,7 +240,7 @@ ch_status notifications_rebuild(notifications_service *svc, uint64_t *events_rea
     st = event_subject(filter, sizeof filter, EVENT_NOTIFICATION_SENT, NULL);
     if (st == CH_OK) {
         pthread_mutex_lock(&svc->mu);
-        st = bus_replay(svc->bus, EVENT_STREAM, filter, 1, rebuild_one, rc, NULL);
+        st = bus_replay(svc->bus, EVENT_STREAM, filter, 1, rebuild_one, rc, &svc->rebuilt_to);
         pthread_mutex_unlock(&svc->mu);
     }
     if (events_read)
@@ -248,4 +255,43 @@ ch_status notifications_rebuild(notifications_service *svc, uint64_t *events_rea
     }
     free(rc);
     return st;
+}
+
+/* ---- following what other replicas record ---- */
+
+static ch_status follow_one(const bus_in_msg *m, void *arg)
+{
+    rebuild_ctx *fc = arg;
+    char reason[256] = "";
+    notification n;
+    bool added;
+
+    if (event_decode(m->data, m->len, &fc->env, reason, sizeof reason) != CH_OK ||
+        notification_from_envelope(&fc->env, &n, reason, sizeof reason) != CH_OK)
+        return CH_OK; /* logged by whoever handled it; nothing to record */
+    return record(fc->svc, &n, &added);
+}
+
+static ch_status follow_start(notifications_service *svc)
+{
+    char filter[EVENT_SUBJECT_MAX];
+    rebuild_ctx *fc = calloc(1, sizeof *fc);
+
+    if (!fc)
+        return CH_NO_MEMORY;
+    fc->svc = svc;
+    svc->follow_ctx = fc;
+    ch_status st = event_subject(filter, sizeof filter, EVENT_NOTIFICATION_SENT, NULL);
+    if (st == CH_OK)
+        st = bus_follow_start(svc->bus, EVENT_STREAM, filter, svc->rebuilt_to + 1, follow_one, fc,
+                              &svc->follower);
+    return st;
+}
+
+static void follow_stop(notifications_service *svc)
+{
+    bus_follow_stop(svc->follower);
+    svc->follower = NULL;
+    free(svc->follow_ctx);
+    svc->follow_ctx = NULL;
 }

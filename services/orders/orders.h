@@ -31,6 +31,9 @@ typedef struct orders_service {
     order_store *store;
     pthread_mutex_t mu;
     event_worker *workers[ORDERS_CONSUMED];
+    bus_follower *follower; /* keeps the store up to date with other replicas */
+    void *follow_ctx;
+    uint64_t rebuilt_to; /* last stream sequence folded in at start-up */
 } orders_service;
 
 /* A request to create, checked by the core and given its id. */
@@ -62,7 +65,9 @@ ch_status orders_append_cancel(orders_service *svc, const char *order_id, const 
                                const char *traceparent, const char *causation_id, int timeout_ms, char *err,
                                size_t errlen);
 
-/* Starts one event worker per consumed type (the saga reactions). */
+/* Follows the stream from where the rebuild stopped (so the store also
+ * learns what other replicas did) and starts one event worker per consumed
+ * type (the saga reactions). */
 ch_status orders_events_start(orders_service *svc);
 
 /* Stops the workers (before the bus goes). */

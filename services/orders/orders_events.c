@@ -119,7 +119,7 @@ ch_status orders_append_created(orders_service *svc, const orders_new *n, int ti
     pthread_mutex_lock(&svc->mu);
     st = order_store_apply(svc->store, &e, NULL, &changed);
     pthread_mutex_unlock(&svc->mu);
-    *replayed = ack.duplicate || !changed;
+    *replayed = ack.duplicate; /* not !changed: the follower may have folded it in first */
     return st;
 }
 
@@ -143,7 +143,8 @@ static ch_status rebuild_one(const bus_in_msg *m, void *arg)
         orders_event_from_envelope(&rc->env, m->stream_seq, &e, rc->items) != CH_OK) {
         char seq[24];
         snprintf(seq, sizeof seq, "%" PRIu64, m->stream_seq);
-        log_warn("rebuild: event skipped", "subject", m->subject, "seq", seq, "reason", reason, NULL);
+        log_warn("event not folded into the store", "subject", m->subject, "seq", seq, "reason", reason,
+                 NULL);
         rc->skipped++;
         return CH_OK;
     }
@@ -157,15 +158,14 @@ static ch_status rebuild_one(const bus_in_msg *m, void *arg)
 
 /* Folds every event of the stream matching filter into the store; the
  * caller holds mu. */
-static ch_status replay_into_store(orders_service *svc, const char *filter, rebuild_ctx **out)
+static ch_status replay_into_store(orders_service *svc, const char *filter, rebuild_ctx **out, uint64_t *last)
 {
     rebuild_ctx *rc = calloc(1, sizeof *rc);
-    uint64_t last = 0;
 
     if (!rc)
         return CH_NO_MEMORY;
     rc->svc = svc;
-    ch_status st = bus_replay(svc->bus, EVENT_STREAM, filter, 1, rebuild_one, rc, &last);
+    ch_status st = bus_replay(svc->bus, EVENT_STREAM, filter, 1, rebuild_one, rc, last);
     if (out)
         *out = rc;
     else
@@ -178,7 +178,7 @@ ch_status orders_rebuild(orders_service *svc, uint64_t *events_read)
     rebuild_ctx *rc = NULL;
 
     pthread_mutex_lock(&svc->mu);
-    ch_status st = replay_into_store(svc, "events.>", &rc);
+    ch_status st = replay_into_store(svc, "events.>", &rc, &svc->rebuilt_to);
     pthread_mutex_unlock(&svc->mu);
     if (!rc)
         return st;
@@ -268,7 +268,7 @@ static bus_verdict on_saga_event(const choreo_events_v1_Envelope *e, const bus_i
          * took the call, or the reply path is still applying it): read it. */
         char filter[EVENT_SUBJECT_MAX];
         event_subject(filter, sizeof filter, EVENT_ORDER_CREATED, e->order_id);
-        replay_into_store(svc, filter, NULL);
+        replay_into_store(svc, filter, NULL, NULL);
         st = order_store_apply(svc->store, &ev, &o, &changed);
     }
     if (st == CH_OK) {
@@ -300,8 +300,27 @@ static bus_verdict on_saga_event(const choreo_events_v1_Envelope *e, const bus_i
     return BUS_ACK;
 }
 
+/* The follower's thread: fold each new event in, under the lock. */
+static ch_status follow_one(const bus_in_msg *m, void *arg)
+{
+    rebuild_ctx *rc = arg;
+    pthread_mutex_lock(&rc->svc->mu);
+    ch_status st = rebuild_one(m, rc);
+    pthread_mutex_unlock(&rc->svc->mu);
+    return st;
+}
+
 ch_status orders_events_start(orders_service *svc)
 {
+    rebuild_ctx *fc = calloc(1, sizeof *fc);
+    if (!fc)
+        return CH_NO_MEMORY;
+    fc->svc = svc;
+    svc->follow_ctx = fc;
+    ch_status fst = bus_follow_start(svc->bus, EVENT_STREAM, "events.>", svc->rebuilt_to + 1, follow_one, fc,
+                                     &svc->follower);
+    if (fst != CH_OK)
+        return fst;
     static const event_type consumed[ORDERS_CONSUMED] = {
         EVENT_INVENTORY_RESERVED, EVENT_INVENTORY_FAILED,   EVENT_PAYMENT_PROCESSED,
         EVENT_PAYMENT_FAILED,     EVENT_INVENTORY_RELEASED, EVENT_PAYMENT_REFUNDED,
@@ -319,6 +338,10 @@ ch_status orders_events_start(orders_service *svc)
 void orders_events_stop(orders_service *svc)
 {
     event_workers_stop(svc->workers, ORDERS_CONSUMED);
+    bus_follow_stop(svc->follower);
+    svc->follower = NULL;
+    free(svc->follow_ctx);
+    svc->follow_ctx = NULL;
 }
 
 /* ---- customer cancel ---- */
