@@ -20,6 +20,8 @@ struct ledger {
     ledger_apply_fn apply;
     void *ctx;
     uint64_t last; /* sequence of the last entry applied */
+    pthread_mutex_t *follow_lock;
+    bus_follower *follower;
 };
 
 static ch_status apply_one(const bus_in_msg *m, void *arg)
@@ -38,6 +40,18 @@ static ch_status apply_one(const bus_in_msg *m, void *arg)
                  NULL);
     }
     return CH_OK;
+}
+
+/* Follower thread: other replicas' entries, applied once under the lock. */
+static ch_status follow_one(const bus_in_msg *m, void *arg)
+{
+    ledger *l = arg;
+    ch_status st = CH_OK;
+    pthread_mutex_lock(l->follow_lock);
+    if (m->stream_seq > l->last)
+        st = apply_one(m, l);
+    pthread_mutex_unlock(l->follow_lock);
+    return st;
 }
 
 ch_status ledger_catch_up(ledger *l)
@@ -77,6 +91,14 @@ ch_status ledger_open(ledger **out, bus *b, const ledger_spec *spec)
         free(l);
         return st;
     }
+    l->follow_lock = spec->follow_lock;
+    if (l->follow_lock) {
+        st = bus_follow_start(b, l->stream, l->subject, l->last + 1, follow_one, l, &l->follower);
+        if (st != CH_OK) {
+            free(l);
+            return st;
+        }
+    }
     char last[24];
     snprintf(last, sizeof last, "%" PRIu64, l->last);
     log_info("ledger replayed", "stream", l->stream, "last_seq", last, NULL);
@@ -86,6 +108,9 @@ ch_status ledger_open(ledger **out, bus *b, const ledger_spec *spec)
 
 void ledger_close(ledger *l)
 {
+    if (!l)
+        return;
+    bus_follow_stop(l->follower);
     free(l);
 }
 

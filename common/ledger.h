@@ -15,10 +15,12 @@
  * Ownership: the caller owns the ledger (ledger_close); data passed in is
  * copied. Threads: not thread-safe; the service serialises calls with the
  * same lock that guards the state apply() changes. apply runs on the calling
- * thread, inside ledger_open/append/catch_up. */
+ * thread, inside ledger_open/append/catch_up, or on the follower thread with
+ * follow_lock held. */
 #ifndef CHOREO_LEDGER_H
 #define CHOREO_LEDGER_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -40,13 +42,20 @@ typedef struct ledger_spec {
     int replicas;        /* 0: 1 */
     ledger_apply_fn apply;
     void *ctx;
+    /* When set, the ledger also follows its subject on a thread of its own
+     * and applies other replicas' entries as they are stored, taking this
+     * lock (the one that guards the state) around each apply, so reads on
+     * an idle replica are not stale. NULL: state moves only on append and
+     * catch-up. */
+    pthread_mutex_t *follow_lock;
 } ledger_spec;
 
 /* Ensures the stream (file storage, the one subject, dedup window 10 min),
  * then replays every entry into apply. */
 ch_status ledger_open(ledger **out, bus *b, const ledger_spec *spec);
 
-/* Frees the ledger (not the bus). Accepts NULL. */
+/* Stops the follower and frees the ledger (not the bus). Accepts NULL. Not
+ * with follow_lock held. */
 void ledger_close(ledger *l);
 
 /* Appends one entry, expected to follow the last entry applied. On CH_OK

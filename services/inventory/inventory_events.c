@@ -177,6 +177,7 @@ ch_status inventory_ledger_open(inventory_service *svc)
         .replicas = svc->cfg ? svc->cfg->stream_replicas : 1,
         .apply = ledger_apply,
         .ctx = svc,
+        .follow_lock = &svc->mu, /* other replicas' entries reach this one's reads */
     };
     char skus[24], reservations[24];
     ch_status st;

@@ -40,6 +40,7 @@ ch_status payment_ledger_open(payment_service *svc)
         .replicas = svc->cfg->stream_replicas,
         .apply = apply_entry,
         .ctx = svc,
+        .follow_lock = &svc->mu, /* other replicas' entries reach this one's reads */
     };
     char entries[24], accounts[24], payments[24], skipped[24];
     ch_status st;
