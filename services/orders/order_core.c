@@ -201,7 +201,10 @@ static ch_status transition(const order *o, const order_event *e, order_status *
         return CH_FAILED_PRECONDITION;
     case ORDER_EV_PAYMENT_PROCESSED:
     case ORDER_EV_CONFIRMED:
-        if (s == ORDER_RESERVED && !o->payment_failed) {
+        /* Payment acts only on a reservation, so a payment seen while still
+         * PENDING means inventory.reserved is merely late (each event type
+         * has its own consumer): no need to wait for it. */
+        if ((s == ORDER_RESERVED || s == ORDER_PENDING) && !o->payment_failed) {
             *next = ORDER_CONFIRMED;
             return CH_OK;
         }
@@ -211,8 +214,10 @@ static ch_status transition(const order *o, const order_event *e, order_status *
         }
         return CH_FAILED_PRECONDITION;
     case ORDER_EV_PAYMENT_FAILED:
-        if (s == ORDER_RESERVED && !o->payment_failed)
-            return CH_OK; /* stays RESERVED until inventory.released */
+        if ((s == ORDER_RESERVED || s == ORDER_PENDING) && !o->payment_failed) {
+            *next = ORDER_RESERVED; /* implied, as above; stays until inventory.released */
+            return CH_OK;
+        }
         if (s == ORDER_RESERVED || s == ORDER_CANCELLED) {
             *noop = true;
             return CH_OK;

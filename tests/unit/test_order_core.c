@@ -160,17 +160,51 @@ static void test_order_core_reducer_refuses_impossible_steps(void)
     order o = {0};
     bool changed;
     order_event c = created("ord-1", 1, &it, 1);
-    order_event paid = ev(ORDER_EV_PAYMENT_PROCESSED, "ord-1", 2);
+    order_event refunded = ev(ORDER_EV_PAYMENT_REFUNDED, "ord-1", 2);
     order_event cancel = ev(ORDER_EV_CANCEL_REQUESTED, "ord-1", 3);
+    order_event released = ev(ORDER_EV_INVENTORY_RELEASED, "ord-1", 4);
     order_event orphan = ev(ORDER_EV_INVENTORY_RESERVED, "ord-1", 1);
 
     CU_ASSERT_EQUAL(order_apply(&o, &orphan, &changed), CH_NOT_FOUND);
     CU_ASSERT_EQUAL(order_apply(&o, &c, &changed), CH_OK);
-    CU_ASSERT_EQUAL(order_apply(&o, &paid, &changed), CH_FAILED_PRECONDITION);   /* not reserved yet */
-    CU_ASSERT_EQUAL(order_apply(&o, &cancel, &changed), CH_FAILED_PRECONDITION); /* saga running */
+    CU_ASSERT_EQUAL(order_apply(&o, &refunded, &changed), CH_FAILED_PRECONDITION); /* nothing was paid */
+    CU_ASSERT_EQUAL(order_apply(&o, &cancel, &changed), CH_FAILED_PRECONDITION);   /* saga running */
+    CU_ASSERT_EQUAL(order_apply(&o, &released, &changed), CH_FAILED_PRECONDITION); /* nothing was held */
     CU_ASSERT_FALSE(changed);
     CU_ASSERT_EQUAL(o.status, ORDER_PENDING);
     CU_ASSERT_EQUAL(o.version, 1);
+    order_clear(&o);
+}
+
+static void test_order_core_late_reservation_changes_nothing(void)
+{
+    order_item it = item("sku-1", 1, 100);
+    order o = {0};
+    bool changed;
+    order_event c = created("ord-1", 1, &it, 1);
+    order_event reserved = ev(ORDER_EV_INVENTORY_RESERVED, "ord-1", 2);
+    order_event paid = ev(ORDER_EV_PAYMENT_PROCESSED, "ord-1", 3);
+    order_event declined = ev(ORDER_EV_PAYMENT_FAILED, "ord-1", 3);
+    order_event released = ev(ORDER_EV_INVENTORY_RELEASED, "ord-1", 4);
+
+    /* payment.processed overtakes inventory.reserved: it implies the reservation */
+    CU_ASSERT_EQUAL(order_apply(&o, &c, &changed), CH_OK);
+    CU_ASSERT_EQUAL(order_apply(&o, &paid, &changed), CH_OK);
+    CU_ASSERT_EQUAL(o.status, ORDER_CONFIRMED);
+    CU_ASSERT_EQUAL(order_apply(&o, &reserved, &changed), CH_OK);
+    CU_ASSERT_FALSE(changed);
+    CU_ASSERT_EQUAL(o.status, ORDER_CONFIRMED);
+    order_clear(&o);
+
+    /* payment.failed overtakes it too: RESERVED, waiting for the release */
+    memset(&o, 0, sizeof o);
+    CU_ASSERT_EQUAL(order_apply(&o, &c, &changed), CH_OK);
+    CU_ASSERT_EQUAL(order_apply(&o, &declined, &changed), CH_OK);
+    CU_ASSERT_EQUAL(o.status, ORDER_RESERVED);
+    CU_ASSERT_EQUAL(order_apply(&o, &reserved, &changed), CH_OK);
+    CU_ASSERT_FALSE(changed);
+    CU_ASSERT_EQUAL(order_apply(&o, &released, &changed), CH_OK);
+    CU_ASSERT_EQUAL(o.status, ORDER_CANCELLED);
     order_clear(&o);
 }
 
@@ -294,6 +328,7 @@ int main(void)
         {"reducer paths", test_order_core_reducer_paths},
         {"reducer is idempotent", test_order_core_reducer_is_idempotent},
         {"reducer refuses impossible steps", test_order_core_reducer_refuses_impossible_steps},
+        {"late reservation changes nothing", test_order_core_late_reservation_changes_nothing},
         {"reactions follow state", test_order_core_reactions_follow_state},
         {"store indexes and pages", test_order_core_store_indexes_and_pages},
         {"ids are deterministic per key", test_order_core_ids_are_deterministic_per_key},
