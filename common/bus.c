@@ -800,6 +800,15 @@ struct bus_worker {
     int nbackoff;
     bus_handler_fn handler;
     void *ctx;
+    /* deferred acks: the worker's own JetStream context, so that its async
+     * publishes are counted apart from every other thread's */
+    jsCtx *js;
+    pthread_mutex_t amu;
+    pthread_cond_t acond;
+    uint64_t a_sent, a_done, a_failed;
+    bool cur_deferred;  /* the current message's handler published deferred */
+    natsMsg **deferred; /* messages to ack once the batch's publishes are stored */
+    int ndeferred;
 };
 
 static char *bus__strdup(const char *s)
@@ -882,10 +891,97 @@ static int bus__backoff(const bus_worker *w, uint64_t deliveries)
     return w->backoff_ms[i];
 }
 
+/* A worker's async publish results; runs on a cnats thread, only counts. */
+static void bus__on_worker_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *arg)
+{
+    (void)js;
+    (void)pa;
+    bus_worker *w = arg;
+    pthread_mutex_lock(&w->amu);
+    if (pae) {
+        w->a_failed++;
+    }
+    w->a_done++;
+    pthread_cond_broadcast(&w->acond);
+    pthread_mutex_unlock(&w->amu);
+    if (pae) {
+        log_warn("deferred publish failed", "subject", msg ? natsMsg_GetSubject(msg) : NULL, "nats_status",
+                 natsStatus_GetText(pae->Err), "detail", pae->ErrText, NULL);
+    }
+    natsMsg_Destroy(msg);
+}
+
+ch_status bus_publish_deferred(const bus_in_msg *in, const bus_out_msg *m)
+{
+    bus_worker *w = in ? in->worker_ : NULL;
+    if (!w || !m) {
+        return CH_INVALID_ARGUMENT;
+    }
+    if (!atomic_load(&w->b->up)) {
+        return CH_UNAVAILABLE;
+    }
+    natsMsg *msg = NULL;
+    ch_status st = bus__make_msg(&msg, m);
+    if (st != CH_OK) {
+        return st;
+    }
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = m->msg_id;
+    po.MaxWait = BUS_ASYNC_MAX_WAIT_MS;
+    pthread_mutex_lock(&w->amu);
+    w->a_sent++;
+    pthread_mutex_unlock(&w->amu);
+    natsStatus s = js_PublishMsgAsync(w->js, &msg, &po);
+    if (s != NATS_OK) {
+        pthread_mutex_lock(&w->amu);
+        w->a_sent--;
+        pthread_mutex_unlock(&w->amu);
+        natsMsg_Destroy(msg);
+        return bus__fail("deferred publish failed", m->subject, s, 0);
+    }
+    w->cur_deferred = true;
+    return CH_OK;
+}
+
+/* Waits for the batch's deferred publishes, then acks (or, if any failed or
+ * timed out, naks with delay) the messages that waited for them. */
+static void bus__flush_deferred(bus_worker *w)
+{
+    if (w->ndeferred == 0) {
+        return;
+    }
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += BUS_ASYNC_MAX_WAIT_MS / 1000 + 1;
+    pthread_mutex_lock(&w->amu);
+    while (w->a_done < w->a_sent) {
+        if (pthread_cond_timedwait(&w->acond, &w->amu, &dl) != 0) {
+            break;
+        }
+    }
+    bool ok = w->a_done == w->a_sent && w->a_failed == 0;
+    w->a_failed = 0;
+    pthread_mutex_unlock(&w->amu);
+    if (!ok) {
+        log_warn("deferred publishes failed; the batch is redelivered", "worker", w->name, NULL);
+    }
+    for (int i = 0; i < w->ndeferred; i++) {
+        natsStatus s =
+            ok ? natsMsg_Ack(w->deferred[i], NULL) : natsMsg_NakWithDelay(w->deferred[i], 1000, NULL);
+        if (s != NATS_OK) {
+            bus__fail("ack failed", w->name, s, 0);
+        }
+    }
+    w->ndeferred = 0;
+}
+
 static void bus__handle(bus_worker *w, natsMsg *msg)
 {
     bus_in_msg in;
     bus__in_msg(&in, msg);
+    in.worker_ = w;
+    w->cur_deferred = false;
     char reason[BUS_REASON_MAX] = "";
     bus_verdict v;
     if (in.deliveries > (uint64_t)w->max_deliver) {
@@ -909,6 +1005,13 @@ static void bus__handle(bus_worker *w, natsMsg *msg)
         }
         memcpy(reason + used, suffix, add + 1);
         v = BUS_DEAD;
+    }
+    if (v == BUS_ACK && w->cur_deferred && w->ndeferred < w->batch) {
+        w->deferred[w->ndeferred++] = msg; /* acked by bus__flush_deferred */
+        return;
+    }
+    if (v == BUS_ACK && w->cur_deferred) {
+        bus__flush_deferred(w); /* cannot happen: the list holds a whole batch */
     }
     natsStatus s = NATS_OK;
     switch (v) {
@@ -973,6 +1076,7 @@ static void *bus__worker_main(void *arg)
             for (int i = 0; i < list.Count; i++) {
                 bus__handle(w, list.Msgs[i]);
             }
+            bus__flush_deferred(w);
             natsMsgList_Destroy(&list);
             continue;
         }
@@ -1000,6 +1104,12 @@ static void bus__worker_free(bus_worker *w)
     if (!w) {
         return;
     }
+    if (w->js) {
+        jsCtx_Destroy(w->js);
+    }
+    pthread_mutex_destroy(&w->amu);
+    pthread_cond_destroy(&w->acond);
+    free(w->deferred);
     if (w->sub) {
         natsSubscription_Unsubscribe(w->sub);
         natsSubscription_Destroy(w->sub);
@@ -1024,6 +1134,8 @@ ch_status bus_worker_start(bus *b, const bus_worker_spec *ws, bus_worker **out)
         return CH_NO_MEMORY;
     }
     atomic_init(&w->stop, false);
+    pthread_mutex_init(&w->amu, NULL);
+    pthread_cond_init(&w->acond, NULL);
     w->b = b;
     w->stream = bus__strdup(ws->stream);
     w->durable = bus__strdup(ws->durable);
@@ -1052,6 +1164,16 @@ ch_status bus_worker_start(bus *b, const bus_worker_spec *ws, bus_worker **out)
         w->backoff_ms[1] = 500;
         w->backoff_ms[2] = 2000;
         w->nbackoff = 3;
+    }
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.PublishAsync.MaxPending = BUS_MAX_BATCH * 2;
+    jo.PublishAsync.AckHandler = bus__on_worker_ack;
+    jo.PublishAsync.AckHandlerClosure = w;
+    w->deferred = calloc((size_t)w->batch, sizeof *w->deferred);
+    if (!w->deferred || natsConnection_JetStream(&w->js, b->nc, &jo) != NATS_OK) {
+        bus__worker_free(w);
+        return CH_NO_MEMORY;
     }
     if (pthread_create(&w->thread, NULL, bus__worker_main, w) != 0) {
         bus__worker_free(w);

@@ -175,7 +175,17 @@ struct bus_in_msg {
     uint64_t deliveries;  /* 1 on the first delivery (replay: 1) */
     int64_t timestamp_ns; /* when the stream stored it, ns since the epoch */
     void *priv_;          /* internal: the natsMsg */
+    void *worker_;        /* internal: the worker handling it (NULL in a replay) */
 };
+
+/* From a worker handler: publishes m asynchronously and ties the incoming
+ * message's ack to it. If the handler then returns BUS_ACK, the worker acks
+ * the message only once every deferred publish of its fetched batch is
+ * stored; if any of them failed, it naks the batch's deferred messages with
+ * a delay instead (handlers are idempotent: redelivery re-publishes). This
+ * turns one round trip per outgoing event into one wait per batch. Any other
+ * verdict is applied at once as usual. Worker thread only. */
+ch_status bus_publish_deferred(const bus_in_msg *in, const bus_out_msg *m);
 
 /* The value of header key on m, or NULL. The string lives as long as m. */
 const char *bus_in_msg_header(const bus_in_msg *m, const char *key);

@@ -100,6 +100,26 @@ ch_status event_publish(bus *b, const choreo_events_v1_Envelope *e, int timeout_
     return st;
 }
 
+ch_status event_publish_deferred(const bus_in_msg *m, const choreo_events_v1_Envelope *e)
+{
+    event_out o;
+    char trace_id[33];
+    ch_status st = event__prepare(&o, e);
+    if (st != CH_OK) {
+        return st;
+    }
+    st = bus_publish_deferred(m, &o.m);
+    event_trace_id(e->traceparent, trace_id);
+    if (st == CH_OK) {
+        log_info("event published", "type", e->type, "order_id", e->order_id, "event_id", e->event_id,
+                 "causation_id", e->causation_id, "trace_id", trace_id, "outcome", "sent", NULL);
+    } else {
+        log_warn("event publish failed", "type", e->type, "order_id", e->order_id, "event_id", e->event_id,
+                 "causation_id", e->causation_id, "trace_id", trace_id, "status", ch_status_str(st), NULL);
+    }
+    return st;
+}
+
 ch_status event_publish_async(bus *b, const choreo_events_v1_Envelope *e)
 {
     event_out o;

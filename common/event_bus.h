@@ -31,6 +31,11 @@ ch_status event_bus_ensure_streams(bus *b, int replicas, int64_t max_age_ms);
  * as bus_publish. Logs one info line per event published. Any thread. */
 ch_status event_publish(bus *b, const choreo_events_v1_Envelope *e, int timeout_ms, bus_pub_ack *ack);
 
+/* From a worker handler: publishes e with bus_publish_deferred, so the
+ * incoming message m is acked only once e (and the rest of its batch's
+ * publishes) is stored. Logs one line per event published. */
+ch_status event_publish_deferred(const bus_in_msg *m, const choreo_events_v1_Envelope *e);
+
 /* Like event_publish through bus_publish_async (confirm with
  * bus_publish_async_wait). Same thread rules as bus_publish_async. */
 ch_status event_publish_async(bus *b, const choreo_events_v1_Envelope *e);

@@ -354,7 +354,7 @@ static bus_verdict on_event(const choreo_events_v1_Envelope *e, const bus_in_msg
     if (publish) {
         /* The decision is durable; now the event it implies. A crash or a
          * failure here means a redelivery, which publishes it again. */
-        st = event_publish(svc->bus, &h->out, timeout, NULL);
+        st = event_publish_deferred(m, &h->out); /* acked once stored */
         if (st != CH_OK) {
             snprintf(reason, reason_cap, "publish %s: %s", h->out.type, ch_status_str(st));
             return BUS_RETRY;

@@ -63,26 +63,24 @@ static void input_from_envelope(const choreo_events_v1_Envelope *e, event_type t
 }
 
 /* Handles order.confirmed and order.cancelled (worker threads, one per
- * type). The notification.sent event is the record: it is published first,
- * then the notification is stored and "sent" (the log line), then the worker
- * acks. A crash before the publish is durable leads to redelivery and a fresh
- * attempt; after it, the rebuilt store already holds (order, kind) and the
- * redelivered event is only acked. */
+ * type). The notification.sent event is the record: it is published
+ * (deferred), "sent" (the log line), and the worker acks the incoming event
+ * once it is stored; the follower then puts it in the store and wakes the
+ * watchers. A failed publish or a crash before it is durable leads to
+ * redelivery and a fresh attempt; after it, the store holds (order, kind)
+ * and a redelivered event is only acked. */
 static bus_verdict on_order_event(const choreo_events_v1_Envelope *e, const bus_in_msg *m, void *ctx,
                                   char *reason, size_t reason_cap)
 {
     notifications_service *svc = ctx;
     choreo_events_v1_Envelope *out = NULL;
     bus_verdict verdict = BUS_RETRY;
-    bus_pub_ack ack = {0};
     notif_input in;
     notification n;
     event_type t;
-    bool added = false;
     char err[256];
     ch_status st;
 
-    (void)m;
     if (event_type_of(e, &t) != CH_OK || (t != EVENT_ORDER_CONFIRMED && t != EVENT_ORDER_CANCELLED)) {
         snprintf(reason, reason_cap, "not an order.confirmed or order.cancelled event");
         return BUS_DEAD;
@@ -121,21 +119,17 @@ static bus_verdict on_order_event(const choreo_events_v1_Envelope *e, const bus_
     snprintf(p->notification_id, sizeof p->notification_id, "%s", n.id);
     snprintf(p->message, sizeof p->message, "%s", n.message);
 
-    st = event_publish(svc->bus, out, svc->cfg->publish_timeout_ms, &ack);
+    /* notification.sent is the record: the incoming event is acked once it is
+     * stored, and the store gets it from the follower, which reads the stream
+     * (so a failed publish is redelivered, never half-recorded). */
+    st = event_publish_deferred(m, out);
     if (st != CH_OK) {
         snprintf(reason, reason_cap, "notification.sent not published: %s", ch_status_str(st));
         verdict = st == CH_INVALID_ARGUMENT ? BUS_DEAD : BUS_RETRY;
         goto cleanup;
     }
-    st = record(svc, &n, &added);
-    if (st != CH_OK) {
-        snprintf(reason, reason_cap, "not stored: %s", ch_status_str(st));
-        goto cleanup; /* retry: the publish will be a duplicate, the store gets it then */
-    }
-    if (added)
-        log_info("notification sent", "notification_id", n.id, "order_id", n.order_id, "customer_id",
-                 n.customer_id, "kind", notif_kind_name(n.kind), "event_id", out->event_id, "duplicate",
-                 ack.duplicate ? "true" : "false", NULL);
+    log_info("notification sent", "notification_id", n.id, "order_id", n.order_id, "customer_id",
+             n.customer_id, "kind", notif_kind_name(n.kind), "event_id", out->event_id, NULL);
     verdict = BUS_ACK;
 
 cleanup:

@@ -206,44 +206,31 @@ typedef struct reaction {
     char reason[ORDER_REASON_MAX + 1];
 } reaction;
 
-static ch_status publish_reaction(orders_service *svc, const reaction *r,
+/* Publishes the reaction, deferred: the incoming event is acked once it is
+ * stored. The store learns it is published when the follower folds it in;
+ * until then a redelivery publishes it again, which JetStream drops by its
+ * message id. */
+static ch_status publish_reaction(const reaction *r, const bus_in_msg *m,
                                   const choreo_events_v1_Envelope *cause)
 {
     choreo_events_v1_Envelope *out = malloc(sizeof *out);
     event_type t = r->what == ORDER_REACT_CONFIRM ? EVENT_ORDER_CONFIRMED : EVENT_ORDER_CANCELLED;
-    bus_pub_ack ack = {0};
-    order_event own;
-    bool changed;
 
     if (!out)
         return CH_NO_MEMORY;
     ch_status st = event_init_caused(out, t, cause, ORDERS_PRODUCER);
-    if (st != CH_OK)
-        goto cleanup;
-    if (t == EVENT_ORDER_CONFIRMED) {
+    if (st == CH_OK && t == EVENT_ORDER_CONFIRMED) {
         snprintf(out->payload.order_confirmed.customer_id, sizeof out->payload.order_confirmed.customer_id,
                  "%s", r->customer_id);
         out->payload.order_confirmed.total_cents = r->total_cents;
-    } else {
+    } else if (st == CH_OK) {
         snprintf(out->payload.order_cancelled.customer_id, sizeof out->payload.order_cancelled.customer_id,
                  "%s", r->customer_id);
         snprintf(out->payload.order_cancelled.reason, sizeof out->payload.order_cancelled.reason, "%s",
                  r->reason);
     }
-    st = event_publish(svc->bus, out, svc->cfg->publish_timeout_ms, &ack);
-    if (st != CH_OK)
-        goto cleanup;
-    /* Append, then apply: the order now knows its outcome is published. */
-    own = (order_event){.kind = t == EVENT_ORDER_CONFIRMED ? ORDER_EV_CONFIRMED : ORDER_EV_CANCELLED,
-                        .order_id = out->order_id,
-                        .seq = ack.seq,
-                        .time_ms = out->occurred_at_unix_ns / 1000000,
-                        .reason = r->reason};
-    pthread_mutex_lock(&svc->mu);
-    order_store_apply(svc->store, &own, NULL, &changed);
-    pthread_mutex_unlock(&svc->mu);
-
-cleanup:
+    if (st == CH_OK)
+        st = event_publish_deferred(m, out);
     free(out);
     return st;
 }
@@ -292,7 +279,7 @@ static bus_verdict on_saga_event(const choreo_events_v1_Envelope *e, const bus_i
         return BUS_RETRY;
     if (r.what == ORDER_REACT_NONE)
         return BUS_ACK;
-    st = publish_reaction(svc, &r, e);
+    st = publish_reaction(&r, m, e);
     if (st != CH_OK) {
         snprintf(why, why_cap, "reaction not published: %s", ch_status_str(st));
         return BUS_RETRY;

@@ -79,8 +79,9 @@ ch_status payment_ledger_append(payment_service *svc, const pay_entry *e, const 
 /* Publishes event t (payment.processed, payment.failed or payment.refunded)
  * for payment p, caused by `cause`. BUS_ACK once JetStream has it (also as a
  * duplicate), BUS_RETRY otherwise. */
-static bus_verdict publish_for(payment_service *svc, const choreo_events_v1_Envelope *cause, event_type t,
-                               const pay_payment *p, char *reason, size_t reason_cap)
+static bus_verdict publish_for(payment_service *svc, const bus_in_msg *m,
+                               const choreo_events_v1_Envelope *cause, event_type t, const pay_payment *p,
+                               char *reason, size_t reason_cap)
 {
     choreo_events_v1_Envelope *out = malloc(sizeof *out); /* ~9 KB: off the worker's stack */
     ch_status st;
@@ -111,7 +112,7 @@ static bus_verdict publish_for(payment_service *svc, const choreo_events_v1_Enve
             out->payload.payment_refunded.amount_cents = p->amount_cents;
             break;
         }
-        st = event_publish(svc->bus, out, svc->cfg->publish_timeout_ms, NULL);
+        st = event_publish_deferred(m, out); /* the incoming event is acked once this is stored */
     }
     free(out);
     if (st != CH_OK) {
@@ -181,7 +182,7 @@ static bus_verdict on_inventory_reserved(const choreo_events_v1_Envelope *env, c
         snprintf(reason, reason_cap, "ledger: %s", ch_status_str(st));
         return BUS_RETRY;
     }
-    return publish_for(svc, env,
+    return publish_for(svc, m, env,
                        decided.status == PAY_DECLINED ? EVENT_PAYMENT_FAILED : EVENT_PAYMENT_PROCESSED,
                        &decided, reason, reason_cap);
 }
@@ -242,7 +243,7 @@ static bus_verdict on_cancel_requested(const choreo_events_v1_Envelope *env, con
         snprintf(reason, reason_cap, "ledger: %s", ch_status_str(st));
         return BUS_RETRY;
     }
-    return publish_for(svc, env, EVENT_PAYMENT_REFUNDED, &refunded, reason, reason_cap);
+    return publish_for(svc, m, env, EVENT_PAYMENT_REFUNDED, &refunded, reason, reason_cap);
 }
 
 /* ---- wiring ---- */
