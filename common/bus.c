@@ -411,10 +411,20 @@ ch_status bus_ensure_deadletter_stream(bus *b, int replicas)
     return bus_ensure_stream(b, &s);
 }
 
-static void bus__consumer_config(jsConsumerConfig *cc, const bus_consumer_spec *c)
+/* Where a durable's messages are pushed: one subject per durable, outside
+ * every stream, with the durable's name as the queue group so that the
+ * replicas of a service share its messages (competing consumers). */
+static void bus__deliver_subject(char *buf, size_t cap, const char *stream, const char *durable)
+{
+    snprintf(buf, cap, "_choreo.deliver.%s.%s", stream, durable);
+}
+
+static void bus__consumer_config(jsConsumerConfig *cc, const bus_consumer_spec *c, const char *deliver)
 {
     jsConsumerConfig_Init(cc);
     cc->Durable = c->durable;
+    cc->DeliverSubject = deliver;
+    cc->DeliverGroup = c->durable;
     cc->DeliverPolicy = js_DeliverAll;
     cc->AckPolicy = js_AckExplicit;
     cc->AckWait = (int64_t)(c->ack_wait_ms > 0 ? c->ack_wait_ms : 30000) * 1000000LL;
@@ -428,10 +438,25 @@ ch_status bus_ensure_consumer(bus *b, const bus_consumer_spec *c)
     if (!b || !c || !c->stream || !c->durable) {
         return CH_INVALID_ARGUMENT;
     }
+    char deliver[BUS_SUBJECT_MAX];
+    bus__deliver_subject(deliver, sizeof deliver, c->stream, c->durable);
     jsConsumerConfig cc;
-    bus__consumer_config(&cc, c);
+    bus__consumer_config(&cc, c, deliver);
     jsConsumerInfo *ci = NULL;
     jsErrCode ec = 0;
+    /* A pull consumer of the same name (an older choreo) cannot become a
+     * push one: replace it. Its position is lost, so its events are
+     * delivered again, which idempotent handlers absorb. */
+    if (js_GetConsumerInfo(&ci, b->js, c->stream, c->durable, NULL, &ec) == NATS_OK) {
+        bool pull = !ci->Config || !ci->Config->DeliverSubject;
+        jsConsumerInfo_Destroy(ci);
+        ci = NULL;
+        if (pull) {
+            log_warn("replacing pull consumer by a push consumer", "name", c->durable, NULL);
+            js_DeleteConsumer(b->js, c->stream, c->durable, NULL, NULL);
+        }
+    }
+    ec = 0;
     natsStatus s = js_AddConsumer(&ci, b->js, c->stream, &cc, NULL, &ec);
     if (s == NATS_OK) {
         jsConsumerInfo_Destroy(ci);
@@ -660,36 +685,24 @@ struct bus_follower {
     void *ctx;
 };
 
-/* An ephemeral pull consumer from f->next; NULL on failure. */
+/* An ordered push consumer from f->next (cnats recreates it on gaps and
+ * after reconnects); NULL on failure. */
 static natsSubscription *bus__follow_subscribe(bus_follower *f)
 {
-    jsConsumerConfig cc;
-    jsConsumerInfo *ci = NULL;
     natsSubscription *sub = NULL;
     jsErrCode ec = 0;
+    jsSubOptions so;
 
-    jsConsumerConfig_Init(&cc);
-    cc.DeliverPolicy = js_DeliverByStartSequence;
-    cc.OptStartSeq = f->next;
-    cc.AckPolicy = js_AckNone;
-    cc.FilterSubject = f->filter;
-    cc.InactiveThreshold = 60LL * 1000000000LL; /* the server removes it if we vanish */
-    natsStatus s = js_AddConsumer(&ci, f->b->js, f->stream, &cc, NULL, &ec);
-    if (s == NATS_OK) {
-        jsSubOptions so;
-        jsSubOptions_Init(&so);
-        so.Stream = f->stream;
-        so.Consumer = ci->Name;
-        s = js_PullSubscribe(&sub, f->b->js, f->filter ? f->filter : ">", ci->Name, NULL, &so, &ec);
-        if (s == NATS_OK) {
-            natsSubscription_SetPendingLimits(sub, f->b->max_pending_msgs, f->b->max_pending_bytes);
-            snprintf(f->consumer, sizeof f->consumer, "%s", ci->Name);
-        } else {
-            js_DeleteConsumer(f->b->js, f->stream, ci->Name, NULL, NULL);
-        }
-    }
-    jsConsumerInfo_Destroy(ci);
-    return s == NATS_OK ? sub : NULL;
+    jsSubOptions_Init(&so);
+    so.Stream = f->stream;
+    so.Ordered = true;
+    so.Config.DeliverPolicy = js_DeliverByStartSequence;
+    so.Config.OptStartSeq = f->next;
+    natsStatus s = js_SubscribeSync(&sub, f->b->js, f->filter ? f->filter : ">", NULL, &so, &ec);
+    if (s != NATS_OK)
+        return NULL;
+    natsSubscription_SetPendingLimits(sub, f->b->max_pending_msgs, f->b->max_pending_bytes);
+    return sub;
 }
 
 static void *bus__follow_main(void *arg)
@@ -707,26 +720,23 @@ static void *bus__follow_main(void *arg)
             bus__sleep_ms(errors < 10 ? 100 * errors : 1000);
             continue;
         }
-        natsMsgList list = {0};
-        jsErrCode ec = 0;
-        natsStatus s = natsSubscription_Fetch(&list, sub, BUS_REPLAY_BATCH, 500, &ec);
+        natsMsg *msg = NULL;
+        natsStatus s = natsSubscription_NextMsg(&msg, sub, 500);
         if (s == NATS_OK) {
             errors = 0;
-            for (int i = 0; i < list.Count; i++) {
-                bus_in_msg in;
-                bus__in_msg(&in, list.Msgs[i]);
-                if (in.stream_seq < f->next) {
-                    continue; /* seen before a resubscribe */
-                }
+            bus_in_msg in;
+            bus__in_msg(&in, msg);
+            if (in.stream_seq >= f->next) { /* not seen before a resubscribe */
                 f->fn(&in, f->ctx);
                 f->next = in.stream_seq + 1;
             }
-        }
-        natsMsgList_Destroy(&list);
-        if (s == NATS_OK || s == NATS_TIMEOUT) {
+            natsMsg_Destroy(msg);
             continue;
         }
-        /* Lost the consumer or the link: start again after the last one delivered. */
+        if (s == NATS_TIMEOUT) {
+            continue;
+        }
+        /* Lost the subscription: start again after the last one delivered. */
         natsSubscription_Unsubscribe(sub);
         natsSubscription_Destroy(sub);
         sub = NULL;
@@ -735,7 +745,6 @@ static void *bus__follow_main(void *arg)
     if (sub) {
         natsSubscription_Unsubscribe(sub);
         natsSubscription_Destroy(sub);
-        js_DeleteConsumer(f->b->js, f->stream, f->consumer, NULL, NULL);
     }
     return NULL;
 }
@@ -809,6 +818,7 @@ struct bus_worker {
     bool cur_deferred;  /* the current message's handler published deferred */
     natsMsg **deferred; /* messages to ack once the batch's publishes are stored */
     int ndeferred;
+    natsMsg **batch_msgs; /* the batch being handled */
 };
 
 static char *bus__strdup(const char *s)
@@ -1039,8 +1049,11 @@ static ch_status bus__worker_subscribe(bus_worker *w)
     jsSubOptions so;
     jsSubOptions_Init(&so);
     so.Stream = w->stream;
+    so.Consumer = w->durable;
+    so.Queue = w->durable;
+    so.ManualAck = true;
     jsErrCode ec = 0;
-    natsStatus s = js_PullSubscribe(&w->sub, w->b->js, w->filter, w->durable, NULL, &so, &ec);
+    natsStatus s = js_SubscribeSync(&w->sub, w->b->js, w->filter ? w->filter : ">", NULL, &so, &ec);
     if (s != NATS_OK) {
         w->sub = NULL;
         return bus__status(s, ec);
@@ -1065,32 +1078,37 @@ static void *bus__worker_main(void *arg)
                 continue;
             }
         }
-        natsMsgList list = {0};
-        jsErrCode ec = 0;
-        natsStatus s = natsSubscription_Fetch(&list, w->sub, w->batch, w->fetch_wait_ms, &ec);
+        /* The server pushes; take what has arrived, up to a batch, waiting
+         * only for the first message. */
+        natsMsg *first = NULL;
+        natsStatus s = natsSubscription_NextMsg(&first, w->sub, w->fetch_wait_ms);
         if (s == NATS_OK) {
             if (errors > 0) {
-                log_info("worker fetching again", "worker", w->name, NULL);
+                log_info("worker receiving again", "worker", w->name, NULL);
             }
             errors = 0;
-            for (int i = 0; i < list.Count; i++) {
-                bus__handle(w, list.Msgs[i]);
+            int n = 0;
+            w->batch_msgs[n++] = first;
+            while (n < w->batch && natsSubscription_NextMsg(&w->batch_msgs[n], w->sub, 0) == NATS_OK) {
+                n++;
+            }
+            for (int i = 0; i < n; i++) {
+                bus__handle(w, w->batch_msgs[i]);
             }
             bus__flush_deferred(w);
-            natsMsgList_Destroy(&list);
+            for (int i = 0; i < n; i++) {
+                natsMsg_Destroy(w->batch_msgs[i]);
+            }
             continue;
         }
-        natsMsgList_Destroy(&list);
         if (s == NATS_TIMEOUT) {
-            /* Nothing pending, or cnats 3.4.1's early timeout: fetch again. */
-            continue;
+            continue; /* nothing to do */
         }
         if (errors++ == 0) {
-            log_warn("worker fetch failed, retrying", "worker", w->name, "nats_status", natsStatus_GetText(s),
-                     "detail", nats_GetLastError(NULL), NULL);
+            log_warn("worker receive failed, retrying", "worker", w->name, "nats_status",
+                     natsStatus_GetText(s), "detail", nats_GetLastError(NULL), NULL);
         }
-        if (s == NATS_CONNECTION_CLOSED || s == NATS_INVALID_SUBSCRIPTION || ec == JSConsumerNotFoundErr ||
-            errors % 20 == 0) {
+        if (s == NATS_CONNECTION_CLOSED || s == NATS_INVALID_SUBSCRIPTION || errors % 20 == 0) {
             natsSubscription_Destroy(w->sub);
             w->sub = NULL;
         }
@@ -1110,6 +1128,7 @@ static void bus__worker_free(bus_worker *w)
     pthread_mutex_destroy(&w->amu);
     pthread_cond_destroy(&w->acond);
     free(w->deferred);
+    free(w->batch_msgs);
     if (w->sub) {
         natsSubscription_Unsubscribe(w->sub);
         natsSubscription_Destroy(w->sub);
@@ -1171,7 +1190,8 @@ ch_status bus_worker_start(bus *b, const bus_worker_spec *ws, bus_worker **out)
     jo.PublishAsync.AckHandler = bus__on_worker_ack;
     jo.PublishAsync.AckHandlerClosure = w;
     w->deferred = calloc((size_t)w->batch, sizeof *w->deferred);
-    if (!w->deferred || natsConnection_JetStream(&w->js, b->nc, &jo) != NATS_OK) {
+    w->batch_msgs = calloc((size_t)w->batch, sizeof *w->batch_msgs);
+    if (!w->deferred || !w->batch_msgs || natsConnection_JetStream(&w->js, b->nc, &jo) != NATS_OK) {
         bus__worker_free(w);
         return CH_NO_MEMORY;
     }

@@ -248,8 +248,9 @@ typedef struct bus_follower bus_follower;
 /* Follows a stream: delivers every message matching filter_subject (NULL:
  * all) from start_seq on, in order, as it is stored, to fn on the
  * follower's own thread (fn's return value is ignored; it must not block
- * for long). No acks: an ephemeral consumer per follower, recreated after
- * the last message delivered when the connection or the consumer is lost.
+ * for long). No acks: an ordered push consumer per follower (the client
+ * recreates it on a gap), started again after the last message delivered
+ * when the subscription is lost.
  * This is how a replica keeps its read model up to date with what other
  * replicas did. *out is the caller's (bus_follow_stop). */
 ch_status bus_follow_start(bus *b, const char *stream, const char *filter_subject, uint64_t start_seq,

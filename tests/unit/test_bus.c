@@ -465,6 +465,183 @@ static void test_bus_worker_dead_now(void)
     bus_destroy(b);
 }
 
+/* ---- followers ---- */
+
+typedef struct follow_log {
+    atomic_int n; /* entries below n are complete */
+    uint64_t seq[MAX_EVENTS];
+    char subject[MAX_EVENTS][64];
+    char data[MAX_EVENTS][32];
+} follow_log;
+
+/* The follower's callback: records every delivery (on the follower thread). */
+static ch_status follow_record(const bus_in_msg *m, void *ctx)
+{
+    follow_log *f = ctx;
+    int i = atomic_load(&f->n);
+    if (i < MAX_EVENTS) {
+        f->seq[i] = m->stream_seq;
+        snprintf(f->subject[i], sizeof f->subject[i], "%s", m->subject);
+        snprintf(f->data[i], sizeof f->data[i], "%.*s", (int)m->len, (const char *)m->data);
+        atomic_store(&f->n, i + 1);
+    }
+    return CH_CANCELLED; /* ignored: a follower does not stop on its callback's status */
+}
+
+static follow_log *follow_log_new(void)
+{
+    follow_log *f = calloc(1, sizeof *f);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    atomic_init(&f->n, 0);
+    return f;
+}
+
+/* Stops f and returns how long that took, in ms. */
+static long long timed_stop(bus_follower *f)
+{
+    long long t0 = test_now_ms();
+    bus_follow_stop(f);
+    return test_now_ms() - t0;
+}
+
+/* True when the log holds exactly the payloads want[0..n), in stream order. */
+static bool follow_log_is(const follow_log *f, const char *const *want, int n)
+{
+    if (atomic_load(&f->n) != n) {
+        return false;
+    }
+    for (int i = 0; i < n; i++) {
+        if (strcmp(f->data[i], want[i]) != 0 || (i > 0 && f->seq[i] <= f->seq[i - 1])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void test_bus_follow_from_start_in_order_with_filter(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "FOLLOW", "follow.>");
+    CU_ASSERT_EQUAL(publish(b, "follow.a.1", "a1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "follow.b.1", "b1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "follow.a.2", "a2", NULL, NULL), CH_OK);
+    follow_log *only_a = follow_log_new(), *all = follow_log_new();
+    bus_follower *fa = NULL, *fall = NULL;
+    CU_ASSERT_EQUAL_FATAL(bus_follow_start(b, "FOLLOW", "follow.a.*", 1, follow_record, only_a, &fa), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(bus_follow_start(b, "FOLLOW", NULL, 0, follow_record, all, &fall), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&only_a->n, 2, 5000), 2);
+
+    /* published while it follows: delivered as stored */
+    CU_ASSERT_EQUAL(publish(b, "follow.a.3", "a3", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "follow.b.2", "b2", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "follow.a.4", "a4", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&only_a->n, 4, 5000), 4);
+    CU_ASSERT_EQUAL(test_wait_atomic(&all->n, 6, 5000), 6);
+    test_sleep_ms(700); /* more than one fetch wait: nothing is delivered twice */
+    const char *const want_a[] = {"a1", "a2", "a3", "a4"};
+    const char *const want_all[] = {"a1", "b1", "a2", "a3", "b2", "a4"};
+    CU_ASSERT_TRUE(follow_log_is(only_a, want_a, 4));
+    CU_ASSERT_TRUE(follow_log_is(all, want_all, 6));
+    for (int i = 0; i < atomic_load(&only_a->n); i++) {
+        CU_ASSERT_EQUAL(strncmp(only_a->subject[i], "follow.a.", 9), 0);
+    }
+    for (int i = 0; i < atomic_load(&all->n); i++) {
+        CU_ASSERT_EQUAL(all->seq[i], (uint64_t)i + 1);
+    }
+
+    /* stopping does not wait out more than the current fetch */
+    CU_ASSERT(timed_stop(fa) < 1000);
+    CU_ASSERT(timed_stop(fall) < 1000);
+    bus_follow_stop(NULL);
+    free(only_a);
+    free(all);
+    bus_destroy(b);
+}
+
+static void test_bus_follow_from_later_sequence(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "FLATER", "flater.>");
+    char d[16];
+    for (int i = 1; i <= 5; i++) {
+        snprintf(d, sizeof d, "m%d", i);
+        CU_ASSERT_EQUAL(publish(b, "flater.x", d, NULL, NULL), CH_OK);
+    }
+    follow_log *f = follow_log_new();
+    bus_follower *fl = NULL;
+    CU_ASSERT_EQUAL_FATAL(bus_follow_start(b, "FLATER", NULL, 4, follow_record, f, &fl), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&f->n, 2, 5000), 2);
+    CU_ASSERT_EQUAL(publish(b, "flater.x", "m6", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&f->n, 3, 5000), 3);
+    test_sleep_ms(700);
+    const char *const want[] = {"m4", "m5", "m6"};
+    CU_ASSERT_TRUE(follow_log_is(f, want, 3));
+    CU_ASSERT_EQUAL(f->seq[0], 4);
+    CU_ASSERT(timed_stop(fl) < 1000);
+
+    /* bad arguments: nothing started, *out cleared */
+    fl = (bus_follower *)f;
+    CU_ASSERT_EQUAL(bus_follow_start(NULL, "FLATER", NULL, 1, follow_record, f, &fl), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NULL(fl);
+    CU_ASSERT_EQUAL(bus_follow_start(b, NULL, NULL, 1, follow_record, f, &fl), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(bus_follow_start(b, "FLATER", NULL, 1, NULL, f, &fl), CH_INVALID_ARGUMENT);
+    free(f);
+    bus_destroy(b);
+}
+
+static void test_bus_follow_waits_for_stream(void)
+{
+    bus *b = connect_bus();
+    follow_log *f = follow_log_new();
+    bus_follower *fl = NULL;
+    /* the stream does not exist yet: the follower retries until it does */
+    CU_ASSERT_EQUAL_FATAL(bus_follow_start(b, "FWAIT", NULL, 1, follow_record, f, &fl), CH_OK);
+    test_sleep_ms(300);
+    ensure(b, "FWAIT", "fwait.>");
+    CU_ASSERT_EQUAL(publish(b, "fwait.x", "w1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&f->n, 1, 5000), 1);
+    const char *const want[] = {"w1"};
+    CU_ASSERT_TRUE(follow_log_is(f, want, 1));
+    CU_ASSERT(timed_stop(fl) < 1500); /* may be in a retry sleep */
+    free(f);
+    bus_destroy(b);
+}
+
+static void test_bus_follow_resumes_after_server_restart(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "FRESTART", "frestart.>");
+    CU_ASSERT_EQUAL(publish(b, "frestart.x", "r1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "frestart.x", "r2", NULL, NULL), CH_OK);
+    follow_log *f = follow_log_new();
+    bus_follower *fl = NULL;
+    CU_ASSERT_EQUAL_FATAL(bus_follow_start(b, "FRESTART", "frestart.x", 1, follow_record, f, &fl), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&f->n, 2, 5000), 2);
+
+    CU_ASSERT_EQUAL_FATAL(natsd_restart(server), CH_OK);
+    ch_status st = CH_UNAVAILABLE;
+    for (int i = 0; i < 100 && st != CH_OK; i++) {
+        st = publish(b, "frestart.x", "r3", "r3-id", NULL); /* an id: a retry stores it once */
+        if (st != CH_OK) {
+            test_sleep_ms(100);
+        }
+    }
+    CU_ASSERT_EQUAL_FATAL(st, CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "frestart.x", "r4", "r4-id", NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&f->n, 4, 15000), 4);
+    test_sleep_ms(1000); /* a resubscribe must not deliver r1..r4 again */
+    const char *const want[] = {"r1", "r2", "r3", "r4"};
+    CU_ASSERT_TRUE(follow_log_is(f, want, 4));
+    if (!follow_log_is(f, want, 4)) {
+        for (int i = 0; i < atomic_load(&f->n); i++) {
+            fprintf(stderr, "\n  follower got seq %llu %s", (unsigned long long)f->seq[i], f->data[i]);
+        }
+    }
+    CU_ASSERT(timed_stop(fl) < 1000);
+    free(f);
+    bus_destroy(b);
+}
+
 static void test_bus_connection_state(void)
 {
     bus *b = connect_bus();
@@ -571,6 +748,10 @@ int main(void)
         {"worker retry backoff", test_bus_worker_retry_backoff},
         {"worker dead-letters after max deliver", test_bus_worker_dead_letters_after_max_deliver},
         {"worker dead now", test_bus_worker_dead_now},
+        {"follow from the start, in order, with a filter", test_bus_follow_from_start_in_order_with_filter},
+        {"follow from a later sequence", test_bus_follow_from_later_sequence},
+        {"follow waits for the stream", test_bus_follow_waits_for_stream},
+        {"follow resumes after a server restart", test_bus_follow_resumes_after_server_restart},
         {"connection state", test_bus_connection_state},
         {"create before server", test_bus_create_before_server},
         {NULL, NULL},

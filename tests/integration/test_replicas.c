@@ -1,0 +1,578 @@
+/* test_replicas.c: two replicas of every service against one nats-server.
+ *
+ * Each service runs twice ("<svc>-a", "<svc>-b"): the replicas share their
+ * durable consumers (competing consumers), inventory and payment share their
+ * ledgers (compare-and-set), and orders and notifications follow the stream
+ * for their read models. The tests prove that work is split between replicas,
+ * that no effect happens twice, that either replica answers with the same
+ * state, and that one replica of each service dying (kill -9) stops no saga. */
+#include <CUnit/CUnit.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "choreo/inventory/v1/inventory.pb-c.h"
+#include "choreo/notifications/v1/notifications.pb-c.h"
+#include "choreo/orders/v1/orders.pb-c.h"
+#include "choreo/payment/v1/payment.pb-c.h"
+#include "cu_run.h"
+#include "harness.h"
+#include "order_core.h"
+
+enum { ORDERS, INVENTORY, PAYMENT, NOTIFICATIONS, NSVC };
+enum { A, B, NREP };
+static const char *const svc_names[NSVC] = {"orders", "inventory", "payment", "notifications"};
+static const char *const svc_bins[NSVC] = {ORDERS_BIN, INVENTORY_BIN, PAYMENT_BIN, NOTIFICATIONS_BIN};
+static const char *const svc_api[NSVC] = {"choreo.orders.v1.Orders", "choreo.inventory.v1.Inventory",
+                                          "choreo.payment.v1.Payment",
+                                          "choreo.notifications.v1.Notifications"};
+
+static natsd *nats;
+static svc_proc svc[NSVC][NREP];
+
+#define CONFIRMED   CHOREO__ORDERS__V1__ORDER_STATUS__ORDER_STATUS_CONFIRMED
+#define CANCELLED   CHOREO__ORDERS__V1__ORDER_STATUS__ORDER_STATUS_CANCELLED
+#define N_CONFIRMED CHOREO__NOTIFICATIONS__V1__NOTIFICATION_KIND__NOTIFICATION_KIND_ORDER_CONFIRMED
+#define N_CANCELLED CHOREO__NOTIFICATIONS__V1__NOTIFICATION_KIND__NOTIFICATION_KIND_ORDER_CANCELLED
+
+static int suite_init(void)
+{
+    const char *env[] = {"CHOREO_SHUTDOWN_GRACE_MS=3000", NULL};
+    char name[32];
+
+    if (natsd_start(&nats, NULL) != CH_OK)
+        return 1;
+    for (int s = 0; s < NSVC; s++)
+        for (int r = 0; r < NREP; r++) {
+            snprintf(name, sizeof name, "%s-%c", svc_names[s], 'a' + r);
+            if (svc_start(&svc[s][r], name, svc_bins[s], natsd_url(nats), env, 15000) != CH_OK)
+                return 1;
+        }
+    return 0;
+}
+
+static int suite_cleanup(void)
+{
+    for (int s = NSVC - 1; s >= 0; s--)
+        for (int r = 0; r < NREP; r++)
+            svc_destroy(&svc[s][r]);
+    natsd_destroy(nats);
+    return 0;
+}
+
+/* ---- calls (one replica each) ---- */
+
+static ch_status call(int s, int r, const char *method, const ProtobufCMessage *req,
+                      const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp)
+{
+    char path[160];
+    snprintf(path, sizeof path, "/%s/%s", svc_api[s], method);
+    return rpc_client_call(svc[s][r].client, path, NULL, 0, req, resp_desc, resp, 5000, NULL);
+}
+
+static void set_stock(int r, const char *sku, int64_t n)
+{
+    Choreo__Inventory__V1__SetStockRequest req = CHOREO__INVENTORY__V1__SET_STOCK_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
+    req.sku = (char *)sku;
+    req.available = n;
+    CU_ASSERT_EQUAL_FATAL(call(INVENTORY, r, "SetStock", &req.base,
+                               &choreo__inventory__v1__set_stock_response__descriptor, &resp),
+                          CH_OK);
+    protobuf_c_message_free_unpacked(resp, NULL);
+}
+
+typedef struct stock {
+    int64_t available, reserved, sold, total_in;
+} stock;
+
+static stock get_stock(int r, const char *sku)
+{
+    Choreo__Inventory__V1__GetStockRequest req = CHOREO__INVENTORY__V1__GET_STOCK_REQUEST__INIT;
+    Choreo__Inventory__V1__GetStockResponse *resp = NULL;
+    stock s = {-1, -1, -1, -1};
+    req.sku = (char *)sku;
+    if (call(INVENTORY, r, "GetStock", &req.base, &choreo__inventory__v1__get_stock_response__descriptor,
+             (ProtobufCMessage **)&resp) == CH_OK) {
+        s = (stock){resp->stock->available, resp->stock->reserved, resp->stock->sold, resp->stock->total_in};
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    }
+    return s;
+}
+
+static void credit(int r, const char *customer, int64_t cents)
+{
+    Choreo__Payment__V1__CreditAccountRequest req = CHOREO__PAYMENT__V1__CREDIT_ACCOUNT_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
+    req.customer_id = (char *)customer;
+    req.amount_cents = cents;
+    CU_ASSERT_EQUAL_FATAL(call(PAYMENT, r, "CreditAccount", &req.base,
+                               &choreo__payment__v1__credit_account_response__descriptor, &resp),
+                          CH_OK);
+    protobuf_c_message_free_unpacked(resp, NULL);
+}
+
+typedef struct account {
+    int64_t balance, credited, charged, refunded;
+} account;
+
+static account get_account(int r, const char *customer)
+{
+    Choreo__Payment__V1__GetAccountRequest req = CHOREO__PAYMENT__V1__GET_ACCOUNT_REQUEST__INIT;
+    Choreo__Payment__V1__GetAccountResponse *resp = NULL;
+    account a = {-1, -1, -1, -1};
+    req.customer_id = (char *)customer;
+    if (call(PAYMENT, r, "GetAccount", &req.base, &choreo__payment__v1__get_account_response__descriptor,
+             (ProtobufCMessage **)&resp) == CH_OK) {
+        a = (account){resp->account->balance_cents, resp->account->credited_cents,
+                      resp->account->charged_cents, resp->account->refunded_cents};
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    }
+    return a;
+}
+
+/* CreateOrder with one item through orders replica r; while r is
+ * unavailable, the other replica takes the same request (same idempotency
+ * key, hence the same order). */
+static ch_status place(int r, const char *customer, const char *key, const char *sku, uint32_t qty,
+                       int64_t price, char id[ORDER_ID_MAX + 1])
+{
+    Choreo__Orders__V1__LineItem li = CHOREO__ORDERS__V1__LINE_ITEM__INIT;
+    Choreo__Orders__V1__LineItem *items[1] = {&li};
+    Choreo__Orders__V1__CreateOrderRequest req = CHOREO__ORDERS__V1__CREATE_ORDER_REQUEST__INIT;
+    Choreo__Orders__V1__CreateOrderResponse *resp = NULL;
+    ch_status st = CH_UNAVAILABLE;
+
+    li.sku = (char *)sku;
+    li.quantity = qty;
+    li.unit_price_cents = price;
+    req.customer_id = (char *)customer;
+    req.idempotency_key = (char *)key;
+    req.n_items = 1;
+    req.items = items;
+    for (int attempt = 0; attempt < 100; attempt++, r ^= 1) {
+        st = call(ORDERS, r, "CreateOrder", &req.base, &choreo__orders__v1__create_order_response__descriptor,
+                  (ProtobufCMessage **)&resp);
+        if (st == CH_OK) {
+            snprintf(id, ORDER_ID_MAX + 1, "%s", resp->order->order_id);
+            protobuf_c_message_free_unpacked(&resp->base, NULL);
+            return CH_OK;
+        }
+        if (st != CH_UNAVAILABLE && st != CH_TIMEOUT && st != CH_CANCELLED)
+            return st;
+        test_sleep_ms(50);
+    }
+    return st;
+}
+
+/* The order's status as orders replica r sees it; -1 when unknown. */
+static int status_at(int r, const char *id)
+{
+    Choreo__Orders__V1__GetOrderRequest req = CHOREO__ORDERS__V1__GET_ORDER_REQUEST__INIT;
+    Choreo__Orders__V1__GetOrderResponse *resp = NULL;
+    req.order_id = (char *)id;
+    if (call(ORDERS, r, "GetOrder", &req.base, &choreo__orders__v1__get_order_response__descriptor,
+             (ProtobufCMessage **)&resp) != CH_OK)
+        return -1;
+    int s = (int)resp->order->status;
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return s;
+}
+
+/* Polls replica r until the order is in status want (-2: any final one);
+ * returns the last status seen. */
+static int wait_status(int r, const char *id, int want, int timeout_ms)
+{
+    long long end = test_now_ms() + timeout_ms;
+    int st;
+    while (st = status_at(r, id),
+           !(st == want || (want == -2 && (st == CONFIRMED || st == CANCELLED))) && test_now_ms() < end)
+        test_sleep_ms(20);
+    return st;
+}
+
+/* Notifications of one kind (0: any) for an order, as replica r lists them. */
+static int notifications_at(int r, const char *order_id, int kind)
+{
+    Choreo__Notifications__V1__ListNotificationsRequest req =
+        CHOREO__NOTIFICATIONS__V1__LIST_NOTIFICATIONS_REQUEST__INIT;
+    Choreo__Notifications__V1__ListNotificationsResponse *resp = NULL;
+    req.order_id = (char *)order_id;
+    req.page_size = 50;
+    if (call(NOTIFICATIONS, r, "ListNotifications", &req.base,
+             &choreo__notifications__v1__list_notifications_response__descriptor,
+             (ProtobufCMessage **)&resp) != CH_OK)
+        return -1;
+    int n = 0;
+    for (size_t i = 0; i < resp->n_notifications; i++)
+        if (kind == 0 || (int)resp->notifications[i]->kind == kind)
+            n++;
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return n;
+}
+
+/* True once replica r lists exactly one notification for the order, of kind. */
+static bool wait_one_notification(int r, const char *order_id, int kind, int timeout_ms)
+{
+    long long end = test_now_ms() + timeout_ms;
+    do {
+        if (notifications_at(r, order_id, kind) == 1 && notifications_at(r, order_id, 0) == 1)
+            return true;
+        test_sleep_ms(20);
+    } while (test_now_ms() < end);
+    return false;
+}
+
+/* Events replica s handled and acked: its `msg="event handled" ... outcome=ack` log lines. */
+static int acks_in_log(const svc_proc *s)
+{
+    char line[4096];
+    int n = 0;
+    FILE *f = fopen(s->log_path, "r");
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, "msg=\"event handled\"") && strstr(line, " outcome=ack"))
+            n++;
+    fclose(f);
+    return n;
+}
+
+/* ---- a run of orders from a few threads, through both orders replicas ---- */
+
+#define RUN_MAX     240
+#define RUN_THREADS 3
+#define CUSTOMERS   6 /* the last one is poor */
+#define SKUS        4 /* the last one runs out */
+#define POOR_CREDIT 3000
+#define SCARCE      20
+#define PRICE       250
+
+typedef struct order_rec {
+    char id[ORDER_ID_MAX + 1];
+    int customer, sku;
+    uint32_t qty;
+    int status; /* final */
+} order_rec;
+
+typedef struct run {
+    const char *prefix; /* of keys, customers and skus */
+    int n;              /* orders to place */
+    int pace_ms;        /* pause between two orders of one thread */
+    atomic_int placed;
+    atomic_int failed;
+    order_rec orders[RUN_MAX];
+} run;
+
+typedef struct placer {
+    pthread_t t;
+    run *run;
+    int index;
+} placer;
+
+static void customer_name(char *out, size_t cap, const char *prefix, int c)
+{
+    snprintf(out, cap, "%s-c%d", prefix, c);
+}
+
+static void sku_name(char *out, size_t cap, const char *prefix, int s)
+{
+    snprintf(out, cap, "%s-s%d", prefix, s);
+}
+
+static void *place_loop(void *arg)
+{
+    placer *p = arg;
+    run *rn = p->run;
+    char key[48], customer[32], sku[32];
+    for (int k = p->index; k < rn->n; k += RUN_THREADS) {
+        order_rec *o = &rn->orders[k];
+        o->customer = (k * 7 + p->index) % CUSTOMERS;
+        o->sku = k % SKUS;
+        o->qty = 1 + (uint32_t)(k % 3);
+        snprintf(key, sizeof key, "%s-%d", rn->prefix, k);
+        customer_name(customer, sizeof customer, rn->prefix, o->customer);
+        sku_name(sku, sizeof sku, rn->prefix, o->sku);
+        /* order k goes to orders-a or orders-b in turn */
+        if (place(k % NREP, customer, key, sku, o->qty, PRICE, o->id) == CH_OK)
+            atomic_fetch_add(&rn->placed, 1);
+        else
+            atomic_fetch_add(&rn->failed, 1);
+        if (rn->pace_ms)
+            test_sleep_ms(rn->pace_ms);
+    }
+    return NULL;
+}
+
+/* Seeds stock and credit (alternating the replica that writes them, so both
+ * replicas append to each ledger) and starts the placers. */
+static void run_start(run *rn, placer *pl)
+{
+    char name[32];
+    for (int s = 0; s < SKUS; s++) {
+        sku_name(name, sizeof name, rn->prefix, s);
+        set_stock(s % NREP, name, s == SKUS - 1 ? SCARCE : 100000);
+    }
+    for (int c = 0; c < CUSTOMERS; c++) {
+        customer_name(name, sizeof name, rn->prefix, c);
+        credit((c + 1) % NREP, name, c == CUSTOMERS - 1 ? POOR_CREDIT : 10000000);
+    }
+    for (int i = 0; i < RUN_THREADS; i++) {
+        pl[i] = (placer){.run = rn, .index = i};
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&pl[i].t, NULL, place_loop, &pl[i]), 0);
+    }
+}
+
+/* Joins the placers and waits for every saga to end, reading through orders
+ * replica r; fills each order's final status. */
+static void run_finish(run *rn, placer *pl, int r)
+{
+    for (int i = 0; i < RUN_THREADS; i++)
+        pthread_join(pl[i].t, NULL);
+    CU_ASSERT_EQUAL(atomic_load(&rn->placed), rn->n);
+    CU_ASSERT_EQUAL(atomic_load(&rn->failed), 0);
+    long long end = test_now_ms() + 40000;
+    int ended = 0, confirmed = 0, cancelled = 0, unplanned = 0;
+    for (int k = 0; k < rn->n; k++) {
+        order_rec *o = &rn->orders[k];
+        long long left = end - test_now_ms();
+        o->status = wait_status(r, o->id, -2, left > 0 ? (int)left : 1);
+        confirmed += o->status == CONFIRMED;
+        cancelled += o->status == CANCELLED;
+        if (o->status != CONFIRMED && o->status != CANCELLED)
+            fprintf(stderr, "order %s (%d) stuck in status %d\n", o->id, k, o->status);
+        /* only the scarce SKU or the poor customer may cancel an order */
+        if (o->status == CANCELLED && o->sku != SKUS - 1 && o->customer != CUSTOMERS - 1) {
+            fprintf(stderr, "order %s (%d) cancelled unplanned\n", o->id, k);
+            unplanned++;
+        }
+    }
+    ended = confirmed + cancelled;
+    CU_ASSERT_EQUAL(ended, rn->n);
+    CU_ASSERT_EQUAL(unplanned, 0);
+    CU_ASSERT_TRUE(confirmed > 0);
+    CU_ASSERT_TRUE(cancelled > 0);
+}
+
+static bool stock_eq(stock x, stock y)
+{
+    return x.available == y.available && x.reserved == y.reserved && x.sold == y.sold &&
+           x.total_in == y.total_in;
+}
+
+static bool account_eq(account x, account y)
+{
+    return x.balance == y.balance && x.credited == y.credited && x.charged == y.charged &&
+           x.refunded == y.refunded;
+}
+
+/* Stock of sku read through both inventory replicas, retried until both
+ * answer the same and the saga's last effects have landed (sold == want_sold
+ * and nothing reserved; want_sold < 0: any). Another replica's ledger
+ * appends reach a replica's reads through its ledger follower, and a commit
+ * may land shortly after the order is CONFIRMED (a retried handler). */
+static bool stock_settles(const char *sku, int64_t want_sold, stock *out, int timeout_ms)
+{
+    long long end = test_now_ms() + timeout_ms;
+    stock sa, sb;
+    do {
+        sa = get_stock(A, sku);
+        sb = get_stock(B, sku);
+        if (stock_eq(sa, sb) && sa.total_in >= 0 &&
+            (want_sold < 0 || (sa.sold == want_sold && sa.reserved == 0))) {
+            *out = sa;
+            return true;
+        }
+        test_sleep_ms(50);
+    } while (test_now_ms() < end);
+    fprintf(
+        stderr,
+        "stock of %s not settled (want sold=%lld reserved=0, same on both): a avail=%lld res=%lld sold=%lld "
+        "in=%lld, b avail=%lld res=%lld sold=%lld in=%lld\n",
+        sku, (long long)want_sold, (long long)sa.available, (long long)sa.reserved, (long long)sa.sold,
+        (long long)sa.total_in, (long long)sb.available, (long long)sb.reserved, (long long)sb.sold,
+        (long long)sb.total_in);
+    *out = sa;
+    return false;
+}
+
+/* The account read through both payment replicas, retried until both answer
+ * the same with charged == want_charged (< 0: any). */
+static bool account_settles(const char *customer, int64_t want_charged, account *out, int timeout_ms)
+{
+    long long end = test_now_ms() + timeout_ms;
+    account aa, ab;
+    do {
+        aa = get_account(A, customer);
+        ab = get_account(B, customer);
+        if (account_eq(aa, ab) && aa.credited >= 0 && (want_charged < 0 || aa.charged == want_charged)) {
+            *out = aa;
+            return true;
+        }
+        test_sleep_ms(50);
+    } while (test_now_ms() < end);
+    fprintf(
+        stderr,
+        "account %s not settled (want charged=%lld, same on both): a bal=%lld cred=%lld chg=%lld ref=%lld, "
+        "b bal=%lld cred=%lld chg=%lld ref=%lld\n",
+        customer, (long long)want_charged, (long long)aa.balance, (long long)aa.credited,
+        (long long)aa.charged, (long long)aa.refunded, (long long)ab.balance, (long long)ab.credited,
+        (long long)ab.charged, (long long)ab.refunded);
+    *out = aa;
+    return false;
+}
+
+/* Everything the run did, read through BOTH replicas of every service:
+ * equal answers, conservation, each effect exactly once (stock sold and
+ * money charged are exactly the confirmed orders'), one notification per
+ * order of its final kind, the same order status on both orders replicas. */
+static void run_check_state(const run *rn)
+{
+    char name[32];
+    for (int s = 0; s < SKUS; s++) {
+        int64_t sold = 0;
+        for (int k = 0; k < rn->n; k++)
+            if (rn->orders[k].sku == s && rn->orders[k].status == CONFIRMED)
+                sold += rn->orders[k].qty;
+        sku_name(name, sizeof name, rn->prefix, s);
+        stock st;
+        CU_ASSERT_TRUE(stock_settles(name, sold, &st, 10000));
+        CU_ASSERT_EQUAL(st.available + st.reserved + st.sold, st.total_in);
+        CU_ASSERT_EQUAL(st.reserved, 0);
+        CU_ASSERT_EQUAL(st.sold, sold);
+        CU_ASSERT_EQUAL(st.total_in, s == SKUS - 1 ? SCARCE : 100000);
+    }
+    for (int c = 0; c < CUSTOMERS; c++) {
+        int64_t charged = 0;
+        for (int k = 0; k < rn->n; k++)
+            if (rn->orders[k].customer == c && rn->orders[k].status == CONFIRMED)
+                charged += (int64_t)rn->orders[k].qty * PRICE;
+        customer_name(name, sizeof name, rn->prefix, c);
+        account a;
+        CU_ASSERT_TRUE(account_settles(name, charged, &a, 10000));
+        CU_ASSERT_EQUAL(a.balance + a.charged - a.refunded, a.credited);
+        CU_ASSERT_EQUAL(a.credited, c == CUSTOMERS - 1 ? POOR_CREDIT : 10000000);
+        CU_ASSERT_EQUAL(a.charged, charged);
+        CU_ASSERT_EQUAL(a.refunded, 0);
+    }
+    int bad_notes = 0, bad_status = 0;
+    for (int k = 0; k < rn->n; k++) {
+        const order_rec *o = &rn->orders[k];
+        int kind = o->status == CONFIRMED ? N_CONFIRMED : N_CANCELLED;
+        for (int r = 0; r < NREP; r++) {
+            if (!wait_one_notification(r, o->id, kind, 5000)) {
+                fprintf(stderr, "order %s: notifications-%c lists %d (want one of kind %d)\n", o->id, 'a' + r,
+                        notifications_at(r, o->id, 0), kind);
+                bad_notes++;
+            }
+            if (wait_status(r, o->id, o->status, 3000) != o->status)
+                bad_status++;
+        }
+    }
+    CU_ASSERT_EQUAL(bad_notes, 0);
+    CU_ASSERT_EQUAL(bad_status, 0);
+}
+
+/* ---- tests ---- */
+
+static void test_replicas_read_models_follow_the_stream(void)
+{
+    char id[ORDER_ID_MAX + 1];
+    stock st;
+    account ac;
+
+    /* ledger writes through one replica reach the other's reads */
+    set_stock(A, "rm-sku", 10);
+    CU_ASSERT_TRUE(stock_settles("rm-sku", 0, &st, 2000));
+    CU_ASSERT_EQUAL(st.available, 10);
+    credit(B, "rm-cust", 10000);
+    CU_ASSERT_TRUE(account_settles("rm-cust", 0, &ac, 2000));
+    CU_ASSERT_EQUAL(ac.balance, 10000);
+
+    /* an order placed on one orders replica is read on the other */
+    for (int r = 0; r < NREP; r++) {
+        char key[16];
+        snprintf(key, sizeof key, "rm-%d", r);
+        CU_ASSERT_EQUAL_FATAL(place(r, "rm-cust", key, "rm-sku", 1, 100, id), CH_OK);
+        long long end = test_now_ms() + 2000;
+        while (status_at(r ^ 1, id) < 0 && test_now_ms() < end)
+            test_sleep_ms(20);
+        CU_ASSERT_TRUE(status_at(r ^ 1, id) >= 0); /* the other replica knows it */
+        int here = wait_status(r, id, -2, 10000);
+        CU_ASSERT_EQUAL(here, CONFIRMED);
+        CU_ASSERT_EQUAL(wait_status(r ^ 1, id, here, 2000), here); /* and follows it to the end */
+        CU_ASSERT_TRUE(wait_one_notification(A, id, N_CONFIRMED, 2000));
+        CU_ASSERT_TRUE(wait_one_notification(B, id, N_CONFIRMED, 2000));
+    }
+    /* and the effects of the sagas, on both replicas */
+    CU_ASSERT_TRUE(stock_settles("rm-sku", 2, &st, 5000));
+    CU_ASSERT_EQUAL(st.sold, 2);
+    CU_ASSERT_EQUAL(st.available, 8);
+    CU_ASSERT_TRUE(account_settles("rm-cust", 200, &ac, 5000));
+    CU_ASSERT_EQUAL(ac.charged, 200);
+    CU_ASSERT_EQUAL(ac.balance, 9800);
+}
+
+static void test_replicas_compete_and_effects_happen_once(void)
+{
+    static run rn = {.prefix = "cc", .n = 200};
+    placer pl[RUN_THREADS];
+    int before[NSVC][NREP];
+
+    for (int s = 0; s < NSVC; s++)
+        for (int r = 0; r < NREP; r++)
+            before[s][r] = acks_in_log(&svc[s][r]);
+    run_start(&rn, pl);
+    run_finish(&rn, pl, A);
+    run_check_state(&rn);
+
+    /* every replica took a share of the events of this run */
+    for (int s = 0; s < NSVC; s++) {
+        int total = 0;
+        for (int r = 0; r < NREP; r++) {
+            int handled = acks_in_log(&svc[s][r]) - before[s][r];
+            total += handled;
+            if (handled <= 0)
+                fprintf(stderr, "%s handled no event of the run\n", svc[s][r].name);
+            CU_ASSERT_TRUE(handled > 0);
+        }
+        fprintf(stderr, "\n  %s: %d events acked by the two replicas", svc_names[s], total);
+    }
+    fprintf(stderr, "\n");
+}
+
+static void test_replicas_one_replica_of_each_killed_mid_run(void)
+{
+    static run rn = {.prefix = "kl", .n = 150, .pace_ms = 5};
+    placer pl[RUN_THREADS];
+    /* the replicas that die: orders-b, inventory-a, payment-b, notifications-a */
+    static const int victim[NSVC] = {B, A, B, A};
+
+    run_start(&rn, pl);
+    long long end = test_now_ms() + 20000;
+    while (atomic_load(&rn.placed) < rn.n / 3 && test_now_ms() < end)
+        test_sleep_ms(5);
+    CU_ASSERT_TRUE(atomic_load(&rn.placed) < rn.n); /* mid-run */
+    for (int s = 0; s < NSVC; s++)
+        svc_kill(&svc[s][victim[s]]);
+    /* the survivors take over the shared consumers: every saga ends */
+    run_finish(&rn, pl, victim[ORDERS] ^ 1);
+
+    /* the dead replicas come back and rebuild the same state */
+    for (int s = 0; s < NSVC; s++)
+        CU_ASSERT_EQUAL_FATAL(svc_restart(&svc[s][victim[s]], 15000), CH_OK);
+    run_check_state(&rn);
+}
+
+int main(void)
+{
+    static const cu_test tests[] = {
+        {"read models follow the stream", test_replicas_read_models_follow_the_stream},
+        {"replicas compete and effects happen once", test_replicas_compete_and_effects_happen_once},
+        {"one replica of each service killed mid-run", test_replicas_one_replica_of_each_killed_mid_run},
+        {NULL, NULL},
+    };
+    return cu_run("replicas", suite_init, suite_cleanup, tests);
+}
