@@ -219,6 +219,10 @@ ch_status bus_create(bus **out, const bus_options *o)
     if (!o) {
         return CH_INVALID_ARGUMENT;
     }
+    /* cnats spins on its locks before sleeping (2000 tries by default): on
+     * a small machine that burns the core the lock holder needs. Only the
+     * first call in a process takes effect. */
+    nats_Open(0);
     bus *b = calloc(1, sizeof *b);
     if (!b) {
         return CH_NO_MEMORY;
