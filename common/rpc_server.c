@@ -970,6 +970,47 @@ cleanup:
     return rc;
 }
 
+ch_status rpc_server_add_service(rpc_server *s, const ProtobufCServiceDescriptor *service,
+                                 const rpc_handler *handlers, size_t n, void *ctx)
+{
+    char path[256];
+
+    if (!s || !service || (n && !handlers))
+        return CH_INVALID_ARGUMENT;
+    for (size_t i = 0; i < n; i++) {
+        if (!protobuf_c_service_descriptor_get_method_by_name(service, handlers[i].method)) {
+            log_error("rpc handler for no such method", "service", service->name, "method",
+                      handlers[i].method, NULL);
+            return CH_INVALID_ARGUMENT;
+        }
+    }
+    const rpc_handler *by_method[RPC_MAX_METHODS];
+    if (service->n_methods > RPC_MAX_METHODS)
+        return CH_RESOURCE_EXHAUSTED;
+    /* Check everything first: on failure nothing is registered. */
+    for (unsigned m = 0; m < service->n_methods; m++) {
+        const ProtobufCMethodDescriptor *md = &service->methods[m];
+        by_method[m] = NULL;
+        for (size_t i = 0; i < n && !by_method[m]; i++)
+            if (strcmp(handlers[i].method, md->name) == 0)
+                by_method[m] = &handlers[i];
+        if (!by_method[m]) {
+            log_error("rpc method without a handler", "service", service->name, "method", md->name, NULL);
+            return CH_INVALID_ARGUMENT;
+        }
+    }
+    for (unsigned m = 0; m < service->n_methods; m++) {
+        const ProtobufCMethodDescriptor *md = &service->methods[m];
+        const rpc_handler *h = by_method[m];
+        snprintf(path, sizeof path, "/%s/%s", service->name, md->name);
+        rpc_method rm = {path, h->kind, md->input, md->output, h->unary, h->stream, ctx};
+        ch_status st = rpc_server_add_method(s, &rm);
+        if (st != CH_OK)
+            return st;
+    }
+    return CH_OK;
+}
+
 const char *const *rpc_server_services(const rpc_server *s, size_t *count)
 {
     if (count)

@@ -82,6 +82,22 @@ ch_status rpc_server_create(rpc_server **out, const rpc_server_options *opts);
  * rpc_server_services, which reflection lists. */
 ch_status rpc_server_add_method(rpc_server *s, const rpc_method *m);
 
+/* One handler of a service, by method name as in the .proto. */
+typedef struct rpc_handler {
+    const char *method;   /* "CreateOrder" */
+    rpc_kind kind;        /* protobuf-c does not record streaming: say it here */
+    rpc_unary_fn unary;   /* for RPC_UNARY */
+    rpc_stream_fn stream; /* for the streaming kinds */
+} rpc_handler;
+
+/* Registers every method of a protobuf-c service descriptor, taking the
+ * paths and message types from it; handlers[] (n entries) names one handler
+ * per method. CH_INVALID_ARGUMENT (and a log line naming it) when a method of
+ * the service has no handler or a handler names no method, so a service
+ * cannot leave part of its .proto unserved. Only before rpc_server_start. */
+ch_status rpc_server_add_service(rpc_server *s, const ProtobufCServiceDescriptor *service,
+                                 const rpc_handler *handlers, size_t n, void *ctx);
+
 /* Names of the services registered so far ("choreo.orders.v1.Orders", ...),
  * in registration order, each once. The array belongs to the server. */
 const char *const *rpc_server_services(const rpc_server *s, size_t *count);

@@ -235,27 +235,13 @@ static void get_reservation(rpc_call *call, const ProtobufCMessage *msg, void *c
 
 ch_status inventory_rpc_register(rpc_server *s, inventory_service *svc)
 {
-    const rpc_method methods[] = {
-        {"/" INVENTORY_SERVICE_NAME "/SetStock", RPC_UNARY,
-         &choreo__inventory__v1__set_stock_request__descriptor,
-         &choreo__inventory__v1__set_stock_response__descriptor, set_stock, NULL, svc},
-        {"/" INVENTORY_SERVICE_NAME "/AdjustStock", RPC_UNARY,
-         &choreo__inventory__v1__adjust_stock_request__descriptor,
-         &choreo__inventory__v1__adjust_stock_response__descriptor, adjust_stock, NULL, svc},
-        {"/" INVENTORY_SERVICE_NAME "/GetStock", RPC_UNARY,
-         &choreo__inventory__v1__get_stock_request__descriptor,
-         &choreo__inventory__v1__get_stock_response__descriptor, get_stock, NULL, svc},
-        {"/" INVENTORY_SERVICE_NAME "/ListStock", RPC_UNARY,
-         &choreo__inventory__v1__list_stock_request__descriptor,
-         &choreo__inventory__v1__list_stock_response__descriptor, list_stock, NULL, svc},
-        {"/" INVENTORY_SERVICE_NAME "/GetReservation", RPC_UNARY,
-         &choreo__inventory__v1__get_reservation_request__descriptor,
-         &choreo__inventory__v1__get_reservation_response__descriptor, get_reservation, NULL, svc},
+    static const rpc_handler handlers[] = {
+        {"SetStock", RPC_UNARY, set_stock, NULL},
+        {"AdjustStock", RPC_UNARY, adjust_stock, NULL},
+        {"GetStock", RPC_UNARY, get_stock, NULL},
+        {"ListStock", RPC_UNARY, list_stock, NULL},
+        {"GetReservation", RPC_UNARY, get_reservation, NULL},
     };
-    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
-        ch_status st = rpc_server_add_method(s, &methods[i]);
-        if (st != CH_OK)
-            return st;
-    }
-    return CH_OK;
+    return rpc_server_add_service(s, &choreo__inventory__v1__inventory__descriptor, handlers,
+                                  sizeof handlers / sizeof handlers[0], svc);
 }

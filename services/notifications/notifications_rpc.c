@@ -140,18 +140,10 @@ static ch_status watch_notifications(rpc_stream *st, const ProtobufCMessage *msg
 ch_status notifications_rpc_register(rpc_server *s, notifications_service *svc)
 {
     svc->server = s;
-    const rpc_method methods[] = {
-        {"/" NOTIFICATIONS_SERVICE_NAME "/ListNotifications", RPC_UNARY,
-         &choreo__notifications__v1__list_notifications_request__descriptor,
-         &choreo__notifications__v1__list_notifications_response__descriptor, list_notifications, NULL, svc},
-        {"/" NOTIFICATIONS_SERVICE_NAME "/WatchNotifications", RPC_SERVER_STREAM,
-         &choreo__notifications__v1__watch_notifications_request__descriptor,
-         &choreo__notifications__v1__notification__descriptor, NULL, watch_notifications, svc},
+    static const rpc_handler handlers[] = {
+        {"ListNotifications", RPC_UNARY, list_notifications, NULL},
+        {"WatchNotifications", RPC_SERVER_STREAM, NULL, watch_notifications},
     };
-    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
-        ch_status st = rpc_server_add_method(s, &methods[i]);
-        if (st != CH_OK)
-            return st;
-    }
-    return CH_OK;
+    return rpc_server_add_service(s, &choreo__notifications__v1__notifications__descriptor, handlers,
+                                  sizeof handlers / sizeof handlers[0], svc);
 }

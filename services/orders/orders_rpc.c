@@ -395,26 +395,13 @@ cleanup:
 
 ch_status orders_rpc_register(rpc_server *s, orders_service *svc)
 {
-    const rpc_method methods[] = {
-        {"/" ORDERS_SERVICE_NAME "/CreateOrder", RPC_UNARY,
-         &choreo__orders__v1__create_order_request__descriptor,
-         &choreo__orders__v1__create_order_response__descriptor, create_order, NULL, svc},
-        {"/" ORDERS_SERVICE_NAME "/GetOrder", RPC_UNARY, &choreo__orders__v1__get_order_request__descriptor,
-         &choreo__orders__v1__get_order_response__descriptor, get_order, NULL, svc},
-        {"/" ORDERS_SERVICE_NAME "/ListOrders", RPC_UNARY,
-         &choreo__orders__v1__list_orders_request__descriptor,
-         &choreo__orders__v1__list_orders_response__descriptor, list_orders, NULL, svc},
-        {"/" ORDERS_SERVICE_NAME "/CancelOrder", RPC_UNARY,
-         &choreo__orders__v1__cancel_order_request__descriptor,
-         &choreo__orders__v1__cancel_order_response__descriptor, cancel_order, NULL, svc},
-        {"/" ORDERS_SERVICE_NAME "/GetOrderHistory", RPC_UNARY,
-         &choreo__orders__v1__get_order_history_request__descriptor,
-         &choreo__orders__v1__get_order_history_response__descriptor, get_order_history, NULL, svc},
+    static const rpc_handler handlers[] = {
+        {"CreateOrder", RPC_UNARY, create_order, NULL},
+        {"GetOrder", RPC_UNARY, get_order, NULL},
+        {"ListOrders", RPC_UNARY, list_orders, NULL},
+        {"CancelOrder", RPC_UNARY, cancel_order, NULL},
+        {"GetOrderHistory", RPC_UNARY, get_order_history, NULL},
     };
-    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
-        ch_status st = rpc_server_add_method(s, &methods[i]);
-        if (st != CH_OK)
-            return st;
-    }
-    return CH_OK;
+    return rpc_server_add_service(s, &choreo__orders__v1__orders__descriptor, handlers,
+                                  sizeof handlers / sizeof handlers[0], svc);
 }

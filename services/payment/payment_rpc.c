@@ -210,24 +210,12 @@ cleanup:
 
 ch_status payment_rpc_register(rpc_server *s, payment_service *svc)
 {
-    const rpc_method methods[] = {
-        {"/" PAYMENT_SERVICE_NAME "/CreditAccount", RPC_UNARY,
-         &choreo__payment__v1__credit_account_request__descriptor,
-         &choreo__payment__v1__credit_account_response__descriptor, credit_account, NULL, svc},
-        {"/" PAYMENT_SERVICE_NAME "/GetAccount", RPC_UNARY,
-         &choreo__payment__v1__get_account_request__descriptor,
-         &choreo__payment__v1__get_account_response__descriptor, get_account, NULL, svc},
-        {"/" PAYMENT_SERVICE_NAME "/GetPayment", RPC_UNARY,
-         &choreo__payment__v1__get_payment_request__descriptor,
-         &choreo__payment__v1__get_payment_response__descriptor, get_payment, NULL, svc},
-        {"/" PAYMENT_SERVICE_NAME "/ListPayments", RPC_UNARY,
-         &choreo__payment__v1__list_payments_request__descriptor,
-         &choreo__payment__v1__list_payments_response__descriptor, list_payments, NULL, svc},
+    static const rpc_handler handlers[] = {
+        {"CreditAccount", RPC_UNARY, credit_account, NULL},
+        {"GetAccount", RPC_UNARY, get_account, NULL},
+        {"GetPayment", RPC_UNARY, get_payment, NULL},
+        {"ListPayments", RPC_UNARY, list_payments, NULL},
     };
-    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
-        ch_status st = rpc_server_add_method(s, &methods[i]);
-        if (st != CH_OK)
-            return st;
-    }
-    return CH_OK;
+    return rpc_server_add_service(s, &choreo__payment__v1__payment__descriptor, handlers,
+                                  sizeof handlers / sizeof handlers[0], svc);
 }

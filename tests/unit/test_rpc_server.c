@@ -429,6 +429,36 @@ static void test_rpc_server_add_method_after_start_refused(void)
     rpc_server_destroy(s); /* never started */
 }
 
+static ch_status no_stream(rpc_stream *st, const ProtobufCMessage *req, void *ctx)
+{
+    return CH_UNIMPLEMENTED;
+}
+
+static void test_rpc_server_add_service_serves_every_method(void)
+{
+    rpc_server_options ok = {"127.0.0.1:0", 1, MAX_MSG, 4, 1000};
+    const rpc_handler partial[] = {{"Check", RPC_UNARY, echo_handler, NULL}};
+    const rpc_handler wrong[] = {{"Check", RPC_UNARY, echo_handler, NULL},
+                                 {"Watch", RPC_SERVER_STREAM, NULL, no_stream},
+                                 {"Nope", RPC_UNARY, echo_handler, NULL}};
+    const rpc_handler full[] = {{"Check", RPC_UNARY, echo_handler, NULL},
+                                {"Watch", RPC_SERVER_STREAM, NULL, no_stream}};
+    rpc_server *s = NULL;
+    size_t n = 0;
+
+    CU_ASSERT_EQUAL_FATAL(rpc_server_create(&s, &ok), CH_OK);
+    /* a method of the .proto without a handler, or a handler of no method: refused */
+    CU_ASSERT_EQUAL(rpc_server_add_service(s, &grpc__health__v1__health__descriptor, partial, 1, &g_ctx),
+                    CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(rpc_server_add_service(s, &grpc__health__v1__health__descriptor, wrong, 3, &g_ctx),
+                    CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(rpc_server_add_service(s, &grpc__health__v1__health__descriptor, full, 2, &g_ctx), CH_OK);
+    const char *const *names = rpc_server_services(s, &n);
+    CU_ASSERT_EQUAL_FATAL(n, 1);
+    CU_ASSERT_STRING_EQUAL(names[0], "grpc.health.v1.Health");
+    rpc_server_destroy(s);
+}
+
 static void test_rpc_server_server_stream_three_then_ok(void)
 {
     ctx_reset();
@@ -630,6 +660,7 @@ int main(void)
 {
     static const cu_test tests[] = {
         {"echo round trip", test_rpc_server_echo_round_trip},
+        {"add_service serves every method", test_rpc_server_add_service_serves_every_method},
         {"metadata in and out", test_rpc_server_metadata_in_and_out},
         {"error status reaches client", test_rpc_server_error_status_reaches_client},
         {"deferred reply", test_rpc_server_deferred_reply},
