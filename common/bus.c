@@ -566,11 +566,11 @@ ch_status bus_publish(bus *b, const bus_out_msg *m, int timeout_ms, bus_pub_ack 
     return st;
 }
 
-ch_status bus_publish_async(bus *b, const bus_out_msg *m)
+/* Queues m on js; *sent (guarded by mu) counts it until its ack handler
+ * runs. Shared by the bus-wide and the per-worker async paths. */
+static ch_status bus__publish_async_on(bus *b, jsCtx *js, pthread_mutex_t *mu, uint64_t *sent,
+                                       const bus_out_msg *m)
 {
-    if (!b) {
-        return CH_INVALID_ARGUMENT;
-    }
     if (!atomic_load(&b->up)) {
         return CH_UNAVAILABLE;
     }
@@ -583,19 +583,27 @@ ch_status bus_publish_async(bus *b, const bus_out_msg *m)
     jsPubOptions_Init(&po);
     po.MsgId = m->msg_id;
     po.MaxWait = BUS_ASYNC_MAX_WAIT_MS;
-    pthread_mutex_lock(&b->mu);
-    b->async_sent++;
-    pthread_mutex_unlock(&b->mu);
-    natsStatus s = js_PublishMsgAsync(b->js, &msg, &po);
+    pthread_mutex_lock(mu);
+    (*sent)++;
+    pthread_mutex_unlock(mu);
+    natsStatus s = js_PublishMsgAsync(js, &msg, &po);
     if (s != NATS_OK) {
         /* Not queued: the ack handler will never see it. */
-        pthread_mutex_lock(&b->mu);
-        b->async_sent--;
-        pthread_mutex_unlock(&b->mu);
+        pthread_mutex_lock(mu);
+        (*sent)--;
+        pthread_mutex_unlock(mu);
         natsMsg_Destroy(msg);
         return bus__fail("async publish failed", m->subject, s, 0);
     }
     return CH_OK;
+}
+
+ch_status bus_publish_async(bus *b, const bus_out_msg *m)
+{
+    if (!b || !m) {
+        return CH_INVALID_ARGUMENT;
+    }
+    return bus__publish_async_on(b, b->js, &b->mu, &b->async_sent, m);
 }
 
 ch_status bus_publish_async_wait(bus *b, int timeout_ms, uint64_t *failed)
@@ -931,31 +939,11 @@ ch_status bus_publish_deferred(const bus_in_msg *in, const bus_out_msg *m)
     if (!w || !m) {
         return CH_INVALID_ARGUMENT;
     }
-    if (!atomic_load(&w->b->up)) {
-        return CH_UNAVAILABLE;
+    ch_status st = bus__publish_async_on(w->b, w->js, &w->amu, &w->a_sent, m);
+    if (st == CH_OK) {
+        w->cur_deferred = true;
     }
-    natsMsg *msg = NULL;
-    ch_status st = bus__make_msg(&msg, m);
-    if (st != CH_OK) {
-        return st;
-    }
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MsgId = m->msg_id;
-    po.MaxWait = BUS_ASYNC_MAX_WAIT_MS;
-    pthread_mutex_lock(&w->amu);
-    w->a_sent++;
-    pthread_mutex_unlock(&w->amu);
-    natsStatus s = js_PublishMsgAsync(w->js, &msg, &po);
-    if (s != NATS_OK) {
-        pthread_mutex_lock(&w->amu);
-        w->a_sent--;
-        pthread_mutex_unlock(&w->amu);
-        natsMsg_Destroy(msg);
-        return bus__fail("deferred publish failed", m->subject, s, 0);
-    }
-    w->cur_deferred = true;
-    return CH_OK;
+    return st;
 }
 
 /* Waits for the batch's deferred publishes, then acks (or, if any failed or
