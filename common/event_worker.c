@@ -2,6 +2,7 @@
  * dispatching to the service's typed handler. */
 #include "event_worker.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,12 +23,14 @@ struct event_worker {
 void event_trace_id(const char *traceparent, char out[33])
 {
     /* "00-<32 hex trace id>-<16 hex span id>-<2 hex flags>" */
-    if (traceparent && strlen(traceparent) == 55 && traceparent[2] == '-' && traceparent[35] == '-') {
-        memcpy(out, traceparent + 3, 32);
-        out[32] = '\0';
-    } else {
-        out[0] = '\0';
-    }
+    out[0] = '\0';
+    if (!traceparent || strlen(traceparent) != 55 || traceparent[2] != '-' || traceparent[35] != '-')
+        return;
+    for (int i = 3; i < 35; i++)
+        if (!isxdigit((unsigned char)traceparent[i]))
+            return;
+    memcpy(out, traceparent + 3, 32);
+    out[32] = '\0';
 }
 
 ch_status event_init_caused(choreo_events_v1_Envelope *e, event_type t,

@@ -9,7 +9,7 @@
 
 #include "grpc/health/v1/health.pb-c.h"
 
-static ch_status spawn(svc_proc *s, const char *const *extra_env)
+static ch_status spawn(svc_proc *s)
 {
     char listen[96], nats[160];
     const char *env[24];
@@ -20,8 +20,8 @@ static ch_status spawn(svc_proc *s, const char *const *extra_env)
     env[n++] = listen;
     env[n++] = nats;
     env[n++] = "CHOREO_LOG_LEVEL=info";
-    for (size_t i = 0; extra_env && extra_env[i] && n < 23; i++)
-        env[n++] = extra_env[i];
+    for (int i = 0; i < s->n_extra && n < 23; i++)
+        env[n++] = s->extra_env[i];
     env[n] = NULL;
     const char *argv[] = {s->bin, NULL};
     return proc_spawn(&s->p, argv, env, s->log_path);
@@ -40,7 +40,9 @@ ch_status svc_start(svc_proc *s, const char *name, const char *bin, const char *
     snprintf(s->addr, sizeof s->addr, "127.0.0.1:%d", test_free_port());
     snprintf(s->log_path, sizeof s->log_path, "%s/%s.log", dir ? dir : "/tmp", name);
     remove(s->log_path);
-    st = spawn(s, extra_env);
+    for (size_t i = 0; extra_env && extra_env[i] && s->n_extra < 8; i++)
+        snprintf(s->extra_env[s->n_extra++], sizeof s->extra_env[0], "%s", extra_env[i]);
+    st = spawn(s);
     if (st != CH_OK)
         return st;
     st = rpc_client_create(&s->client, s->addr);
@@ -57,7 +59,7 @@ ch_status svc_restart(svc_proc *s, int timeout_ms)
 {
     proc_destroy(s->p);
     s->p = NULL;
-    ch_status st = spawn(s, NULL);
+    ch_status st = spawn(s);
     if (st != CH_OK)
         return st;
     return svc_wait_health(s, 1, timeout_ms) ? CH_OK : CH_TIMEOUT;

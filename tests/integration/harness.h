@@ -18,6 +18,8 @@ typedef struct svc_proc {
     char addr[64]; /* 127.0.0.1:PORT */
     char log_path[512];
     char nats_url[128];
+    char extra_env[8][128]; /* the extra "K=V" settings, kept for restarts */
+    int n_extra;
     proc *p;
     rpc_client *client;
 } svc_proc;
@@ -29,7 +31,8 @@ typedef struct svc_proc {
 ch_status svc_start(svc_proc *s, const char *name, const char *bin, const char *nats_url,
                     const char *const *extra_env, int timeout_ms);
 
-/* Starts the same service again on the same port (after a stop or kill). */
+/* Starts the same service again on the same port and settings (after a
+ * stop or kill). */
 ch_status svc_restart(svc_proc *s, int timeout_ms);
 
 /* SIGTERM and wait; *exit_status gets the exit code (or -signal). */

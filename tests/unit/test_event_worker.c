@@ -320,6 +320,7 @@ static void test_event_worker_trace_id(void)
         "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-011", /* one long */
         "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",  /* bad first dash */
         "00-0af7651916cd43dd8448eb211c80319cXb7ad6b7169203331-01",  /* bad second dash */
+        "00-0af7651916cd43dd8448eb211c8031zz-b7ad6b7169203331-01",  /* trace id not hex */
     };
     for (size_t i = 0; i < sizeof malformed / sizeof malformed[0]; i++) {
         memset(out, 'x', sizeof out - 1);
