@@ -314,7 +314,6 @@ static bus_verdict on_event(const choreo_events_v1_Envelope *e, const bus_in_msg
     int attempts = 0;
     ch_status st;
 
-    (void)m;
     pthread_mutex_lock(&svc->mu);
     for (;;) {
         st = handler_decide(h, e, &out, msg_id, sizeof msg_id, reason, reason_cap);
