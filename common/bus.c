@@ -385,6 +385,14 @@ ch_status bus_ensure_stream(bus *b, const bus_stream_spec *sp)
     jsStreamInfo *si = NULL;
     jsErrCode ec = 0;
     natsStatus s = js_AddStream(&si, b->js, &cfg, NULL, &ec);
+    /* Services start together: when another one is creating the same stream
+     * at this moment, the server may answer "subjects overlap" instead of
+     * "exists". Ask again; a real overlap with another stream persists. */
+    for (int attempt = 0; s != NATS_OK && ec == JSStreamSubjectOverlapErr && attempt < 5; attempt++) {
+        bus__sleep_ms(50 + 50 * attempt);
+        ec = 0;
+        s = js_AddStream(&si, b->js, &cfg, NULL, &ec);
+    }
     if (s == NATS_OK) {
         jsStreamInfo_Destroy(si);
         return CH_OK;

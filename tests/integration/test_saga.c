@@ -12,13 +12,12 @@
 
 #include "bus.h"
 #include "cu_run.h"
-#include "choreo/inventory/v1/inventory.pb-c.h"
 #include "choreo/notifications/v1/notifications.pb-c.h"
 #include "choreo/orders/v1/orders.pb-c.h"
-#include "choreo/payment/v1/payment.pb-c.h"
 #include "event_bus.h"
 #include "harness.h"
 #include "order_core.h"
+#include "saga_client.h"
 
 enum { ORDERS, INVENTORY, PAYMENT, NOTIFICATIONS, NSVC };
 static const char *const svc_names[NSVC] = {"orders", "inventory", "payment", "notifications"};
@@ -58,73 +57,36 @@ static ch_status call(int s, const char *method, const ProtobufCMessage *req,
                       const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
                       rpc_client_result *res)
 {
-    char path[160];
-    const char *service = s == ORDERS      ? "choreo.orders.v1.Orders"
-                          : s == INVENTORY ? "choreo.inventory.v1.Inventory"
-                          : s == PAYMENT   ? "choreo.payment.v1.Payment"
-                                           : "choreo.notifications.v1.Notifications";
-    snprintf(path, sizeof path, "/%s/%s", service, method);
-    return rpc_client_call(svc[s].client, path, NULL, 0, req, resp_desc, resp, 5000, res);
+    static const char *const api[NSVC] = {SC_ORDERS_API, SC_INVENTORY_API, SC_PAYMENT_API,
+                                          SC_NOTIFICATIONS_API};
+    return sc_call(svc[s].client, api[s], method, req, resp_desc, resp, res);
 }
 
 static void set_stock(const char *sku, int64_t n)
 {
-    Choreo__Inventory__V1__SetStockRequest req = CHOREO__INVENTORY__V1__SET_STOCK_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    req.sku = (char *)sku;
-    req.available = n;
-    CU_ASSERT_EQUAL_FATAL(call(INVENTORY, "SetStock", &req.base,
-                               &choreo__inventory__v1__set_stock_response__descriptor, &resp, NULL),
-                          CH_OK);
-    protobuf_c_message_free_unpacked(resp, NULL);
+    CU_ASSERT_EQUAL_FATAL(sc_set_stock(svc[INVENTORY].client, sku, n), CH_OK);
 }
 
-typedef struct stock {
-    int64_t available, reserved, sold, total_in;
-} stock;
+typedef sc_stock stock;
 
 static stock get_stock(const char *sku)
 {
-    Choreo__Inventory__V1__GetStockRequest req = CHOREO__INVENTORY__V1__GET_STOCK_REQUEST__INIT;
-    Choreo__Inventory__V1__GetStockResponse *resp = NULL;
-    stock s = {-1, -1, -1, -1};
-    req.sku = (char *)sku;
-    if (call(INVENTORY, "GetStock", &req.base, &choreo__inventory__v1__get_stock_response__descriptor,
-             (ProtobufCMessage **)&resp, NULL) == CH_OK) {
-        s = (stock){resp->stock->available, resp->stock->reserved, resp->stock->sold, resp->stock->total_in};
-        protobuf_c_message_free_unpacked(&resp->base, NULL);
-    }
+    stock s;
+    sc_get_stock(svc[INVENTORY].client, sku, &s);
     return s;
 }
 
 static void credit(const char *customer, int64_t cents)
 {
-    Choreo__Payment__V1__CreditAccountRequest req = CHOREO__PAYMENT__V1__CREDIT_ACCOUNT_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    req.customer_id = (char *)customer;
-    req.amount_cents = cents;
-    CU_ASSERT_EQUAL_FATAL(call(PAYMENT, "CreditAccount", &req.base,
-                               &choreo__payment__v1__credit_account_response__descriptor, &resp, NULL),
-                          CH_OK);
-    protobuf_c_message_free_unpacked(resp, NULL);
+    CU_ASSERT_EQUAL_FATAL(sc_credit(svc[PAYMENT].client, customer, cents), CH_OK);
 }
 
-typedef struct account {
-    int64_t balance, credited, charged, refunded;
-} account;
+typedef sc_account account;
 
 static account get_account(const char *customer)
 {
-    Choreo__Payment__V1__GetAccountRequest req = CHOREO__PAYMENT__V1__GET_ACCOUNT_REQUEST__INIT;
-    Choreo__Payment__V1__GetAccountResponse *resp = NULL;
-    account a = {-1, -1, -1, -1};
-    req.customer_id = (char *)customer;
-    if (call(PAYMENT, "GetAccount", &req.base, &choreo__payment__v1__get_account_response__descriptor,
-             (ProtobufCMessage **)&resp, NULL) == CH_OK) {
-        a = (account){resp->account->balance_cents, resp->account->credited_cents,
-                      resp->account->charged_cents, resp->account->refunded_cents};
-        protobuf_c_message_free_unpacked(&resp->base, NULL);
-    }
+    account a;
+    sc_get_account(svc[PAYMENT].client, customer, &a);
     return a;
 }
 
@@ -133,48 +95,14 @@ static account get_account(const char *customer)
 static ch_status place(const char *customer, const char *key, const char *sku, uint32_t qty, int64_t price,
                        char id[ORDER_ID_MAX + 1])
 {
-    Choreo__Orders__V1__LineItem li = CHOREO__ORDERS__V1__LINE_ITEM__INIT;
-    Choreo__Orders__V1__LineItem *items[1] = {&li};
-    Choreo__Orders__V1__CreateOrderRequest req = CHOREO__ORDERS__V1__CREATE_ORDER_REQUEST__INIT;
-    Choreo__Orders__V1__CreateOrderResponse *resp = NULL;
-    ch_status st = CH_UNAVAILABLE;
-
-    li.sku = (char *)sku;
-    li.quantity = qty;
-    li.unit_price_cents = price;
-    req.customer_id = (char *)customer;
-    req.idempotency_key = (char *)key;
-    req.n_items = 1;
-    req.items = items;
-    for (int attempt = 0; attempt < 200; attempt++) {
-        st = call(ORDERS, "CreateOrder", &req.base, &choreo__orders__v1__create_order_response__descriptor,
-                  (ProtobufCMessage **)&resp, NULL);
-        if (st == CH_OK) {
-            snprintf(id, ORDER_ID_MAX + 1, "%s", resp->order->order_id);
-            protobuf_c_message_free_unpacked(&resp->base, NULL);
-            return CH_OK;
-        }
-        if (st != CH_UNAVAILABLE && st != CH_TIMEOUT && st != CH_CANCELLED)
-            return st;
-        test_sleep_ms(100);
-    }
-    return st;
+    const sc_order o = {customer, key, sku, qty, price};
+    return sc_place(&svc[ORDERS].client, 1, &o, 200, 100, id, ORDER_ID_MAX + 1);
 }
 
 /* The order's status and reason (reason may be NULL). -1 when unknown. */
 static int status_of(const char *id, char *reason, size_t cap)
 {
-    Choreo__Orders__V1__GetOrderRequest req = CHOREO__ORDERS__V1__GET_ORDER_REQUEST__INIT;
-    Choreo__Orders__V1__GetOrderResponse *resp = NULL;
-    req.order_id = (char *)id;
-    if (call(ORDERS, "GetOrder", &req.base, &choreo__orders__v1__get_order_response__descriptor,
-             (ProtobufCMessage **)&resp, NULL) != CH_OK)
-        return -1;
-    int s = (int)resp->order->status;
-    if (reason)
-        snprintf(reason, cap, "%s", resp->order->reason);
-    protobuf_c_message_free_unpacked(&resp->base, NULL);
-    return s;
+    return sc_order_status(svc[ORDERS].client, id, reason, cap);
 }
 
 /* Polls until the order reaches status want (an OrderStatus number). */
@@ -197,21 +125,7 @@ static bool wait_status(const char *id, int want, int timeout_ms)
 /* Number of notifications of one kind (0: any) recorded for an order. */
 static int notifications_of(const char *order_id, int kind)
 {
-    Choreo__Notifications__V1__ListNotificationsRequest req =
-        CHOREO__NOTIFICATIONS__V1__LIST_NOTIFICATIONS_REQUEST__INIT;
-    Choreo__Notifications__V1__ListNotificationsResponse *resp = NULL;
-    req.order_id = (char *)order_id;
-    req.page_size = 50;
-    if (call(NOTIFICATIONS, "ListNotifications", &req.base,
-             &choreo__notifications__v1__list_notifications_response__descriptor, (ProtobufCMessage **)&resp,
-             NULL) != CH_OK)
-        return -1;
-    int n = 0;
-    for (size_t i = 0; i < resp->n_notifications; i++)
-        if (kind == 0 || (int)resp->notifications[i]->kind == kind)
-            n++;
-    protobuf_c_message_free_unpacked(&resp->base, NULL);
-    return n;
+    return sc_notifications_of(svc[NOTIFICATIONS].client, order_id, kind);
 }
 
 static bool wait_notifications(const char *order_id, int kind, int want, int timeout_ms)

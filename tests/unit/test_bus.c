@@ -1,5 +1,6 @@
 /* test_bus.c: the JetStream layer against a real nats-server (file storage,
  * temp dir, free port) started by tests/support/natsd. */
+#include <pthread.h>
 #include <CUnit/Basic.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -118,6 +119,47 @@ static void test_bus_ensure_stream_idempotent(void)
     bus_stream_spec bad = {.name = "BAD"};
     CU_ASSERT_EQUAL(bus_ensure_stream(b, &bad), CH_INVALID_ARGUMENT);
     bus_destroy(b);
+}
+
+/* Services start together and all provision the same streams at once. */
+typedef struct racer {
+    pthread_t t;
+    bus *b;
+    const char *name, *subject;
+    ch_status st;
+} racer;
+
+static void *race_ensure(void *arg)
+{
+    racer *r = arg;
+    bus_stream_spec s = {.name = r->name, .subjects = {r->subject}, .duplicate_window_ms = 120000};
+    r->st = bus_ensure_stream(r->b, &s);
+    return NULL;
+}
+
+static void test_bus_ensure_stream_concurrently(void)
+{
+    enum { RACERS = 8, ROUNDS = 40 };
+    racer r[RACERS];
+    bus *buses[RACERS];
+    char names[ROUNDS][16], subjects[ROUNDS][16];
+
+    for (int i = 0; i < RACERS; i++)
+        buses[i] = connect_bus();
+    for (int k = 0; k < ROUNDS; k++) {
+        snprintf(names[k], sizeof names[k], "RACE%d", k);
+        snprintf(subjects[k], sizeof subjects[k], "race%d.>", k);
+        for (int i = 0; i < RACERS; i++) {
+            r[i] = (racer){.b = buses[i], .name = names[k], .subject = subjects[k], .st = CH_INTERNAL};
+            pthread_create(&r[i].t, NULL, race_ensure, &r[i]);
+        }
+        for (int i = 0; i < RACERS; i++) {
+            pthread_join(r[i].t, NULL);
+            CU_ASSERT_EQUAL(r[i].st, CH_OK);
+        }
+    }
+    for (int i = 0; i < RACERS; i++)
+        bus_destroy(buses[i]);
 }
 
 static void test_bus_publish_dedup(void)
@@ -739,6 +781,7 @@ int main(void)
 {
     static const cu_test tests[] = {
         {"ensure stream idempotent", test_bus_ensure_stream_idempotent},
+        {"ensure stream concurrently", test_bus_ensure_stream_concurrently},
         {"publish dedup", test_bus_publish_dedup},
         {"headers survive", test_bus_headers_survive},
         {"async batch", test_bus_async_batch},
