@@ -1222,6 +1222,33 @@ void bus_worker_stop(bus_worker *w)
 
 /* ---- reading back -------------------------------------------------------------- */
 
+ch_status bus_get_seq(bus *b, const char *stream, uint64_t seq, bus_replay_fn fn, void *ctx)
+{
+    if (!b || !stream || !fn || seq == 0) {
+        return CH_INVALID_ARGUMENT;
+    }
+    natsMsg *msg = NULL;
+    jsErrCode ec = 0;
+    natsStatus s = js_GetMsg(&msg, b->js, stream, seq, NULL, &ec);
+    if (s != NATS_OK) {
+        if (s == NATS_NOT_FOUND || ec == JSNoMessageFoundErr) {
+            return CH_NOT_FOUND;
+        }
+        return bus__fail("get message failed", stream, s, ec);
+    }
+    bus_in_msg in;
+    memset(&in, 0, sizeof in);
+    in.subject = natsMsg_GetSubject(msg);
+    in.data = (const uint8_t *)natsMsg_GetData(msg);
+    in.len = (size_t)natsMsg_GetDataLength(msg);
+    in.priv_ = msg;
+    in.deliveries = 1;
+    in.stream_seq = seq;
+    ch_status st = fn(&in, ctx);
+    natsMsg_Destroy(msg);
+    return st;
+}
+
 ch_status bus_stream_info(bus *b, const char *stream, uint64_t *msgs, uint64_t *last_seq)
 {
     if (!b || !stream) {

@@ -259,6 +259,11 @@ ch_status bus_follow_start(bus *b, const char *stream, const char *filter_subjec
 /* Stops following (after the current batch), joins and frees. Accepts NULL. */
 void bus_follow_stop(bus_follower *f);
 
+/* Reads the one message at stream sequence seq and hands it to fn (on the
+ * calling thread). CH_NOT_FOUND when there is none (yet). One round trip:
+ * cheaper than bus_replay for a few messages whose sequences are known. */
+ch_status bus_get_seq(bus *b, const char *stream, uint64_t seq, bus_replay_fn fn, void *ctx);
+
 /* Message count and last sequence of stream (either pointer may be NULL).
  * CH_NOT_FOUND if it does not exist. */
 ch_status bus_stream_info(bus *b, const char *stream, uint64_t *msgs, uint64_t *last_seq);

@@ -9,6 +9,7 @@
 #include "log.h"
 
 #define LEDGER_DEDUP_WINDOW_MS (10 * 60 * 1000)
+#define LEDGER_DIRECT_CATCH_UP 8 /* entries read one by one after a lost CAS */
 /* The stream's max_msg_size counts headers too (Nats-Msg-Id, Nats-Expected-*):
  * leave room for them above LEDGER_MAX_ENTRY bytes of entry. */
 #define LEDGER_HEADER_ROOM 4096
@@ -137,8 +138,18 @@ ch_status ledger_append(ledger *l, const void *data, size_t len, const char *msg
         return CH_RESOURCE_EXHAUSTED;
     st = bus_publish(l->b, &m, timeout_ms, &ack);
     if (st == CH_CONFLICT) {
-        /* Someone else appended: learn what they did before deciding again. */
-        ch_status cst = ledger_catch_up(l);
+        /* Someone else appended: learn what they did before deciding again.
+         * Usually an entry or two, at the next sequences of this one-subject
+         * stream: read them one by one, and replay only for a long gap. */
+        ch_status cst = CH_OK;
+        int got = 0;
+        while (got < LEDGER_DIRECT_CATCH_UP &&
+               (cst = bus_get_seq(l->b, l->stream, l->last + 1, apply_one, l)) == CH_OK)
+            got++;
+        if (cst == CH_NOT_FOUND || (cst == CH_OK && got == 0))
+            cst = CH_OK;
+        else if (cst == CH_OK)
+            cst = ledger_catch_up(l); /* more behind than a few */
         return cst == CH_OK ? CH_CONFLICT : cst;
     }
     if (st != CH_OK)

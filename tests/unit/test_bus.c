@@ -162,6 +162,27 @@ static void test_bus_ensure_stream_concurrently(void)
         bus_destroy(buses[i]);
 }
 
+static ch_status keep_data(const bus_in_msg *m, void *arg)
+{
+    snprintf(arg, 32, "%.*s@%llu", (int)m->len, (const char *)m->data, (unsigned long long)m->stream_seq);
+    return CH_OK;
+}
+
+static void test_bus_get_seq(void)
+{
+    bus *b = connect_bus();
+    char got[32] = "";
+    ensure(b, "GETSEQ", "getseq.>");
+    CU_ASSERT_EQUAL(publish(b, "getseq.a", "one", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "getseq.b", "two", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(bus_get_seq(b, "GETSEQ", 2, keep_data, got), CH_OK);
+    CU_ASSERT_STRING_EQUAL(got, "two@2");
+    CU_ASSERT_EQUAL(bus_get_seq(b, "GETSEQ", 3, keep_data, got), CH_NOT_FOUND);
+    CU_ASSERT_EQUAL(bus_get_seq(b, "GETSEQ", 0, keep_data, got), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(bus_get_seq(b, "NOSUCH", 1, keep_data, got) == CH_OK, 0);
+    bus_destroy(b);
+}
+
 static void test_bus_publish_dedup(void)
 {
     bus *b = connect_bus();
@@ -782,6 +803,7 @@ int main(void)
     static const cu_test tests[] = {
         {"ensure stream idempotent", test_bus_ensure_stream_idempotent},
         {"ensure stream concurrently", test_bus_ensure_stream_concurrently},
+        {"get by sequence", test_bus_get_seq},
         {"publish dedup", test_bus_publish_dedup},
         {"headers survive", test_bus_headers_survive},
         {"async batch", test_bus_async_batch},
