@@ -2,10 +2,12 @@
  *
  * One bus is one NATS connection with its JetStream context. It provisions
  * streams and durable consumers at start-up (idempotently), publishes with
- * PubAck (synchronously, or asynchronously in batches), runs pull-consumer
- * workers that call a handler per message and turn its verdict into Ack, Nak
- * with backoff or a dead-letter copy followed by Term, and reads a stream back
- * in order (event sourcing, order history).
+ * PubAck (synchronously, or asynchronously in batches), runs workers on
+ * durable push consumers (one queue group per durable: the replicas of a
+ * service compete for its messages) that call a handler per message and turn
+ * its verdict into Ack, Nak with backoff or a dead-letter copy followed by
+ * Term, follows streams, and reads a stream back in order (event sourcing,
+ * order history).
  *
  * Ownership: the caller owns every bus and bus_worker it creates and frees them
  * with the matching destroy/stop (all accept NULL); everything passed in is
@@ -112,8 +114,10 @@ typedef struct bus_consumer_spec {
     int max_ack_pending;        /* 0: 1000 */
 } bus_consumer_spec;
 
-/* Creates the durable pull consumer (ack explicit, deliver all) or updates it
- * when it exists. Idempotent. Any thread. */
+/* Creates the durable push consumer (ack explicit, deliver all, delivered to
+ * "_choreo.deliver.<stream>.<durable>" with the durable's name as queue
+ * group) or updates it when it exists; a pull consumer of that name is
+ * replaced. Idempotent. Any thread. */
 ch_status bus_ensure_consumer(bus *b, const bus_consumer_spec *c);
 
 /* Deletes a durable consumer (tests and operators replaying a service from
@@ -216,7 +220,8 @@ typedef struct bus_worker_spec {
     const char *name;                /* for log lines; NULL: durable */
 } bus_worker_spec;
 
-/* Starts a thread that fetches batches from the durable pull consumer and
+/* Starts a thread that takes batches from the durable consumer (what has
+ * arrived, up to `batch`, waiting up to fetch_wait_ms for the first) and
  * calls the handler for each message, in order within a batch. Survives
  * disconnections (sleeps briefly and retries). *out is owned by the caller
  * (bus_worker_stop). */

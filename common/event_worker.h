@@ -1,6 +1,6 @@
 /* event_worker.h: consuming one type of domain event.
  *
- * A service subscribes to each event type it reacts to with one durable pull
+ * A service subscribes to each event type it reacts to with one durable
  * consumer, "<service>-<type>" on events.<aggregate>.<event>.* (nats-server
  * 2.9 has one filter per consumer), shared by all replicas of the service
  * (competing consumers). The worker decodes each message (event_codec.h) and
