@@ -13,6 +13,8 @@ struct inv_store {
     size_t n_skus, cap_skus;
     inv_reservation **res; /* open addressing by order id; cap is a power of two */
     size_t res_cap, res_used;
+    char **keys; /* "<sku>\x1f<key>" of applied AdjustStocks; open addressing, cap a power of two */
+    size_t keys_cap, keys_used;
 };
 
 /* ---- helpers ---- */
@@ -161,6 +163,70 @@ static ch_status res_reserve_slot(inv_store *s)
     return CH_OK;
 }
 
+/* ---- the store: AdjustStock idempotency keys ---- */
+
+/* "<sku>\x1f<key>" (neither holds control characters); NULL when out of
+ * memory. The caller frees it. */
+static char *adjust_key_join(const char *sku, const char *key)
+{
+    size_t a = strlen(sku), b = strlen(key);
+    char *k = malloc(a + b + 2);
+    if (!k)
+        return NULL;
+    memcpy(k, sku, a);
+    k[a] = '\x1f';
+    memcpy(k + a + 1, key, b + 1);
+    return k;
+}
+
+static bool keys_find(const inv_store *s, const char *k)
+{
+    if (s->keys_cap == 0)
+        return false;
+    for (size_t i = id_hash(k) & (s->keys_cap - 1);; i = (i + 1) & (s->keys_cap - 1)) {
+        if (!s->keys[i])
+            return false;
+        if (strcmp(s->keys[i], k) == 0)
+            return true;
+    }
+}
+
+static void keys_put(char **slots, size_t cap, char *k)
+{
+    size_t i = id_hash(k) & (cap - 1);
+    while (slots[i])
+        i = (i + 1) & (cap - 1);
+    slots[i] = k;
+}
+
+/* Makes room for one more key, so the insert after cannot fail. */
+static ch_status keys_reserve_slot(inv_store *s)
+{
+    if ((s->keys_used + 1) * 4 <= s->keys_cap * 3)
+        return CH_OK;
+    size_t cap = s->keys_cap ? s->keys_cap * 2 : 64;
+    char **slots = calloc(cap, sizeof *slots);
+    if (!slots)
+        return CH_NO_MEMORY;
+    for (size_t i = 0; i < s->keys_cap; i++)
+        if (s->keys[i])
+            keys_put(slots, cap, s->keys[i]);
+    free(s->keys);
+    s->keys = slots;
+    s->keys_cap = cap;
+    return CH_OK;
+}
+
+bool inv_store_adjust_key_known(const inv_store *s, const char *sku, const char *key)
+{
+    if (!sku || !key || !key[0])
+        return false;
+    char *k = adjust_key_join(sku, key);
+    bool known = k && keys_find(s, k);
+    free(k);
+    return known;
+}
+
 static void res_free(inv_reservation *r)
 {
     if (!r)
@@ -190,6 +256,9 @@ void inv_store_destroy(inv_store *s)
     for (size_t i = 0; i < s->res_cap; i++)
         res_free(s->res[i]);
     free(s->res);
+    for (size_t i = 0; i < s->keys_cap; i++)
+        free(s->keys[i]);
+    free(s->keys);
     free(s);
 }
 
@@ -309,6 +378,29 @@ ch_status inv_validate_order_id(const char *order_id, char *err, size_t errlen)
     return CH_OK;
 }
 
+static bool key_valid(const char *key)
+{
+    size_t len = strlen(key);
+    if (len > INV_KEY_MAX || !utf8_valid(key, len))
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)key[i];
+        if (c < 0x20 || c == 0x7f) /* the key ends up in a NATS header (the ledger msg id) */
+            return false;
+    }
+    return true;
+}
+
+ch_status inv_validate_idempotency_key(const char *key, char *err, size_t errlen)
+{
+    if (key && !key_valid(key)) {
+        snprintf(err, errlen, "idempotency_key: must be at most %d bytes of UTF-8 without control characters",
+                 INV_KEY_MAX);
+        return CH_INVALID_ARGUMENT;
+    }
+    return CH_OK;
+}
+
 /* ---- decisions ---- */
 
 static void decision_init(inv_decision *d, inv_entry_kind kind)
@@ -344,12 +436,26 @@ ch_status inv_decide_set(const inv_store *s, const char *sku, int64_t available,
 ch_status inv_decide_adjust(const inv_store *s, const char *sku, int64_t delta, inv_decision *d, char *err,
                             size_t errlen)
 {
+    inv_outcome out;
+    return inv_decide_adjust_key(s, sku, delta, NULL, d, &out, err, errlen);
+}
+
+ch_status inv_decide_adjust_key(const inv_store *s, const char *sku, int64_t delta, const char *key,
+                                inv_decision *d, inv_outcome *out, char *err, size_t errlen)
+{
+    *out = INV_NOOP;
     if (inv_validate_sku(sku, err, errlen) != CH_OK)
         return CH_INVALID_ARGUMENT;
     if (delta == 0 || delta < -INV_DELTA_MAX || delta > INV_DELTA_MAX) {
         snprintf(err, errlen, "delta: must be -%lld..%lld and not 0, got %" PRId64, INV_DELTA_MAX,
                  INV_DELTA_MAX, delta);
         return CH_INVALID_ARGUMENT;
+    }
+    if (inv_validate_idempotency_key(key, err, errlen) != CH_OK)
+        return CH_INVALID_ARGUMENT;
+    if (inv_store_adjust_key_known(s, sku, key)) {
+        *out = INV_DECIDED; /* a retry: adjusted once already */
+        return CH_OK;
     }
     const inv_stock *st = stock_find(s, sku);
     int64_t available = st ? st->available : 0;
@@ -366,6 +472,8 @@ ch_status inv_decide_adjust(const inv_store *s, const char *sku, int64_t delta, 
     decision_init(d, INV_ENTRY_STOCK_ADJUSTED);
     d->entry.sku = sku;
     d->entry.delta = delta;
+    d->entry.idempotency_key = key && key[0] ? key : NULL;
+    *out = INV_APPEND;
     return CH_OK;
 }
 
@@ -509,6 +617,7 @@ static ch_status apply_stock(inv_store *s, const inv_entry *e, bool *changed)
     inv_stock *st = stock_find(s, e->sku);
     int64_t available = st ? st->available : 0;
     int64_t total = st ? st->total_in : 0;
+    char *key = NULL;
     int64_t delta;
 
     if (e->kind == INV_ENTRY_STOCK_SET) {
@@ -519,14 +628,31 @@ static ch_status apply_stock(inv_store *s, const inv_entry *e, bool *changed)
         if (e->delta == 0 || e->delta < -INV_DELTA_MAX || e->delta > INV_DELTA_MAX)
             return CH_INVALID_ARGUMENT;
         delta = e->delta;
+        if (e->idempotency_key && e->idempotency_key[0]) {
+            if (!key_valid(e->idempotency_key))
+                return CH_INVALID_ARGUMENT;
+            if (inv_store_adjust_key_known(s, e->sku, e->idempotency_key))
+                return CH_OK; /* this key adjusted this SKU already */
+        }
     }
     if (available + delta < 0 || total + delta > INV_UNITS_MAX)
         return CH_FAILED_PRECONDITION;
+    if (e->kind == INV_ENTRY_STOCK_ADJUSTED && e->idempotency_key && e->idempotency_key[0]) {
+        /* Room first, so that nothing after can fail half-way. */
+        if (keys_reserve_slot(s) != CH_OK || !(key = adjust_key_join(e->sku, e->idempotency_key)))
+            return CH_NO_MEMORY;
+    }
     if (!st) {
         ch_status rc = stock_insert(s, e->sku, &st);
-        if (rc != CH_OK)
+        if (rc != CH_OK) {
+            free(key);
             return rc;
+        }
         *changed = true;
+    }
+    if (key) {
+        keys_put(s->keys, s->keys_cap, key);
+        s->keys_used++;
     }
     if (delta != 0)
         *changed = true;

@@ -44,6 +44,7 @@
 #define INV_UNITS_MAX       1000000000000000LL /* cap of total_in (and so every counter) per SKU */
 #define INV_TOTAL_CENTS_MAX 1000000000000000LL /* an order total: 100 items * 10000 * 10^9 cents */
 #define INV_REASON_MAX      200
+#define INV_KEY_MAX         128 /* AdjustStock idempotency_key, bytes */
 #define INV_PAGE_DEFAULT    100
 #define INV_PAGE_MAX        500
 #define INV_TOKEN_MAX       (1 + 2 * INV_SKU_MAX) /* "k" + hex of the last SKU of a page */
@@ -101,18 +102,19 @@ typedef enum inv_entry_kind {
 /* One entry; only the fields of `kind` are read. Strings are borrowed. */
 typedef struct inv_entry {
     inv_entry_kind kind;
-    const char *sku;            /* STOCK_SET, STOCK_ADJUSTED; REJECTED: the short SKU */
-    int64_t available;          /* STOCK_SET: the new value; REJECTED: units that were available */
-    int64_t delta;              /* STOCK_ADJUSTED; STOCK_SET: informative (the fold recomputes it) */
-    const char *order_id;       /* reservation entries */
-    const char *cause_event_id; /* reservation entries: the event decided on ("" for none) */
-    const char *customer_id;    /* RESERVED */
-    int64_t total_cents;        /* RESERVED */
-    const inv_line *lines;      /* RESERVED: distinct SKUs */
-    size_t n_lines;             /* RESERVED: 1..INV_LINES_MAX */
-    uint32_t requested;         /* REJECTED */
-    const char *reason;         /* REJECTED, RELEASED */
-    bool restocked;             /* RELEASED: by a customer cancel */
+    const char *sku;             /* STOCK_SET, STOCK_ADJUSTED; REJECTED: the short SKU */
+    int64_t available;           /* STOCK_SET: the new value; REJECTED: units that were available */
+    int64_t delta;               /* STOCK_ADJUSTED; STOCK_SET: informative (the fold recomputes it) */
+    const char *idempotency_key; /* STOCK_ADJUSTED: NULL or "" for none; remembered per SKU */
+    const char *order_id;        /* reservation entries */
+    const char *cause_event_id;  /* reservation entries: the event decided on ("" for none) */
+    const char *customer_id;     /* RESERVED */
+    int64_t total_cents;         /* RESERVED */
+    const inv_line *lines;       /* RESERVED: distinct SKUs */
+    size_t n_lines;              /* RESERVED: 1..INV_LINES_MAX */
+    uint32_t requested;          /* REJECTED */
+    const char *reason;          /* REJECTED, RELEASED */
+    bool restocked;              /* RELEASED: by a customer cancel */
 } inv_entry;
 
 /* What a decision concluded. */
@@ -163,6 +165,18 @@ ch_status inv_decide_set(const inv_store *s, const char *sku, int64_t available,
 ch_status inv_decide_adjust(const inv_store *s, const char *sku, int64_t delta, inv_decision *d, char *err,
                             size_t errlen);
 
+/* Checks an AdjustStock idempotency key: NULL or "" (none), or at most
+ * INV_KEY_MAX bytes of UTF-8 without control characters. CH_INVALID_ARGUMENT
+ * with "idempotency_key: ..." in err. */
+ch_status inv_validate_idempotency_key(const char *key, char *err, size_t errlen);
+
+/* AdjustStock with an idempotency key (NULL or "" for none): as
+ * inv_decide_adjust, *out INV_APPEND with the key in d->entry; INV_DECIDED
+ * (nothing to append: the current stock is the answer) when this SKU was
+ * adjusted with this key before. CH_INVALID_ARGUMENT also for a bad key. */
+ch_status inv_decide_adjust_key(const inv_store *s, const char *sku, int64_t delta, const char *key,
+                                inv_decision *d, inv_outcome *out, char *err, size_t errlen);
+
 /* order.created: all or nothing over the order's items, summed per SKU first.
  * *out is INV_APPEND with a RESERVED entry when every SKU has the units, else
  * with a REJECTED entry naming the first short SKU; INV_DECIDED when the
@@ -193,13 +207,17 @@ ch_status inv_store_create(inv_store **out);
 void inv_store_destroy(inv_store *s); /* accepts NULL */
 
 /* The reducer: folds one entry into s. An entry already reflected (a second
- * reservation for an order, a repeat of a step taken) changes nothing and
+ * reservation for an order, a repeat of a step taken, an AdjustStock whose
+ * SKU and key were applied before) changes nothing and
  * returns CH_OK with *changed false (changed may be NULL). An entry that
  * cannot happen in this state (units that are not there, a step from the
  * wrong status) returns CH_FAILED_PRECONDITION, an entry of an unknown order
  * CH_NOT_FOUND, a malformed one CH_INVALID_ARGUMENT: each changes nothing.
  * CH_NO_MEMORY changes nothing either. */
 ch_status inv_apply(inv_store *s, const inv_entry *e, bool *changed);
+
+/* True when an AdjustStock of sku with key (not NULL or "") was applied. */
+bool inv_store_adjust_key_known(const inv_store *s, const char *sku, const char *key);
 
 /* The stock of a SKU, or NULL when it was never stocked. */
 const inv_stock *inv_store_stock(const inv_store *s, const char *sku);

@@ -37,6 +37,7 @@ static void entry_to_pb(const inv_entry *e, choreo_ledger_v1_InventoryEntry *pb)
         pb->which_entry = choreo_ledger_v1_InventoryEntry_stock_adjusted_tag;
         COPY(pb->entry.stock_adjusted.sku, e->sku);
         pb->entry.stock_adjusted.delta = e->delta;
+        COPY(pb->entry.stock_adjusted.idempotency_key, e->idempotency_key);
         break;
     case INV_ENTRY_RESERVED: {
         choreo_ledger_v1_InventoryReservationMade *r = &pb->entry.reserved;
@@ -93,6 +94,7 @@ static ch_status entry_from_pb(const choreo_ledger_v1_InventoryEntry *pb, inv_en
         e->kind = INV_ENTRY_STOCK_ADJUSTED;
         e->sku = pb->entry.stock_adjusted.sku;
         e->delta = pb->entry.stock_adjusted.delta;
+        e->idempotency_key = pb->entry.stock_adjusted.idempotency_key;
         return CH_OK;
     case choreo_ledger_v1_InventoryEntry_reserved_tag: {
         const choreo_ledger_v1_InventoryReservationMade *r = &pb->entry.reserved;

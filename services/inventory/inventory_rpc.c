@@ -48,16 +48,29 @@ static void reply_stock(rpc_call *call, inv_stock *st, stock_reply method)
 
 /* ---- handlers ---- */
 
-/* SetStock (set true) and AdjustStock: decide, append (retrying a lost
- * compare-and-set from the fresh state), reply with the new level. */
-static void write_stock(rpc_call *call, inventory_service *svc, const char *sku, int64_t value, bool set)
+/* SetStock (set true) and AdjustStock (key: its idempotency_key, "" for
+ * none): decide, append (retrying a lost compare-and-set from the fresh
+ * state), reply with the new level. A key adjusted before appends nothing
+ * and replies with the current level. */
+static void write_stock(rpc_call *call, inventory_service *svc, const char *sku, int64_t value, bool set,
+                        const char *key)
 {
-    inv_decision *d = malloc(sizeof *d);
-    char err[256] = "";
+    inv_decision *d = NULL;
+    char err[256] = "", msg_id[INV_SKU_MAX + INV_KEY_MAX + 16];
+    inv_outcome out = INV_APPEND;
     inv_stock copy;
     int attempts = 0;
     ch_status st;
 
+    if (!set && inv_validate_idempotency_key(key, err, sizeof err) != CH_OK) {
+        rpc_call_fail(call, CH_INVALID_ARGUMENT, "%s", err);
+        return;
+    }
+    bool keyed = !set && key && key[0];
+    if (keyed)
+        /* the SKU's length keeps "a:b"+"c" apart from "a"+"b:c" */
+        snprintf(msg_id, sizeof msg_id, "adjust:%zu:%s:%s", strlen(sku), sku, key);
+    d = malloc(sizeof *d);
     if (!d) {
         rpc_call_fail(call, CH_NO_MEMORY, "out of memory");
         return;
@@ -70,13 +83,18 @@ static void write_stock(rpc_call *call, inventory_service *svc, const char *sku,
     pthread_mutex_lock(&svc->mu);
     for (;;) {
         st = set ? inv_decide_set(svc->store, sku, value, d, err, sizeof err)
-                 : inv_decide_adjust(svc->store, sku, value, d, err, sizeof err);
-        if (st != CH_OK)
+                 : inv_decide_adjust_key(svc->store, sku, value, key, d, &out, err, sizeof err);
+        if (st != CH_OK || out != INV_APPEND)
             break;
-        st = inventory_append(svc, &d->entry, NULL, (int)timeout);
+        st = inventory_append(svc, &d->entry, keyed ? msg_id : NULL, (int)timeout);
         if (st != CH_CONFLICT || ++attempts >= INVENTORY_CAS_ATTEMPTS)
             break;
     }
+    /* A retry whose first try was stored by another replica (or before a
+     * restart, within the dedup window) comes back as a duplicate: catch up
+     * so the reply shows the adjustment. */
+    if (st == CH_OK && keyed && !inv_store_adjust_key_known(svc->store, sku, key))
+        ledger_catch_up(svc->ledger);
     const inv_stock *now = st == CH_OK ? inv_store_stock(svc->store, sku) : NULL;
     if (now)
         copy = *now;
@@ -98,7 +116,8 @@ static void write_stock(rpc_call *call, inventory_service *svc, const char *sku,
     case CH_TIMEOUT:
     case CH_UNAVAILABLE:
         log_warn("stock not written", "sku", sku, "status", ch_status_str(st), NULL);
-        rpc_call_fail(call, CH_UNAVAILABLE, "stock ledger unavailable (%s), retry", ch_status_str(st));
+        rpc_call_fail(call, CH_UNAVAILABLE, "stock ledger unavailable (%s), retry%s", ch_status_str(st),
+                      keyed ? " with the same idempotency_key" : "");
         break;
     default: rpc_call_fail(call, st, "stock not written: %s", ch_status_str(st)); break;
     }
@@ -108,14 +127,14 @@ static void write_stock(rpc_call *call, inventory_service *svc, const char *sku,
 static void set_stock(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
 {
     const Choreo__Inventory__V1__SetStockRequest *r = (const Choreo__Inventory__V1__SetStockRequest *)msg;
-    write_stock(call, ctx, r->sku, r->available, true);
+    write_stock(call, ctx, r->sku, r->available, true, NULL);
 }
 
 static void adjust_stock(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
 {
     const Choreo__Inventory__V1__AdjustStockRequest *r =
         (const Choreo__Inventory__V1__AdjustStockRequest *)msg;
-    write_stock(call, ctx, r->sku, r->delta, false);
+    write_stock(call, ctx, r->sku, r->delta, false, r->idempotency_key);
 }
 
 static void get_stock(rpc_call *call, const ProtobufCMessage *msg, void *ctx)

@@ -74,7 +74,8 @@ static void credit_account(rpc_call *call, const ProtobufCMessage *msg, void *ct
         return;
     }
     if (key[0])
-        snprintf(msg_id, sizeof msg_id, "credit:%s:%s", r->customer_id, key);
+        /* the id's length keeps "a:b"+"c" apart from "a"+"b:c" */
+        snprintf(msg_id, sizeof msg_id, "credit:%zu:%s:%s", strlen(r->customer_id), r->customer_id, key);
 
     pthread_mutex_lock(&svc->mu);
     for (int attempt = 0; attempt < PAYMENT_APPEND_TRIES; attempt++) {

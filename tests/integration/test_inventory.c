@@ -101,12 +101,15 @@ static ch_status set_stock(const char *sku, int64_t available, level *out, rpc_c
     return st;
 }
 
-static ch_status adjust_stock(const char *sku, int64_t delta, level *out, rpc_client_result *res)
+/* AdjustStock with an idempotency key ("" for none). */
+static ch_status adjust_stock_key(const char *sku, int64_t delta, const char *key, level *out,
+                                  rpc_client_result *res)
 {
     Choreo__Inventory__V1__AdjustStockRequest req = CHOREO__INVENTORY__V1__ADJUST_STOCK_REQUEST__INIT;
     Choreo__Inventory__V1__AdjustStockResponse *resp = NULL;
     req.sku = (char *)sku;
     req.delta = delta;
+    req.idempotency_key = (char *)key;
     ch_status st = call("AdjustStock", &req.base, &choreo__inventory__v1__adjust_stock_response__descriptor,
                         (ProtobufCMessage **)&resp, res);
     if (st == CH_OK) {
@@ -115,6 +118,11 @@ static ch_status adjust_stock(const char *sku, int64_t delta, level *out, rpc_cl
         protobuf_c_message_free_unpacked(&resp->base, NULL);
     }
     return st;
+}
+
+static ch_status adjust_stock(const char *sku, int64_t delta, level *out, rpc_client_result *res)
+{
+    return adjust_stock_key(sku, delta, "", out, res);
 }
 
 static ch_status get_stock(const char *sku, level *out, rpc_client_result *res)
@@ -824,6 +832,50 @@ static void test_inventory_decision_recorded_before_a_crash_is_published(void)
     expect_level("sku-crash", 3, 2, 0, 5); /* reserved once, not twice */
 }
 
+static void test_inventory_adjust_key_adjusts_once_across_restart(void)
+{
+    rpc_client_result res;
+    char long_key[130]; /* 129 bytes: one past the 128 allowed */
+    level l;
+
+    CU_ASSERT_EQUAL_FATAL(set_stock("sku-idem", 10, NULL, NULL), CH_OK);
+    /* the same key twice: total_in and available change once */
+    CU_ASSERT_EQUAL_FATAL(adjust_stock_key("sku-idem", 5, "retry-1", &l, &res), CH_OK);
+    CU_ASSERT_EQUAL(l.available, 15);
+    CU_ASSERT_EQUAL(l.total_in, 15);
+    CU_ASSERT_EQUAL_FATAL(adjust_stock_key("sku-idem", 5, "retry-1", &l, &res), CH_OK);
+    CU_ASSERT_EQUAL(l.available, 15);
+    CU_ASSERT_EQUAL(l.total_in, 15);
+    expect_level("sku-idem", 15, 0, 0, 15);
+    /* another key adjusts again */
+    CU_ASSERT_EQUAL_FATAL(adjust_stock_key("sku-idem", -3, "retry-2", &l, &res), CH_OK);
+    CU_ASSERT_EQUAL(l.available, 12);
+    CU_ASSERT_EQUAL(l.total_in, 12);
+    /* bad keys are refused, naming the field */
+    memset(long_key, 'k', sizeof long_key - 1);
+    long_key[sizeof long_key - 1] = '\0';
+    expect_invalid(adjust_stock_key("sku-idem", 1, long_key, NULL, &res), &res, CH_INVALID_ARGUMENT,
+                   "idempotency_key");
+    expect_invalid(adjust_stock_key("sku-idem", 1, "a\tb", NULL, &res), &res, CH_INVALID_ARGUMENT,
+                   "idempotency_key");
+    expect_level("sku-idem", 12, 0, 0, 12);
+
+    /* after kill -9 and a restart the ledger remembers the keys */
+    svc_kill(&inv);
+    CU_ASSERT_EQUAL_FATAL(svc_restart(&inv, 15000), CH_OK);
+    expect_level("sku-idem", 12, 0, 0, 12);
+    CU_ASSERT_EQUAL_FATAL(adjust_stock_key("sku-idem", 5, "retry-1", &l, &res), CH_OK);
+    CU_ASSERT_EQUAL(l.available, 12);
+    CU_ASSERT_EQUAL(l.total_in, 12);
+    CU_ASSERT_EQUAL_FATAL(adjust_stock_key("sku-idem", -3, "retry-2", &l, &res), CH_OK);
+    CU_ASSERT_EQUAL(l.available, 12);
+    expect_level("sku-idem", 12, 0, 0, 12);
+    /* a new key still adjusts */
+    CU_ASSERT_EQUAL_FATAL(adjust_stock_key("sku-idem", 1, "retry-3", &l, &res), CH_OK);
+    CU_ASSERT_EQUAL(l.available, 13);
+    CU_ASSERT_EQUAL(l.total_in, 13);
+}
+
 static void test_inventory_sigterm_exits_zero(void)
 {
     int exit_status = -1;
@@ -846,6 +898,8 @@ int main(void)
         {"state survives kill -9 and restart", test_inventory_state_survives_kill_and_restart},
         {"a decision recorded before a crash is published",
          test_inventory_decision_recorded_before_a_crash_is_published},
+        {"AdjustStock key adjusts once across restart",
+         test_inventory_adjust_key_adjusts_once_across_restart},
         {"SIGTERM exits 0", test_inventory_sigterm_exits_zero},
         {NULL, NULL},
     };

@@ -651,6 +651,115 @@ static void test_inventory_core_random_sagas_conserve_and_refold(void)
     inv_store_destroy(again);
 }
 
+/* Decides an AdjustStock with a key and applies it when it is new; returns
+ * the outcome (INV_NOOP when the decision failed). */
+static inv_outcome adjust_key(inv_store *s, const char *sku, int64_t delta, const char *key)
+{
+    inv_outcome out = INV_NOOP;
+    char err[256] = "";
+    bool changed = false;
+
+    if (inv_decide_adjust_key(s, sku, delta, key, dec, &out, err, sizeof err) != CH_OK)
+        return INV_NOOP;
+    if (out == INV_APPEND) {
+        CU_ASSERT_STRING_EQUAL(dec->entry.idempotency_key, key);
+        CU_ASSERT_EQUAL(inv_apply(s, &dec->entry, &changed), CH_OK);
+        CU_ASSERT_TRUE(changed);
+    }
+    return out;
+}
+
+static void test_inventory_core_adjust_key_adjusts_once(void)
+{
+    inv_store *s = NULL, *again = NULL;
+    char err[256] = "", long_key[INV_KEY_MAX + 2];
+    inv_outcome out = INV_NOOP;
+    bool changed = true;
+
+    CU_ASSERT_EQUAL_FATAL(inv_store_create(&s), CH_OK);
+    set_stock(s, "sku-a", 10);
+    set_stock(s, "sku-b", 10);
+
+    /* the same key twice adjusts once; the retry answers with the same stock */
+    CU_ASSERT_EQUAL(adjust_key(s, "sku-a", 5, "k-1"), INV_APPEND);
+    expect_stock(s, "sku-a", 15, 0, 0, 15);
+    CU_ASSERT_TRUE(inv_store_adjust_key_known(s, "sku-a", "k-1"));
+    CU_ASSERT_EQUAL(adjust_key(s, "sku-a", 5, "k-1"), INV_DECIDED);
+    expect_stock(s, "sku-a", 15, 0, 0, 15);
+    /* ... even when the retry could no longer be applied as new */
+    CU_ASSERT_EQUAL(adjust_key(s, "sku-a", -20, "k-neg"), INV_NOOP); /* refused: short */
+    CU_ASSERT_EQUAL(adjust_key(s, "sku-a", -15, "k-neg"), INV_APPEND);
+    CU_ASSERT_EQUAL(adjust_key(s, "sku-a", -15, "k-neg"), INV_DECIDED);
+    expect_stock(s, "sku-a", 0, 0, 0, 0);
+    /* the reducer, handed the same entry again, changes nothing */
+    inv_entry dup = {.kind = INV_ENTRY_STOCK_ADJUSTED, .sku = "sku-a", .delta = 5, .idempotency_key = "k-1"};
+    CU_ASSERT_EQUAL(inv_apply(s, &dup, &changed), CH_OK);
+    CU_ASSERT_FALSE(changed);
+    expect_stock(s, "sku-a", 0, 0, 0, 0);
+
+    /* another key adjusts again, and so does no key at all, every time */
+    CU_ASSERT_EQUAL(adjust_key(s, "sku-a", 5, "k-2"), INV_APPEND);
+    expect_stock(s, "sku-a", 5, 0, 0, 5);
+    for (int i = 0; i < 2; i++) {
+        CU_ASSERT_EQUAL_FATAL(inv_decide_adjust_key(s, "sku-a", 1, "", dec, &out, err, sizeof err), CH_OK);
+        CU_ASSERT_EQUAL(out, INV_APPEND);
+        CU_ASSERT_EQUAL(inv_apply(s, &dec->entry, NULL), CH_OK);
+    }
+    expect_stock(s, "sku-a", 7, 0, 0, 7);
+    CU_ASSERT_FALSE(inv_store_adjust_key_known(s, "sku-a", ""));
+
+    /* a key is per SKU */
+    CU_ASSERT_FALSE(inv_store_adjust_key_known(s, "sku-b", "k-1"));
+    CU_ASSERT_EQUAL(adjust_key(s, "sku-b", 3, "k-1"), INV_APPEND);
+    expect_stock(s, "sku-b", 13, 0, 0, 13);
+    CU_ASSERT_EQUAL(adjust_key(s, "sku-b", 3, "k-1"), INV_DECIDED);
+    expect_stock(s, "sku-b", 13, 0, 0, 13);
+    expect_stock(s, "sku-a", 7, 0, 0, 7);
+
+    /* bad keys are refused, naming the field */
+    memset(long_key, 'k', INV_KEY_MAX + 1);
+    long_key[INV_KEY_MAX + 1] = '\0';
+    CU_ASSERT_EQUAL(inv_decide_adjust_key(s, "sku-a", 1, long_key, dec, &out, err, sizeof err),
+                    CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(strncmp(err, "idempotency_key:", 16), 0);
+    long_key[INV_KEY_MAX] = '\0'; /* exactly the maximum is fine */
+    CU_ASSERT_EQUAL(inv_validate_idempotency_key(long_key, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL(inv_validate_idempotency_key("a\tb", err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(inv_validate_idempotency_key("\xc3(", err, sizeof err), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(inv_validate_idempotency_key(NULL, err, sizeof err), CH_OK);
+    inv_entry bad = {.kind = INV_ENTRY_STOCK_ADJUSTED, .sku = "sku-a", .delta = 1, .idempotency_key = "x\ny"};
+    CU_ASSERT_EQUAL(inv_apply(s, &bad, NULL), CH_INVALID_ARGUMENT);
+    expect_stock(s, "sku-a", 7, 0, 0, 7);
+
+    /* replaying the entries into a fresh store remembers the keys */
+    CU_ASSERT_EQUAL_FATAL(inv_store_create(&again), CH_OK);
+    inv_entry replay[] = {
+        {.kind = INV_ENTRY_STOCK_SET, .sku = "sku-a", .available = 10},
+        {.kind = INV_ENTRY_STOCK_ADJUSTED, .sku = "sku-a", .delta = 5, .idempotency_key = "k-1"},
+        {.kind = INV_ENTRY_STOCK_ADJUSTED, .sku = "sku-b", .delta = 2, .idempotency_key = "k-1"},
+    };
+    for (size_t i = 0; i < sizeof replay / sizeof replay[0]; i++)
+        CU_ASSERT_EQUAL(inv_apply(again, &replay[i], NULL), CH_OK);
+    expect_stock(again, "sku-a", 15, 0, 0, 15);
+    CU_ASSERT_TRUE(inv_store_adjust_key_known(again, "sku-a", "k-1"));
+    CU_ASSERT_TRUE(inv_store_adjust_key_known(again, "sku-b", "k-1"));
+    CU_ASSERT_FALSE(inv_store_adjust_key_known(again, "sku-a", "k-2"));
+    CU_ASSERT_EQUAL(adjust_key(again, "sku-a", 5, "k-1"), INV_DECIDED);
+    expect_stock(again, "sku-a", 15, 0, 0, 15);
+    /* many keys: the table grows and keeps them all */
+    for (int i = 0; i < 300; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "many-%d", i);
+        CU_ASSERT_EQUAL(adjust_key(again, "sku-c", 1, key), INV_APPEND);
+    }
+    CU_ASSERT_TRUE(inv_store_adjust_key_known(again, "sku-c", "many-0"));
+    CU_ASSERT_TRUE(inv_store_adjust_key_known(again, "sku-c", "many-299"));
+    expect_stock(again, "sku-c", 300, 0, 0, 300);
+
+    inv_store_destroy(s);
+    inv_store_destroy(again);
+}
+
 static void test_inventory_core_text_copy_cuts_at_a_character(void)
 {
     char out[6];
@@ -675,6 +784,7 @@ int main(void)
         {"reducer refuses impossible entries", test_inventory_core_reducer_refuses_impossible_entries},
         {"list pages in byte order", test_inventory_core_list_pages_in_byte_order},
         {"random sagas conserve and refold", test_inventory_core_random_sagas_conserve_and_refold},
+        {"adjust key adjusts once", test_inventory_core_adjust_key_adjusts_once},
         {"text copy cuts at a character", test_inventory_core_text_copy_cuts_at_a_character},
         {NULL, NULL},
     };
