@@ -73,10 +73,26 @@ static ch_status event__prepare(event_out *o, const choreo_events_v1_Envelope *e
     return CH_OK;
 }
 
+/* The one log line per event published (seq NULL when not known yet). */
+static void event__log_published(const choreo_events_v1_Envelope *e, ch_status st, const char *seq,
+                                 const char *outcome)
+{
+    char trace_id[33];
+    event_trace_id(e->traceparent, trace_id);
+    if (st == CH_OK) {
+        log_info("event published", "type", e->type, "order_id", e->order_id, "event_id", e->event_id,
+                 "causation_id", e->causation_id, "trace_id", trace_id, "seq", seq, "outcome", outcome, NULL);
+    } else {
+        log_warn("event publish failed", "type", e->type, "order_id", e->order_id, "event_id", e->event_id,
+                 "causation_id", e->causation_id, "trace_id", trace_id, "status", ch_status_str(st), NULL);
+    }
+}
+
 ch_status event_publish(bus *b, const choreo_events_v1_Envelope *e, int timeout_ms, bus_pub_ack *ack)
 {
     event_out o;
     bus_pub_ack local = {0};
+    char seq[32];
     ch_status st = event__prepare(&o, e);
     if (st != CH_OK) {
         return st;
@@ -85,38 +101,20 @@ ch_status event_publish(bus *b, const choreo_events_v1_Envelope *e, int timeout_
     if (ack) {
         *ack = local;
     }
-    char trace_id[33];
-    event_trace_id(e->traceparent, trace_id);
-    if (st == CH_OK) {
-        char seq[32];
-        snprintf(seq, sizeof seq, "%" PRIu64, local.seq);
-        log_info("event published", "type", e->type, "order_id", e->order_id, "event_id", e->event_id,
-                 "causation_id", e->causation_id, "trace_id", trace_id, "seq", seq, "outcome",
-                 local.duplicate ? "duplicate" : "stored", NULL);
-    } else {
-        log_warn("event publish failed", "type", e->type, "order_id", e->order_id, "event_id", e->event_id,
-                 "causation_id", e->causation_id, "trace_id", trace_id, "status", ch_status_str(st), NULL);
-    }
+    snprintf(seq, sizeof seq, "%" PRIu64, local.seq);
+    event__log_published(e, st, seq, local.duplicate ? "duplicate" : "stored");
     return st;
 }
 
 ch_status event_publish_deferred(const bus_in_msg *m, const choreo_events_v1_Envelope *e)
 {
     event_out o;
-    char trace_id[33];
     ch_status st = event__prepare(&o, e);
     if (st != CH_OK) {
         return st;
     }
     st = bus_publish_deferred(m, &o.m);
-    event_trace_id(e->traceparent, trace_id);
-    if (st == CH_OK) {
-        log_info("event published", "type", e->type, "order_id", e->order_id, "event_id", e->event_id,
-                 "causation_id", e->causation_id, "trace_id", trace_id, "outcome", "sent", NULL);
-    } else {
-        log_warn("event publish failed", "type", e->type, "order_id", e->order_id, "event_id", e->event_id,
-                 "causation_id", e->causation_id, "trace_id", trace_id, "status", ch_status_str(st), NULL);
-    }
+    event__log_published(e, st, NULL, "sent");
     return st;
 }
 

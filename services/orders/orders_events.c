@@ -250,14 +250,6 @@ static bus_verdict on_saga_event(const choreo_events_v1_Envelope *e, const bus_i
     }
     pthread_mutex_lock(&svc->mu);
     ch_status st = order_store_apply(svc->store, &ev, &o, &changed);
-    if (st == CH_NOT_FOUND) {
-        /* Its order.created may not be folded in yet here (another replica
-         * took the call, or the reply path is still applying it): read it. */
-        char filter[EVENT_SUBJECT_MAX];
-        event_subject(filter, sizeof filter, EVENT_ORDER_CREATED, e->order_id);
-        replay_into_store(svc, filter, NULL, NULL);
-        st = order_store_apply(svc->store, &ev, &o, &changed);
-    }
     if (st == CH_OK) {
         r.what = order_next_reaction(o);
         snprintf(r.customer_id, sizeof r.customer_id, "%s", o->customer_id);
@@ -272,6 +264,8 @@ static bus_verdict on_saga_event(const choreo_events_v1_Envelope *e, const bus_i
     pthread_mutex_unlock(&svc->mu);
 
     if (st == CH_NOT_FOUND) {
+        /* Its order.created is not folded in here yet: the follower brings
+         * it (also from other replicas) before the retry. */
         snprintf(why, why_cap, "no order %s (yet)", e->order_id);
         return BUS_RETRY;
     }
