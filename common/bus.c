@@ -27,11 +27,14 @@
 #include "log.h"
 
 #define BUS_DEFAULT_URL       "nats://127.0.0.1:4222"
-#define BUS_REASON_MAX        256
 #define BUS_SUBJECT_MAX       512
 #define BUS_REPLAY_BATCH      512
 #define BUS_REPLAY_STALL_MS   10000
 #define BUS_ASYNC_MAX_WAIT_MS 10000
+
+#define BUS_CB_BUCKETS 1024 /* buckets of the table of publishes awaiting their callback */
+
+struct bus_cb_pending;
 
 struct bus {
     natsOptions *opts;
@@ -54,7 +57,20 @@ struct bus {
     uint64_t async_done;
     uint64_t async_failed;
     ch_status async_first_err;
+
+    /* bus_publish_cb: its own JetStream context; the callbacks of the
+     * publishes in flight, by natsMsg address */
+    jsCtx *cb_js;
+    pthread_mutex_t cb_mu;
+    struct bus_cb_pending *cb_pending[BUS_CB_BUCKETS];
 };
+
+typedef struct bus_cb_pending {
+    const natsMsg *msg;
+    bus_pub_fn fn;
+    void *arg;
+    struct bus_cb_pending *next;
+} bus_cb_pending;
 
 /* ---- status conversion ---------------------------------------------------- */
 
@@ -211,6 +227,52 @@ static void bus__on_async_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr
     natsMsg_Destroy(msg);
 }
 
+static size_t bus__cb_bucket(const natsMsg *msg)
+{
+    uintptr_t p = (uintptr_t)msg;
+    return (size_t)((p >> 4) ^ (p >> 14)) & (BUS_CB_BUCKETS - 1);
+}
+
+/* Takes the pending callback of msg out of the table; NULL if none. */
+static bus_cb_pending *bus__cb_take(bus *b, const natsMsg *msg)
+{
+    pthread_mutex_lock(&b->cb_mu);
+    bus_cb_pending **pp = &b->cb_pending[bus__cb_bucket(msg)];
+    while (*pp && (*pp)->msg != msg) {
+        pp = &(*pp)->next;
+    }
+    bus_cb_pending *p = *pp;
+    if (p) {
+        *pp = p->next;
+    }
+    pthread_mutex_unlock(&b->cb_mu);
+    return p;
+}
+
+/* bus_publish_cb results; runs on a cnats thread. */
+static void bus__on_cb_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *arg)
+{
+    (void)js;
+    bus *b = arg;
+    bus_cb_pending *p = bus__cb_take(b, msg);
+    bus_pub_ack ack = {0};
+    ch_status st = CH_OK;
+    if (pae) {
+        st = bus__status(pae->Err, pae->ErrCode);
+        st = st == CH_OK ? CH_INTERNAL : st;
+        log_warn("publish failed", "subject", msg ? natsMsg_GetSubject(msg) : NULL, "nats_status",
+                 natsStatus_GetText(pae->Err), "detail", pae->ErrText, NULL);
+    } else if (pa) {
+        ack.seq = pa->Sequence;
+        ack.duplicate = pa->Duplicate;
+    }
+    if (p) {
+        p->fn(st, &ack, p->arg);
+        free(p);
+    }
+    natsMsg_Destroy(msg);
+}
+
 ch_status bus_create(bus **out, const bus_options *o)
 {
     ch_status st = CH_INTERNAL;
@@ -228,6 +290,7 @@ ch_status bus_create(bus **out, const bus_options *o)
         return CH_NO_MEMORY;
     }
     pthread_mutex_init(&b->mu, NULL);
+    pthread_mutex_init(&b->cb_mu, NULL);
     pthread_cond_init(&b->cond, NULL);
     atomic_init(&b->up, false);
     atomic_init(&b->closing, false);
@@ -297,6 +360,10 @@ ch_status bus_create(bus **out, const bus_options *o)
     jo.PublishAsync.AckHandlerClosure = b;
     jo.PublishAsync.StallWait = 2000;
     s = natsConnection_JetStream(&b->js, b->nc, &jo);
+    if (s == NATS_OK) {
+        jo.PublishAsync.AckHandler = bus__on_cb_ack;
+        s = natsConnection_JetStream(&b->cb_js, b->nc, &jo);
+    }
     if (s != NATS_OK) {
         st = bus__fail("jetstream context failed", url, s, 0);
         goto cleanup;
@@ -321,6 +388,9 @@ void bus_destroy(bus *b)
             jsPubOptions_Init(&po);
             po.MaxWait = 2000;
             js_PublishAsyncComplete(b->js, &po);
+            if (b->cb_js) {
+                js_PublishAsyncComplete(b->cb_js, &po);
+            }
         }
     }
     if (b->nc) {
@@ -341,6 +411,18 @@ void bus_destroy(bus *b)
         pthread_mutex_unlock(&b->mu);
     }
     jsCtx_Destroy(b->js);
+    jsCtx_Destroy(b->cb_js);
+    /* Callbacks still owed (NATS went away): they learn it now. */
+    for (size_t k = 0; k < BUS_CB_BUCKETS; k++) {
+        while (b->cb_pending[k]) {
+            bus_cb_pending *p = b->cb_pending[k];
+            b->cb_pending[k] = p->next;
+            bus_pub_ack none = {0};
+            p->fn(CH_UNAVAILABLE, &none, p->arg);
+            free(p);
+        }
+    }
+    pthread_mutex_destroy(&b->cb_mu);
     natsConnection_Destroy(b->nc);
     natsOptions_Destroy(b->opts);
     pthread_cond_destroy(&b->cond);
@@ -572,6 +654,45 @@ ch_status bus_publish(bus *b, const bus_out_msg *m, int timeout_ms, bus_pub_ack 
     st = bus__publish_msg(b, msg, m->msg_id, m, timeout_ms, ack);
     natsMsg_Destroy(msg);
     return st;
+}
+
+ch_status bus_publish_cb(bus *b, const bus_out_msg *m, bus_pub_fn fn, void *arg)
+{
+    if (!b || !m || !fn) {
+        return CH_INVALID_ARGUMENT;
+    }
+    if (!atomic_load(&b->up)) {
+        return CH_UNAVAILABLE;
+    }
+    bus_cb_pending *p = calloc(1, sizeof *p);
+    natsMsg *msg = NULL;
+    ch_status st = p ? bus__make_msg(&msg, m) : CH_NO_MEMORY;
+    if (st != CH_OK) {
+        free(p);
+        return st;
+    }
+    /* In the table before the publish: the ack may come before it returns. */
+    p->msg = msg;
+    p->fn = fn;
+    p->arg = arg;
+    size_t k = bus__cb_bucket(msg);
+    pthread_mutex_lock(&b->cb_mu);
+    p->next = b->cb_pending[k];
+    b->cb_pending[k] = p;
+    pthread_mutex_unlock(&b->cb_mu);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = m->msg_id;
+    po.MaxWait = BUS_ASYNC_MAX_WAIT_MS;
+    natsMsg *keep = msg;
+    natsStatus s = js_PublishMsgAsync(b->cb_js, &msg, &po);
+    if (s != NATS_OK) {
+        /* Not queued: its callback will never run. */
+        free(bus__cb_take(b, keep));
+        natsMsg_Destroy(msg);
+        return bus__fail("publish failed", m->subject, s, 0);
+    }
+    return CH_OK;
 }
 
 /* Queues m on js; *sent (guarded by mu) counts it until its ack handler
@@ -839,6 +960,11 @@ struct bus_worker {
     natsMsg **deferred; /* messages to ack once the batch's publishes are stored */
     int ndeferred;
     natsMsg **batch_msgs; /* the batch being handled */
+    bus_in_msg *batch_in; /* their views, alive until the batch is settled */
+    bus_flush_fn flush;
+    bus_staged *staged; /* messages staged for the flush, in order */
+    int *staged_idx;    /* their positions in the batch */
+    int nstaged;
 };
 
 static char *bus__strdup(const char *s)
@@ -986,54 +1112,43 @@ static void bus__flush_deferred(bus_worker *w)
     w->ndeferred = 0;
 }
 
-static void bus__handle(bus_worker *w, natsMsg *msg)
+/* Turns a verdict into its effect on msg: ack (or, when `deferred`, ack
+ * once the batch's deferred publishes are stored), nak with the backoff, or
+ * dead-letter and term; a retry at max_deliver becomes a dead-letter. */
+static void bus__settle(bus_worker *w, natsMsg *msg, const bus_in_msg *in, bus_verdict v, char *reason,
+                        bool deferred)
 {
-    bus_in_msg in;
-    bus__in_msg(&in, msg);
-    in.worker_ = w;
-    w->cur_deferred = false;
-    char reason[BUS_REASON_MAX] = "";
-    bus_verdict v;
-    if (in.deliveries > (uint64_t)w->max_deliver) {
-        /* Redelivered past the limit without a verdict (handler crashed or
-         * overran AckWait): stop the loop here. */
-        v = BUS_DEAD;
-        snprintf(reason, sizeof reason, "no verdict after %" PRIu64 " deliveries", in.deliveries);
-    } else {
-        v = w->handler(&in, w->ctx, reason, sizeof reason);
-        reason[sizeof reason - 1] = '\0';
-    }
-    if (v == BUS_RETRY && in.deliveries >= (uint64_t)w->max_deliver) {
+    if (v == BUS_RETRY && in->deliveries >= (uint64_t)w->max_deliver) {
         char suffix[64];
-        snprintf(suffix, sizeof suffix, " (gave up after %" PRIu64 " deliveries)", in.deliveries);
+        snprintf(suffix, sizeof suffix, " (gave up after %" PRIu64 " deliveries)", in->deliveries);
         if (!reason[0]) {
-            snprintf(reason, sizeof reason, "retry");
+            snprintf(reason, BUS_REASON_MAX, "retry");
         }
         size_t used = strlen(reason), add = strlen(suffix);
-        if (used + add >= sizeof reason) {
-            used = sizeof reason - 1 - add;
+        if (used + add >= BUS_REASON_MAX) {
+            used = BUS_REASON_MAX - 1 - add;
         }
         memcpy(reason + used, suffix, add + 1);
         v = BUS_DEAD;
     }
-    if (v == BUS_ACK && w->cur_deferred && w->ndeferred < w->batch) {
+    if (v == BUS_ACK && deferred && w->ndeferred < w->batch) {
         w->deferred[w->ndeferred++] = msg; /* acked by bus__flush_deferred */
         return;
     }
-    if (v == BUS_ACK && w->cur_deferred) {
+    if (v == BUS_ACK && deferred) {
         bus__flush_deferred(w); /* cannot happen: the list holds a whole batch */
     }
     natsStatus s = NATS_OK;
     switch (v) {
     case BUS_ACK: s = natsMsg_Ack(msg, NULL); break;
-    case BUS_RETRY: s = natsMsg_NakWithDelay(msg, bus__backoff(w, in.deliveries), NULL); break;
+    case BUS_RETRY: s = natsMsg_NakWithDelay(msg, bus__backoff(w, in->deliveries), NULL); break;
     case BUS_DEAD:
     default:
-        if (bus__dead_letter(w, msg, &in, reason[0] ? reason : "dead") == CH_OK) {
+        if (bus__dead_letter(w, msg, in, reason[0] ? reason : "dead") == CH_OK) {
             s = natsMsg_Term(msg, NULL);
         } else {
             /* Nothing is lost: it comes back after the delay. */
-            log_error("dead-letter publish failed; will retry", "worker", w->name, "subject", in.subject,
+            log_error("dead-letter publish failed; will retry", "worker", w->name, "subject", in->subject,
                       "reason", reason, NULL);
             s = natsMsg_NakWithDelay(msg, 1000, NULL);
         }
@@ -1042,6 +1157,59 @@ static void bus__handle(bus_worker *w, natsMsg *msg)
     if (s != NATS_OK) {
         bus__fail("ack failed", w->name, s, 0);
     }
+}
+
+/* Hands message i of the batch to the handler; settles it, or stages it for
+ * the flush. */
+static void bus__handle(bus_worker *w, int i)
+{
+    natsMsg *msg = w->batch_msgs[i];
+    bus_in_msg *in = &w->batch_in[i];
+    bus__in_msg(in, msg);
+    in->worker_ = w;
+    w->cur_deferred = false;
+    char reason[BUS_REASON_MAX] = "";
+    bus_verdict v;
+    if (in->deliveries > (uint64_t)w->max_deliver) {
+        /* Redelivered past the limit without a verdict (handler crashed or
+         * overran AckWait): stop the loop here. */
+        v = BUS_DEAD;
+        snprintf(reason, sizeof reason, "no verdict after %" PRIu64 " deliveries", in->deliveries);
+    } else {
+        v = w->handler(in, w->ctx, reason, sizeof reason);
+        reason[sizeof reason - 1] = '\0';
+    }
+    if (v == BUS_STAGED && w->flush) {
+        bus_staged *st = &w->staged[w->nstaged];
+        w->staged_idx[w->nstaged++] = i;
+        st->msg = in;
+        st->verdict = BUS_RETRY;
+        snprintf(st->reason, sizeof st->reason, "staged, not flushed");
+        return;
+    }
+    if (v == BUS_STAGED) {
+        v = BUS_RETRY;
+        snprintf(reason, sizeof reason, "handler staged a message but the worker has no flush");
+    }
+    bus__settle(w, msg, in, v, reason, w->cur_deferred);
+}
+
+/* Lets the flush decide the staged messages of the batch, then settles them;
+ * their acks wait for the batch's deferred publishes. */
+static void bus__flush_staged(bus_worker *w)
+{
+    if (w->nstaged == 0) {
+        return;
+    }
+    w->flush(w->staged, (size_t)w->nstaged, w->ctx);
+    for (int k = 0; k < w->nstaged; k++) {
+        bus_staged *st = &w->staged[k];
+        int i = w->staged_idx[k];
+        st->reason[sizeof st->reason - 1] = '\0';
+        bus_verdict v = st->verdict == BUS_STAGED ? BUS_RETRY : st->verdict;
+        bus__settle(w, w->batch_msgs[i], &w->batch_in[i], v, st->reason, true);
+    }
+    w->nstaged = 0;
 }
 
 static ch_status bus__worker_subscribe(bus_worker *w)
@@ -1093,8 +1261,9 @@ static void *bus__worker_main(void *arg)
                 n++;
             }
             for (int i = 0; i < n; i++) {
-                bus__handle(w, w->batch_msgs[i]);
+                bus__handle(w, i);
             }
+            bus__flush_staged(w);
             bus__flush_deferred(w);
             for (int i = 0; i < n; i++) {
                 natsMsg_Destroy(w->batch_msgs[i]);
@@ -1129,6 +1298,9 @@ static void bus__worker_free(bus_worker *w)
     pthread_cond_destroy(&w->acond);
     free(w->deferred);
     free(w->batch_msgs);
+    free(w->batch_in);
+    free(w->staged);
+    free(w->staged_idx);
     if (w->sub) {
         natsSubscription_Unsubscribe(w->sub);
         natsSubscription_Destroy(w->sub);
@@ -1191,7 +1363,14 @@ ch_status bus_worker_start(bus *b, const bus_worker_spec *ws, bus_worker **out)
     jo.PublishAsync.AckHandlerClosure = w;
     w->deferred = calloc((size_t)w->batch, sizeof *w->deferred);
     w->batch_msgs = calloc((size_t)w->batch, sizeof *w->batch_msgs);
-    if (!w->deferred || !w->batch_msgs || natsConnection_JetStream(&w->js, b->nc, &jo) != NATS_OK) {
+    w->batch_in = calloc((size_t)w->batch, sizeof *w->batch_in);
+    if (ws->flush) {
+        w->flush = ws->flush;
+        w->staged = calloc((size_t)w->batch, sizeof *w->staged);
+        w->staged_idx = calloc((size_t)w->batch, sizeof *w->staged_idx);
+    }
+    if (!w->deferred || !w->batch_msgs || !w->batch_in || (w->flush && (!w->staged || !w->staged_idx)) ||
+        natsConnection_JetStream(&w->js, b->nc, &jo) != NATS_OK) {
         bus__worker_free(w);
         return CH_NO_MEMORY;
     }

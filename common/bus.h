@@ -33,6 +33,7 @@
 #define BUS_MAX_SUBJECTS      8    /* subjects of one stream */
 #define BUS_MAX_BACKOFF       8    /* entries of a worker's retry backoff */
 #define BUS_MAX_BATCH         1024 /* cap of a worker fetch batch */
+#define BUS_REASON_MAX        256  /* bytes of a verdict's reason, NUL included */
 #define BUS_DEADLETTER_STREAM "DEADLETTER"
 #define BUS_DEADLETTER_PREFIX "deadletter"
 
@@ -156,6 +157,17 @@ typedef struct bus_pub_ack {
  * stream refuses the size. The cnats text goes to the log. Any thread. */
 ch_status bus_publish(bus *b, const bus_out_msg *m, int timeout_ms, bus_pub_ack *ack);
 
+/* Called once with the outcome of a bus_publish_cb: st as bus_publish
+ * (CH_OK: stored, ack filled; CH_UNAVAILABLE also when the bus is destroyed
+ * first). Runs on a cnats thread: must not block. */
+typedef void (*bus_pub_fn)(ch_status st, const bus_pub_ack *ack, void *arg);
+
+/* Publishes m (copied) without waiting: fn(arg) runs once its PubAck (or an
+ * error, or a timeout) comes. CH_OK means fn will run; any other status
+ * means it will not. Lets a handler that must answer only once the message
+ * is stored (CreateOrder) leave its thread free meanwhile. Any thread. */
+ch_status bus_publish_cb(bus *b, const bus_out_msg *m, bus_pub_fn fn, void *arg);
+
 /* Queues m for asynchronous publishing (copied). Blocks only when
  * async_max_pending publishes are in flight. Failures are collected and
  * reported by bus_publish_async_wait. One thread at a time per bus. */
@@ -198,7 +210,23 @@ typedef enum bus_verdict {
     BUS_ACK = 0, /* processed (or a duplicate): ack */
     BUS_RETRY,   /* transient failure: redeliver after the backoff; dead-letter at max_deliver */
     BUS_DEAD,    /* permanently bad (malformed, unknown): dead-letter now */
+    BUS_STAGED,  /* kept for the worker's flush at the end of the batch (bus_worker_spec.flush) */
 } bus_verdict;
+
+/* A message a handler staged, handed to the flush with the others of its
+ * batch; the flush sets verdict (BUS_ACK, BUS_RETRY or BUS_DEAD) and, for the
+ * last two, reason. A staged message's ack also waits for every deferred
+ * publish of the batch. */
+typedef struct bus_staged {
+    const bus_in_msg *msg; /* valid until the flush returns */
+    bus_verdict verdict;
+    char reason[BUS_REASON_MAX];
+} bus_staged;
+
+/* Decides the staged messages of one batch together (e.g. one ledger write
+ * for all of them), in order; may call bus_publish_deferred on any of them.
+ * Runs on the worker thread, after the handler saw the whole batch. */
+typedef void (*bus_flush_fn)(bus_staged *items, size_t n, void *ctx);
 
 /* Worker handler: returns the verdict; for BUS_RETRY/BUS_DEAD writes a short
  * reason into reason (NUL-terminated, at most reason_cap bytes). Runs on the
@@ -218,6 +246,7 @@ typedef struct bus_worker_spec {
     int nbackoff;                    /* entries used; 0: {100, 500, 2000} */
     const char *dlq_prefix;          /* NULL: BUS_DEADLETTER_PREFIX */
     const char *name;                /* for log lines; NULL: durable */
+    bus_flush_fn flush;              /* required when the handler may return BUS_STAGED; called with ctx */
 } bus_worker_spec;
 
 /* Starts a thread that takes batches from the durable consumer (what has

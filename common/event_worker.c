@@ -10,6 +10,16 @@
 #include "event_bus.h"
 #include "log.h"
 
+/* The fields of a staged event's log line, kept until its verdict. */
+typedef struct event_staged_log {
+    char type[40];
+    char order_id[EVENT_ORDER_ID_MAX + 1];
+    char event_id[40];
+    char causation_id[88];
+    char trace_id[33];
+    char deliveries[24];
+} event_staged_log;
+
 struct event_worker {
     event_worker_spec spec;
     char service[32];
@@ -18,6 +28,8 @@ struct event_worker {
     char type_name[40];
     bus_worker *worker;
     choreo_events_v1_Envelope env; /* reused: one event at a time per worker */
+    event_staged_log *staged;      /* what the log line of each staged event needs, in order */
+    size_t nstaged, staged_cap;
 };
 
 void event_trace_id(const char *traceparent, char out[33])
@@ -48,14 +60,42 @@ static const char *verdict_name(bus_verdict v)
     }
 }
 
+static void log_handled(const event_staged_log *x, bus_verdict v, const char *reason)
+{
+    log_at(v == BUS_ACK ? LOG_INFO : LOG_WARN, "event handled", "type", x->type, "order_id", x->order_id,
+           "event_id", x->event_id, "causation_id", x->causation_id, "trace_id", x->trace_id, "deliveries",
+           x->deliveries, "outcome", verdict_name(v), "reason", reason && reason[0] ? reason : NULL, NULL);
+}
+
+static void log_fields(event_staged_log *x, const choreo_events_v1_Envelope *e, const bus_in_msg *m)
+{
+    snprintf(x->type, sizeof x->type, "%s", e->type);
+    snprintf(x->order_id, sizeof x->order_id, "%s", e->order_id);
+    snprintf(x->event_id, sizeof x->event_id, "%s", e->event_id);
+    snprintf(x->causation_id, sizeof x->causation_id, "%s", e->causation_id);
+    event_trace_id(e->traceparent, x->trace_id);
+    snprintf(x->deliveries, sizeof x->deliveries, "%llu", (unsigned long long)m->deliveries);
+}
+
+/* The bus worker's flush: the service decides the staged events, then each
+ * gets its log line. */
+static void on_flush(bus_staged *items, size_t n, void *arg)
+{
+    event_worker *w = arg;
+
+    w->spec.flush(items, n, w->spec.ctx);
+    for (size_t i = 0; i < n && i < w->nstaged; i++)
+        log_handled(&w->staged[i], items[i].verdict, items[i].reason);
+    w->nstaged = 0;
+}
+
 static bus_verdict on_message(const bus_in_msg *m, void *arg, char *reason, size_t reason_cap)
 {
     event_worker *w = arg;
     choreo_events_v1_Envelope *e = &w->env;
-    char trace_id[33], deliveries[24];
+    event_staged_log x;
     event_type t;
 
-    snprintf(deliveries, sizeof deliveries, "%llu", (unsigned long long)m->deliveries);
     if (event_decode(m->data, m->len, e, reason, reason_cap) != CH_OK) {
         log_warn("event handled", "consumer", w->durable, "subject", m->subject, "outcome", "dead", "reason",
                  reason, NULL);
@@ -70,10 +110,16 @@ static bus_verdict on_message(const bus_in_msg *m, void *arg, char *reason, size
     }
     reason[0] = '\0';
     bus_verdict v = w->spec.handler(e, m, w->spec.ctx, reason, reason_cap);
-    event_trace_id(e->traceparent, trace_id);
-    log_at(v == BUS_ACK ? LOG_INFO : LOG_WARN, "event handled", "type", e->type, "order_id", e->order_id,
-           "event_id", e->event_id, "causation_id", e->causation_id, "trace_id", trace_id, "deliveries",
-           deliveries, "outcome", verdict_name(v), "reason", reason[0] ? reason : NULL, NULL);
+    if (v == BUS_STAGED && w->nstaged < w->staged_cap) {
+        log_fields(&w->staged[w->nstaged++], e, m); /* logged with its verdict, after the flush */
+        return v;
+    }
+    if (v == BUS_STAGED) {
+        v = BUS_RETRY; /* cannot happen: room for a whole batch */
+        snprintf(reason, reason_cap, "staged beyond the batch");
+    }
+    log_fields(&x, e, m);
+    log_handled(&x, v, reason);
     return v;
 }
 
@@ -98,6 +144,17 @@ ch_status event_worker_start(bus *b, const event_worker_spec *spec, event_worker
         goto fail;
 
     int max_deliver = spec->max_deliver > 0 ? spec->max_deliver : 8;
+    int batch = spec->batch > 0 ? spec->batch : 128;
+    if (batch > BUS_MAX_BATCH)
+        batch = BUS_MAX_BATCH;
+    if (spec->flush) {
+        w->staged = calloc((size_t)batch, sizeof *w->staged);
+        w->staged_cap = (size_t)batch;
+        if (!w->staged) {
+            st = CH_NO_MEMORY;
+            goto fail;
+        }
+    }
     bus_consumer_spec c = {
         .stream = EVENT_STREAM,
         .durable = w->durable,
@@ -113,8 +170,9 @@ ch_status event_worker_start(bus *b, const event_worker_spec *spec, event_worker
         .stream = EVENT_STREAM,
         .durable = w->durable,
         .filter_subject = w->filter,
-        .batch = spec->batch > 0 ? spec->batch : 128,
+        .batch = batch,
         .handler = on_message,
+        .flush = spec->flush ? on_flush : NULL,
         .ctx = w,
         .max_deliver = max_deliver,
         .backoff_ms = {50, 200, 500, 1000, 2000},
@@ -129,6 +187,7 @@ ch_status event_worker_start(bus *b, const event_worker_spec *spec, event_worker
 
 fail:
     log_error("event worker not started", "consumer", w->durable, "status", ch_status_str(st), NULL);
+    free(w->staged);
     free(w);
     return st;
 }
@@ -149,5 +208,6 @@ void event_worker_stop(event_worker *w)
     if (!w)
         return;
     bus_worker_stop(w->worker);
+    free(w->staged);
     free(w);
 }

@@ -13,7 +13,8 @@
  * Handlers ack only after their own effect and outgoing event are durable:
  * return BUS_ACK then; BUS_RETRY for a transient failure (nak with backoff,
  * dead-lettered after max_deliver); BUS_DEAD for an event that can never be
- * handled.
+ * handled; or BUS_STAGED to decide it with the rest of its batch in the
+ * flush (one ledger write per batch instead of one per event).
  *
  * Ownership: the caller owns the worker (event_worker_stop) and the ctx.
  * Threads: the handler runs on the worker's thread, one event at a time. */
@@ -26,10 +27,19 @@
 typedef bus_verdict (*event_handler_fn)(const choreo_events_v1_Envelope *e, const bus_in_msg *m, void *ctx,
                                         char *reason, size_t reason_cap);
 
+/* Decides the events a handler staged (returned BUS_STAGED for) together,
+ * once per batch: items[i].msg is the i-th staged message (valid, decodes
+ * with event_decode, the same type); the flush sets each item's verdict and
+ * reason, and may publish with bus_publish_deferred on items[i].msg. The log
+ * line of each staged event is written after the flush, with its verdict.
+ * Runs on the worker's thread. */
+typedef void (*event_flush_fn)(bus_staged *items, size_t n, void *ctx);
+
 typedef struct event_worker_spec {
     const char *service; /* "inventory": names the durable "inventory-order_created" */
     event_type type;     /* the one type consumed */
     event_handler_fn handler;
+    event_flush_fn flush; /* required if handler may return BUS_STAGED; called with ctx */
     void *ctx;
     int batch;       /* 0: 128 */
     int max_deliver; /* 0: 8 */

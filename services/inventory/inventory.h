@@ -1,18 +1,23 @@
 /* inventory.h: the inventory service's adapters around its pure core.
  *
  * State lives in a ledger (common/ledger.h): stream INVENTORY, subject
- * inventory.ledger, entries choreo.ledger.v1.InventoryEntry (nanopb). Every
- * change, from the API or from an event, goes: lock `mu` -> decide in the
- * core -> append the entry (compare-and-set; the ledger applies it to the
- * store through inventory_events.c) -> unlock. An event handler then
- * publishes the event that the recorded decision implies and acks; if the
- * decision was recorded before (a redelivery), it publishes that event again
- * (JetStream drops the duplicate by its Nats-Msg-Id) and acks.
+ * inventory.ledger, entries choreo.ledger.v1.InventoryEntry (nanopb). An API
+ * change goes: lock `mu` -> decide in the core -> append the entry
+ * (compare-and-set; the ledger applies it to the store through
+ * inventory_events.c) -> unlock. Events are decided a batch at a time (up to
+ * INVENTORY_BATCH, what the worker took from the consumer): lock `mu` ->
+ * decide each in the core, applying its entry at once so the next one sees
+ * it -> append all the entries as one ledger message (compare-and-set; undone
+ * and decided again if another replica wrote first) -> publish the event
+ * each recorded decision implies (asynchronously: the incoming event is acked
+ * once it is stored) -> unlock. A decision recorded before (a redelivery)
+ * only publishes its event again (JetStream drops the duplicate by its
+ * Nats-Msg-Id).
  *
  * Ownership: main owns the inventory_service and everything it points to.
  * `mu` guards the store, the ledger and the scratch buffers; it is held
- * across a ledger append (one JetStream round trip), never across an event
- * publish. */
+ * across a ledger append (one JetStream round trip per API call or per batch
+ * of events). */
 #ifndef CHOREO_INVENTORY_H
 #define CHOREO_INVENTORY_H
 
@@ -31,6 +36,7 @@
 #define INVENTORY_LEDGER_SUBJECT "inventory.ledger"
 #define INVENTORY_CAS_ATTEMPTS   5 /* compare-and-set tries before giving up (retry later) */
 #define INVENTORY_WORKERS        4 /* order.created, payment.processed, payment.failed, order.cancel_requested */
+#define INVENTORY_BATCH          128 /* events decided together, and recorded in one ledger message */
 
 typedef struct inventory_scratch inventory_scratch; /* ledger encode/decode room, under mu */
 typedef struct inventory_handler inventory_handler; /* one per consumed event type */
@@ -61,6 +67,10 @@ void inventory_ledger_close(inventory_service *svc);
  * be NULL), which applies it to the store. CH_CONFLICT when another writer
  * appended first (the store has caught up: decide again). Caller holds mu. */
 ch_status inventory_append(inventory_service *svc, const inv_entry *e, const char *msg_id, int timeout_ms);
+
+/* Encodes e as a ledger entry into buf (cap bytes), *len its size. Caller
+ * holds mu (the encoder's scratch). */
+ch_status inventory_encode(inventory_service *svc, const inv_entry *e, uint8_t *buf, size_t cap, size_t *len);
 
 /* Starts one event worker per consumed type. On failure the ones started are
  * stopped again. Main thread. */

@@ -124,17 +124,43 @@ static uint64_t id_hash(const char *id)
     return h ^ (h >> 31);
 }
 
-static inv_reservation *res_find(const inv_store *s, const char *order_id)
+/* The slot of order_id's reservation, or SIZE_MAX. */
+static size_t res_slot(const inv_store *s, const char *order_id)
 {
     if (s->res_cap == 0)
-        return NULL;
+        return SIZE_MAX;
     for (size_t i = id_hash(order_id) & (s->res_cap - 1);; i = (i + 1) & (s->res_cap - 1)) {
-        inv_reservation *r = s->res[i];
-        if (!r)
-            return NULL;
-        if (strcmp(r->order_id, order_id) == 0)
-            return r;
+        if (!s->res[i])
+            return SIZE_MAX;
+        if (strcmp(s->res[i]->order_id, order_id) == 0)
+            return i;
     }
+}
+
+static inv_reservation *res_find(const inv_store *s, const char *order_id)
+{
+    size_t i = res_slot(s, order_id);
+    return i == SIZE_MAX ? NULL : s->res[i];
+}
+
+/* Empties slot i (the caller keeps or frees its record) by backward-shift
+ * deletion: each later record of the probe run whose home slot does not lie
+ * in (hole, its slot] moves into the hole, so every lookup that passed slot i
+ * before still reaches its record without a tombstone. */
+static void res_remove_at(inv_store *s, size_t i)
+{
+    size_t mask = s->res_cap - 1;
+
+    s->res[i] = NULL;
+    for (size_t j = (i + 1) & mask; s->res[j]; j = (j + 1) & mask) {
+        size_t home = id_hash(s->res[j]->order_id) & mask;
+        if (((i - home) & mask) < ((j - home) & mask)) { /* the hole lies in [home, j) */
+            s->res[i] = s->res[j];
+            s->res[j] = NULL;
+            i = j;
+        }
+    }
+    s->res_used--;
 }
 
 static void res_put(inv_reservation **slots, size_t cap, inv_reservation *r)
@@ -669,7 +695,10 @@ static inv_reservation *res_new(const inv_entry *e, inv_res_status status)
         return NULL;
     snprintf(r->order_id, sizeof r->order_id, "%s", e->order_id);
     r->status = status;
-    if (e->reason && e->reason[0]) {
+    /* Only a REJECTED entry gives a new reservation a reason (a RESERVED entry
+     * has none: see inv_entry), so a reservation has none until it is
+     * released; inv_revert relies on that to undo a release exactly. */
+    if (status == INV_RES_REJECTED && e->reason && e->reason[0]) {
         r->reason = strdup(e->reason);
         if (!r->reason) {
             free(r);
@@ -849,5 +878,107 @@ ch_status inv_apply(inv_store *s, const inv_entry *e, bool *changed)
     case INV_ENTRY_REJECTED: return apply_rejected(s, e, changed);
     case INV_ENTRY_COMMITTED: return apply_committed(s, e, changed);
     default: return apply_released(s, e, changed);
+    }
+}
+
+/* ---- undoing the reducer ---- */
+
+static bool same_text(const char *stored, const char *given)
+{
+    if (!given || !given[0])
+        return stored == NULL;
+    return stored && strcmp(stored, given) == 0;
+}
+
+/* True when r is the reservation a RESERVED entry e made. */
+static bool res_made_by(const inv_reservation *r, const inv_entry *e)
+{
+    if (r->n_lines != e->n_lines || strcmp(r->customer_id, e->customer_id) != 0 ||
+        r->total_cents != e->total_cents)
+        return false;
+    for (uint32_t k = 0; k < r->n_lines; k++)
+        if (r->lines[k].quantity != e->lines[k].quantity || strcmp(r->lines[k].sku, e->lines[k].sku) != 0)
+            return false;
+    return true;
+}
+
+static ch_status revert_reserved(inv_store *s, size_t slot, const inv_entry *e)
+{
+    inv_reservation *r = s->res[slot];
+
+    if (!e->customer_id || !e->lines)
+        return CH_INVALID_ARGUMENT;
+    if (r->status != INV_RES_RESERVED || !res_made_by(r, e))
+        return CH_FAILED_PRECONDITION;
+    ch_status st = move_lines(s, r, COUNT_RESERVED, COUNT_AVAILABLE);
+    if (st != CH_OK)
+        return st;
+    res_remove_at(s, slot);
+    res_free(r);
+    return CH_OK;
+}
+
+static ch_status revert_rejected(inv_store *s, size_t slot, const inv_entry *e)
+{
+    inv_reservation *r = s->res[slot];
+
+    if (!e->sku)
+        return CH_INVALID_ARGUMENT;
+    if (r->status != INV_RES_REJECTED || !r->short_sku || strcmp(r->short_sku, e->sku) != 0 ||
+        r->requested != e->requested || r->available != e->available || !same_text(r->reason, e->reason))
+        return CH_FAILED_PRECONDITION;
+    res_remove_at(s, slot);
+    res_free(r);
+    return CH_OK;
+}
+
+static ch_status revert_committed(inv_store *s, inv_reservation *r)
+{
+    if (r->status != INV_RES_COMMITTED)
+        return CH_FAILED_PRECONDITION;
+    ch_status st = move_lines(s, r, COUNT_SOLD, COUNT_RESERVED);
+    if (st != CH_OK)
+        return st;
+    r->status = INV_RES_RESERVED;
+    return CH_OK;
+}
+
+static ch_status revert_released(inv_store *s, inv_reservation *r, const inv_entry *e)
+{
+    if (r->status != INV_RES_RELEASED || r->restocked != e->restocked || !same_text(r->reason, e->reason))
+        return CH_FAILED_PRECONDITION;
+    ch_status st = move_lines(s, r, COUNT_AVAILABLE, r->was_committed ? COUNT_SOLD : COUNT_RESERVED);
+    if (st != CH_OK)
+        return st;
+    /* Before the release the reservation was RESERVED or COMMITTED: neither
+     * has a reason (see res_new), and was_committed and restocked are set by
+     * the release only. */
+    free(r->reason);
+    r->reason = NULL;
+    r->status = r->was_committed ? INV_RES_COMMITTED : INV_RES_RESERVED;
+    r->was_committed = false;
+    r->restocked = false;
+    return CH_OK;
+}
+
+ch_status inv_revert(inv_store *s, const inv_entry *e)
+{
+    switch (e->kind) {
+    case INV_ENTRY_RESERVED:
+    case INV_ENTRY_REJECTED:
+    case INV_ENTRY_COMMITTED:
+    case INV_ENTRY_RELEASED: break;
+    default: return CH_INVALID_ARGUMENT; /* stock entries, unknown kinds */
+    }
+    if (!e->order_id)
+        return CH_INVALID_ARGUMENT;
+    size_t slot = res_slot(s, e->order_id);
+    if (slot == SIZE_MAX)
+        return CH_NOT_FOUND;
+    switch (e->kind) {
+    case INV_ENTRY_RESERVED: return revert_reserved(s, slot, e);
+    case INV_ENTRY_REJECTED: return revert_rejected(s, slot, e);
+    case INV_ENTRY_COMMITTED: return revert_committed(s, s->res[slot]);
+    default: return revert_released(s, s->res[slot], e);
     }
 }

@@ -21,7 +21,9 @@
  *   REJECTED   some SKU was short, nothing moved (order.created); terminal
  *
  * Ownership: an inv_store owns its stock levels and reservations; pointers it
- * returns stay valid until the store is destroyed (nothing is ever removed).
+ * returns stay valid until the store is destroyed, except that inv_revert()
+ * of a RESERVED or REJECTED entry frees that order's reservation (nothing
+ * else is ever removed).
  * Entries and requests passed in are borrowed; an inv_decision is the
  * caller's and its entry points into itself and into the request it was
  * decided from. Not thread-safe: the service serialises access. */
@@ -82,7 +84,7 @@ typedef struct inv_reservation {
     uint32_t units;     /* sum of the lines' quantities */
     bool was_committed; /* RELEASED: the units came back from sold */
     bool restocked;     /* RELEASED by a customer cancel (order.cancel_requested) */
-    char *reason;       /* REJECTED/RELEASED: why; NULL otherwise */
+    char *reason;       /* REJECTED/RELEASED: why (NULL when the entry gave none); NULL otherwise */
     char *short_sku;    /* REJECTED: the first SKU found short; NULL otherwise */
     uint32_t requested; /* REJECTED: units of short_sku the order asked for */
     int64_t available;  /* REJECTED: units of short_sku that were available */
@@ -215,6 +217,27 @@ void inv_store_destroy(inv_store *s); /* accepts NULL */
  * CH_NOT_FOUND, a malformed one CH_INVALID_ARGUMENT: each changes nothing.
  * CH_NO_MEMORY changes nothing either. */
 ch_status inv_apply(inv_store *s, const inv_entry *e, bool *changed);
+
+/* The inverse of inv_apply for reservation entries, for a batch of decisions
+ * applied one by one before a single ledger append that then failed or lost
+ * its race: undoes e, which must be the most recent entry applied to s that
+ * changed it (inv_apply said *changed true). Revert a batch newest first and
+ * s is exactly as before the batch (re-applying the entries gives the same
+ * state again).
+ *   RESERVED   lines back reserved -> available; the reservation is removed
+ *              and freed (pointers to it dangle)
+ *   REJECTED   the reservation is removed and freed
+ *   COMMITTED  lines back sold -> reserved; RESERVED again
+ *   RELEASED   lines back to sold (was_committed) or reserved; COMMITTED or
+ *              RESERVED again, with no reason (a reservation has none before
+ *              its release) and was_committed/restocked false
+ * CH_INVALID_ARGUMENT for a STOCK_SET/STOCK_ADJUSTED entry (not revertible)
+ * or a malformed one; CH_NOT_FOUND when the order has no reservation;
+ * CH_FAILED_PRECONDITION when the reservation or the stock is not as e left
+ * it (another status, other lines/reason/restocked, a counter that would go
+ * negative). Everything is checked first: on error nothing changed. Never
+ * allocates. Not thread-safe, like inv_apply. */
+ch_status inv_revert(inv_store *s, const inv_entry *e);
 
 /* True when an AdjustStock of sku with key (not NULL or "") was applied. */
 bool inv_store_adjust_key_known(const inv_store *s, const char *sku, const char *key);

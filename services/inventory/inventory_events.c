@@ -138,37 +138,65 @@ static ch_status entry_from_pb(const choreo_ledger_v1_InventoryEntry *pb, inv_en
     return CH_INVALID_ARGUMENT;
 }
 
-/* The ledger's apply function; runs under mu (inside ledger_open, _append
- * or _catch_up, which the service only calls holding it). */
-static ch_status ledger_apply(const uint8_t *data, size_t len, uint64_t seq, void *ctx)
+/* Decodes a stored entry into e (pointing into the scratch). Under mu. */
+static ch_status entry_decode(inventory_service *svc, const uint8_t *data, size_t len, inv_entry *e)
 {
-    inventory_service *svc = ctx;
     inventory_scratch *sc = svc->scratch;
     pb_istream_t in = pb_istream_from_buffer(data, len);
-    inv_entry e;
 
-    (void)seq;
     memset(&sc->pb, 0, sizeof sc->pb);
     if (!pb_decode(&in, choreo_ledger_v1_InventoryEntry_fields, &sc->pb)) {
         log_warn("ledger entry undecodable", "error", PB_GET_ERROR(&in), NULL);
         return CH_INVALID_ARGUMENT;
     }
-    if (entry_from_pb(&sc->pb, &e, sc->lines) != CH_OK)
-        return CH_INVALID_ARGUMENT;
-    return inv_apply(svc->store, &e, NULL);
+    return entry_from_pb(&sc->pb, e, sc->lines);
+}
+
+/* The ledger's apply function; runs under mu (inside ledger_open, _append,
+ * _decide_batch or _catch_up, which the service only calls holding it). */
+static ch_status ledger_apply(const uint8_t *data, size_t len, uint64_t seq, void *ctx)
+{
+    inventory_service *svc = ctx;
+    inv_entry e;
+    ch_status st = entry_decode(svc, data, len, &e);
+
+    (void)seq;
+    return st == CH_OK ? inv_apply(svc->store, &e, NULL) : st;
+}
+
+/* The ledger's revert function (a batch that could not be stored). Under mu. */
+static ch_status ledger_revert(const uint8_t *data, size_t len, void *ctx)
+{
+    inventory_service *svc = ctx;
+    inv_entry e;
+    ch_status st = entry_decode(svc, data, len, &e);
+
+    return st == CH_OK ? inv_revert(svc->store, &e) : st;
+}
+
+ch_status inventory_encode(inventory_service *svc, const inv_entry *e, uint8_t *buf, size_t cap, size_t *len)
+{
+    inventory_scratch *sc = svc->scratch;
+
+    entry_to_pb(e, &sc->pb);
+    pb_ostream_t out = pb_ostream_from_buffer(buf, cap);
+    if (!pb_encode(&out, choreo_ledger_v1_InventoryEntry_fields, &sc->pb)) {
+        log_error("ledger entry not encoded", "error", PB_GET_ERROR(&out), NULL);
+        return CH_INTERNAL;
+    }
+    *len = out.bytes_written;
+    return CH_OK;
 }
 
 ch_status inventory_append(inventory_service *svc, const inv_entry *e, const char *msg_id, int timeout_ms)
 {
     inventory_scratch *sc = svc->scratch;
+    size_t len = 0;
+    ch_status st = inventory_encode(svc, e, sc->buf, sizeof sc->buf, &len);
 
-    entry_to_pb(e, &sc->pb);
-    pb_ostream_t out = pb_ostream_from_buffer(sc->buf, sizeof sc->buf);
-    if (!pb_encode(&out, choreo_ledger_v1_InventoryEntry_fields, &sc->pb)) {
-        log_error("ledger entry not encoded", "error", PB_GET_ERROR(&out), NULL);
-        return CH_INTERNAL;
-    }
-    return ledger_append(svc->ledger, sc->buf, out.bytes_written, msg_id, timeout_ms, NULL);
+    if (st != CH_OK)
+        return st;
+    return ledger_append(svc->ledger, sc->buf, len, msg_id, timeout_ms, NULL);
 }
 
 ch_status inventory_ledger_open(inventory_service *svc)
@@ -178,6 +206,7 @@ ch_status inventory_ledger_open(inventory_service *svc)
         .subject = INVENTORY_LEDGER_SUBJECT,
         .replicas = svc->cfg ? svc->cfg->stream_replicas : 1,
         .apply = ledger_apply,
+        .revert = ledger_revert,
         .ctx = svc,
         .follow_lock = &svc->mu, /* other replicas' entries reach this one's reads */
     };
@@ -212,7 +241,11 @@ struct inventory_handler {
     event_type type;
     inv_decision d;
     inv_line items[INV_LINES_MAX];
+    choreo_events_v1_Envelope in;  /* a staged event, decoded again */
     choreo_events_v1_Envelope out; /* the event to publish; one event at a time per worker */
+    bus_staged *batch;             /* the batch being flushed */
+    ch_status status[INVENTORY_BATCH];
+    inv_outcome outcome[INVENTORY_BATCH];
 };
 
 /* Decides on e in the core (under mu). Fills the ledger msg id. */
@@ -304,64 +337,80 @@ static ch_status handler_outgoing(inventory_handler *h, const choreo_events_v1_E
     return st;
 }
 
+/* Every event is decided with the rest of its batch (flush_batch). */
 static bus_verdict on_event(const choreo_events_v1_Envelope *e, const bus_in_msg *m, void *ctx, char *reason,
                             size_t reason_cap)
+{
+    (void)e, (void)m, (void)ctx, (void)reason, (void)reason_cap;
+    return BUS_STAGED;
+}
+
+/* ledger_decide_batch's decide: item i of the staged batch, decided in the
+ * core; the entry to record (if any) is encoded into buf. Under mu. */
+static ch_status decide_item(size_t i, void *ctx, uint8_t *buf, size_t cap, size_t *len)
+{
+    inventory_handler *h = ctx;
+    bus_staged *it = &h->batch[i];
+    char msg_id[INV_ORDER_ID_MAX + 32];
+    ch_status st;
+
+    *len = 0;
+    h->outcome[i] = INV_NOOP;
+    st = event_decode(it->msg->data, it->msg->len, &h->in, it->reason, sizeof it->reason);
+    if (st == CH_OK)
+        st = handler_decide(h, &h->in, &h->outcome[i], msg_id, sizeof msg_id, it->reason, sizeof it->reason);
+    if (st != CH_OK || h->outcome[i] != INV_APPEND)
+        return st;
+    return inventory_encode(h->svc, &h->d.entry, buf, cap, len);
+}
+
+/* The bus flush: decides the batch in the core, records every decision in
+ * one ledger message, then publishes the event each decision implies (each
+ * incoming event is acked once its outgoing one is stored). */
+static void flush_batch(bus_staged *items, size_t n, void *ctx)
 {
     inventory_handler *h = ctx;
     inventory_service *svc = h->svc;
     int timeout = svc->cfg ? svc->cfg->publish_timeout_ms : 5000;
-    char msg_id[INV_ORDER_ID_MAX + 32];
-    inv_outcome out = INV_NOOP;
-    bool caught_up = false, publish = false;
-    int attempts = 0;
     ch_status st;
 
     pthread_mutex_lock(&svc->mu);
-    for (;;) {
-        st = handler_decide(h, e, &out, msg_id, sizeof msg_id, reason, reason_cap);
-        if (st == CH_NOT_FOUND && !caught_up) {
-            /* Another replica may have reserved it: learn its entries, look again. */
-            caught_up = true;
-            st = ledger_catch_up(svc->ledger);
-            if (st == CH_OK)
-                continue;
-        }
-        if (st != CH_OK || out != INV_APPEND)
-            break;
-        st = inventory_append(svc, &h->d.entry, msg_id, timeout);
-        if (st != CH_CONFLICT || ++attempts >= INVENTORY_CAS_ATTEMPTS)
-            break;
-    }
-    if (st == CH_OK)
-        st = handler_outgoing(h, e, out == INV_DECIDED, &publish, reason, reason_cap);
-    if (out == INV_NOOP)
-        publish = false; /* nothing was decided, so nothing is implied */
-    pthread_mutex_unlock(&svc->mu);
+    h->batch = items;
+    st = ledger_decide_batch(svc->ledger, n, decide_item, h, h->status, timeout);
+    for (size_t i = 0; i < n; i++) {
+        bus_staged *it = &items[i];
+        bool publish = false;
+        ch_status ist = st == CH_OK ? h->status[i] : st;
 
-    switch (st) {
-    case CH_OK: break;
-    case CH_INVALID_ARGUMENT:
-        if (!reason[0])
-            snprintf(reason, reason_cap, "ledger: %s", ch_status_str(st));
-        return BUS_DEAD; /* reason names the field */
-    case CH_NOT_FOUND:
-        snprintf(reason, reason_cap, "no reservation for order %s (yet)", e->order_id);
-        return BUS_RETRY;
-    case CH_CONFLICT:
-        snprintf(reason, reason_cap, "ledger: compare-and-set lost %d times", attempts);
-        return BUS_RETRY;
-    default: snprintf(reason, reason_cap, "ledger: %s", ch_status_str(st)); return BUS_RETRY;
-    }
-    if (publish) {
-        /* The decision is durable; now the event it implies. A crash or a
-         * failure here means a redelivery, which publishes it again. */
-        st = event_publish_deferred(m, &h->out); /* acked once stored */
-        if (st != CH_OK) {
-            snprintf(reason, reason_cap, "publish %s: %s", h->out.type, ch_status_str(st));
-            return BUS_RETRY;
+        if (ist == CH_OK)
+            ist = event_decode(it->msg->data, it->msg->len, &h->in, it->reason, sizeof it->reason);
+        if (ist == CH_OK)
+            ist = handler_outgoing(h, &h->in, h->outcome[i] == INV_DECIDED, &publish, it->reason,
+                                   sizeof it->reason);
+        if (h->outcome[i] == INV_NOOP)
+            publish = false; /* nothing was decided, so nothing is implied */
+        if (ist == CH_OK && publish && (ist = event_publish_deferred(it->msg, &h->out)) != CH_OK)
+            snprintf(it->reason, sizeof it->reason, "publish %s: %s", h->out.type, ch_status_str(ist));
+        switch (ist) {
+        case CH_OK: it->verdict = BUS_ACK; break;
+        case CH_INVALID_ARGUMENT:
+            if (!it->reason[0])
+                snprintf(it->reason, sizeof it->reason, "ledger: %s", ch_status_str(ist));
+            it->verdict = BUS_DEAD; /* the reason names the field */
+            break;
+        case CH_NOT_FOUND:
+            snprintf(it->reason, sizeof it->reason, "no reservation for order %s (yet)", h->in.order_id);
+            it->verdict = BUS_RETRY;
+            break;
+        default:
+            if (!publish || !it->reason[0])
+                snprintf(it->reason, sizeof it->reason, "ledger: %s", ch_status_str(ist));
+            it->verdict = BUS_RETRY;
+            break;
         }
     }
-    return BUS_ACK;
+    h->batch = NULL;
+    pthread_mutex_unlock(&svc->mu);
 }
 
 static const event_type consumed[INVENTORY_WORKERS] = {
@@ -388,7 +437,9 @@ ch_status inventory_workers_start(inventory_service *svc)
             .service = INVENTORY_PRODUCER,
             .type = consumed[i],
             .handler = on_event,
+            .flush = flush_batch,
             .ctx = h,
+            .batch = INVENTORY_BATCH,
         };
         st = event_worker_start(svc->bus, &spec, &svc->workers[i]);
     }

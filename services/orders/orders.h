@@ -52,11 +52,16 @@ typedef struct orders_new {
 ch_status orders_event_from_envelope(const choreo_events_v1_Envelope *env, uint64_t seq, order_event *out,
                                      order_item *items_buf);
 
-/* Appends order.created for n to the stream, waits for the PubAck, then
- * applies the event to the store (under mu). *replayed tells whether the
- * stream already had it (a retry under the same idempotency key). Nothing is
- * stored when the append fails. Any thread. */
-ch_status orders_append_created(orders_service *svc, const orders_new *n, int timeout_ms, bool *replayed);
+/* Told once whether an order.created reached the stream: st CH_OK once it
+ * is stored and folded into the store, replayed when the stream had it
+ * already (a retry under the same idempotency key); otherwise the publish
+ * error. Runs on a NATS thread: must not block. */
+typedef void (*orders_created_fn)(ch_status st, bool replayed, void *arg);
+
+/* Appends order.created for n to the stream without waiting (n is copied):
+ * fn(arg) runs once JetStream answers. CH_OK means fn will run; any other
+ * status means nothing was sent and fn will not run. Any thread. */
+ch_status orders_append_created(orders_service *svc, const orders_new *n, orders_created_fn fn, void *arg);
 
 /* Appends order.cancel_requested for a CONFIRMED order and applies it.
  * CH_FAILED_PRECONDITION (err says why) while the saga runs; CH_OK without

@@ -90,36 +90,63 @@ static ch_status created_envelope(const orders_new *n, choreo_events_v1_Envelope
     return CH_OK;
 }
 
-ch_status orders_append_created(orders_service *svc, const orders_new *n, int timeout_ms, bool *replayed)
+/* An order.created on its way to the stream, and what folding it in needs. */
+typedef struct created_pending {
+    orders_service *svc;
+    orders_created_fn fn;
+    void *arg;
+    int64_t time_ms;
+    char id[ORDER_ID_MAX + 1];
+    char customer_id[ORDER_CUSTOMER_MAX + 1];
+    char key[ORDER_IDEMPOTENCY_KEY_MAX + 1];
+    size_t n_items;
+    order_item items[]; /* n_items */
+} created_pending;
+
+/* PubAck of an order.created (cnats thread): fold it in, tell the caller. */
+static void on_created_stored(ch_status st, const bus_pub_ack *ack, void *arg)
 {
-    choreo_events_v1_Envelope env;
-    bus_pub_ack ack = {0};
-    order_event e;
+    created_pending *p = arg;
     bool changed;
-    ch_status st;
 
-    *replayed = false;
-    st = created_envelope(n, &env);
-    if (st != CH_OK)
-        return st;
-    st = event_publish(svc->bus, &env, timeout_ms, &ack);
-    if (st != CH_OK)
-        return st;
+    if (st == CH_OK) {
+        order_event e = {
+            .kind = ORDER_EV_CREATED,
+            .order_id = p->id,
+            .seq = ack->seq,
+            .time_ms = p->time_ms,
+            .customer_id = p->customer_id,
+            .items = p->items,
+            .n_items = p->n_items,
+            .idempotency_key = p->key[0] ? p->key : NULL,
+        };
+        pthread_mutex_lock(&p->svc->mu);
+        st = order_store_apply(p->svc->store, &e, NULL, &changed);
+        pthread_mutex_unlock(&p->svc->mu);
+    }
+    /* replayed: not !changed, the follower may have folded it in first */
+    p->fn(st, st == CH_OK && ack->duplicate, p->arg);
+    free(p);
+}
 
-    e = (order_event){
-        .kind = ORDER_EV_CREATED,
-        .order_id = n->id,
-        .seq = ack.seq,
-        .time_ms = env.occurred_at_unix_ns / 1000000,
-        .customer_id = n->req.customer_id,
-        .items = n->req.items,
-        .n_items = n->req.n_items,
-        .idempotency_key = n->req.idempotency_key,
-    };
-    pthread_mutex_lock(&svc->mu);
-    st = order_store_apply(svc->store, &e, NULL, &changed);
-    pthread_mutex_unlock(&svc->mu);
-    *replayed = ack.duplicate; /* not !changed: the follower may have folded it in first */
+ch_status orders_append_created(orders_service *svc, const orders_new *n, orders_created_fn fn, void *arg)
+{
+    choreo_events_v1_Envelope *env = malloc(sizeof *env); /* ~9 KB: off the rpc worker's stack */
+    created_pending *p = malloc(sizeof *p + n->req.n_items * sizeof *p->items);
+    ch_status st = env && p ? created_envelope(n, env) : CH_NO_MEMORY;
+
+    if (st == CH_OK) {
+        *p = (created_pending){.svc = svc, .fn = fn, .arg = arg, .n_items = n->req.n_items};
+        p->time_ms = (int64_t)(env->occurred_at_unix_ns / 1000000);
+        snprintf(p->id, sizeof p->id, "%s", n->id);
+        snprintf(p->customer_id, sizeof p->customer_id, "%s", n->req.customer_id);
+        snprintf(p->key, sizeof p->key, "%s", n->req.idempotency_key ? n->req.idempotency_key : "");
+        memcpy(p->items, n->req.items, n->req.n_items * sizeof *p->items);
+        st = event_publish_cb(svc->bus, env, on_created_stored, p);
+    }
+    free(env);
+    if (st != CH_OK)
+        free(p); /* its callback will not run */
     return st;
 }
 

@@ -164,6 +164,36 @@ static bool valid_order_id(const char *id)
 
 /* ---- handlers ---- */
 
+/* A CreateOrder waiting for its order.created to be stored. */
+typedef struct created_call {
+    rpc_call *call;
+    orders_service *svc;
+    char id[ORDER_ID_MAX + 1];
+    char trace_id[33];
+} created_call;
+
+static void create_failed(rpc_call *call, const char *id, const char *trace_id, ch_status st)
+{
+    log_warn("order not created", "order_id", id, "trace_id", trace_id, "status", ch_status_str(st), NULL);
+    if (st == CH_TIMEOUT || st == CH_UNAVAILABLE)
+        rpc_call_fail(call, CH_UNAVAILABLE, "event stream unavailable (%s): order not created, retry",
+                      ch_status_str(st));
+    else
+        rpc_call_fail(call, st, "order not created: %s", ch_status_str(st));
+}
+
+/* orders_created_fn of CreateOrder: replies now that the order is stored. */
+static void on_created(ch_status st, bool replayed, void *arg)
+{
+    created_call *cc = arg;
+
+    if (st == CH_OK)
+        reply_order(cc->call, cc->svc, cc->id, REPLY_CREATE, replayed);
+    else
+        create_failed(cc->call, cc->id, cc->trace_id, st);
+    free(cc);
+}
+
 static void create_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
 {
     const Choreo__Orders__V1__CreateOrderRequest *r = (const Choreo__Orders__V1__CreateOrderRequest *)msg;
@@ -171,7 +201,6 @@ static void create_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
     order_item items[ORDER_ITEMS_MAX];
     char err[256], traceparent[TRACEPARENT_LEN + 1], causation[40];
     orders_new n;
-    bool replayed = false;
 
     if (r->n_items == 0 || r->n_items > ORDER_ITEMS_MAX) {
         rpc_call_fail(call, CH_INVALID_ARGUMENT, "items: must hold 1..%d items, got %zu", ORDER_ITEMS_MAX,
@@ -219,18 +248,18 @@ static void create_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
     n.causation_id = causation;
     rpc_call_add_metadata(call, "traceparent", traceparent);
 
-    ch_status st = orders_append_created(svc, &n, call_timeout(call, svc), &replayed);
-    if (st != CH_OK) {
-        log_warn("order not created", "order_id", n.id, "trace_id", n.traceparent + 3, "status",
-                 ch_status_str(st), NULL);
-        if (st == CH_TIMEOUT || st == CH_UNAVAILABLE)
-            rpc_call_fail(call, CH_UNAVAILABLE, "event stream unavailable (%s): order not created, retry",
-                          ch_status_str(st));
-        else
-            rpc_call_fail(call, st, "order not created: %s", ch_status_str(st));
-        return;
+    created_call *cc = malloc(sizeof *cc);
+    ch_status st = cc ? CH_OK : CH_NO_MEMORY;
+    if (cc) {
+        *cc = (created_call){.call = call, .svc = svc};
+        snprintf(cc->id, sizeof cc->id, "%s", n.id);
+        snprintf(cc->trace_id, sizeof cc->trace_id, "%.32s", n.traceparent + 3);
+        st = orders_append_created(svc, &n, on_created, cc); /* the reply comes with the PubAck */
     }
-    reply_order(call, svc, n.id, REPLY_CREATE, replayed);
+    if (st != CH_OK) {
+        free(cc);
+        create_failed(call, n.id, n.traceparent + 3, st);
+    }
 }
 
 static void get_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)

@@ -10,6 +10,11 @@
  *   order.cancel_requested -> refund a CHARGED payment -> ledger entry ->
  *       payment.refunded -> ack
  *
+ * Events are decided a batch at a time (what the worker took from its
+ * consumer, up to PAYMENT_BATCH): every decision of the batch goes into one
+ * ledger message (ledger_decide_batch), then each event's outcome is
+ * published asynchronously and the incoming event acked once it is stored.
+ *
  * A handler that finds its decision already in the state decides nothing and
  * only re-publishes the event that decision implies (JetStream drops the
  * duplicate by its deterministic message id), so redeliveries and crashes
@@ -17,7 +22,8 @@
  *
  * Ownership: main owns the payment_service and everything it points to.
  * `mu` guards the state and the ledger (its appends apply to the state); it
- * is held across a ledger append, never across an event publish. */
+ * is held across a ledger append (one round trip per API call or per batch of
+ * events) and while the batch's events are queued for publishing. */
 #ifndef CHOREO_PAYMENT_H
 #define CHOREO_PAYMENT_H
 
@@ -35,7 +41,10 @@
 #define PAYMENT_PRODUCER       "payment"
 #define PAYMENT_LEDGER_STREAM  "PAYMENT"
 #define PAYMENT_LEDGER_SUBJECT "payment.ledger"
-#define PAYMENT_APPEND_TRIES   5 /* compare-and-set attempts before giving up (retry later) */
+#define PAYMENT_APPEND_TRIES   5   /* compare-and-set attempts before giving up (retry later) */
+#define PAYMENT_BATCH          128 /* events decided together, and recorded in one ledger message */
+
+typedef struct payment_handler payment_handler; /* one per consumed event type */
 
 typedef struct payment_service {
     const service_config *cfg;
@@ -45,6 +54,7 @@ typedef struct payment_service {
     pthread_mutex_t mu;
     event_worker *reserved_worker; /* inventory.reserved */
     event_worker *cancel_worker;   /* order.cancel_requested */
+    payment_handler *handlers[2];  /* their batch state */
     uint64_t skipped_entries;      /* ledger entries the reducer refused (logged) */
 } payment_service;
 

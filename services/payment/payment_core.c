@@ -61,6 +61,39 @@ static void map_put(pay_map *m, const char *key, void *val)
     m->used++;
 }
 
+/* Takes key's record out of the map and returns it (NULL when absent). The
+ * hole is closed by backward-shift deletion: each later record of the probe
+ * run whose home slot does not lie in (hole, its slot] moves into the hole,
+ * so every lookup that passed the hole before still finds its record. */
+static void *map_remove(pay_map *m, const char *key)
+{
+    size_t mask = m->cap - 1, i;
+    void *val;
+
+    if (m->cap == 0)
+        return NULL;
+    for (i = hash_str(key) & mask;; i = (i + 1) & mask) {
+        if (!m->slots[i].key)
+            return NULL;
+        if (strcmp(m->slots[i].key, key) == 0)
+            break;
+    }
+    val = m->slots[i].val;
+    m->slots[i].key = NULL;
+    m->slots[i].val = NULL;
+    for (size_t j = (i + 1) & mask; m->slots[j].key; j = (j + 1) & mask) {
+        size_t home = hash_str(m->slots[j].key) & mask;
+        if (((i - home) & mask) < ((j - home) & mask)) { /* the hole lies in [home, j) */
+            m->slots[i] = m->slots[j];
+            m->slots[j].key = NULL;
+            m->slots[j].val = NULL;
+            i = j;
+        }
+    }
+    m->used--;
+    return val;
+}
+
 /* Makes room for one more record, so a later map_put cannot fail. */
 static ch_status map_reserve(pay_map *m)
 {
@@ -565,6 +598,80 @@ ch_status payment_apply(payment_state *s, const pay_entry *e, bool *changed)
     case PAY_ENTRY_CHARGE:
     case PAY_ENTRY_DECLINE: return apply_decision(s, e, changed);
     case PAY_ENTRY_REFUND: return apply_refund(s, e, changed);
+    }
+    return CH_INVALID_ARGUMENT;
+}
+
+/* ---- undoing the reducer ---- */
+
+/* Undoes a CHARGE or DECLINE entry, whose payment must be the newest. */
+static ch_status revert_decision(payment_state *s, const pay_entry *e)
+{
+    pay_payment *p = map_find(&s->payments, e->order_id);
+    pay_customer *c;
+
+    if (!p)
+        return CH_NOT_FOUND;
+    if (p->status != (e->kind == PAY_ENTRY_CHARGE ? PAY_CHARGED : PAY_DECLINED) ||
+        strcmp(p->customer_id, e->customer_id) != 0 || p->amount_cents != e->amount_cents)
+        return CH_FAILED_PRECONDITION;
+    c = map_find(&s->customers, p->customer_id);
+    if (!c)
+        return CH_INTERNAL; /* every payment has its customer record */
+    /* Newest first: p was the last decision, overall and of its customer. */
+    if (s->n == 0 || s->all[s->n - 1] != p || p->list_pos != s->n - 1 || c->n_payments == 0 ||
+        c->payments[c->n_payments - 1] != p->list_pos)
+        return CH_FAILED_PRECONDITION;
+    if (p->status == PAY_CHARGED && (c->acct.charged_cents - c->acct.refunded_cents < p->amount_cents ||
+                                     c->acct.balance_cents > INT64_MAX - p->amount_cents))
+        return CH_FAILED_PRECONDITION;
+
+    if (p->status == PAY_CHARGED) {
+        c->acct.balance_cents += p->amount_cents;
+        c->acct.charged_cents -= p->amount_cents;
+    }
+    map_remove(&s->payments, p->order_id);
+    s->n--;
+    s->all[s->n] = NULL;
+    c->n_payments--;
+    free(p);
+    /* A record with no account and no payment exists only because this
+     * decision created it: drop it, as if it had never been. */
+    if (!c->has_account && c->n_payments == 0) {
+        map_remove(&s->customers, c->acct.customer_id);
+        free(c->payments);
+        free(c);
+    }
+    return CH_OK;
+}
+
+static ch_status revert_refund(payment_state *s, const pay_entry *e)
+{
+    pay_payment *p = map_find(&s->payments, e->order_id);
+    pay_customer *c;
+
+    if (!p)
+        return CH_NOT_FOUND;
+    if (p->status != PAY_REFUNDED || p->amount_cents != e->amount_cents)
+        return CH_FAILED_PRECONDITION;
+    c = map_find(&s->customers, p->customer_id);
+    if (!c)
+        return CH_INTERNAL;
+    if (c->acct.balance_cents < p->amount_cents || c->acct.refunded_cents < p->amount_cents)
+        return CH_FAILED_PRECONDITION; /* spent since, or not refunded here */
+    c->acct.balance_cents -= p->amount_cents;
+    c->acct.refunded_cents -= p->amount_cents;
+    p->status = PAY_CHARGED;
+    return CH_OK;
+}
+
+ch_status payment_revert(payment_state *s, const pay_entry *e)
+{
+    switch (e->kind) {
+    case PAY_ENTRY_CHARGE:
+    case PAY_ENTRY_DECLINE: return revert_decision(s, e);
+    case PAY_ENTRY_REFUND: return revert_refund(s, e);
+    case PAY_ENTRY_CREDIT: break; /* from the API, never batched */
     }
     return CH_INVALID_ARGUMENT;
 }

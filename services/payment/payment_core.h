@@ -17,7 +17,9 @@
  *   balance + charged - refunded == credited, and balance >= 0.
  *
  * Ownership: a payment_state owns its accounts and payments; pointers it
- * returns stay valid until the state is destroyed (nothing is removed).
+ * returns stay valid until the state is destroyed, except that
+ * payment_revert() of a CHARGE or DECLINE frees that order's payment
+ * (nothing else is ever removed).
  * Entries and strings passed in are borrowed and copied as needed. Not
  * thread-safe: the service serialises access with one lock. */
 #ifndef CHOREO_PAYMENT_CORE_H
@@ -139,6 +141,26 @@ ch_status payment_decide_refund(const payment_state *s, const char *order_id, co
  * an unknown payment CH_NOT_FOUND; each changes nothing. CH_NO_MEMORY also
  * changes nothing. changed may be NULL. */
 ch_status payment_apply(payment_state *s, const pay_entry *e, bool *changed);
+
+/* The inverse of payment_apply for saga entries, for a batch of decisions
+ * applied one by one before a single ledger append that then failed or lost
+ * its race: undoes e, which must be the most recent entry applied to s that
+ * changed it (payment_apply said *changed true). Revert a batch newest first
+ * and s is exactly as before the batch (re-applying the entries gives the
+ * same state, the same list positions included).
+ *   CHARGE   balance += amount, charged -= amount, and the payment is removed
+ *            (from payment_get, payment_list and payment_count) and freed
+ *   DECLINE  the payment is removed and freed
+ *   REFUND   the payment is CHARGED again; refunded and balance -= amount
+ * A customer never credited whose last payment is removed is forgotten
+ * entirely (the decision created that record). CH_INVALID_ARGUMENT for a
+ * CREDIT entry (credits come from the API and are never batched) or an
+ * unknown kind; CH_NOT_FOUND when the order has no payment;
+ * CH_FAILED_PRECONDITION when the state is not as e left it (another
+ * status, customer or amount, a payment that is not the newest decision, a
+ * balance already spent). Everything is checked first: on error nothing
+ * changed. Never allocates. Not thread-safe, like payment_apply. */
+ch_status payment_revert(payment_state *s, const pay_entry *e);
 
 /* Encodes e as a choreo.ledger.v1.PaymentEntry (nanopb) into buf[0..cap).
  * CH_INVALID_ARGUMENT for an unknown kind, CH_RESOURCE_EXHAUSTED if cap is

@@ -32,6 +32,17 @@ static ch_status apply_entry(const uint8_t *data, size_t len, uint64_t seq, void
     return st;
 }
 
+/* The ledger's revert function: undoes an entry of a batch that could not
+ * be stored. Under mu (inside ledger_decide_batch). */
+static ch_status revert_entry(const uint8_t *data, size_t len, void *ctx)
+{
+    payment_service *svc = ctx;
+    pay_entry e;
+    ch_status st = payment_entry_decode(data, len, &e);
+
+    return st == CH_OK ? payment_revert(svc->state, &e) : st;
+}
+
 ch_status payment_ledger_open(payment_service *svc)
 {
     ledger_spec spec = {
@@ -39,6 +50,7 @@ ch_status payment_ledger_open(payment_service *svc)
         .subject = PAYMENT_LEDGER_SUBJECT,
         .replicas = svc->cfg->stream_replicas,
         .apply = apply_entry,
+        .revert = revert_entry,
         .ctx = svc,
         .follow_lock = &svc->mu, /* other replicas' entries reach this one's reads */
     };
@@ -74,194 +86,173 @@ ch_status payment_ledger_append(payment_service *svc, const pay_entry *e, const 
     return ledger_append(svc->ledger, buf, len, msg_id, svc->cfg->publish_timeout_ms, NULL);
 }
 
-/* ---- publishing what a decision implies ---- */
+/* ---- the reactions: decided a batch at a time ---- */
 
-/* Publishes event t (payment.processed, payment.failed or payment.refunded)
- * for payment p, caused by `cause`. BUS_ACK once JetStream has it (also as a
- * duplicate), BUS_RETRY otherwise. */
-static bus_verdict publish_for(payment_service *svc, const bus_in_msg *m,
-                               const choreo_events_v1_Envelope *cause, event_type t, const pay_payment *p,
-                               char *reason, size_t reason_cap)
+/* One per consumed event type: the worker's batch while it is flushed. */
+struct payment_handler {
+    payment_service *svc;
+    event_type type;               /* inventory.reserved or order.cancel_requested */
+    bus_staged *batch;             /* the batch being flushed */
+    choreo_events_v1_Envelope in;  /* a staged event, decoded again */
+    choreo_events_v1_Envelope out; /* the event its decision implies */
+    ch_status status[PAYMENT_BATCH];
+    bool again[PAYMENT_BATCH]; /* decided before this delivery */
+};
+
+/* Every event is decided with the rest of its batch (flush_batch). */
+static bus_verdict on_event(const choreo_events_v1_Envelope *env, const bus_in_msg *m, void *ctx,
+                            char *reason, size_t reason_cap)
 {
-    choreo_events_v1_Envelope *out = malloc(sizeof *out); /* ~9 KB: off the worker's stack */
+    (void)env, (void)m, (void)ctx, (void)reason, (void)reason_cap;
+    return BUS_STAGED;
+}
+
+/* ledger_decide_batch's decide: charge or decline (inventory.reserved), or
+ * refund (order.cancel_requested), once per order. Under mu. */
+static ch_status decide_item(size_t i, void *ctx, uint8_t *buf, size_t cap, size_t *len)
+{
+    payment_handler *h = ctx;
+    bus_staged *it = &h->batch[i];
+    const choreo_events_v1_Envelope *env = &h->in;
+    pay_entry e;
     ch_status st;
 
-    if (!out) {
-        snprintf(reason, reason_cap, "out of memory");
+    *len = 0;
+    h->again[i] = false;
+    st = event_decode(it->msg->data, it->msg->len, &h->in, it->reason, sizeof it->reason);
+    if (st != CH_OK)
+        return st;
+    if (h->type == EVENT_INVENTORY_RESERVED) {
+        const choreo_events_v1_InventoryReserved *r = &env->payload.inventory_reserved;
+        st = payment_decide_charge(h->svc->state, env->order_id, r->customer_id, r->total_cents,
+                                   env->event_id, &e, it->reason, sizeof it->reason);
+    } else {
+        st = payment_decide_refund(h->svc->state, env->order_id, env->event_id, &e);
+    }
+    if (st == CH_ALREADY_EXISTS || (h->type != EVENT_INVENTORY_RESERVED && st == CH_FAILED_PRECONDITION)) {
+        h->again[i] = st == CH_ALREADY_EXISTS; /* only publish again / nothing to refund */
+        it->reason[0] = '\0';
+        return CH_OK;
+    }
+    if (st != CH_OK)
+        return st;
+    return payment_entry_encode(&e, buf, cap, len);
+}
+
+/* Fills h->out with event t for payment p, caused by h->in. */
+static ch_status outgoing(payment_handler *h, event_type t, const pay_payment *p)
+{
+    ch_status st = event_init_caused(&h->out, t, &h->in, PAYMENT_PRODUCER);
+
+    if (st != CH_OK)
+        return st;
+    switch (t) {
+    case EVENT_PAYMENT_PROCESSED:
+        snprintf(h->out.payload.payment_processed.customer_id,
+                 sizeof h->out.payload.payment_processed.customer_id, "%s", p->customer_id);
+        h->out.payload.payment_processed.amount_cents = p->amount_cents;
+        break;
+    case EVENT_PAYMENT_FAILED:
+        snprintf(h->out.payload.payment_failed.customer_id, sizeof h->out.payload.payment_failed.customer_id,
+                 "%s", p->customer_id);
+        h->out.payload.payment_failed.amount_cents = p->amount_cents;
+        h->out.payload.payment_failed.balance_cents = p->balance_cents;
+        snprintf(h->out.payload.payment_failed.reason, sizeof h->out.payload.payment_failed.reason, "%s",
+                 p->reason);
+        break;
+    default:
+        snprintf(h->out.payload.payment_refunded.customer_id,
+                 sizeof h->out.payload.payment_refunded.customer_id, "%s", p->customer_id);
+        h->out.payload.payment_refunded.amount_cents = p->amount_cents;
+        break;
+    }
+    return CH_OK;
+}
+
+/* After the batch is recorded: the verdict of item i, publishing the event
+ * its payment implies (acked once stored). Under mu. */
+static bus_verdict settle_item(payment_handler *h, size_t i, ch_status st)
+{
+    bus_staged *it = &h->batch[i];
+    const pay_payment *p = NULL;
+    event_type t = EVENT_PAYMENT_REFUNDED;
+
+    if (st == CH_OK)
+        st = event_decode(it->msg->data, it->msg->len, &h->in, it->reason, sizeof it->reason);
+    if (st == CH_OK)
+        p = payment_get(h->svc->state, h->in.order_id);
+    if (h->type == EVENT_ORDER_CANCEL_REQUESTED &&
+        (st == CH_NOT_FOUND || (st == CH_OK && !p) || (st == CH_OK && p->status != PAY_REFUNDED))) {
+        log_info("nothing to refund", "order_id", h->in.order_id, "event_id", h->in.event_id, "reason",
+                 p ? "payment was declined" : "no payment for this order", NULL);
+        return BUS_ACK;
+    }
+    if (st == CH_INVALID_ARGUMENT) {
+        if (!it->reason[0])
+            snprintf(it->reason, sizeof it->reason, "ledger: %s", ch_status_str(st));
+        return BUS_DEAD; /* the reason names the field */
+    }
+    if (st == CH_OK && !p)
+        st = CH_INTERNAL; /* recorded, so it must be in the state */
+    if (st != CH_OK) {
+        snprintf(it->reason, sizeof it->reason, "ledger: %s", ch_status_str(st));
         return BUS_RETRY;
     }
-    st = event_init_caused(out, t, cause, PAYMENT_PRODUCER);
-    if (st == CH_OK) {
-        switch (t) {
-        case EVENT_PAYMENT_PROCESSED:
-            snprintf(out->payload.payment_processed.customer_id,
-                     sizeof out->payload.payment_processed.customer_id, "%s", p->customer_id);
-            out->payload.payment_processed.amount_cents = p->amount_cents;
-            break;
-        case EVENT_PAYMENT_FAILED:
-            snprintf(out->payload.payment_failed.customer_id, sizeof out->payload.payment_failed.customer_id,
-                     "%s", p->customer_id);
-            out->payload.payment_failed.amount_cents = p->amount_cents;
-            out->payload.payment_failed.balance_cents = p->balance_cents;
-            snprintf(out->payload.payment_failed.reason, sizeof out->payload.payment_failed.reason, "%s",
-                     p->reason);
-            break;
-        default:
-            snprintf(out->payload.payment_refunded.customer_id,
-                     sizeof out->payload.payment_refunded.customer_id, "%s", p->customer_id);
-            out->payload.payment_refunded.amount_cents = p->amount_cents;
-            break;
-        }
-        st = event_publish_deferred(m, out); /* the incoming event is acked once this is stored */
-    }
-    free(out);
+    if (h->type == EVENT_INVENTORY_RESERVED)
+        t = p->status == PAY_DECLINED ? EVENT_PAYMENT_FAILED : EVENT_PAYMENT_PROCESSED;
+    st = outgoing(h, t, p);
+    if (st == CH_OK)
+        st = event_publish_deferred(it->msg, &h->out);
     if (st != CH_OK) {
-        snprintf(reason, reason_cap, "publish %s: %s", event_type_name(t), ch_status_str(st));
+        snprintf(it->reason, sizeof it->reason, "publish %s: %s", event_type_name(t), ch_status_str(st));
         return st == CH_INVALID_ARGUMENT ? BUS_DEAD : BUS_RETRY;
     }
+    if (h->again[i])
+        snprintf(it->reason, sizeof it->reason, "decided before: published again");
     return BUS_ACK;
 }
 
-/* After a successful append the decision is normally in the state; if the
- * ledger dropped our entry as a duplicate of another writer's, catch up so
- * the state holds the decision that was actually stored. Under mu. */
-static const pay_payment *stored_payment(payment_service *svc, const char *order_id, pay_status want)
+/* The bus flush: decides the batch in the core, records every decision in
+ * one ledger message, then publishes what each implies. */
+static void flush_batch(bus_staged *items, size_t n, void *ctx)
 {
-    const pay_payment *p = payment_get(svc->state, order_id);
-    if ((!p || (want && p->status != want)) && ledger_catch_up(svc->ledger) == CH_OK)
-        p = payment_get(svc->state, order_id);
-    return p;
-}
+    payment_handler *h = ctx;
+    payment_service *svc = h->svc;
+    ch_status st;
 
-/* ---- inventory.reserved: charge or decline, once per order ---- */
-
-static bus_verdict on_inventory_reserved(const choreo_events_v1_Envelope *env, const bus_in_msg *m, void *ctx,
-                                         char *reason, size_t reason_cap)
-{
-    payment_service *svc = ctx;
-    const choreo_events_v1_InventoryReserved *r = &env->payload.inventory_reserved;
-    char err[256] = "", msg_id[EVENT_MSG_ID_MAX];
-    pay_payment decided;
-    bool have = false;
-    pay_entry e;
-    ch_status st = CH_OK;
-
-    snprintf(msg_id, sizeof msg_id, "%s:payment", env->order_id);
     pthread_mutex_lock(&svc->mu);
-    for (int attempt = 0; attempt < PAYMENT_APPEND_TRIES; attempt++) {
-        const pay_payment *p = payment_get(svc->state, env->order_id);
-        if (p) { /* decided before (a duplicate, a redelivery): only re-publish */
-            decided = *p;
-            have = true;
-            break;
-        }
-        st = payment_decide_charge(svc->state, env->order_id, r->customer_id, r->total_cents, env->event_id,
-                                   &e, err, sizeof err);
-        if (st != CH_OK)
-            break;
-        st = payment_ledger_append(svc, &e, msg_id);
-        if (st == CH_CONFLICT)
-            continue; /* another writer got there first; the state is fresh now */
-        if (st != CH_OK)
-            break;
-        if ((p = stored_payment(svc, env->order_id, PAY_UNSPECIFIED))) {
-            decided = *p;
-            have = true;
-        } else {
-            st = CH_INTERNAL;
-        }
-        break;
-    }
+    h->batch = items;
+    st = ledger_decide_batch(svc->ledger, n, decide_item, h, h->status, svc->cfg->publish_timeout_ms);
+    for (size_t i = 0; i < n; i++)
+        items[i].verdict = settle_item(h, i, st == CH_OK ? h->status[i] : st);
+    h->batch = NULL;
     pthread_mutex_unlock(&svc->mu);
-
-    if (!have) {
-        if (st == CH_INVALID_ARGUMENT) {
-            snprintf(reason, reason_cap, "inventory.reserved: %s", err);
-            return BUS_DEAD;
-        }
-        snprintf(reason, reason_cap, "ledger: %s", ch_status_str(st));
-        return BUS_RETRY;
-    }
-    return publish_for(svc, m, env,
-                       decided.status == PAY_DECLINED ? EVENT_PAYMENT_FAILED : EVENT_PAYMENT_PROCESSED,
-                       &decided, reason, reason_cap);
-}
-
-/* ---- order.cancel_requested: refund a charged payment, once ---- */
-
-static bus_verdict on_cancel_requested(const choreo_events_v1_Envelope *env, const bus_in_msg *m, void *ctx,
-                                       char *reason, size_t reason_cap)
-{
-    payment_service *svc = ctx;
-    char msg_id[EVENT_MSG_ID_MAX];
-    const char *nothing = NULL;
-    pay_payment refunded;
-    bool have = false;
-    pay_entry e;
-    ch_status st = CH_OK;
-
-    snprintf(msg_id, sizeof msg_id, "%s:refund", env->order_id);
-    pthread_mutex_lock(&svc->mu);
-    for (int attempt = 0; attempt < PAYMENT_APPEND_TRIES; attempt++) {
-        const pay_payment *p;
-        if (attempt == 0 && !payment_get(svc->state, env->order_id) &&
-            (st = ledger_catch_up(svc->ledger)) != CH_OK)
-            break; /* another replica may have charged it: cannot tell now */
-        st = payment_decide_refund(svc->state, env->order_id, env->event_id, &e);
-        if (st == CH_NOT_FOUND || st == CH_FAILED_PRECONDITION) {
-            nothing = st == CH_NOT_FOUND ? "no payment for this order" : "payment was declined";
-            st = CH_OK;
-            break;
-        }
-        if (st == CH_ALREADY_EXISTS) { /* refunded before: only re-publish */
-            refunded = *payment_get(svc->state, env->order_id);
-            have = true;
-            break;
-        }
-        st = payment_ledger_append(svc, &e, msg_id);
-        if (st == CH_CONFLICT)
-            continue;
-        if (st != CH_OK)
-            break;
-        p = stored_payment(svc, env->order_id, PAY_REFUNDED);
-        if (p && p->status == PAY_REFUNDED) {
-            refunded = *p;
-            have = true;
-        } else {
-            st = CH_INTERNAL;
-        }
-        break;
-    }
-    pthread_mutex_unlock(&svc->mu);
-
-    if (nothing) {
-        log_info("nothing to refund", "order_id", env->order_id, "event_id", env->event_id, "reason", nothing,
-                 NULL);
-        return BUS_ACK;
-    }
-    if (!have) {
-        snprintf(reason, reason_cap, "ledger: %s", ch_status_str(st));
-        return BUS_RETRY;
-    }
-    return publish_for(svc, m, env, EVENT_PAYMENT_REFUNDED, &refunded, reason, reason_cap);
 }
 
 /* ---- wiring ---- */
 
 ch_status payment_events_start(payment_service *svc)
 {
-    event_worker_spec ws = {
-        .service = PAYMENT_PRODUCER,
-        .type = EVENT_INVENTORY_RESERVED,
-        .handler = on_inventory_reserved,
-        .ctx = svc,
-    };
-    ch_status st = event_worker_start(svc->bus, &ws, &svc->reserved_worker);
+    static const event_type types[2] = {EVENT_INVENTORY_RESERVED, EVENT_ORDER_CANCEL_REQUESTED};
+    event_worker **workers[2] = {&svc->reserved_worker, &svc->cancel_worker};
+    ch_status st = CH_OK;
 
-    if (st == CH_OK) {
-        ws.type = EVENT_ORDER_CANCEL_REQUESTED;
-        ws.handler = on_cancel_requested;
-        st = event_worker_start(svc->bus, &ws, &svc->cancel_worker);
+    for (size_t i = 0; i < 2 && st == CH_OK; i++) {
+        payment_handler *h = calloc(1, sizeof *h);
+        if (!h)
+            return CH_NO_MEMORY;
+        h->svc = svc;
+        h->type = types[i];
+        svc->handlers[i] = h;
+        event_worker_spec ws = {
+            .service = PAYMENT_PRODUCER,
+            .type = types[i],
+            .handler = on_event,
+            .flush = flush_batch,
+            .ctx = h,
+            .batch = PAYMENT_BATCH,
+        };
+        st = event_worker_start(svc->bus, &ws, workers[i]);
     }
     return st; /* the worker logged why */
 }
@@ -272,6 +263,10 @@ void payment_events_stop(payment_service *svc)
     event_workers_stop(ws, 2);
     svc->reserved_worker = NULL;
     svc->cancel_worker = NULL;
+    for (size_t i = 0; i < 2; i++) {
+        free(svc->handlers[i]);
+        svc->handlers[i] = NULL;
+    }
     ledger_close(svc->ledger);
     svc->ledger = NULL;
 }

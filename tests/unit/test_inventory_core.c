@@ -773,6 +773,435 @@ static void test_inventory_core_text_copy_cuts_at_a_character(void)
     CU_ASSERT_STRING_EQUAL(inv_res_status_name(INV_RES_REJECTED), "REJECTED");
 }
 
+/* ---- inv_revert ---- */
+
+enum { SNAP_SKUS = 4, SNAP_ORDERS = 48, SNAP_LINES = 4 };
+static const char *const snap_skus[SNAP_SKUS] = {"sku-a", "sku-b", "sku-c", "sku-d"};
+
+/* What can be observed of one reservation. */
+typedef struct res_view {
+    bool present;
+    inv_res_status status;
+    char customer_id[INV_CUSTOMER_MAX + 1];
+    int64_t total_cents, available;
+    uint32_t n_lines, units, requested;
+    inv_line lines[SNAP_LINES];
+    bool was_committed, restocked, has_reason, has_short_sku;
+    char reason[INV_REASON_MAX + 1];
+    char short_sku[INV_SKU_MAX + 1];
+} res_view;
+
+/* What can be observed of a store: the stock of snap_skus, the reservations
+ * of ord-0..ord-47 and the counts. */
+typedef struct inv_snap {
+    bool has_stock[SNAP_SKUS];
+    int64_t stock[SNAP_SKUS][4]; /* available, reserved, sold, total_in */
+    size_t n_skus, n_res;
+    res_view res[SNAP_ORDERS];
+} inv_snap;
+
+static void snap_take(const inv_store *s, inv_snap *v)
+{
+    char id[32];
+
+    memset(v, 0, sizeof *v);
+    for (int k = 0; k < SNAP_SKUS; k++) {
+        const inv_stock *st = inv_store_stock(s, snap_skus[k]);
+        v->has_stock[k] = st != NULL;
+        if (st) {
+            v->stock[k][0] = st->available;
+            v->stock[k][1] = st->reserved;
+            v->stock[k][2] = st->sold;
+            v->stock[k][3] = st->total_in;
+        }
+    }
+    v->n_skus = inv_store_sku_count(s);
+    v->n_res = inv_store_reservation_count(s);
+    for (int o = 0; o < SNAP_ORDERS; o++) {
+        snprintf(id, sizeof id, "ord-%d", o);
+        const inv_reservation *r = inv_store_reservation(s, id);
+        res_view *w = &v->res[o];
+        if (!r)
+            continue;
+        CU_ASSERT_STRING_EQUAL(r->order_id, id);
+        CU_ASSERT_TRUE_FATAL(r->n_lines <= SNAP_LINES);
+        w->present = true;
+        w->status = r->status;
+        snprintf(w->customer_id, sizeof w->customer_id, "%s", r->customer_id);
+        w->total_cents = r->total_cents;
+        w->available = r->available;
+        w->n_lines = r->n_lines;
+        w->units = r->units;
+        w->requested = r->requested;
+        for (uint32_t k = 0; k < r->n_lines; k++) {
+            snprintf(w->lines[k].sku, sizeof w->lines[k].sku, "%s", r->lines[k].sku);
+            w->lines[k].quantity = r->lines[k].quantity;
+        }
+        w->was_committed = r->was_committed;
+        w->restocked = r->restocked;
+        w->has_reason = r->reason != NULL;
+        snprintf(w->reason, sizeof w->reason, "%s", r->reason ? r->reason : "");
+        w->has_short_sku = r->short_sku != NULL;
+        snprintf(w->short_sku, sizeof w->short_sku, "%s", r->short_sku ? r->short_sku : "");
+    }
+}
+
+/* Every field of a snapshot is set explicitly over a zeroed struct, so
+ * comparing bytes compares what was observed. */
+static bool snap_same(const inv_snap *a, const inv_snap *b)
+{
+    return memcmp(a, b, sizeof *a) == 0;
+}
+
+/* Decides with dec and keeps the entry in *r (its own copy), expecting an
+ * entry to append. */
+static void keep_reserve(const inv_store *s, recorded *r, const char *order_id, const inv_line *items,
+                         size_t n)
+{
+    inv_reserve_req q = req(order_id, items, n);
+    inv_outcome out = INV_NOOP;
+    char err[256];
+    CU_ASSERT_EQUAL_FATAL(inv_decide_reserve(s, &q, dec, &out, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(out, INV_APPEND);
+    record(r, dec);
+}
+
+static void keep_commit(const inv_store *s, recorded *r, const char *order_id)
+{
+    inv_outcome out = INV_NOOP;
+    CU_ASSERT_EQUAL_FATAL(inv_decide_commit(s, order_id, "", dec, &out), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(out, INV_APPEND);
+    record(r, dec);
+}
+
+static void keep_release(const inv_store *s, recorded *r, const char *order_id, bool cancel, const char *why)
+{
+    inv_outcome out = INV_NOOP;
+    CU_ASSERT_EQUAL_FATAL(inv_decide_release(s, order_id, cancel, why, "", dec, &out), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(out, INV_APPEND);
+    record(r, dec);
+}
+
+static void apply_changes(inv_store *s, const inv_entry *e)
+{
+    bool changed = false;
+    CU_ASSERT_EQUAL_FATAL(inv_apply(s, e, &changed), CH_OK);
+    CU_ASSERT_TRUE(changed);
+}
+
+/* Applies e, checks that it changed what can be seen, reverts it and checks
+ * that the store is as before. */
+static void apply_then_revert(inv_store *s, const inv_entry *e)
+{
+    inv_snap before, after, back;
+
+    snap_take(s, &before);
+    apply_changes(s, e);
+    snap_take(s, &after);
+    CU_ASSERT_FALSE(snap_same(&before, &after));
+    CU_ASSERT_EQUAL(inv_revert(s, e), CH_OK);
+    snap_take(s, &back);
+    CU_ASSERT_TRUE(snap_same(&before, &back));
+    check_conservation(s);
+    /* and the entry applies again as it did the first time */
+    apply_changes(s, e);
+    snap_take(s, &back);
+    CU_ASSERT_TRUE(snap_same(&after, &back));
+    CU_ASSERT_EQUAL(inv_revert(s, e), CH_OK);
+}
+
+/* Stock of four SKUs and orders in every status: ord-0 RESERVED, ord-1
+ * COMMITTED, ord-2 RELEASED (payment failed), ord-3 RELEASED after a commit,
+ * ord-4 REJECTED. */
+static void revert_history(inv_store *s)
+{
+    inv_line a2b1[2] = {line("sku-a", 2), line("sku-b", 1)}, a1 = line("sku-a", 1), c1 = line("sku-c", 1),
+             c9 = line("sku-c", 9);
+
+    set_stock(s, "sku-a", 10);
+    set_stock(s, "sku-b", 5);
+    set_stock(s, "sku-c", 3);
+    set_stock(s, "sku-d", 0);
+    CU_ASSERT_EQUAL(reserve(s, "ord-0", a2b1, 2), INV_APPEND);
+    CU_ASSERT_EQUAL(reserve(s, "ord-1", &a1, 1), INV_APPEND);
+    CU_ASSERT_EQUAL(commit(s, "ord-1"), INV_APPEND);
+    CU_ASSERT_EQUAL(reserve(s, "ord-2", &c1, 1), INV_APPEND);
+    CU_ASSERT_EQUAL(release(s, "ord-2", false, "declined"), INV_APPEND);
+    CU_ASSERT_EQUAL(reserve(s, "ord-3", a2b1, 2), INV_APPEND);
+    CU_ASSERT_EQUAL(commit(s, "ord-3"), INV_APPEND);
+    CU_ASSERT_EQUAL(release(s, "ord-3", true, "changed my mind"), INV_APPEND);
+    CU_ASSERT_EQUAL(reserve(s, "ord-4", &c9, 1), INV_APPEND);
+    CU_ASSERT_EQUAL(inv_store_reservation(s, "ord-4")->status, INV_RES_REJECTED);
+}
+
+static void test_inventory_core_revert_each_kind_restores_the_state(void)
+{
+    inv_store *s = NULL;
+    recorded *r = calloc(1, sizeof *r);
+    inv_line a3b2c1[3] = {line("sku-a", 3), line("sku-b", 2), line("sku-c", 1)}, c50 = line("sku-c", 50);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_EQUAL_FATAL(inv_store_create(&s), CH_OK);
+    revert_history(s);
+
+    keep_reserve(s, r, "ord-10", a3b2c1, 3); /* RESERVED over three SKUs */
+    CU_ASSERT_EQUAL(r->d.entry.kind, INV_ENTRY_RESERVED);
+    apply_then_revert(s, &r->d.entry);
+    CU_ASSERT_PTR_NULL(inv_store_reservation(s, "ord-10"));
+
+    keep_reserve(s, r, "ord-11", &c50, 1); /* REJECTED */
+    CU_ASSERT_EQUAL(r->d.entry.kind, INV_ENTRY_REJECTED);
+    apply_then_revert(s, &r->d.entry);
+    CU_ASSERT_PTR_NULL(inv_store_reservation(s, "ord-11"));
+
+    keep_commit(s, r, "ord-0"); /* COMMITTED */
+    apply_then_revert(s, &r->d.entry);
+    CU_ASSERT_EQUAL(inv_store_reservation(s, "ord-0")->status, INV_RES_RESERVED);
+
+    keep_release(s, r, "ord-0", false, "balance 0 < 1234"); /* RELEASED from reserved */
+    apply_then_revert(s, &r->d.entry);
+    keep_release(s, r, "ord-0", true, NULL); /* RELEASED from reserved by a cancel */
+    apply_then_revert(s, &r->d.entry);
+    keep_release(s, r, "ord-1", true, "too late"); /* RELEASED from sold */
+    apply_then_revert(s, &r->d.entry);
+    const inv_reservation *res = inv_store_reservation(s, "ord-1");
+    CU_ASSERT_EQUAL(res->status, INV_RES_COMMITTED);
+    CU_ASSERT_FALSE(res->was_committed);
+    CU_ASSERT_FALSE(res->restocked);
+    CU_ASSERT_PTR_NULL(res->reason);
+
+    /* a release without a reason, straight from the ledger */
+    inv_entry bare = {.kind = INV_ENTRY_RELEASED, .order_id = "ord-1", .restocked = true, .reason = ""};
+    apply_then_revert(s, &bare);
+
+    /* a RESERVED entry carries no reason (a stray one is not read), so the
+     * reservation has none to restore when its release is undone */
+    inv_line b1 = line("sku-b", 1);
+    inv_entry stray = {.kind = INV_ENTRY_RESERVED,
+                       .order_id = "ord-12",
+                       .customer_id = "cust-1",
+                       .total_cents = 5,
+                       .lines = &b1,
+                       .n_lines = 1,
+                       .reason = "not a reservation's"};
+    apply_then_revert(s, &stray);
+    apply_changes(s, &stray);
+    CU_ASSERT_PTR_NULL(inv_store_reservation(s, "ord-12")->reason);
+    keep_release(s, r, "ord-12", false, "declined");
+    apply_then_revert(s, &r->d.entry);
+    CU_ASSERT_PTR_NULL(inv_store_reservation(s, "ord-12")->reason);
+    CU_ASSERT_EQUAL(inv_revert(s, &stray), CH_OK);
+
+    expect_stock(s, "sku-a", 7, 2, 1, 10);
+    expect_stock(s, "sku-b", 4, 1, 0, 5);
+    expect_stock(s, "sku-c", 3, 0, 0, 3);
+    CU_ASSERT_EQUAL(inv_store_reservation_count(s), 5);
+    free(r);
+    inv_store_destroy(s);
+}
+
+static void test_inventory_core_revert_batch_newest_first(void)
+{
+    enum { MAX = 16 };
+    inv_store *s = NULL;
+    recorded *b = calloc(MAX, sizeof *b);
+    inv_snap *before = malloc(sizeof *before), *after = malloc(sizeof *after), *now = malloc(sizeof *now);
+    inv_line a1 = line("sku-a", 1), a2b1[2] = {line("sku-a", 2), line("sku-b", 1)}, a3 = line("sku-a", 3),
+             c4 = line("sku-c", 4), b2c3[2] = {line("sku-b", 2), line("sku-c", 3)};
+    size_t n = 0;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_FATAL(before && after && now);
+    CU_ASSERT_EQUAL_FATAL(inv_store_create(&s), CH_OK);
+    revert_history(s);
+    snap_take(s, before);
+
+    /* One batch, each decision taken on the state the previous ones left,
+     * and applied at once, as the service will do. */
+#define STEP(call)                                                                                           \
+    do {                                                                                                     \
+        call;                                                                                                \
+        apply_changes(s, &b[n++].d.entry);                                                                   \
+    } while (0)
+    STEP(keep_reserve(s, &b[n], "ord-20", &a1, 1));
+    STEP(keep_reserve(s, &b[n], "ord-21", a2b1, 2)); /* the same SKU again */
+    STEP(keep_commit(s, &b[n], "ord-0"));            /* an earlier order */
+    STEP(keep_reserve(s, &b[n], "ord-22", &a3, 1));
+    STEP(keep_release(s, &b[n], "ord-1", true, "cancel")); /* an earlier commit, back from sold */
+    STEP(keep_commit(s, &b[n], "ord-20"));
+    STEP(keep_reserve(s, &b[n], "ord-23", &c4, 1)); /* rejected: sku-c has 3 */
+    STEP(keep_release(s, &b[n], "ord-21", false, "declined"));
+    STEP(keep_release(s, &b[n], "ord-20", true, NULL)); /* committed in this batch, then cancelled */
+    STEP(keep_reserve(s, &b[n], "ord-24", b2c3, 2));
+    STEP(keep_commit(s, &b[n], "ord-22"));
+    STEP(keep_reserve(s, &b[n], "ord-25", a2b1, 2)); /* uses units ord-21 gave back */
+#undef STEP
+    CU_ASSERT_EQUAL(b[6].d.entry.kind, INV_ENTRY_REJECTED);
+    check_conservation(s);
+    snap_take(s, after);
+    CU_ASSERT_FALSE(snap_same(before, after));
+
+    for (size_t i = n; i-- > 0;)
+        CU_ASSERT_EQUAL(inv_revert(s, &b[i].d.entry), CH_OK);
+    snap_take(s, now);
+    CU_ASSERT_TRUE(snap_same(before, now));
+    CU_ASSERT_EQUAL(inv_store_reservation_count(s), 5);
+    expect_stock(s, "sku-a", 7, 2, 1, 10);
+    check_conservation(s);
+
+    /* the same entries again give the same state as the first time */
+    for (size_t i = 0; i < n; i++)
+        apply_changes(s, &b[i].d.entry);
+    snap_take(s, now);
+    CU_ASSERT_TRUE(snap_same(after, now));
+
+    free(before);
+    free(after);
+    free(now);
+    free(b);
+    inv_store_destroy(s);
+}
+
+/* Many reservations (the table grows and probe runs form), then a random
+ * subset and the newest ones reverted, newest first: the others are all
+ * still found and the reverted ones are gone. */
+static void test_inventory_core_revert_deletes_under_collisions(void)
+{
+    enum { N = 700, NEWEST = 150 };
+    inv_store *s = NULL;
+    recorded *b = calloc(N, sizeof *b);
+    bool *gone = calloc(N, sizeof *gone);
+    inv_line one = line("sku-a", 1);
+    uint64_t rng = 0x2545f4914f6cdd1dULL;
+    char id[32];
+    size_t kept = N;
+
+    CU_ASSERT_FATAL(b && gone);
+    CU_ASSERT_EQUAL_FATAL(inv_store_create(&s), CH_OK);
+    set_stock(s, "sku-a", 10000);
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "o%d", i);
+        keep_reserve(s, &b[i], id, &one, 1);
+        apply_changes(s, &b[i].d.entry);
+    }
+    CU_ASSERT_EQUAL_FATAL(inv_store_reservation_count(s), N);
+    /* reservations of different orders are independent, so any subset may be
+     * reverted as long as it goes newest first */
+    for (int i = N; i-- > 0;) {
+        rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+        if (i < N - NEWEST && (rng >> 33) % 3 != 0)
+            continue;
+        CU_ASSERT_EQUAL(inv_revert(s, &b[i].d.entry), CH_OK);
+        gone[i] = true;
+        kept--;
+    }
+    CU_ASSERT_TRUE(kept > N / 3 && kept < N - NEWEST);
+    CU_ASSERT_EQUAL(inv_store_reservation_count(s), kept);
+    expect_stock(s, "sku-a", 10000 - (int64_t)kept, (int64_t)kept, 0, 10000);
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "o%d", i);
+        const inv_reservation *r = inv_store_reservation(s, id);
+        if (gone[i]) {
+            CU_ASSERT_PTR_NULL(r);
+        } else {
+            CU_ASSERT_PTR_NOT_NULL(r);
+            if (r)
+                CU_ASSERT_STRING_EQUAL(r->order_id, id);
+        }
+    }
+    /* the freed slots take the reverted orders again */
+    for (int i = 0; i < N; i++)
+        if (gone[i])
+            apply_changes(s, &b[i].d.entry);
+    CU_ASSERT_EQUAL(inv_store_reservation_count(s), N);
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "o%d", i);
+        CU_ASSERT_PTR_NOT_NULL(inv_store_reservation(s, id));
+    }
+    expect_stock(s, "sku-a", 10000 - N, N, 0, 10000);
+    free(gone);
+    free(b);
+    inv_store_destroy(s);
+}
+
+static void test_inventory_core_revert_refuses_what_was_not_applied(void)
+{
+    inv_store *s = NULL;
+    recorded *r = calloc(1, sizeof *r);
+    inv_snap *before = malloc(sizeof *before), *now = malloc(sizeof *now);
+    inv_line a1 = line("sku-a", 1);
+    char err[256];
+
+    CU_ASSERT_FATAL(r && before && now);
+    CU_ASSERT_EQUAL_FATAL(inv_store_create(&s), CH_OK);
+    revert_history(s);
+    snap_take(s, before);
+
+    /* stock entries are not revertible */
+    CU_ASSERT_EQUAL_FATAL(inv_decide_set(s, "sku-a", 4, dec, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL(inv_revert(s, &dec->entry), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL_FATAL(inv_decide_adjust(s, "sku-b", 1, dec, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL(inv_revert(s, &dec->entry), CH_INVALID_ARGUMENT);
+    inv_entry odd = {.kind = 99, .order_id = "ord-0"};
+    CU_ASSERT_EQUAL(inv_revert(s, &odd), CH_INVALID_ARGUMENT);
+
+    /* ord-0 is RESERVED: it was never committed nor released */
+    inv_entry e = {.kind = INV_ENTRY_COMMITTED, .order_id = "ord-0"};
+    CU_ASSERT_EQUAL(inv_revert(s, &e), CH_FAILED_PRECONDITION);
+    e.kind = INV_ENTRY_RELEASED;
+    CU_ASSERT_EQUAL(inv_revert(s, &e), CH_FAILED_PRECONDITION);
+    e.kind = INV_ENTRY_REJECTED;
+    e.sku = "sku-a";
+    CU_ASSERT_EQUAL(inv_revert(s, &e), CH_FAILED_PRECONDITION);
+    /* a RESERVED entry is undone only while its reservation is RESERVED, with its lines */
+    inv_line a2 = line("sku-a", 2);
+    inv_entry made = {.kind = INV_ENTRY_RESERVED,
+                      .order_id = "ord-0",
+                      .customer_id = "cust-1",
+                      .total_cents = 1234,
+                      .lines = &a2,
+                      .n_lines = 1};
+    CU_ASSERT_EQUAL(inv_revert(s, &made), CH_FAILED_PRECONDITION); /* ord-0 has two lines */
+    made.order_id = "ord-1";
+    made.lines = &a1;
+    CU_ASSERT_EQUAL(inv_revert(s, &made), CH_FAILED_PRECONDITION); /* committed since */
+    /* ord-3 was released by a cancel, with that reason */
+    e = (inv_entry){.kind = INV_ENTRY_RELEASED,
+                    .order_id = "ord-3",
+                    .restocked = false,
+                    .reason = "cancelled by the customer: changed my mind"};
+    CU_ASSERT_EQUAL(inv_revert(s, &e), CH_FAILED_PRECONDITION);
+    e.restocked = true;
+    e.reason = "another reason";
+    CU_ASSERT_EQUAL(inv_revert(s, &e), CH_FAILED_PRECONDITION);
+    /* unknown orders */
+    e.order_id = "ord-none";
+    CU_ASSERT_EQUAL(inv_revert(s, &e), CH_NOT_FOUND);
+    made.order_id = "ord-none";
+    CU_ASSERT_EQUAL(inv_revert(s, &made), CH_NOT_FOUND);
+    snap_take(s, now);
+    CU_ASSERT_TRUE(snap_same(before, now));
+
+    /* counters that would go negative: all or nothing over the lines */
+    inv_line a1b2[2] = {line("sku-a", 1), line("sku-b", 2)};
+    keep_reserve(s, r, "ord-30", a1b2, 2);
+    apply_changes(s, &r->d.entry);
+    keep_release(s, r, "ord-30", false, "declined");
+    apply_changes(s, &r->d.entry);
+    set_stock(s, "sku-b", 1); /* sku-b: only 1 available now, the revert needs 2 back */
+    snap_take(s, before);
+    CU_ASSERT_EQUAL(inv_revert(s, &r->d.entry), CH_FAILED_PRECONDITION);
+    snap_take(s, now);
+    CU_ASSERT_TRUE(snap_same(before, now));
+    CU_ASSERT_EQUAL(inv_store_reservation(s, "ord-30")->status, INV_RES_RELEASED);
+    check_conservation(s);
+
+    free(before);
+    free(now);
+    free(r);
+    inv_store_destroy(s);
+}
+
 int main(void)
 {
     static const cu_test tests[] = {
@@ -786,6 +1215,10 @@ int main(void)
         {"random sagas conserve and refold", test_inventory_core_random_sagas_conserve_and_refold},
         {"adjust key adjusts once", test_inventory_core_adjust_key_adjusts_once},
         {"text copy cuts at a character", test_inventory_core_text_copy_cuts_at_a_character},
+        {"revert each kind restores the state", test_inventory_core_revert_each_kind_restores_the_state},
+        {"revert a batch newest first", test_inventory_core_revert_batch_newest_first},
+        {"revert deletes under collisions", test_inventory_core_revert_deletes_under_collisions},
+        {"revert refuses what was not applied", test_inventory_core_revert_refuses_what_was_not_applied},
         {NULL, NULL},
     };
     int rc;

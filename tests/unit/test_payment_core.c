@@ -544,6 +544,410 @@ static void test_payment_core_list_pages_newest_first(void)
     payment_state_destroy(s);
 }
 
+/* ---- payment_revert ---- */
+
+enum { PSNAP_CUSTOMERS = 9, PSNAP_ORDERS = 40, PSNAP_LIST = 64 };
+
+typedef char order_name[PAY_ORDER_ID_MAX + 1];
+
+/* What can be observed of one customer: the account and the payment list. */
+typedef struct customer_view {
+    bool has_account;
+    int64_t balance, credited, charged, refunded;
+    size_t n_listed;
+    order_name listed[PSNAP_LIST];
+} customer_view;
+
+typedef struct payment_view {
+    bool present;
+    pay_status status;
+    char customer_id[PAY_CUSTOMER_MAX + 1];
+    int64_t amount, balance;
+    char reason[PAY_REASON_MAX + 1];
+    size_t list_pos;
+} payment_view;
+
+/* What can be observed of a state: customers c-1..c-9, payments o-0..o-39,
+ * the whole payment list and the counts. */
+typedef struct pay_snap {
+    customer_view customers[PSNAP_CUSTOMERS];
+    payment_view payments[PSNAP_ORDERS];
+    size_t n_listed;
+    order_name listed[PSNAP_LIST];
+    size_t count, accounts;
+    bool consistent;
+} pay_snap;
+
+/* Walks payment_list page by page (3 a page, so tokens are used); returns
+ * how many payments it listed, newest first, into ids (up to cap). */
+static size_t list_every(const payment_state *s, const char *customer, order_name *ids, size_t cap)
+{
+    const pay_payment *page[3];
+    char token[PAY_TOKEN_MAX] = "";
+    size_t n, total = 0;
+
+    do {
+        CU_ASSERT_EQUAL_FATAL(payment_list(s, token, customer, page, 3, &n, token), CH_OK);
+        for (size_t i = 0; i < n; i++, total++)
+            if (ids && total < cap)
+                snprintf(ids[total], sizeof ids[total], "%s", page[i]->order_id);
+    } while (token[0]);
+    return total;
+}
+
+static void pay_snap_take(const payment_state *s, pay_snap *v)
+{
+    char id[32];
+
+    memset(v, 0, sizeof *v);
+    for (int c = 0; c < PSNAP_CUSTOMERS; c++) {
+        customer_view *w = &v->customers[c];
+        snprintf(id, sizeof id, "c-%d", c + 1);
+        const pay_account *a = payment_account_get(s, id);
+        if (a) {
+            w->has_account = true;
+            w->balance = a->balance_cents;
+            w->credited = a->credited_cents;
+            w->charged = a->charged_cents;
+            w->refunded = a->refunded_cents;
+        }
+        w->n_listed = list_every(s, id, w->listed, PSNAP_LIST);
+        CU_ASSERT_TRUE_FATAL(w->n_listed <= PSNAP_LIST);
+    }
+    for (int o = 0; o < PSNAP_ORDERS; o++) {
+        payment_view *w = &v->payments[o];
+        snprintf(id, sizeof id, "o-%d", o);
+        const pay_payment *p = payment_get(s, id);
+        if (!p)
+            continue;
+        CU_ASSERT_STRING_EQUAL(p->order_id, id);
+        w->present = true;
+        w->status = p->status;
+        snprintf(w->customer_id, sizeof w->customer_id, "%s", p->customer_id);
+        w->amount = p->amount_cents;
+        w->balance = p->balance_cents;
+        snprintf(w->reason, sizeof w->reason, "%s", p->reason);
+        w->list_pos = p->list_pos;
+    }
+    v->n_listed = list_every(s, NULL, v->listed, PSNAP_LIST);
+    CU_ASSERT_TRUE_FATAL(v->n_listed <= PSNAP_LIST);
+    v->count = payment_count(s);
+    v->accounts = payment_account_count(s);
+    v->consistent = payment_state_consistent(s);
+}
+
+/* Every field is set explicitly over a zeroed struct: comparing bytes
+ * compares what was observed. */
+static bool pay_snap_same(const pay_snap *a, const pay_snap *b)
+{
+    return memcmp(a, b, sizeof *a) == 0;
+}
+
+static pay_entry decide_charge(const payment_state *s, const char *order, const char *customer,
+                               int64_t amount)
+{
+    pay_entry e;
+    char err[256];
+    CU_ASSERT_EQUAL_FATAL(payment_decide_charge(s, order, customer, amount, NULL, &e, err, sizeof err),
+                          CH_OK);
+    return e;
+}
+
+static pay_entry decide_refund(const payment_state *s, const char *order)
+{
+    pay_entry e;
+    CU_ASSERT_EQUAL_FATAL(payment_decide_refund(s, order, NULL, &e), CH_OK);
+    return e;
+}
+
+static void pay_apply_changes(payment_state *s, const pay_entry *e)
+{
+    bool changed = false;
+    CU_ASSERT_EQUAL_FATAL(payment_apply(s, e, &changed), CH_OK);
+    CU_ASSERT_TRUE(changed);
+}
+
+/* Applies e, checks that it changed what can be seen, reverts it, checks
+ * that the state is as before, and that e applies again the same way. */
+static void pay_apply_then_revert(payment_state *s, const pay_entry *e)
+{
+    pay_snap *before = malloc(sizeof *before), *after = malloc(sizeof *after), *back = malloc(sizeof *back);
+
+    CU_ASSERT_FATAL(before && after && back);
+    pay_snap_take(s, before);
+    CU_ASSERT_TRUE(before->consistent);
+    pay_apply_changes(s, e);
+    pay_snap_take(s, after);
+    CU_ASSERT_FALSE(pay_snap_same(before, after));
+    CU_ASSERT_EQUAL(payment_revert(s, e), CH_OK);
+    pay_snap_take(s, back);
+    CU_ASSERT_TRUE(pay_snap_same(before, back));
+    pay_apply_changes(s, e);
+    pay_snap_take(s, back);
+    CU_ASSERT_TRUE(pay_snap_same(after, back));
+    CU_ASSERT_EQUAL(payment_revert(s, e), CH_OK);
+    free(before);
+    free(after);
+    free(back);
+}
+
+/* c-1, c-2, c-6 credited; o-0 charged (c-1), o-1 declined (c-3, never
+ * credited), o-2 charged and refunded (c-2), o-3 charged 0 (c-1), o-4
+ * charged (c-2). */
+static void pay_revert_history(payment_state *s)
+{
+    ch_status st;
+
+    CU_ASSERT_EQUAL(credit(s, "c-1", 1000, NULL), CH_OK);
+    CU_ASSERT_EQUAL(credit(s, "c-2", 500, "k"), CH_OK);
+    CU_ASSERT_EQUAL(credit(s, "c-6", 50, NULL), CH_OK);
+    CU_ASSERT_EQUAL(reserve(s, "o-0", "c-1", 300, &st), PAY_ENTRY_CHARGE);
+    CU_ASSERT_EQUAL(reserve(s, "o-1", "c-3", 100, &st), PAY_ENTRY_DECLINE);
+    CU_ASSERT_EQUAL(reserve(s, "o-2", "c-2", 200, &st), PAY_ENTRY_CHARGE);
+    CU_ASSERT_EQUAL(refund(s, "o-2"), CH_OK);
+    CU_ASSERT_EQUAL(reserve(s, "o-3", "c-1", 0, &st), PAY_ENTRY_CHARGE);
+    CU_ASSERT_EQUAL(reserve(s, "o-4", "c-2", 250, &st), PAY_ENTRY_CHARGE);
+    CU_ASSERT_TRUE_FATAL(payment_state_consistent(s));
+}
+
+static void test_payment_core_revert_each_kind_restores_the_state(void)
+{
+    payment_state *s = fresh_state();
+    pay_entry e;
+
+    pay_revert_history(s);
+
+    e = decide_charge(s, "o-10", "c-1", 100); /* an account with payments */
+    CU_ASSERT_EQUAL(e.kind, PAY_ENTRY_CHARGE);
+    pay_apply_then_revert(s, &e);
+    e = decide_charge(s, "o-11", "c-4", 0); /* a customer never seen: a new record */
+    CU_ASSERT_EQUAL(e.kind, PAY_ENTRY_CHARGE);
+    pay_apply_then_revert(s, &e);
+    e = decide_charge(s, "o-12", "c-3", 999); /* a record without account, with a payment */
+    CU_ASSERT_EQUAL(e.kind, PAY_ENTRY_DECLINE);
+    pay_apply_then_revert(s, &e);
+    e = decide_charge(s, "o-13", "c-5", 1); /* a customer never seen */
+    CU_ASSERT_EQUAL(e.kind, PAY_ENTRY_DECLINE);
+    pay_apply_then_revert(s, &e);
+    e = decide_charge(s, "o-14", "c-6", 51); /* an account without payments */
+    CU_ASSERT_EQUAL(e.kind, PAY_ENTRY_DECLINE);
+    pay_apply_then_revert(s, &e);
+    e = decide_refund(s, "o-0");
+    pay_apply_then_revert(s, &e);
+    e = decide_refund(s, "o-4");
+    pay_apply_then_revert(s, &e);
+
+    assert_account(s, "c-1", 700, 1000, 300, 0);
+    assert_account(s, "c-2", 250, 500, 450, 200);
+    CU_ASSERT_EQUAL(payment_get(s, "o-4")->status, PAY_CHARGED);
+    CU_ASSERT_PTR_NULL(payment_get(s, "o-10"));
+    CU_ASSERT_PTR_NULL(payment_get(s, "o-13"));
+    CU_ASSERT_EQUAL(payment_count(s), 5);
+    CU_ASSERT_EQUAL(list_every(s, "c-4", NULL, 0), 0);
+    CU_ASSERT_EQUAL(list_every(s, "c-3", NULL, 0), 1);
+    CU_ASSERT_TRUE(payment_state_consistent(s));
+    payment_state_destroy(s);
+}
+
+static void test_payment_core_revert_batch_newest_first(void)
+{
+    enum { MAX = 16 };
+    payment_state *s = fresh_state();
+    pay_entry b[MAX];
+    pay_snap *before = malloc(sizeof *before), *after = malloc(sizeof *after), *now = malloc(sizeof *now);
+    size_t n = 0;
+
+    CU_ASSERT_FATAL(before && after && now);
+    pay_revert_history(s);
+    pay_snap_take(s, before);
+
+    /* One batch, each decision taken on the state the previous ones left and
+     * applied at once, as the service will do. */
+#define STEP(decision)                                                                                       \
+    do {                                                                                                     \
+        b[n] = (decision);                                                                                   \
+        pay_apply_changes(s, &b[n++]);                                                                       \
+    } while (0)
+    STEP(decide_charge(s, "o-20", "c-1", 100));
+    STEP(decide_charge(s, "o-21", "c-1", 200)); /* the same customer */
+    STEP(decide_refund(s, "o-0"));              /* an earlier charge */
+    STEP(decide_charge(s, "o-22", "c-7", 5));   /* declined: a new customer record */
+    STEP(decide_charge(s, "o-23", "c-7", 0));   /* charged: the same record */
+    STEP(decide_refund(s, "o-20"));             /* charged in this batch */
+    STEP(decide_charge(s, "o-24", "c-1", 650)); /* needs what the refunds gave back */
+    STEP(decide_charge(s, "o-25", "c-2", 10000));
+    STEP(decide_refund(s, "o-4"));
+#undef STEP
+    CU_ASSERT_EQUAL(b[3].kind, PAY_ENTRY_DECLINE);
+    CU_ASSERT_EQUAL(b[6].kind, PAY_ENTRY_CHARGE);
+    CU_ASSERT_EQUAL(b[7].kind, PAY_ENTRY_DECLINE);
+    pay_snap_take(s, after);
+    CU_ASSERT_TRUE(after->consistent);
+    CU_ASSERT_FALSE(pay_snap_same(before, after));
+
+    for (size_t i = n; i-- > 0;)
+        CU_ASSERT_EQUAL(payment_revert(s, &b[i]), CH_OK);
+    pay_snap_take(s, now);
+    CU_ASSERT_TRUE(pay_snap_same(before, now));
+    assert_account(s, "c-1", 700, 1000, 300, 0);
+    CU_ASSERT_EQUAL(payment_count(s), 5);
+
+    /* the same entries again give the same state as the first time */
+    for (size_t i = 0; i < n; i++)
+        pay_apply_changes(s, &b[i]);
+    pay_snap_take(s, now);
+    CU_ASSERT_TRUE(pay_snap_same(after, now));
+
+    free(before);
+    free(after);
+    free(now);
+    payment_state_destroy(s);
+}
+
+/* Hundreds of payments (the maps grow and probe runs form), the newest K
+ * reverted newest first: every other payment and customer is still found,
+ * the reverted ones are gone. Odd orders are declines of customers seen
+ * once, so customer records are removed too, and each payment is followed
+ * by the credit of a new customer, whose record stays: so customer records
+ * are removed out of insertion order, which a plain emptied slot would not
+ * survive. */
+static void test_payment_core_revert_deletes_under_collisions(void)
+{
+    enum { N = 900, K = 400 };
+    payment_state *s = fresh_state();
+    pay_entry *b = calloc(N, sizeof *b);
+    char order[32], customer[32];
+    int64_t charged[10] = {0};
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    for (int c = 0; c < 10; c++) {
+        snprintf(customer, sizeof customer, "c-%d", c);
+        CU_ASSERT_EQUAL(credit(s, customer, 100000, NULL), CH_OK);
+    }
+    for (int i = 0; i < N; i++) {
+        snprintf(order, sizeof order, "p-%d", i);
+        if (i % 2 == 0)
+            snprintf(customer, sizeof customer, "c-%d", i % 10);
+        else
+            snprintf(customer, sizeof customer, "u-%d", i);
+        b[i] = decide_charge(s, order, customer, 1 + i % 7);
+        CU_ASSERT_EQUAL(b[i].kind, i % 2 == 0 ? PAY_ENTRY_CHARGE : PAY_ENTRY_DECLINE);
+        pay_apply_changes(s, &b[i]);
+        snprintf(customer, sizeof customer, "v-%d", i);
+        CU_ASSERT_EQUAL(credit(s, customer, 1 + i, NULL), CH_OK);
+        if (i % 2 == 0 && i < N - K)
+            charged[i % 10] += 1 + i % 7;
+    }
+    for (int i = N; i-- > N - K;)
+        CU_ASSERT_EQUAL(payment_revert(s, &b[i]), CH_OK);
+    CU_ASSERT_EQUAL(payment_count(s), N - K);
+    CU_ASSERT_TRUE(payment_state_consistent(s));
+    for (int i = 0; i < N; i++) {
+        snprintf(order, sizeof order, "p-%d", i);
+        const pay_payment *p = payment_get(s, order);
+        if (i >= N - K) {
+            CU_ASSERT_PTR_NULL(p);
+        } else {
+            CU_ASSERT_PTR_NOT_NULL(p);
+            if (p)
+                CU_ASSERT_EQUAL(p->list_pos, (size_t)i);
+        }
+        if (i % 2 == 1) { /* the record of a customer seen once goes with its payment */
+            snprintf(customer, sizeof customer, "u-%d", i);
+            CU_ASSERT_EQUAL(list_every(s, customer, NULL, 0), i < N - K ? 1 : 0);
+        }
+        snprintf(customer, sizeof customer, "v-%d", i);
+        assert_account(s, customer, 1 + i, 1 + i, 0, 0);
+    }
+    CU_ASSERT_EQUAL(payment_account_count(s), 10 + N);
+    for (int c = 0; c < 10; c++) {
+        snprintf(customer, sizeof customer, "c-%d", c);
+        assert_account(s, customer, 100000 - charged[c], 100000, charged[c], 0);
+    }
+    CU_ASSERT_EQUAL(list_every(s, NULL, NULL, 0), N - K);
+
+    /* the freed slots take the reverted payments again, at the same places */
+    for (int i = N - K; i < N; i++)
+        pay_apply_changes(s, &b[i]);
+    CU_ASSERT_EQUAL(payment_count(s), N);
+    for (int i = 0; i < N; i++) {
+        snprintf(order, sizeof order, "p-%d", i);
+        const pay_payment *p = payment_get(s, order);
+        CU_ASSERT_PTR_NOT_NULL(p);
+        if (p)
+            CU_ASSERT_EQUAL(p->list_pos, (size_t)i);
+    }
+    CU_ASSERT_TRUE(payment_state_consistent(s));
+    free(b);
+    payment_state_destroy(s);
+}
+
+static void test_payment_core_revert_refuses_what_was_not_applied(void)
+{
+    payment_state *s = fresh_state();
+    pay_snap *before = malloc(sizeof *before), *now = malloc(sizeof *now);
+    pay_entry e;
+    char err[256];
+
+    CU_ASSERT_FATAL(before && now);
+    pay_revert_history(s);
+    pay_snap_take(s, before);
+
+    /* credits come from the API and are never batched */
+    CU_ASSERT_EQUAL_FATAL(payment_decide_credit(s, "c-1", 10, NULL, &e, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL(payment_revert(s, &e), CH_INVALID_ARGUMENT);
+    e.kind = 99;
+    CU_ASSERT_EQUAL(payment_revert(s, &e), CH_INVALID_ARGUMENT);
+
+    /* o-0 is CHARGED, but not the newest decision */
+    e = decide_refund(s, "o-0");
+    CU_ASSERT_EQUAL(payment_revert(s, &e), CH_FAILED_PRECONDITION); /* never refunded */
+    e.kind = PAY_ENTRY_CHARGE;
+    CU_ASSERT_EQUAL(payment_revert(s, &e), CH_FAILED_PRECONDITION);
+    e.kind = PAY_ENTRY_DECLINE;
+    CU_ASSERT_EQUAL(payment_revert(s, &e), CH_FAILED_PRECONDITION);
+    /* o-4 is the newest, CHARGED: not by a decline, nor by another amount or customer */
+    e = decide_refund(s, "o-4");
+    e.kind = PAY_ENTRY_DECLINE;
+    CU_ASSERT_EQUAL(payment_revert(s, &e), CH_FAILED_PRECONDITION);
+    e.kind = PAY_ENTRY_CHARGE;
+    e.amount_cents = 249;
+    CU_ASSERT_EQUAL(payment_revert(s, &e), CH_FAILED_PRECONDITION);
+    e.amount_cents = 250;
+    snprintf(e.customer_id, sizeof e.customer_id, "c-1");
+    CU_ASSERT_EQUAL(payment_revert(s, &e), CH_FAILED_PRECONDITION);
+    /* o-2 is REFUNDED: its charge cannot go before its refund */
+    e = decide_charge(s, "o-9", "c-2", 200);
+    snprintf(e.order_id, sizeof e.order_id, "o-2");
+    CU_ASSERT_EQUAL(payment_revert(s, &e), CH_FAILED_PRECONDITION);
+    /* unknown orders */
+    snprintf(e.order_id, sizeof e.order_id, "o-none");
+    CU_ASSERT_EQUAL(payment_revert(s, &e), CH_NOT_FOUND);
+    e.kind = PAY_ENTRY_REFUND;
+    CU_ASSERT_EQUAL(payment_revert(s, &e), CH_NOT_FOUND);
+    pay_snap_take(s, now);
+    CU_ASSERT_TRUE(pay_snap_same(before, now));
+
+    /* a refund whose money was spent since cannot be taken back */
+    pay_entry r;
+    ch_status st;
+    CU_ASSERT_EQUAL(credit(s, "c-9", 100, NULL), CH_OK);
+    CU_ASSERT_EQUAL(reserve(s, "o-30", "c-9", 100, &st), PAY_ENTRY_CHARGE);
+    r = decide_refund(s, "o-30");
+    pay_apply_changes(s, &r);
+    CU_ASSERT_EQUAL(reserve(s, "o-31", "c-9", 100, &st), PAY_ENTRY_CHARGE);
+    pay_snap_take(s, before);
+    CU_ASSERT_EQUAL(payment_revert(s, &r), CH_FAILED_PRECONDITION);
+    pay_snap_take(s, now);
+    CU_ASSERT_TRUE(pay_snap_same(before, now));
+    assert_account(s, "c-9", 0, 100, 200, 100);
+    CU_ASSERT_EQUAL(payment_get(s, "o-30")->status, PAY_REFUNDED);
+
+    free(before);
+    free(now);
+    payment_state_destroy(s);
+}
+
 int main(void)
 {
     static const cu_test tests[] = {
@@ -561,6 +965,10 @@ int main(void)
         {"entries replay to the same state", test_payment_core_entries_replay_to_the_same_state},
         {"decode rejects garbage", test_payment_core_decode_rejects_garbage},
         {"list pages newest first", test_payment_core_list_pages_newest_first},
+        {"revert each kind restores the state", test_payment_core_revert_each_kind_restores_the_state},
+        {"revert a batch newest first", test_payment_core_revert_batch_newest_first},
+        {"revert deletes under collisions", test_payment_core_revert_deletes_under_collisions},
+        {"revert refuses what was not applied", test_payment_core_revert_refuses_what_was_not_applied},
         {NULL, NULL},
     };
     return cu_run("payment_core", NULL, NULL, tests);
