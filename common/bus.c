@@ -965,6 +965,7 @@ struct bus_worker {
     bus_staged *staged; /* messages staged for the flush, in order */
     int *staged_idx;    /* their positions in the batch */
     int nstaged;
+    log_buffer logs; /* the batch's log lines, written together */
 };
 
 static char *bus__strdup(const char *s)
@@ -1260,10 +1261,12 @@ static void *bus__worker_main(void *arg)
             while (n < w->batch && natsSubscription_NextMsg(&w->batch_msgs[n], w->sub, 0) == NATS_OK) {
                 n++;
             }
+            log_hold(&w->logs);
             for (int i = 0; i < n; i++) {
                 bus__handle(w, i);
             }
             bus__flush_staged(w);
+            log_release(&w->logs); /* the batch's lines, before its acks */
             bus__flush_deferred(w);
             for (int i = 0; i < n; i++) {
                 natsMsg_Destroy(w->batch_msgs[i]);

@@ -137,6 +137,39 @@ int log_format(char *buf, int cap, log_level level, const char *msg, const char 
     return len;
 }
 
+/* The buffer this thread holds its records in, if any (log_hold). Per
+ * thread, so no lock. */
+static _Thread_local log_buffer *log_held;
+
+static void log_write(const char *p, int n)
+{
+    while (n > 0) {
+        ssize_t w = write(log_cfg.fd, p, (size_t)n);
+        if (w <= 0)
+            return; /* nowhere to report a failed log write */
+        p += w;
+        n -= (int)w;
+    }
+}
+
+void log_hold(log_buffer *b)
+{
+    if (b)
+        b->len = 0;
+    log_held = b;
+}
+
+void log_release(log_buffer *b)
+{
+    if (!b)
+        return;
+    if (b->len > 0)
+        log_write(b->data, b->len);
+    b->len = 0;
+    if (log_held == b)
+        log_held = NULL;
+}
+
 void log_at(log_level level, const char *msg, ...)
 {
     const char *kv[LOG_MAX_PAIRS * 2];
@@ -158,7 +191,15 @@ void log_at(log_level level, const char *msg, ...)
         }
     }
     va_end(ap);
+    log_buffer *b = log_held;
+    if (b) {
+        if (LOG_HOLD_BYTES - b->len < LOG_LINE_MAX) {
+            log_write(b->data, b->len); /* full: whole lines out, keep holding */
+            b->len = 0;
+        }
+        b->len += log_format(b->data + b->len, LOG_LINE_MAX, level, msg, kv, nkv);
+        return;
+    }
     int n = log_format(line, sizeof line, level, msg, kv, nkv);
-    ssize_t w = write(log_cfg.fd, line, (size_t)n);
-    (void)w; /* nowhere to report a failed log write */
+    log_write(line, n);
 }

@@ -6,7 +6,9 @@
  * The logger is configured once by main() before any thread starts and is
  * read-only afterwards, so every thread may log. Each record is written with
  * one write(2), at most LOG_LINE_MAX bytes (longer values are cut and marked
- * with "..."), so lines from concurrent threads never interleave. */
+ * with "..."), so lines from concurrent threads never interleave; a thread
+ * may hold its records back in a buffer of its own and write them in one
+ * go (log_hold). */
 #ifndef CHOREO_LOG_H
 #define CHOREO_LOG_H
 
@@ -39,6 +41,23 @@ void log_at(log_level level, const char *msg, ...);
  * length (0 when cap <= 0). A line that does not fit is cut and ends with
  * "...\n". Exposed for tests; log_at uses it. */
 int log_format(char *buf, int cap, log_level level, const char *msg, const char *const *kv, int nkv);
+
+/* Room for the records one thread holds back (log_hold). */
+#define LOG_HOLD_BYTES (4 * LOG_LINE_MAX)
+
+typedef struct log_buffer {
+    char data[LOG_HOLD_BYTES];
+    int len;
+} log_buffer;
+
+/* Until log_release(b), this thread's records go into b (owned by the
+ * caller) and are written together, one write(2) per LOG_HOLD_BYTES: a worker
+ * writes the lines of a batch of events at once instead of one syscall per
+ * line. Holds do not nest. Calling thread only. */
+void log_hold(log_buffer *b);
+
+/* Writes what b holds and ends the hold. Accepts NULL. */
+void log_release(log_buffer *b);
 
 #define log_debug(...) log_at(LOG_DEBUG, __VA_ARGS__)
 #define log_info(...)  log_at(LOG_INFO, __VA_ARGS__)

@@ -292,6 +292,57 @@ static void test_log_at_writes_one_filtered_line(void)
     free(big);
 }
 
+static void test_log_hold_writes_the_batch_at_release(void)
+{
+    int p[2];
+    int cap = 4 * LOG_HOLD_BYTES;
+    char *got = malloc((size_t)cap), *big = malloc(LOG_LINE_MAX);
+    log_buffer *b = malloc(sizeof *b);
+
+    CU_ASSERT_FATAL(got && big && b);
+    CU_ASSERT_FATAL(pipe(p) == 0);
+    CU_ASSERT_FATAL(fcntl(p[0], F_SETFL, O_NONBLOCK) == 0);
+    log_configure("inventory", LOG_INFO, p[1]);
+
+    log_hold(b);
+    log_info("event handled", "order_id", "ord-1", NULL);
+    log_info("event published", "order_id", "ord-1", NULL);
+    log_debug("filtered out", NULL);
+    CU_ASSERT_EQUAL(drain(p[0], got, cap), 0); /* held back */
+    log_release(b);
+    int n = drain(p[0], got, cap);
+    CU_ASSERT_EQUAL(count_char(got, '\n'), 2);
+    CU_ASSERT_PTR_NOT_NULL(strstr(got, "msg=\"event handled\" order_id=ord-1\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(got, "msg=\"event published\" order_id=ord-1\n"));
+    CU_ASSERT(n > 0 && got[n - 1] == '\n');
+
+    /* Released: lines go out one by one again. */
+    log_warn("after", NULL);
+    CU_ASSERT_EQUAL(count_char((drain(p[0], got, cap), got), '\n'), 1);
+
+    /* More than the buffer holds: whole lines go out early, none is lost or
+     * cut, and each keeps the LOG_LINE_MAX cap. */
+    memset(big, 'z', LOG_LINE_MAX - 1);
+    big[LOG_LINE_MAX - 1] = '\0';
+    log_hold(b);
+    for (int i = 0; i < 6; i++)
+        log_info("big", "v", big, NULL);
+    n = drain(p[0], got, cap);
+    CU_ASSERT(n > 0); /* the buffer filled up: some lines are out already */
+    log_release(b);
+    n += drain(p[0], got + n, cap - n);
+    CU_ASSERT_EQUAL(n, 6 * LOG_LINE_MAX);
+    CU_ASSERT_EQUAL(count_char(got, '\n'), 6);
+    log_release(NULL);
+
+    log_configure(NULL, LOG_INFO, 2);
+    close(p[0]);
+    close(p[1]);
+    free(got);
+    free(big);
+    free(b);
+}
+
 int main(void)
 {
     static const cu_test tests[] = {
@@ -305,6 +356,7 @@ int main(void)
         {"level_parse", test_log_level_parse},
         {"enabled_filter", test_log_enabled_filter},
         {"at_writes_one_filtered_line", test_log_at_writes_one_filtered_line},
+        {"hold_writes_the_batch_at_release", test_log_hold_writes_the_batch_at_release},
         {NULL, NULL},
     };
 
