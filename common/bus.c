@@ -412,15 +412,25 @@ void bus_destroy(bus *b)
     }
     jsCtx_Destroy(b->js);
     jsCtx_Destroy(b->cb_js);
-    /* Callbacks still owed (NATS went away): they learn it now. */
+    /* Callbacks still owed (NATS went away): they learn it now. Taken out
+     * under the lock, so a late ack handler finds none of them. */
+    bus_cb_pending *owed = NULL;
+    pthread_mutex_lock(&b->cb_mu);
     for (size_t k = 0; k < BUS_CB_BUCKETS; k++) {
         while (b->cb_pending[k]) {
             bus_cb_pending *p = b->cb_pending[k];
             b->cb_pending[k] = p->next;
-            bus_pub_ack none = {0};
-            p->fn(CH_UNAVAILABLE, &none, p->arg);
-            free(p);
+            p->next = owed;
+            owed = p;
         }
+    }
+    pthread_mutex_unlock(&b->cb_mu);
+    while (owed) {
+        bus_cb_pending *p = owed;
+        owed = p->next;
+        bus_pub_ack none = {0};
+        p->fn(CH_UNAVAILABLE, &none, p->arg);
+        free(p);
     }
     pthread_mutex_destroy(&b->cb_mu);
     natsConnection_Destroy(b->nc);

@@ -111,6 +111,22 @@ ch_status ledger_catch_up(ledger *l)
     return bus_replay(l->b, l->stream, l->subject, l->last + 1, apply_one, l, NULL);
 }
 
+/* Someone else appended: learn what they did before deciding again.
+ * Usually an entry or two, at the next sequences of this one-subject
+ * stream: read them one by one, and replay only for a long gap. */
+static ch_status catch_up_after_conflict(ledger *l)
+{
+    ch_status st = CH_OK;
+    int got = 0;
+
+    while (got < LEDGER_DIRECT_CATCH_UP &&
+           (st = bus_get_seq(l->b, l->stream, l->last + 1, apply_one, l)) == CH_OK)
+        got++;
+    if (st == CH_NOT_FOUND || (st == CH_OK && got == 0))
+        return CH_OK;
+    return st == CH_OK ? ledger_catch_up(l) : st; /* more behind than a few */
+}
+
 ch_status ledger_open(ledger **out, bus *b, const ledger_spec *spec)
 {
     ledger *l = calloc(1, sizeof *l);
@@ -194,18 +210,7 @@ ch_status ledger_append(ledger *l, const void *data, size_t len, const char *msg
         return CH_RESOURCE_EXHAUSTED;
     st = bus_publish(l->b, &m, timeout_ms, &ack);
     if (st == CH_CONFLICT) {
-        /* Someone else appended: learn what they did before deciding again.
-         * Usually an entry or two, at the next sequences of this one-subject
-         * stream: read them one by one, and replay only for a long gap. */
-        ch_status cst = CH_OK;
-        int got = 0;
-        while (got < LEDGER_DIRECT_CATCH_UP &&
-               (cst = bus_get_seq(l->b, l->stream, l->last + 1, apply_one, l)) == CH_OK)
-            got++;
-        if (cst == CH_NOT_FOUND || (cst == CH_OK && got == 0))
-            cst = CH_OK;
-        else if (cst == CH_OK)
-            cst = ledger_catch_up(l); /* more behind than a few */
+        ch_status cst = catch_up_after_conflict(l);
         return cst == CH_OK ? CH_CONFLICT : cst;
     }
     if (st != CH_OK)
@@ -337,7 +342,8 @@ ch_status ledger_decide_batch(ledger *l, size_t n, ledger_decide_fn decide, void
             } else {
                 revert_round(l, len, nframes);
                 if (st == CH_CONFLICT && ++attempts < LEDGER_CAS_ATTEMPTS) {
-                    ch_status cst = ledger_catch_up(l); /* what the other writer did; then decide again */
+                    ch_status cst =
+                        catch_up_after_conflict(l); /* what the other writer did; then decide again */
                     again = cst == CH_OK;
                     st = again ? st : cst;
                     catch_up = catch_up && !again;

@@ -528,6 +528,506 @@ static void test_bus_worker_dead_now(void)
     bus_destroy(b);
 }
 
+/* ---- staging workers: handler stages, flush decides ---- */
+
+#define MAX_STAGE 256
+
+typedef enum flush_mode {
+    FLUSH_EVEN_ODD,       /* "m<i>": even acks, odd retries on its first delivery */
+    FLUSH_DEAD_OR_RETRY,  /* "d..." dead now, anything else retries forever */
+    FLUSH_DEFERRED,       /* publishes "wsout.<data>" deferred for each, acks */
+    FLUSH_DEFERRED_FIRST, /* first delivery publishes where no stream captures, then to wsout */
+} flush_mode;
+
+typedef struct stage_log {
+    flush_mode mode;
+    atomic_int handled; /* handler calls; entries below it are complete */
+    char data[MAX_STAGE][32];
+    uint64_t deliveries[MAX_STAGE];
+    long long at_ms[MAX_STAGE];
+    /* the flush's view (worker thread) */
+    atomic_int flushes;
+    atomic_int flushed;  /* items over every flush */
+    atomic_int bad;      /* flushes whose items were not the staged messages in order */
+    atomic_int pub_errs; /* bus_publish_deferred calls that failed */
+    int sizes[MAX_STAGE];
+} stage_log;
+
+static stage_log *stage_log_new(flush_mode mode)
+{
+    stage_log *s = calloc(1, sizeof *s);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    s->mode = mode;
+    return s;
+}
+
+static void stage_record(stage_log *s, const bus_in_msg *m)
+{
+    int i = atomic_load(&s->handled);
+    if (i < MAX_STAGE) {
+        snprintf(s->data[i], sizeof s->data[i], "%.*s", (int)m->len, (const char *)m->data);
+        s->deliveries[i] = m->deliveries;
+        s->at_ms[i] = test_now_ms();
+        atomic_store(&s->handled, i + 1);
+    }
+}
+
+/* Stages every message. */
+static bus_verdict stage_all(const bus_in_msg *m, void *ctx, char *reason, size_t cap)
+{
+    (void)reason;
+    (void)cap;
+    stage_record(ctx, m);
+    return BUS_STAGED;
+}
+
+/* Stages a first delivery (on a worker without flush), acks the others. */
+static bus_verdict stage_first(const bus_in_msg *m, void *ctx, char *reason, size_t cap)
+{
+    (void)reason;
+    (void)cap;
+    stage_record(ctx, m);
+    return m->deliveries == 1 ? BUS_STAGED : BUS_ACK;
+}
+
+static void deferred_to(bus_staged *it, stage_log *s, const char *prefix)
+{
+    char subject[64], id[64];
+    const bus_in_msg *m = it->msg;
+    snprintf(subject, sizeof subject, "%s%.*s", prefix, (int)m->len, (const char *)m->data);
+    snprintf(id, sizeof id, "out-%s-%.*s", prefix, (int)m->len, (const char *)m->data);
+    bus_out_msg out = {.subject = subject, .data = m->data, .len = m->len, .msg_id = id};
+    if (bus_publish_deferred(m, &out) != CH_OK) {
+        atomic_fetch_add(&s->pub_errs, 1);
+    }
+}
+
+static void stage_flush(bus_staged *items, size_t n, void *ctx)
+{
+    stage_log *s = ctx;
+    int first = atomic_load(&s->flushed), handled = atomic_load(&s->handled);
+    int f = atomic_load(&s->flushes);
+    if (f < MAX_STAGE) {
+        s->sizes[f] = (int)n;
+    }
+    /* n is what was staged since the last flush, in the order handled */
+    bool good = (int)n == handled - first;
+    for (size_t k = 0; good && k < n; k++) {
+        const bus_in_msg *m = items[k].msg;
+        good = first + (int)k < MAX_STAGE && m->len == strlen(s->data[first + k]) &&
+               memcmp(m->data, s->data[first + k], m->len) == 0 && m->deliveries == s->deliveries[first + k];
+    }
+    if (!good) {
+        atomic_fetch_add(&s->bad, 1);
+    }
+    for (size_t k = 0; k < n; k++) {
+        bus_staged *it = &items[k];
+        const bus_in_msg *m = it->msg;
+        switch (s->mode) {
+        case FLUSH_EVEN_ODD: {
+            int i = m->len > 1 ? atoi((const char *)m->data + 1) : 0;
+            it->verdict = i % 2 == 0 || m->deliveries > 1 ? BUS_ACK : BUS_RETRY;
+            snprintf(it->reason, sizeof it->reason, "odd");
+            break;
+        }
+        case FLUSH_DEAD_OR_RETRY:
+            it->verdict = m->len > 0 && m->data[0] == 'd' ? BUS_DEAD : BUS_RETRY;
+            snprintf(it->reason, sizeof it->reason, "%s",
+                     it->verdict == BUS_DEAD ? "flush says no" : "still not");
+            break;
+        case FLUSH_DEFERRED:
+            deferred_to(it, s, "wsout.");
+            it->verdict = BUS_ACK;
+            break;
+        case FLUSH_DEFERRED_FIRST:
+            deferred_to(it, s, m->deliveries == 1 ? "nostream.wsf." : "wsout.f.");
+            it->verdict = BUS_ACK;
+            break;
+        }
+    }
+    atomic_fetch_add(&s->flushed, (int)n);
+    atomic_fetch_add(&s->flushes, 1);
+}
+
+static bus_worker *start_stage_worker(bus *b, const char *stream, const char *durable, stage_log *s,
+                                      bus_handler_fn handler, bool with_flush, int max_deliver, int backoff)
+{
+    bus_consumer_spec c = {.stream = stream, .durable = durable, .ack_wait_ms = 2000};
+    CU_ASSERT_EQUAL_FATAL(bus_ensure_consumer(b, &c), CH_OK);
+    bus_worker_spec ws = {.stream = stream,
+                          .durable = durable,
+                          .batch = 64,
+                          .fetch_wait_ms = 200,
+                          .handler = handler,
+                          .ctx = s,
+                          .max_deliver = max_deliver,
+                          .backoff_ms = {backoff},
+                          .nbackoff = 1,
+                          .flush = with_flush ? stage_flush : NULL};
+    bus_worker *w = NULL;
+    CU_ASSERT_EQUAL_FATAL(bus_worker_start(b, &ws, &w), CH_OK);
+    return w;
+}
+
+/* How many times data was handled, and the deliveries of its k-th time. */
+static int stage_count(const stage_log *s, const char *data, int k, uint64_t *deliveries, long long *at)
+{
+    int n = 0;
+    for (int i = 0; i < atomic_load(&s->handled); i++) {
+        if (strcmp(s->data[i], data) != 0) {
+            continue;
+        }
+        if (n == k && deliveries) {
+            *deliveries = s->deliveries[i];
+        }
+        if (n == k && at) {
+            *at = s->at_ms[i];
+        }
+        n++;
+    }
+    return n;
+}
+
+/* Polls until a replay of stream/filter finds at least want messages (10 s). */
+static seen *wait_replay(bus *b, const char *stream, const char *filter, int want)
+{
+    seen *s = seen_new();
+    long long end = test_now_ms() + 10000;
+    for (;;) {
+        memset(s, 0, sizeof *s);
+        ch_status st = bus_replay(b, stream, filter, 1, collect, s, NULL);
+        if ((st == CH_OK && s->n >= want) || test_now_ms() > end) {
+            return s;
+        }
+        test_sleep_ms(50);
+    }
+}
+
+static uint64_t wait_stream_msgs(bus *b, const char *stream, uint64_t want)
+{
+    uint64_t msgs = 0;
+    long long end = test_now_ms() + 10000;
+    while (bus_stream_info(b, stream, &msgs, NULL) == CH_OK && msgs < want && test_now_ms() < end) {
+        test_sleep_ms(20);
+    }
+    return msgs;
+}
+
+static void test_bus_worker_flush_acks_even_retries_odd(void)
+{
+    enum { N = 10 };
+    bus *b = connect_bus();
+    ensure(b, "WSTAGE", "wstage.>");
+    char d[16];
+    for (int i = 0; i < N; i++) {
+        snprintf(d, sizeof d, "m%d", i);
+        CU_ASSERT_EQUAL(publish(b, "wstage.x", d, NULL, NULL), CH_OK);
+    }
+    stage_log *s = stage_log_new(FLUSH_EVEN_ODD);
+    bus_worker *w = start_stage_worker(b, "WSTAGE", "wstage-c", s, stage_all, true, 5, 300);
+    CU_ASSERT_EQUAL(test_wait_atomic(&s->handled, N + N / 2, 10000), N + N / 2);
+    test_sleep_ms(2500); /* past AckWait: nothing acked comes back, nothing more retried */
+    bus_worker_stop(w);
+    CU_ASSERT_EQUAL(atomic_load(&s->handled), N + N / 2);
+    CU_ASSERT_EQUAL(atomic_load(&s->bad), 0);
+    CU_ASSERT_EQUAL(atomic_load(&s->flushed), N + N / 2);
+    int flushes = atomic_load(&s->flushes), total = 0;
+    CU_ASSERT(flushes >= 2); /* the retries come in a later batch */
+    for (int f = 0; f < flushes && f < MAX_STAGE; f++) {
+        CU_ASSERT(s->sizes[f] > 0);
+        total += s->sizes[f];
+    }
+    CU_ASSERT_EQUAL(total, N + N / 2);
+    /* first deliveries in stream order */
+    int next = 0;
+    for (int i = 0; i < atomic_load(&s->handled); i++) {
+        if (s->deliveries[i] == 1) {
+            snprintf(d, sizeof d, "m%d", next++);
+            CU_ASSERT_STRING_EQUAL(s->data[i], d);
+        }
+    }
+    CU_ASSERT_EQUAL(next, N);
+    for (int i = 0; i < N; i++) {
+        snprintf(d, sizeof d, "m%d", i);
+        uint64_t first = 0, second = 0;
+        long long t1 = 0, t2 = 0;
+        int times = stage_count(s, d, 0, &first, &t1);
+        stage_count(s, d, 1, &second, &t2);
+        CU_ASSERT_EQUAL(times, i % 2 ? 2 : 1);
+        CU_ASSERT_EQUAL(first, 1);
+        if (i % 2) {
+            CU_ASSERT_EQUAL(second, 2);
+            CU_ASSERT(t2 - t1 >= 250); /* not before the 300 ms backoff */
+        }
+    }
+    free(s);
+    bus_destroy(b);
+}
+
+static void test_bus_worker_flush_dead_letters(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "WSDEAD", "wsdead.>");
+    stage_log *s = stage_log_new(FLUSH_DEAD_OR_RETRY);
+    bus_worker *w = start_stage_worker(b, "WSDEAD", "wsdead-c", s, stage_all, true, 2, 50);
+    CU_ASSERT_EQUAL(publish(b, "wsdead.a", "d1", "wsdead-1", NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "wsdead.b", "r1", "wsdead-2", NULL), CH_OK);
+    seen *dl = wait_replay(b, BUS_DEADLETTER_STREAM, "deadletter.wsdead.>", 2);
+    test_sleep_ms(500); /* no third delivery of r1 */
+    bus_worker_stop(w);
+    CU_ASSERT_EQUAL(dl->n, 2); /* not fatal: the bus below must be destroyed */
+    int d = strcmp(dl->data[0], "d1") == 0 ? 0 : 1, r = 1 - d;
+    CU_ASSERT_STRING_EQUAL(dl->data[d], "d1");
+    CU_ASSERT_STRING_EQUAL(dl->reason[d], "flush says no");
+    CU_ASSERT_STRING_EQUAL(dl->deliveries[d], "1");
+    CU_ASSERT_STRING_EQUAL(dl->orig_subject[d], "wsdead.a");
+    CU_ASSERT_STRING_EQUAL(dl->data[r], "r1");
+    CU_ASSERT_PTR_NOT_NULL(strstr(dl->reason[r], "still not"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(dl->reason[r], "after 2 deliveries"));
+    CU_ASSERT_STRING_EQUAL(dl->deliveries[r], "2");
+    CU_ASSERT_STRING_EQUAL(dl->orig_subject[r], "wsdead.b");
+    CU_ASSERT_EQUAL(stage_count(s, "d1", 0, NULL, NULL), 1);
+    CU_ASSERT_EQUAL(stage_count(s, "r1", 0, NULL, NULL), 2);
+    CU_ASSERT_EQUAL(atomic_load(&s->bad), 0);
+    free(dl);
+    free(s);
+    bus_destroy(b);
+}
+
+static void test_bus_worker_flush_deferred_publishes_then_acks(void)
+{
+    enum { N = 20 };
+    bus *b = connect_bus();
+    ensure(b, "WSIN", "wsin.>");
+    ensure(b, "WSOUT", "wsout.>");
+    stage_log *s = stage_log_new(FLUSH_DEFERRED);
+    bus_worker *w = start_stage_worker(b, "WSIN", "wsin-c", s, stage_all, true, 5, 100);
+    char d[16];
+    for (int i = 0; i < N; i++) {
+        snprintf(d, sizeof d, "p%d", i);
+        CU_ASSERT_EQUAL(publish(b, "wsin.x", d, NULL, NULL), CH_OK);
+    }
+    CU_ASSERT_EQUAL(wait_stream_msgs(b, "WSOUT", N), N);
+    CU_ASSERT_EQUAL(test_wait_atomic(&s->handled, N, 10000), N);
+    test_sleep_ms(2500); /* past AckWait: every incoming one was acked */
+    CU_ASSERT_EQUAL(atomic_load(&s->handled), N);
+    CU_ASSERT_EQUAL(atomic_load(&s->pub_errs), 0);
+    CU_ASSERT_EQUAL(atomic_load(&s->bad), 0);
+    seen *out = wait_replay(b, "WSOUT", "wsout.>", N);
+    CU_ASSERT_EQUAL(out->n, N);
+    CU_ASSERT_STRING_EQUAL(out->subject[0], "wsout.p0");
+    CU_ASSERT_STRING_EQUAL(out->data[0], "p0");
+    free(out);
+
+    /* The acks wait for the batch's deferred publishes: when they fail, the
+     * incoming messages come back and the second try's publishes stick. */
+    s->mode = FLUSH_DEFERRED_FIRST; /* the worker is idle: nothing in flight */
+    for (int i = 0; i < 3; i++) {
+        snprintf(d, sizeof d, "f%d", i);
+        CU_ASSERT_EQUAL(publish(b, "wsin.f", d, NULL, NULL), CH_OK);
+    }
+    CU_ASSERT_EQUAL(wait_stream_msgs(b, "WSOUT", N + 3), N + 3);
+    CU_ASSERT_EQUAL(test_wait_atomic(&s->handled, N + 6, 10000), N + 6);
+    test_sleep_ms(2500);
+    bus_worker_stop(w);
+    CU_ASSERT_EQUAL(atomic_load(&s->handled), N + 6);
+    for (int i = 0; i < 3; i++) {
+        snprintf(d, sizeof d, "f%d", i);
+        uint64_t second = 0;
+        CU_ASSERT_EQUAL(stage_count(s, d, 1, &second, NULL), 2);
+        CU_ASSERT_EQUAL(second, 2);
+    }
+    uint64_t msgs = 0;
+    CU_ASSERT_EQUAL(bus_stream_info(b, "WSOUT", &msgs, NULL), CH_OK);
+    CU_ASSERT_EQUAL(msgs, N + 3);
+    free(s);
+    bus_destroy(b);
+}
+
+static void test_bus_worker_staged_without_flush_is_retried(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "WSNOF", "wsnof.>");
+    stage_log *s = stage_log_new(FLUSH_EVEN_ODD);
+    bus_worker *w = start_stage_worker(b, "WSNOF", "wsnof-c", s, stage_first, false, 5, 100);
+    CU_ASSERT_EQUAL(publish(b, "wsnof.x", "s1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&s->handled, 2, 10000), 2);
+    test_sleep_ms(2500); /* acked on the second delivery: no third */
+    bus_worker_stop(w);
+    CU_ASSERT_EQUAL(atomic_load(&s->handled), 2);
+    CU_ASSERT_EQUAL(s->deliveries[0], 1);
+    CU_ASSERT_EQUAL(s->deliveries[1], 2);
+    CU_ASSERT_EQUAL(atomic_load(&s->flushes), 0);
+    seen *dl = seen_new();
+    CU_ASSERT_EQUAL(bus_replay(b, BUS_DEADLETTER_STREAM, "deadletter.wsnof.>", 1, collect, dl, NULL), CH_OK);
+    CU_ASSERT_EQUAL(dl->n, 0);
+    free(dl);
+    free(s);
+    bus_destroy(b);
+}
+
+/* ---- bus_publish_cb ---- */
+
+#define CB_MAX 2000
+
+typedef struct cb_slot {
+    atomic_int *total;
+    atomic_int calls;
+    ch_status st;
+    uint64_t seq;
+    bool duplicate;
+} cb_slot;
+
+typedef struct cb_log {
+    atomic_int total;
+    cb_slot slot[CB_MAX];
+} cb_log;
+
+static cb_log *cb_log_new(void)
+{
+    cb_log *c = calloc(1, sizeof *c);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    for (int i = 0; i < CB_MAX; i++) {
+        c->slot[i].total = &c->total;
+    }
+    return c;
+}
+
+/* The callback (a cnats thread): records, then counts. */
+static void on_pub(ch_status st, const bus_pub_ack *ack, void *arg)
+{
+    cb_slot *s = arg;
+    s->st = st;
+    s->seq = ack ? ack->seq : 0;
+    s->duplicate = ack ? ack->duplicate : false;
+    atomic_fetch_add(&s->calls, 1);
+    atomic_fetch_add(s->total, 1);
+}
+
+static ch_status publish_cb(bus *b, const char *subject, const char *data, const char *msg_id, cb_slot *slot)
+{
+    bus_out_msg m = {.subject = subject, .data = data, .len = strlen(data), .msg_id = msg_id};
+    return bus_publish_cb(b, &m, on_pub, slot);
+}
+
+static void test_bus_publish_cb_calls_back_once_with_the_ack(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "PUBCB", "pubcb.>");
+    cb_log *c = cb_log_new();
+    char d[16];
+    for (int i = 0; i < 10; i++) {
+        snprintf(d, sizeof d, "c%d", i);
+        CU_ASSERT_EQUAL(publish_cb(b, "pubcb.x", d, NULL, &c->slot[i]), CH_OK);
+    }
+    CU_ASSERT_EQUAL(test_wait_atomic(&c->total, 10, 10000), 10);
+    for (int i = 0; i < 10; i++) {
+        CU_ASSERT_EQUAL(atomic_load(&c->slot[i].calls), 1);
+        CU_ASSERT_EQUAL(c->slot[i].st, CH_OK);
+        CU_ASSERT_FALSE(c->slot[i].duplicate);
+        CU_ASSERT_EQUAL(c->slot[i].seq, (uint64_t)i + 1); /* one connection: stored in order */
+    }
+
+    /* The same Msg-Id again: a duplicate, with the first one's sequence. */
+    CU_ASSERT_EQUAL(publish_cb(b, "pubcb.x", "once", "cb-dup", &c->slot[10]), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&c->total, 11, 10000), 11);
+    CU_ASSERT_EQUAL(publish_cb(b, "pubcb.x", "once", "cb-dup", &c->slot[11]), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&c->total, 12, 10000), 12);
+    CU_ASSERT_EQUAL(c->slot[10].st, CH_OK);
+    CU_ASSERT_FALSE(c->slot[10].duplicate);
+    CU_ASSERT_EQUAL(c->slot[10].seq, 11);
+    CU_ASSERT_EQUAL(c->slot[11].st, CH_OK);
+    CU_ASSERT_TRUE(c->slot[11].duplicate);
+    CU_ASSERT_EQUAL(c->slot[11].seq, 11);
+    uint64_t msgs = 0;
+    CU_ASSERT_EQUAL(bus_stream_info(b, "PUBCB", &msgs, NULL), CH_OK);
+    CU_ASSERT_EQUAL(msgs, 11);
+
+    /* Refused at once: no callback. */
+    bus_out_msg bad = {.subject = "pubcb.x", .data = "x", .len = 1, .nheaders = BUS_MAX_HEADERS + 1};
+    CU_ASSERT_EQUAL(bus_publish_cb(b, &bad, on_pub, &c->slot[12]), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(bus_publish_cb(b, &bad, NULL, NULL), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(bus_publish_cb(NULL, &bad, on_pub, &c->slot[12]), CH_INVALID_ARGUMENT);
+
+    /* No stream captures the subject: an error in the callback or from the
+     * call, never both (observed: the callback, with CH_UNAVAILABLE). */
+    ch_status rc = publish_cb(b, "nostream.cb", "x", NULL, &c->slot[13]);
+    if (rc == CH_OK) {
+        CU_ASSERT_EQUAL(test_wait_atomic(&c->slot[13].calls, 1, 15000), 1);
+        CU_ASSERT_NOT_EQUAL(c->slot[13].st, CH_OK);
+        CU_ASSERT_EQUAL(c->slot[13].st, CH_UNAVAILABLE);
+    } else {
+        fprintf(stderr, "\n  publish_cb to no stream returned %s\n", ch_status_str(rc));
+    }
+    test_sleep_ms(300); /* nothing calls back twice, or late */
+    CU_ASSERT_EQUAL(atomic_load(&c->slot[12].calls), 0);
+    CU_ASSERT_EQUAL(atomic_load(&c->slot[13].calls), rc == CH_OK ? 1 : 0);
+    CU_ASSERT_EQUAL(atomic_load(&c->total), rc == CH_OK ? 13 : 12);
+    free(c);
+    bus_destroy(b);
+}
+
+static void test_bus_publish_cb_many_in_flight(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "PUBCBN", "pubcbn.>");
+    cb_log *c = cb_log_new();
+    char d[16];
+    int refused = 0;
+    for (int i = 0; i < CB_MAX; i++) {
+        snprintf(d, sizeof d, "n%d", i);
+        refused += publish_cb(b, "pubcbn.x", d, NULL, &c->slot[i]) != CH_OK;
+    }
+    CU_ASSERT_EQUAL(refused, 0);
+    CU_ASSERT_EQUAL(test_wait_atomic(&c->total, CB_MAX, 20000), CB_MAX);
+    test_sleep_ms(300);
+    CU_ASSERT_EQUAL(atomic_load(&c->total), CB_MAX);
+    uint8_t *hit = calloc(CB_MAX + 1, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(hit);
+    int once = 0, ok = 0, distinct = 0;
+    for (int i = 0; i < CB_MAX; i++) {
+        once += atomic_load(&c->slot[i].calls) == 1;
+        ok += c->slot[i].st == CH_OK;
+        uint64_t seq = c->slot[i].seq;
+        if (seq >= 1 && seq <= CB_MAX && !hit[seq]) {
+            hit[seq] = 1;
+            distinct++;
+        }
+    }
+    CU_ASSERT_EQUAL(once, CB_MAX);
+    CU_ASSERT_EQUAL(ok, CB_MAX);
+    CU_ASSERT_EQUAL(distinct, CB_MAX);
+    uint64_t msgs = 0;
+    CU_ASSERT_EQUAL(bus_stream_info(b, "PUBCBN", &msgs, NULL), CH_OK);
+    CU_ASSERT_EQUAL(msgs, CB_MAX);
+    free(hit);
+    bus_destroy(b);
+
+    /* Destroyed with publishes in flight: each still calls back once. */
+    memset(c, 0, sizeof *c);
+    for (int i = 0; i < CB_MAX; i++) {
+        c->slot[i].total = &c->total;
+    }
+    b = connect_bus();
+    refused = 0;
+    for (int i = 0; i < 500; i++) {
+        snprintf(d, sizeof d, "z%d", i);
+        refused += publish_cb(b, "pubcbn.z", d, NULL, &c->slot[i]) != CH_OK;
+    }
+    CU_ASSERT_EQUAL(refused, 0);
+    bus_destroy(b);
+    CU_ASSERT_EQUAL(test_wait_atomic(&c->total, 500, 10000), 500);
+    test_sleep_ms(300);
+    int calls_ok = 0;
+    for (int i = 0; i < 500; i++) {
+        int n = atomic_load(&c->slot[i].calls);
+        calls_ok += n == 1 && (c->slot[i].st == CH_OK || c->slot[i].st == CH_UNAVAILABLE);
+    }
+    CU_ASSERT_EQUAL(calls_ok, 500);
+    CU_ASSERT_EQUAL(atomic_load(&c->total), 500);
+    free(c);
+}
+
 /* ---- followers ---- */
 
 typedef struct follow_log {
@@ -813,6 +1313,12 @@ int main(void)
         {"worker retry backoff", test_bus_worker_retry_backoff},
         {"worker dead-letters after max deliver", test_bus_worker_dead_letters_after_max_deliver},
         {"worker dead now", test_bus_worker_dead_now},
+        {"worker flush acks even, retries odd", test_bus_worker_flush_acks_even_retries_odd},
+        {"worker flush dead-letters", test_bus_worker_flush_dead_letters},
+        {"worker flush deferred publishes then acks", test_bus_worker_flush_deferred_publishes_then_acks},
+        {"worker staged without flush is retried", test_bus_worker_staged_without_flush_is_retried},
+        {"publish cb calls back once with the ack", test_bus_publish_cb_calls_back_once_with_the_ack},
+        {"publish cb many in flight", test_bus_publish_cb_many_in_flight},
         {"follow from the start, in order, with a filter", test_bus_follow_from_start_in_order_with_filter},
         {"follow from a later sequence", test_bus_follow_from_later_sequence},
         {"follow waits for the stream", test_bus_follow_waits_for_stream},
