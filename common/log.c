@@ -75,7 +75,16 @@ static void put_value(char *buf, int cap, int *len, const char *v)
         return;
     }
     put(buf, cap, len, "\"", 1);
-    for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
+    for (const unsigned char *p = (const unsigned char *)v; *p;) {
+        const unsigned char *run = p;
+        while (*p > ' ' && *p != '"' && *p != '\\' && *p != 0x7f)
+            p++;
+        while (*p == ' ')
+            p++; /* plain runs, spaces included, go out in one copy */
+        if (p > run) {
+            put(buf, cap, len, (const char *)run, (size_t)(p - run));
+            continue;
+        }
         char esc[8];
         switch (*p) {
         case '"': put(buf, cap, len, "\\\"", 2); break;
@@ -91,6 +100,7 @@ static void put_value(char *buf, int cap, int *len, const char *v)
                 put(buf, cap, len, (const char *)p, 1);
             }
         }
+        p++;
     }
     put(buf, cap, len, "\"", 1);
 }
@@ -102,6 +112,10 @@ static void put_pair(char *buf, int cap, int *len, const char *k, const char *v)
     put(buf, cap, len, "=", 1);
     put_value(buf, cap, len, v);
 }
+
+/* The date and time of the last second this thread formatted. */
+static _Thread_local time_t log_ts_sec;
+static _Thread_local char log_ts_date[32];
 
 int log_format(char *buf, int cap, log_level level, const char *msg, const char *const *kv, int nkv)
 {
@@ -115,9 +129,21 @@ int log_format(char *buf, int cap, log_level level, const char *msg, const char 
     if ((unsigned)level > LOG_ERROR)
         level = LOG_ERROR;
     clock_gettime(CLOCK_REALTIME, &now);
-    gmtime_r(&now.tv_sec, &tm);
-    int n = (int)strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(ts + n, sizeof ts - (size_t)n, ".%03ldZ", now.tv_nsec / 1000000);
+    if (now.tv_sec != log_ts_sec || !log_ts_date[0]) {
+        /* A new second for this thread: format its date and time once. */
+        gmtime_r(&now.tv_sec, &tm);
+        strftime(log_ts_date, sizeof log_ts_date, "%Y-%m-%dT%H:%M:%S", &tm);
+        log_ts_sec = now.tv_sec;
+    }
+    int ms = (int)(now.tv_nsec / 1000000);
+    size_t n = strlen(log_ts_date);
+    memcpy(ts, log_ts_date, n);
+    ts[n] = '.';
+    ts[n + 1] = (char)('0' + ms / 100);
+    ts[n + 2] = (char)('0' + ms / 10 % 10);
+    ts[n + 3] = (char)('0' + ms % 10);
+    ts[n + 4] = 'Z';
+    ts[n + 5] = '\0';
 
     put(buf, cap, &len, "ts=", 3);
     put(buf, cap, &len, ts, strlen(ts));
