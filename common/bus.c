@@ -960,15 +960,12 @@ struct bus_worker {
     int nbackoff;
     bus_handler_fn handler;
     void *ctx;
-    /* deferred acks: the worker's own JetStream context, so that its async
-     * publishes are counted apart from every other thread's */
-    jsCtx *js;
-    pthread_mutex_t amu;
-    pthread_cond_t acond;
-    uint64_t a_sent, a_done, a_failed;
-    bool cur_deferred;  /* the current message's handler published deferred */
-    natsMsg **deferred; /* messages to ack once the batch's publishes are stored */
-    int ndeferred;
+    /* deferred acks: the messages of the current batch that wait for its
+     * asynchronous publishes (NULL until the batch publishes one), and how
+     * many such batches are still waiting */
+    bool cur_deferred; /* the current message's handler published deferred */
+    struct bus_inflight *inflight;
+    atomic_int live_inflight;
     natsMsg **batch_msgs; /* the batch being handled */
     bus_in_msg *batch_in; /* their views, alive until the batch is settled */
     bus_flush_fn flush;
@@ -1058,24 +1055,49 @@ static int bus__backoff(const bus_worker *w, uint64_t deliveries)
     return w->backoff_ms[i];
 }
 
-/* A worker's async publish results; runs on a cnats thread, only counts. */
-static void bus__on_worker_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *arg)
+/* A batch's messages that may be acked only once every publish their
+ * handlers made (bus_publish_deferred) is stored. refs counts those
+ * publishes still in flight plus one held by the worker until the batch is
+ * handled; whoever drops the last reference acks the messages (or naks them
+ * with a delay if a publish failed) and frees it. So the worker takes its
+ * next batch while the PubAcks are on their way. */
+typedef struct bus_inflight {
+    bus_worker *w;
+    atomic_int refs;
+    atomic_bool failed;
+    int n;           /* messages waiting, in msgs */
+    natsMsg *msgs[]; /* room for a whole batch */
+} bus_inflight;
+
+static void bus__inflight_release(bus_inflight *f)
 {
-    (void)js;
-    (void)pa;
-    bus_worker *w = arg;
-    pthread_mutex_lock(&w->amu);
-    if (pae) {
-        w->a_failed++;
+    if (atomic_fetch_sub(&f->refs, 1) != 1) {
+        return;
     }
-    w->a_done++;
-    pthread_cond_broadcast(&w->acond);
-    pthread_mutex_unlock(&w->amu);
-    if (pae) {
-        log_warn("deferred publish failed", "subject", msg ? natsMsg_GetSubject(msg) : NULL, "nats_status",
-                 natsStatus_GetText(pae->Err), "detail", pae->ErrText, NULL);
+    bool ok = !atomic_load(&f->failed);
+    if (!ok && f->n > 0) {
+        log_warn("deferred publishes failed; their messages are redelivered", "worker", f->w->name, NULL);
     }
-    natsMsg_Destroy(msg);
+    for (int i = 0; i < f->n; i++) {
+        natsStatus s = ok ? natsMsg_Ack(f->msgs[i], NULL) : natsMsg_NakWithDelay(f->msgs[i], 1000, NULL);
+        if (s != NATS_OK) {
+            bus__fail("ack failed", f->w->name, s, 0);
+        }
+        natsMsg_Destroy(f->msgs[i]);
+    }
+    atomic_fetch_sub(&f->w->live_inflight, 1);
+    free(f);
+}
+
+/* PubAck (or failure) of a deferred publish; on a cnats thread. */
+static void bus__on_deferred_stored(ch_status st, const bus_pub_ack *ack, void *arg)
+{
+    (void)ack;
+    bus_inflight *f = arg;
+    if (st != CH_OK) {
+        atomic_store(&f->failed, true);
+    }
+    bus__inflight_release(f);
 }
 
 ch_status bus_publish_deferred(const bus_in_msg *in, const bus_out_msg *m)
@@ -1084,51 +1106,59 @@ ch_status bus_publish_deferred(const bus_in_msg *in, const bus_out_msg *m)
     if (!w || !m) {
         return CH_INVALID_ARGUMENT;
     }
-    ch_status st = bus__publish_async_on(w->b, w->js, &w->amu, &w->a_sent, m);
-    if (st == CH_OK) {
-        w->cur_deferred = true;
+    if (!w->inflight) {
+        bus_inflight *f = calloc(1, sizeof *f + (size_t)w->batch * sizeof f->msgs[0]);
+        if (!f) {
+            return CH_NO_MEMORY;
+        }
+        f->w = w;
+        atomic_init(&f->refs, 1);
+        atomic_init(&f->failed, false);
+        atomic_fetch_add(&w->live_inflight, 1);
+        w->inflight = f;
     }
-    return st;
+    atomic_fetch_add(&w->inflight->refs, 1);
+    ch_status st = bus_publish_cb(w->b, m, bus__on_deferred_stored, w->inflight);
+    if (st != CH_OK) {
+        atomic_fetch_sub(&w->inflight->refs, 1); /* its callback will not run; the worker's ref remains */
+        return st;
+    }
+    w->cur_deferred = true;
+    return CH_OK;
 }
 
-/* Waits for the batch's deferred publishes, then acks (or, if any failed or
- * timed out, naks with delay) the messages that waited for them. */
-static void bus__flush_deferred(bus_worker *w)
+/* Waits (bounded by the async publish timeout) until no batch of w waits
+ * for PubAcks; true if none does. Their messages refer to w's subscription. */
+static bool bus__wait_inflight(bus_worker *w)
 {
-    if (w->ndeferred == 0) {
-        return;
-    }
-    struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += BUS_ASYNC_MAX_WAIT_MS / 1000 + 1;
-    pthread_mutex_lock(&w->amu);
-    while (w->a_done < w->a_sent) {
-        if (pthread_cond_timedwait(&w->acond, &w->amu, &dl) != 0) {
-            break;
+    for (int waited = 0; atomic_load(&w->live_inflight) > 0; waited += 5) {
+        if (waited >= BUS_ASYNC_MAX_WAIT_MS + 2000) {
+            return false;
         }
+        bus__sleep_ms(5);
     }
-    bool ok = w->a_done == w->a_sent && w->a_failed == 0;
-    w->a_failed = 0;
-    pthread_mutex_unlock(&w->amu);
-    if (!ok) {
-        log_warn("deferred publishes failed; the batch is redelivered", "worker", w->name, NULL);
+    return true;
+}
+
+/* The batch is handled: its waiting messages are acked as soon as its
+ * publishes are stored (perhaps right now). */
+static void bus__seal_inflight(bus_worker *w)
+{
+    bus_inflight *f = w->inflight;
+    w->inflight = NULL;
+    if (f) {
+        bus__inflight_release(f);
     }
-    for (int i = 0; i < w->ndeferred; i++) {
-        natsStatus s =
-            ok ? natsMsg_Ack(w->deferred[i], NULL) : natsMsg_NakWithDelay(w->deferred[i], 1000, NULL);
-        if (s != NATS_OK) {
-            bus__fail("ack failed", w->name, s, 0);
-        }
-    }
-    w->ndeferred = 0;
 }
 
 /* Turns a verdict into its effect on msg: ack (or, when `deferred`, ack
- * once the batch's deferred publishes are stored), nak with the backoff, or
- * dead-letter and term; a retry at max_deliver becomes a dead-letter. */
-static void bus__settle(bus_worker *w, natsMsg *msg, const bus_in_msg *in, bus_verdict v, char *reason,
+ * once the batch's deferred publishes are stored: then msg is kept and true
+ * returned), nak with the backoff, or dead-letter and term; a retry at
+ * max_deliver becomes a dead-letter. */
+static bool bus__settle(bus_worker *w, natsMsg *msg, const bus_in_msg *in, bus_verdict v, char *reason,
                         bool deferred)
 {
+    /* true: msg now belongs to the batch's inflight record (acked later) */
     if (v == BUS_RETRY && in->deliveries >= (uint64_t)w->max_deliver) {
         char suffix[64];
         snprintf(suffix, sizeof suffix, " (gave up after %" PRIu64 " deliveries)", in->deliveries);
@@ -1142,12 +1172,9 @@ static void bus__settle(bus_worker *w, natsMsg *msg, const bus_in_msg *in, bus_v
         memcpy(reason + used, suffix, add + 1);
         v = BUS_DEAD;
     }
-    if (v == BUS_ACK && deferred && w->ndeferred < w->batch) {
-        w->deferred[w->ndeferred++] = msg; /* acked by bus__flush_deferred */
-        return;
-    }
-    if (v == BUS_ACK && deferred) {
-        bus__flush_deferred(w); /* cannot happen: the list holds a whole batch */
+    if (v == BUS_ACK && deferred && w->inflight && w->inflight->n < w->batch) {
+        w->inflight->msgs[w->inflight->n++] = msg; /* acked once the batch's publishes are stored */
+        return true;
     }
     natsStatus s = NATS_OK;
     switch (v) {
@@ -1168,6 +1195,7 @@ static void bus__settle(bus_worker *w, natsMsg *msg, const bus_in_msg *in, bus_v
     if (s != NATS_OK) {
         bus__fail("ack failed", w->name, s, 0);
     }
+    return false;
 }
 
 /* Hands message i of the batch to the handler; settles it, or stages it for
@@ -1202,7 +1230,9 @@ static void bus__handle(bus_worker *w, int i)
         v = BUS_RETRY;
         snprintf(reason, sizeof reason, "handler staged a message but the worker has no flush");
     }
-    bus__settle(w, msg, in, v, reason, w->cur_deferred);
+    if (bus__settle(w, msg, in, v, reason, w->cur_deferred)) {
+        w->batch_msgs[i] = NULL; /* the inflight record destroys it */
+    }
 }
 
 /* Lets the flush decide the staged messages of the batch, then settles them;
@@ -1218,7 +1248,9 @@ static void bus__flush_staged(bus_worker *w)
         int i = w->staged_idx[k];
         st->reason[sizeof st->reason - 1] = '\0';
         bus_verdict v = st->verdict == BUS_STAGED ? BUS_RETRY : st->verdict;
-        bus__settle(w, w->batch_msgs[i], &w->batch_in[i], v, st->reason, true);
+        if (bus__settle(w, w->batch_msgs[i], &w->batch_in[i], v, st->reason, true)) {
+            w->batch_msgs[i] = NULL;
+        }
     }
     w->nstaged = 0;
 }
@@ -1277,9 +1309,11 @@ static void *bus__worker_main(void *arg)
             }
             bus__flush_staged(w);
             log_release(&w->logs); /* the batch's lines, before its acks */
-            bus__flush_deferred(w);
+            bus__seal_inflight(w);
             for (int i = 0; i < n; i++) {
-                natsMsg_Destroy(w->batch_msgs[i]);
+                if (w->batch_msgs[i]) {
+                    natsMsg_Destroy(w->batch_msgs[i]);
+                }
             }
             continue;
         }
@@ -1291,6 +1325,7 @@ static void *bus__worker_main(void *arg)
                      natsStatus_GetText(s), "detail", nats_GetLastError(NULL), NULL);
         }
         if (s == NATS_CONNECTION_CLOSED || s == NATS_INVALID_SUBSCRIPTION || errors % 20 == 0) {
+            bus__wait_inflight(w); /* their acks go through this subscription */
             natsSubscription_Destroy(w->sub);
             w->sub = NULL;
         }
@@ -1304,12 +1339,6 @@ static void bus__worker_free(bus_worker *w)
     if (!w) {
         return;
     }
-    if (w->js) {
-        jsCtx_Destroy(w->js);
-    }
-    pthread_mutex_destroy(&w->amu);
-    pthread_cond_destroy(&w->acond);
-    free(w->deferred);
     free(w->batch_msgs);
     free(w->batch_in);
     free(w->staged);
@@ -1338,8 +1367,7 @@ ch_status bus_worker_start(bus *b, const bus_worker_spec *ws, bus_worker **out)
         return CH_NO_MEMORY;
     }
     atomic_init(&w->stop, false);
-    pthread_mutex_init(&w->amu, NULL);
-    pthread_cond_init(&w->acond, NULL);
+    atomic_init(&w->live_inflight, 0);
     w->b = b;
     w->stream = bus__strdup(ws->stream);
     w->durable = bus__strdup(ws->durable);
@@ -1369,12 +1397,6 @@ ch_status bus_worker_start(bus *b, const bus_worker_spec *ws, bus_worker **out)
         w->backoff_ms[2] = 2000;
         w->nbackoff = 3;
     }
-    jsOptions jo;
-    jsOptions_Init(&jo);
-    jo.PublishAsync.MaxPending = BUS_MAX_BATCH * 2;
-    jo.PublishAsync.AckHandler = bus__on_worker_ack;
-    jo.PublishAsync.AckHandlerClosure = w;
-    w->deferred = calloc((size_t)w->batch, sizeof *w->deferred);
     w->batch_msgs = calloc((size_t)w->batch, sizeof *w->batch_msgs);
     w->batch_in = calloc((size_t)w->batch, sizeof *w->batch_in);
     if (ws->flush) {
@@ -1382,8 +1404,7 @@ ch_status bus_worker_start(bus *b, const bus_worker_spec *ws, bus_worker **out)
         w->staged = calloc((size_t)w->batch, sizeof *w->staged);
         w->staged_idx = calloc((size_t)w->batch, sizeof *w->staged_idx);
     }
-    if (!w->deferred || !w->batch_msgs || !w->batch_in || (w->flush && (!w->staged || !w->staged_idx)) ||
-        natsConnection_JetStream(&w->js, b->nc, &jo) != NATS_OK) {
+    if (!w->batch_msgs || !w->batch_in || (w->flush && (!w->staged || !w->staged_idx))) {
         bus__worker_free(w);
         return CH_NO_MEMORY;
     }
@@ -1409,6 +1430,12 @@ void bus_worker_stop(bus_worker *w)
     }
     atomic_store(&w->stop, true);
     pthread_join(w->thread, NULL);
+    /* Batches still waiting for PubAcks refer to w: let them finish (each
+     * publish answers, times out or fails when the bus is destroyed). */
+    if (!bus__wait_inflight(w)) {
+        log_error("worker stopped with acks still waiting; leaving its memory", "worker", w->name, NULL);
+        return;
+    }
     bus__worker_free(w);
 }
 

@@ -194,13 +194,14 @@ struct bus_in_msg {
     void *worker_;        /* internal: the worker handling it (NULL in a replay) */
 };
 
-/* From a worker handler: publishes m asynchronously and ties the incoming
- * message's ack to it. If the handler then returns BUS_ACK, the worker acks
- * the message only once every deferred publish of its fetched batch is
- * stored; if any of them failed, it naks the batch's deferred messages with
- * a delay instead (handlers are idempotent: redelivery re-publishes). This
- * turns one round trip per outgoing event into one wait per batch. Any other
- * verdict is applied at once as usual. Worker thread only. */
+/* From a worker handler (or flush): publishes m asynchronously and ties the
+ * incoming message's ack to it. If the handler then returns BUS_ACK, the
+ * message is acked only once every deferred publish of its batch is stored;
+ * if any of them failed, the batch's waiting messages are naked with a delay
+ * instead (handlers are idempotent: redelivery re-publishes). The worker does
+ * not wait for that: it takes its next batch while the PubAcks are on their
+ * way, and they ack on a cnats thread. Any other verdict is applied at once
+ * as usual. Worker thread only. */
 ch_status bus_publish_deferred(const bus_in_msg *in, const bus_out_msg *m);
 
 /* The value of header key on m, or NULL. The string lives as long as m. */
