@@ -73,8 +73,8 @@ static bus_verdict on_order_event(const choreo_events_v1_Envelope *e, const bus_
                                   char *reason, size_t reason_cap)
 {
     notifications_service *svc = ctx;
-    choreo_events_v1_Envelope *out = NULL;
-    bus_verdict verdict = BUS_RETRY;
+    choreo_events_v1_Envelope envelope; /* ~9 KB on the worker's stack: no malloc per event */
+    choreo_events_v1_Envelope *out = &envelope;
     notif_input in;
     notification n;
     event_type t;
@@ -95,23 +95,16 @@ static bus_verdict on_order_event(const choreo_events_v1_Envelope *e, const bus_
         return BUS_ACK;
     }
 
-    out = malloc(sizeof *out); /* about 9 KB: not on the worker's stack */
-    if (!out) {
-        snprintf(reason, reason_cap, "out of memory");
-        return BUS_RETRY;
-    }
     st = event_init_caused(out, EVENT_NOTIFICATION_SENT, e, NOTIFICATIONS_PRODUCER);
     if (st != CH_OK) {
         snprintf(reason, reason_cap, "cannot make notification.sent: %s", ch_status_str(st));
-        verdict = BUS_DEAD;
-        goto cleanup;
+        return BUS_DEAD;
     }
     in.sent_at_ms = out->occurred_at_unix_ns / 1000000;
     if (notif_build(&in, &n, err, sizeof err) != CH_OK) {
         snprintf(reason, reason_cap, "%s.%s",
                  t == EVENT_ORDER_CONFIRMED ? "order_confirmed" : "order_cancelled", err);
-        verdict = BUS_DEAD;
-        goto cleanup;
+        return BUS_DEAD;
     }
     choreo_events_v1_NotificationSent *p = &out->payload.notification_sent;
     snprintf(p->customer_id, sizeof p->customer_id, "%s", n.customer_id);
@@ -125,16 +118,11 @@ static bus_verdict on_order_event(const choreo_events_v1_Envelope *e, const bus_
     st = event_publish_deferred(m, out);
     if (st != CH_OK) {
         snprintf(reason, reason_cap, "notification.sent not published: %s", ch_status_str(st));
-        verdict = st == CH_INVALID_ARGUMENT ? BUS_DEAD : BUS_RETRY;
-        goto cleanup;
+        return st == CH_INVALID_ARGUMENT ? BUS_DEAD : BUS_RETRY;
     }
     log_info("notification sent", "notification_id", n.id, "order_id", n.order_id, "customer_id",
              n.customer_id, "kind", notif_kind_name(n.kind), "event_id", out->event_id, NULL);
-    verdict = BUS_ACK;
-
-cleanup:
-    free(out);
-    return verdict;
+    return BUS_ACK;
 }
 
 static ch_status follow_start(notifications_service *svc);
