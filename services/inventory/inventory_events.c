@@ -376,11 +376,14 @@ static void flush_batch(bus_staged *items, size_t n, void *ctx)
 
     pthread_mutex_lock(&svc->mu);
     h->batch = items;
+    for (size_t i = 0; i < n; i++)
+        h->outcome[i] = INV_NOOP;
     st = ledger_decide_batch(svc->ledger, n, decide_item, h, h->status, timeout);
     for (size_t i = 0; i < n; i++) {
         bus_staged *it = &items[i];
         bool publish = false;
-        ch_status ist = st == CH_OK ? h->status[i] : st;
+        /* a batch that could not be decided at all is retried, never dead-lettered */
+        ch_status ist = st == CH_OK ? h->status[i] : CH_INTERNAL;
 
         if (ist == CH_OK)
             ist = event_decode(it->msg->data, it->msg->len, &h->in, it->reason, sizeof it->reason);
