@@ -87,6 +87,7 @@ typedef struct order_rec {
     int index;              /* plan index; -1 until its caller registered it */
     int waiter;             /* caller waiting for its end (closed mode); -1 */
     long long t_start;      /* ns, before CreateOrder */
+    long long t_created;    /* ns, when CreateOrder answered */
     long long t_end;        /* ns, when its terminal event arrived; 0 before */
     unsigned char used;     /* slot taken */
     unsigned char terminal; /* 0, 1 confirmed, 2 cancelled (first event wins) */
@@ -378,6 +379,7 @@ static void *bench_caller_main(void *arg)
         memset(&res, 0, sizeof res);
         long long t0 = bench_now_ns();
         ch_status st = bench_create(b, c, i, id, &res);
+        long long t1 = bench_now_ns();
         if (st != CH_OK) {
             bench_caller_error(b, i, st, &res);
             break;
@@ -393,6 +395,7 @@ static void *bench_caller_main(void *arg)
         }
         r->index = i;
         r->t_start = t0;
+        r->t_created = t1;
         b->slot_of[i] = (int)(r - b->table);
         b->placed++;
         if (!b->t_first || t0 < b->t_first)
@@ -1010,10 +1013,14 @@ static void bench_report(bench *b, const bench_usage *u)
     double p50 = 0, p95 = 0, p99 = 0, pmax = 0, rss_mb[NSVC + 1];
     int want[3] = {0};
 
-    for (int i = 0; lat && i < n; i++) {
+    double *create = calloc((size_t)n, sizeof *create), c50 = 0, c99 = 0;
+    int created = 0;
+
+    for (int i = 0; lat && create && i < n; i++) {
         if (b->slot_of[i] < 0)
             continue;
         const order_rec *r = &b->table[b->slot_of[i]];
+        create[created++] = (double)(r->t_created - r->t_start) / 1e6;
         if (r->terminal)
             lat[ended++] = (double)(r->t_end - r->t_start) / 1e6;
     }
@@ -1024,7 +1031,13 @@ static void bench_report(bench *b, const bench_usage *u)
         p99 = bench_quantile(lat, (size_t)ended, 0.99);
         pmax = lat[ended - 1];
     }
+    if (create && created) {
+        bench_sort(create, (size_t)created);
+        c50 = bench_quantile(create, (size_t)created, 0.50);
+        c99 = bench_quantile(create, (size_t)created, 0.99);
+    }
     free(lat);
+    free(create);
     for (int k = 0; k <= NSVC; k++) {
         per1k[k] = u->cpu0[k] >= 0 && u->cpu1[k] >= 0 ? (u->cpu1[k] - u->cpu0[k]) * 1000.0 / n : 0;
         rss_mb[k] = u->rss[k] > 0 ? (double)u->rss[k] / (1024.0 * 1024.0) : 0;
@@ -1042,6 +1055,8 @@ static void bench_report(bench *b, const bench_usage *u)
     printf("  throughput   %.0f orders/s\n", rate);
     printf("  latency ms   p50 %.3f  p95 %.3f  p99 %.3f  max %.3f (CreateOrder start to terminal event)\n",
            p50, p95, p99, pmax);
+    printf("  CreateOrder  p50 %.3f  p99 %.3f ms (the call alone: it answers once order.created is stored)\n",
+           c50, c99);
     printf("  cpu s/1k     orders %.3f  inventory %.3f  payment %.3f  notifications %.3f  = services %.3f;"
            "  nats-server %.3f\n",
            per1k[ORDERS], per1k[INVENTORY], per1k[PAYMENT], per1k[NOTIFICATIONS], svc_total, per1k[NSVC]);
@@ -1055,10 +1070,12 @@ static void bench_report(bench *b, const bench_usage *u)
     printf("bench: mode=%s n=%d c=%d orders_per_s=%.0f p50_ms=%.3f p95_ms=%.3f p99_ms=%.3f cpu_s_per_1k=%.3f "
            "cpu_s_per_1k_orders=%.3f cpu_s_per_1k_inventory=%.3f cpu_s_per_1k_payment=%.3f "
            "cpu_s_per_1k_notifications=%.3f cpu_s_per_1k_nats=%.3f rss_mb_orders=%.1f rss_mb_inventory=%.1f "
-           "rss_mb_payment=%.1f rss_mb_notifications=%.1f rss_mb_nats=%.1f checks=%s%s%s\n",
+           "rss_mb_payment=%.1f rss_mb_notifications=%.1f rss_mb_nats=%.1f create_p50_ms=%.3f "
+           "create_p99_ms=%.3f "
+           "checks=%s%s%s\n",
            b->o.closed ? "closed" : "open", n, b->o.c, rate, p50, p95, p99, svc_total, per1k[ORDERS],
            per1k[INVENTORY], per1k[PAYMENT], per1k[NOTIFICATIONS], per1k[NSVC], rss_mb[ORDERS],
-           rss_mb[INVENTORY], rss_mb[PAYMENT], rss_mb[NOTIFICATIONS], rss_mb[NSVC],
+           rss_mb[INVENTORY], rss_mb[PAYMENT], rss_mb[NOTIFICATIONS], rss_mb[NSVC], c50, c99,
            b->failed[0] ? "failed" : "ok", b->failed[0] ? " failed=" : "", b->failed);
     fflush(stdout);
 }
