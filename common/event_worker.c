@@ -109,7 +109,8 @@ static bus_verdict on_message(const bus_in_msg *m, void *arg, char *reason, size
         return BUS_DEAD;
     }
     reason[0] = '\0';
-    bus_verdict v = w->spec.handler(e, m, w->spec.ctx, reason, reason_cap);
+    /* without a handler every event waits for the batch's flush */
+    bus_verdict v = w->spec.handler ? w->spec.handler(e, m, w->spec.ctx, reason, reason_cap) : BUS_STAGED;
     if (v == BUS_STAGED && w->nstaged < w->staged_cap) {
         log_fields(&w->staged[w->nstaged++], e, m); /* logged with its verdict, after the flush */
         return v;
@@ -129,6 +130,10 @@ ch_status event_worker_start(bus *b, const event_worker_spec *spec, event_worker
     ch_status st;
     char *p;
 
+    if (!spec->handler && !spec->flush) {
+        free(w);
+        return CH_INVALID_ARGUMENT; /* nothing would handle the events */
+    }
     if (!w)
         return CH_NO_MEMORY;
     w->spec = *spec;

@@ -36,10 +36,10 @@ typedef bus_verdict (*event_handler_fn)(const choreo_events_v1_Envelope *e, cons
 typedef void (*event_flush_fn)(bus_staged *items, size_t n, void *ctx);
 
 typedef struct event_worker_spec {
-    const char *service; /* "inventory": names the durable "inventory-order_created" */
-    event_type type;     /* the one type consumed */
-    event_handler_fn handler;
-    event_flush_fn flush; /* required if handler may return BUS_STAGED; called with ctx */
+    const char *service;      /* "inventory": names the durable "inventory-order_created" */
+    event_type type;          /* the one type consumed */
+    event_handler_fn handler; /* NULL with a flush: every event is decided in its batch's flush */
+    event_flush_fn flush;     /* required if handler may return BUS_STAGED (or is NULL); called with ctx */
     void *ctx;
     int batch;       /* 0: 128 */
     int max_deliver; /* 0: 8 */

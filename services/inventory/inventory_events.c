@@ -337,14 +337,6 @@ static ch_status handler_outgoing(inventory_handler *h, const choreo_events_v1_E
     return st;
 }
 
-/* Every event is decided with the rest of its batch (flush_batch). */
-static bus_verdict on_event(const choreo_events_v1_Envelope *e, const bus_in_msg *m, void *ctx, char *reason,
-                            size_t reason_cap)
-{
-    (void)e, (void)m, (void)ctx, (void)reason, (void)reason_cap;
-    return BUS_STAGED;
-}
-
 /* ledger_decide_batch's decide: item i of the staged batch, decided in the
  * core; the entry to record (if any) is encoded into buf. Under mu. */
 static ch_status decide_item(size_t i, void *ctx, uint8_t *buf, size_t cap, size_t *len)
@@ -439,8 +431,7 @@ ch_status inventory_workers_start(inventory_service *svc)
         event_worker_spec spec = {
             .service = INVENTORY_PRODUCER,
             .type = consumed[i],
-            .handler = on_event,
-            .flush = flush_batch,
+            .flush = flush_batch, /* no handler: every event is decided in its batch */
             .ctx = h,
             .batch = INVENTORY_BATCH,
         };

@@ -99,14 +99,6 @@ struct payment_handler {
     bool again[PAYMENT_BATCH]; /* decided before this delivery */
 };
 
-/* Every event is decided with the rest of its batch (flush_batch). */
-static bus_verdict on_event(const choreo_events_v1_Envelope *env, const bus_in_msg *m, void *ctx,
-                            char *reason, size_t reason_cap)
-{
-    (void)env, (void)m, (void)ctx, (void)reason, (void)reason_cap;
-    return BUS_STAGED;
-}
-
 /* ledger_decide_batch's decide: charge or decline (inventory.reserved), or
  * refund (order.cancel_requested), once per order. Under mu. */
 static ch_status decide_item(size_t i, void *ctx, uint8_t *buf, size_t cap, size_t *len)
@@ -249,8 +241,7 @@ ch_status payment_events_start(payment_service *svc)
         event_worker_spec ws = {
             .service = PAYMENT_PRODUCER,
             .type = types[i],
-            .handler = on_event,
-            .flush = flush_batch,
+            .flush = flush_batch, /* no handler: every event is decided in its batch */
             .ctx = h,
             .batch = PAYMENT_BATCH,
         };

@@ -351,6 +351,68 @@ static int suite_clean(void)
     return 0;
 }
 
+/* A worker with a flush and no handler: every event of a batch reaches the
+ * flush together, its verdicts are applied, and each event gets its line. */
+typedef struct flushed {
+    atomic_int seen;    /* "flush-" events handed to the flush */
+    atomic_int retried; /* deliveries of flush-retry answered with RETRY */
+    atomic_int calls;
+} flushed;
+
+static void flush_all(bus_staged *items, size_t n, void *ctx)
+{
+    flushed *f = ctx;
+    choreo_events_v1_Envelope *e = calloc(1, sizeof *e);
+    char why[128];
+
+    atomic_fetch_add(&f->calls, 1);
+    for (size_t i = 0; i < n; i++) {
+        items[i].verdict = BUS_ACK;
+        if (!e || event_decode(items[i].msg->data, items[i].msg->len, e, why, sizeof why) != CH_OK) {
+            items[i].verdict = BUS_DEAD;
+            continue;
+        }
+        if (strncmp(e->order_id, "flush-", 6) != 0)
+            continue; /* earlier tests' events, from the start of the stream */
+        atomic_fetch_add(&f->seen, 1);
+        if (strcmp(e->order_id, "flush-retry") == 0 && items[i].msg->deliveries == 1) {
+            atomic_fetch_add(&f->retried, 1);
+            items[i].verdict = BUS_RETRY;
+            snprintf(items[i].reason, sizeof items[i].reason, "once more");
+        }
+    }
+    free(e);
+}
+
+static void test_event_worker_flush_without_handler(void)
+{
+    static const char *const ids[] = {"flush-1", "flush-2", "flush-retry", "flush-3"};
+    flushed *f = calloc(1, sizeof *f);
+    event_worker *w = NULL;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+
+    event_worker_spec none = {.service = "flushtest", .type = EVENT_ORDER_CREATED};
+    CU_ASSERT_EQUAL(event_worker_start(b, &none, &w), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NULL(w);
+
+    event_worker_spec spec = {
+        .service = "flushtest", .type = EVENT_ORDER_CREATED, .flush = flush_all, .ctx = f, .batch = 16};
+    CU_ASSERT_EQUAL_FATAL(event_worker_start(b, &spec, &w), CH_OK);
+    for (int i = 0; i < 4; i++) {
+        choreo_events_v1_Envelope *e = order_created(ids[i], "cust-f", 10);
+        CU_ASSERT_EQUAL(event_publish(b, e, 2000, NULL), CH_OK);
+        free(e);
+    }
+    /* four events, one of them twice (retried after its backoff) */
+    CU_ASSERT_EQUAL(test_wait_atomic(&f->seen, 5, 10000), 5);
+    test_sleep_ms(500); /* and nothing more: the rest were acked */
+    event_worker_stop(w);
+    CU_ASSERT_EQUAL(atomic_load(&f->seen), 5);
+    CU_ASSERT_EQUAL(atomic_load(&f->retried), 1);
+    CU_ASSERT(atomic_load(&f->calls) >= 2); /* the retry came in a batch of its own */
+    free(f);
+}
+
 int main(void)
 {
     static const cu_test tests[] = {
@@ -359,6 +421,7 @@ int main(void)
         {"retries then acks", test_event_worker_retries_then_acks},
         {"init caused copies context", test_event_worker_init_caused_copies_context},
         {"trace id", test_event_worker_trace_id},
+        {"flush without handler", test_event_worker_flush_without_handler},
         {NULL, NULL},
     };
     log_configure("test_event_worker", getenv("TEST_LOG") ? LOG_DEBUG : LOG_ERROR, 2);
