@@ -834,7 +834,10 @@ struct bus_follower {
     char consumer[128]; /* the current ephemeral consumer, "" when none */
     bus_replay_fn fn;
     void *ctx;
+    pthread_mutex_t *lock; /* held around each batch of fn calls; may be NULL */
 };
+
+#define BUS_FOLLOW_BATCH 256 /* messages a follower hands over under one hold of its lock */
 
 /* An ordered push consumer from f->next (cnats recreates it on gaps and
  * after reconnects); NULL on failure. */
@@ -871,17 +874,31 @@ static void *bus__follow_main(void *arg)
             bus__sleep_ms(errors < 10 ? 100 * errors : 1000);
             continue;
         }
-        natsMsg *msg = NULL;
-        natsStatus s = natsSubscription_NextMsg(&msg, sub, 500);
+        natsMsg *batch[BUS_FOLLOW_BATCH];
+        int n = 0;
+        natsStatus s = natsSubscription_NextMsg(&batch[0], sub, 500);
         if (s == NATS_OK) {
             errors = 0;
-            bus_in_msg in;
-            bus__in_msg(&in, msg);
-            if (in.stream_seq >= f->next) { /* not seen before a resubscribe */
-                f->fn(&in, f->ctx);
-                f->next = in.stream_seq + 1;
+            /* What has arrived, up to a batch, under one hold of the lock. */
+            for (n = 1; n < BUS_FOLLOW_BATCH && natsSubscription_NextMsg(&batch[n], sub, 0) == NATS_OK; n++) {
             }
-            natsMsg_Destroy(msg);
+            if (f->lock) {
+                pthread_mutex_lock(f->lock);
+            }
+            for (int i = 0; i < n; i++) {
+                bus_in_msg in;
+                bus__in_msg(&in, batch[i]);
+                if (in.stream_seq >= f->next) { /* not seen before a resubscribe */
+                    f->fn(&in, f->ctx);
+                    f->next = in.stream_seq + 1;
+                }
+            }
+            if (f->lock) {
+                pthread_mutex_unlock(f->lock);
+            }
+            for (int i = 0; i < n; i++) {
+                natsMsg_Destroy(batch[i]);
+            }
             continue;
         }
         if (s == NATS_TIMEOUT) {
@@ -903,6 +920,12 @@ static void *bus__follow_main(void *arg)
 ch_status bus_follow_start(bus *b, const char *stream, const char *filter_subject, uint64_t start_seq,
                            bus_replay_fn fn, void *ctx, bus_follower **out)
 {
+    return bus_follow_start_locked(b, stream, filter_subject, start_seq, fn, ctx, NULL, out);
+}
+
+ch_status bus_follow_start_locked(bus *b, const char *stream, const char *filter_subject, uint64_t start_seq,
+                                  bus_replay_fn fn, void *ctx, pthread_mutex_t *lock, bus_follower **out)
+{
     *out = NULL;
     if (!b || !stream || !fn) {
         return CH_INVALID_ARGUMENT;
@@ -918,6 +941,7 @@ ch_status bus_follow_start(bus *b, const char *stream, const char *filter_subjec
     f->next = start_seq ? start_seq : 1;
     f->fn = fn;
     f->ctx = ctx;
+    f->lock = lock;
     if (!f->stream || (filter_subject && !f->filter) ||
         pthread_create(&f->thread, NULL, bus__follow_main, f) != 0) {
         free(f->stream);

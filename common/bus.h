@@ -23,6 +23,7 @@
 #ifndef CHOREO_BUS_H
 #define CHOREO_BUS_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -290,6 +291,12 @@ typedef struct bus_follower bus_follower;
  * replicas did. *out is the caller's (bus_follow_stop). */
 ch_status bus_follow_start(bus *b, const char *stream, const char *filter_subject, uint64_t start_seq,
                            bus_replay_fn fn, void *ctx, bus_follower **out);
+
+/* Like bus_follow_start, and holds lock (the caller's state lock) around
+ * each batch of fn calls: what has arrived, up to 256 messages, goes in
+ * under one hold instead of one per message. fn runs with lock held. */
+ch_status bus_follow_start_locked(bus *b, const char *stream, const char *filter_subject, uint64_t start_seq,
+                                  bus_replay_fn fn, void *ctx, pthread_mutex_t *lock, bus_follower **out);
 
 /* Stops following (after the current batch), joins and frees. Accepts NULL. */
 void bus_follow_stop(bus_follower *f);

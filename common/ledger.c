@@ -94,16 +94,12 @@ static ch_status apply_one(const bus_in_msg *m, void *arg)
     return CH_OK;
 }
 
-/* Follower thread: other replicas' entries, applied once under the lock. */
+/* Follower thread: other replicas' entries, applied once (the follower
+ * holds follow_lock around each batch). */
 static ch_status follow_one(const bus_in_msg *m, void *arg)
 {
     ledger *l = arg;
-    ch_status st = CH_OK;
-    pthread_mutex_lock(l->follow_lock);
-    if (m->stream_seq > l->last)
-        st = apply_one(m, l);
-    pthread_mutex_unlock(l->follow_lock);
-    return st;
+    return m->stream_seq > l->last ? apply_one(m, l) : CH_OK;
 }
 
 ch_status ledger_catch_up(ledger *l)
@@ -162,7 +158,8 @@ ch_status ledger_open(ledger **out, bus *b, const ledger_spec *spec)
     }
     l->follow_lock = spec->follow_lock;
     if (l->follow_lock) {
-        st = bus_follow_start(b, l->stream, l->subject, l->last + 1, follow_one, l, &l->follower);
+        st = bus_follow_start_locked(b, l->stream, l->subject, l->last + 1, follow_one, l, l->follow_lock,
+                                     &l->follower);
         if (st != CH_OK) {
             free(l);
             return st;

@@ -305,16 +305,6 @@ static bus_verdict on_saga_event(const choreo_events_v1_Envelope *e, const bus_i
     return BUS_ACK;
 }
 
-/* The follower's thread: fold each new event in, under the lock. */
-static ch_status follow_one(const bus_in_msg *m, void *arg)
-{
-    rebuild_ctx *rc = arg;
-    pthread_mutex_lock(&rc->svc->mu);
-    ch_status st = rebuild_one(m, rc);
-    pthread_mutex_unlock(&rc->svc->mu);
-    return st;
-}
-
 ch_status orders_events_start(orders_service *svc)
 {
     rebuild_ctx *fc = calloc(1, sizeof *fc);
@@ -322,8 +312,9 @@ ch_status orders_events_start(orders_service *svc)
         return CH_NO_MEMORY;
     fc->svc = svc;
     svc->follow_ctx = fc;
-    ch_status fst = bus_follow_start(svc->bus, EVENT_STREAM, "events.>", svc->rebuilt_to + 1, follow_one, fc,
-                                     &svc->follower);
+    /* the follower folds each new event in, holding mu around each batch */
+    ch_status fst = bus_follow_start_locked(svc->bus, EVENT_STREAM, "events.>", svc->rebuilt_to + 1,
+                                            rebuild_one, fc, &svc->mu, &svc->follower);
     if (fst != CH_OK)
         return fst;
     static const event_type consumed[ORDERS_CONSUMED] = {

@@ -1081,6 +1081,53 @@ static bool follow_log_is(const follow_log *f, const char *const *want, int n)
     return true;
 }
 
+/* A locked follower's callback: records, and whether the lock was held. */
+typedef struct locked_log {
+    follow_log log;
+    pthread_mutex_t mu;
+    atomic_int unlocked; /* deliveries during which the lock was free */
+} locked_log;
+
+static ch_status follow_locked_record(const bus_in_msg *m, void *ctx)
+{
+    locked_log *l = ctx;
+    if (pthread_mutex_trylock(&l->mu) == 0) {
+        atomic_fetch_add(&l->unlocked, 1);
+        pthread_mutex_unlock(&l->mu);
+    }
+    return follow_record(m, &l->log);
+}
+
+static void test_bus_follow_locked_holds_the_lock(void)
+{
+    static const char *const want[] = {"l1", "l2", "l3", "l4", "l5"};
+    bus *b = connect_bus();
+    ensure(b, "FLOCK", "flock.>");
+    locked_log *l = calloc(1, sizeof *l);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+    pthread_mutex_init(&l->mu, NULL);
+    for (int i = 0; i < 3; i++)
+        CU_ASSERT_EQUAL(publish(b, "flock.x", want[i], NULL, NULL), CH_OK);
+    bus_follower *f = NULL;
+    CU_ASSERT_EQUAL_FATAL(bus_follow_start_locked(b, "FLOCK", NULL, 1, follow_locked_record, l, &l->mu, &f),
+                          CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->log.n, 3, 5000), 3);
+    /* while the caller holds the lock, nothing is delivered */
+    pthread_mutex_lock(&l->mu);
+    for (int i = 3; i < 5; i++)
+        CU_ASSERT_EQUAL(publish(b, "flock.x", want[i], NULL, NULL), CH_OK);
+    test_sleep_ms(300);
+    CU_ASSERT_EQUAL(atomic_load(&l->log.n), 3);
+    pthread_mutex_unlock(&l->mu);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->log.n, 5, 5000), 5);
+    CU_ASSERT_TRUE(follow_log_is(&l->log, want, 5));
+    CU_ASSERT_EQUAL(atomic_load(&l->unlocked), 0); /* every delivery ran with the lock held */
+    bus_follow_stop(f);
+    pthread_mutex_destroy(&l->mu);
+    free(l);
+    bus_destroy(b);
+}
+
 static void test_bus_follow_from_start_in_order_with_filter(void)
 {
     bus *b = connect_bus();
@@ -1321,6 +1368,7 @@ int main(void)
         {"publish cb many in flight", test_bus_publish_cb_many_in_flight},
         {"follow from the start, in order, with a filter", test_bus_follow_from_start_in_order_with_filter},
         {"follow from a later sequence", test_bus_follow_from_later_sequence},
+        {"follow locked holds the lock", test_bus_follow_locked_holds_the_lock},
         {"follow waits for the stream", test_bus_follow_waits_for_stream},
         {"follow resumes after a server restart", test_bus_follow_resumes_after_server_restart},
         {"connection state", test_bus_connection_state},
