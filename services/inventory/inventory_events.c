@@ -248,9 +248,9 @@ struct inventory_handler {
     inv_outcome outcome[INVENTORY_BATCH];
 };
 
-/* Decides on e in the core (under mu). Fills the ledger msg id. */
+/* Decides on e in the core (under mu). */
 static ch_status handler_decide(inventory_handler *h, const choreo_events_v1_Envelope *e, inv_outcome *out,
-                                char *msg_id, size_t msg_id_cap, char *err, size_t errlen)
+                                char *err, size_t errlen)
 {
     const inv_store *s = h->svc->store;
 
@@ -270,18 +270,13 @@ static ch_status handler_decide(inventory_handler *h, const choreo_events_v1_Env
             .items = h->items,
             .n_items = n,
         };
-        snprintf(msg_id, msg_id_cap, "%s:reservation", e->order_id);
         return inv_decide_reserve(s, &r, &h->d, out, err, errlen);
     }
-    case EVENT_PAYMENT_PROCESSED:
-        snprintf(msg_id, msg_id_cap, "%s:commit", e->order_id);
-        return inv_decide_commit(s, e->order_id, e->event_id, &h->d, out);
+    case EVENT_PAYMENT_PROCESSED: return inv_decide_commit(s, e->order_id, e->event_id, &h->d, out);
     case EVENT_PAYMENT_FAILED:
-        snprintf(msg_id, msg_id_cap, "%s:release", e->order_id);
         return inv_decide_release(s, e->order_id, false, e->payload.payment_failed.reason, e->event_id, &h->d,
                                   out);
     case EVENT_ORDER_CANCEL_REQUESTED:
-        snprintf(msg_id, msg_id_cap, "%s:release", e->order_id);
         return inv_decide_release(s, e->order_id, true, e->payload.order_cancel_requested.reason, e->event_id,
                                   &h->d, out);
     default: snprintf(err, errlen, "inventory does not handle %s", event_type_name(h->type)); break;
@@ -343,14 +338,13 @@ static ch_status decide_item(size_t i, void *ctx, uint8_t *buf, size_t cap, size
 {
     inventory_handler *h = ctx;
     bus_staged *it = &h->batch[i];
-    char msg_id[INV_ORDER_ID_MAX + 32];
     ch_status st;
 
     *len = 0;
     h->outcome[i] = INV_NOOP;
     st = event_decode(it->msg->data, it->msg->len, &h->in, it->reason, sizeof it->reason);
     if (st == CH_OK)
-        st = handler_decide(h, &h->in, &h->outcome[i], msg_id, sizeof msg_id, it->reason, sizeof it->reason);
+        st = handler_decide(h, &h->in, &h->outcome[i], it->reason, sizeof it->reason);
     if (st != CH_OK || h->outcome[i] != INV_APPEND)
         return st;
     return inventory_encode(h->svc, &h->d.entry, buf, cap, len);
@@ -376,9 +370,11 @@ static void flush_batch(bus_staged *items, size_t n, void *ctx)
         bool publish = false;
         /* a batch that could not be decided at all is retried, never dead-lettered */
         ch_status ist = st == CH_OK ? h->status[i] : CH_INTERNAL;
+        char why[BUS_REASON_MAX];
 
-        if (ist == CH_OK)
-            ist = event_decode(it->msg->data, it->msg->len, &h->in, it->reason, sizeof it->reason);
+        /* decoded again for its order id and what its decision implies */
+        if (event_decode(it->msg->data, it->msg->len, &h->in, why, sizeof why) != CH_OK && ist == CH_OK)
+            ist = CH_INTERNAL; /* decoded before, so it cannot fail now */
         if (ist == CH_OK)
             ist = handler_outgoing(h, &h->in, h->outcome[i] == INV_DECIDED, &publish, it->reason,
                                    sizeof it->reason);

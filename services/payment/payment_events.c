@@ -168,9 +168,11 @@ static bus_verdict settle_item(payment_handler *h, size_t i, ch_status st)
     bus_staged *it = &h->batch[i];
     const pay_payment *p = NULL;
     event_type t = EVENT_PAYMENT_REFUNDED;
+    char why[BUS_REASON_MAX];
 
-    if (st == CH_OK)
-        st = event_decode(it->msg->data, it->msg->len, &h->in, it->reason, sizeof it->reason);
+    /* decoded again for its order id and what its decision implies */
+    if (event_decode(it->msg->data, it->msg->len, &h->in, why, sizeof why) != CH_OK && st == CH_OK)
+        st = CH_INTERNAL; /* decoded before, so it cannot fail now */
     if (st == CH_OK)
         p = payment_get(h->svc->state, h->in.order_id);
     if (h->type == EVENT_ORDER_CANCEL_REQUESTED &&
