@@ -4,9 +4,10 @@
  * streams and durable consumers at start-up (idempotently), publishes with
  * PubAck (synchronously, or asynchronously in batches), runs workers on
  * durable push consumers (one queue group per durable: the replicas of a
- * service compete for its messages) that call a handler per message and turn
- * its verdict into Ack, Nak with backoff or a dead-letter copy followed by
- * Term, follows streams, and reads a stream back in order (event sourcing,
+ * service compete for its messages) that call a handler per message (or
+ * stage the batch's messages for one flush that decides them together) and
+ * turn each verdict into Ack, Nak with backoff or a dead-letter copy followed
+ * by Term, follows streams, and reads a stream back in order (event sourcing,
  * order history).
  *
  * Ownership: the caller owns every bus and bus_worker it creates and frees them
@@ -17,9 +18,10 @@
  *
  * Threads: every function may be called from any thread except that
  * bus_publish_async/bus_publish_async_wait on one bus must come from one
- * thread at a time (they share the pending batch). Handlers run on the
- * worker's own thread and may block (publish, database); on_state runs on a
- * cnats thread and must not block. */
+ * thread at a time (they share the pending batch). Handlers and flushes run
+ * on the worker's own thread and may block (publish, database); on_state,
+ * bus_publish_cb callbacks and the acks that wait for deferred publishes run
+ * on cnats threads and must not block. */
 #ifndef CHOREO_BUS_H
 #define CHOREO_BUS_H
 
@@ -253,7 +255,8 @@ typedef struct bus_worker_spec {
 
 /* Starts a thread that takes batches from the durable consumer (what has
  * arrived, up to `batch`, waiting up to fetch_wait_ms for the first) and
- * calls the handler for each message, in order within a batch. Survives
+ * calls the handler for each message, in order within a batch, then the
+ * flush (if any) with the messages the handler staged. Survives
  * disconnections (sleeps briefly and retries). *out is owned by the caller
  * (bus_worker_stop). */
 ch_status bus_worker_start(bus *b, const bus_worker_spec *w, bus_worker **out);
