@@ -705,11 +705,13 @@ ch_status bus_publish_cb(bus *b, const bus_out_msg *m, bus_pub_fn fn, void *arg)
     return CH_OK;
 }
 
-/* Queues m on js; *sent (guarded by mu) counts it until its ack handler
- * runs. Shared by the bus-wide and the per-worker async paths. */
-static ch_status bus__publish_async_on(bus *b, jsCtx *js, pthread_mutex_t *mu, uint64_t *sent,
-                                       const bus_out_msg *m)
+/* Queues m on the bus's JetStream context; async_sent counts it until its
+ * ack handler runs. */
+ch_status bus_publish_async(bus *b, const bus_out_msg *m)
 {
+    if (!b || !m) {
+        return CH_INVALID_ARGUMENT;
+    }
     if (!atomic_load(&b->up)) {
         return CH_UNAVAILABLE;
     }
@@ -722,27 +724,19 @@ static ch_status bus__publish_async_on(bus *b, jsCtx *js, pthread_mutex_t *mu, u
     jsPubOptions_Init(&po);
     po.MsgId = m->msg_id;
     po.MaxWait = BUS_ASYNC_MAX_WAIT_MS;
-    pthread_mutex_lock(mu);
-    (*sent)++;
-    pthread_mutex_unlock(mu);
-    natsStatus s = js_PublishMsgAsync(js, &msg, &po);
+    pthread_mutex_lock(&b->mu);
+    b->async_sent++;
+    pthread_mutex_unlock(&b->mu);
+    natsStatus s = js_PublishMsgAsync(b->js, &msg, &po);
     if (s != NATS_OK) {
         /* Not queued: the ack handler will never see it. */
-        pthread_mutex_lock(mu);
-        (*sent)--;
-        pthread_mutex_unlock(mu);
+        pthread_mutex_lock(&b->mu);
+        b->async_sent--;
+        pthread_mutex_unlock(&b->mu);
         natsMsg_Destroy(msg);
         return bus__fail("async publish failed", m->subject, s, 0);
     }
     return CH_OK;
-}
-
-ch_status bus_publish_async(bus *b, const bus_out_msg *m)
-{
-    if (!b || !m) {
-        return CH_INVALID_ARGUMENT;
-    }
-    return bus__publish_async_on(b, b->js, &b->mu, &b->async_sent, m);
 }
 
 ch_status bus_publish_async_wait(bus *b, int timeout_ms, uint64_t *failed)
