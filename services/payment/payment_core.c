@@ -11,106 +11,8 @@
 #include <pb_encode.h>
 
 #include "choreo/ledger/v1/payment_ledger.pb.h"
+#include "strmap.h"
 #include "utf8.h"
-
-/* ---- a string-keyed open-addressing table of records ---- */
-
-typedef struct pay_slot {
-    const char *key; /* owned by the record (val) */
-    void *val;
-} pay_slot;
-
-typedef struct pay_map {
-    pay_slot *slots;
-    size_t cap; /* power of two, or 0 */
-    size_t used;
-} pay_map;
-
-static uint64_t hash_str(const char *s)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 0x100000001b3ULL;
-    }
-    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
-    return h ^ (h >> 31);
-}
-
-static void *map_find(const pay_map *m, const char *key)
-{
-    if (m->cap == 0)
-        return NULL;
-    for (size_t i = hash_str(key) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
-        if (!m->slots[i].key)
-            return NULL;
-        if (strcmp(m->slots[i].key, key) == 0)
-            return m->slots[i].val;
-    }
-}
-
-/* Puts without growing: the caller reserved room (map_reserve). */
-static void map_put(pay_map *m, const char *key, void *val)
-{
-    size_t i = hash_str(key) & (m->cap - 1);
-    while (m->slots[i].key)
-        i = (i + 1) & (m->cap - 1);
-    m->slots[i].key = key;
-    m->slots[i].val = val;
-    m->used++;
-}
-
-/* Takes key's record out of the map and returns it (NULL when absent). The
- * hole is closed by backward-shift deletion: each later record of the probe
- * run whose home slot does not lie in (hole, its slot] moves into the hole,
- * so every lookup that passed the hole before still finds its record. */
-static void *map_remove(pay_map *m, const char *key)
-{
-    size_t mask = m->cap - 1, i;
-    void *val;
-
-    if (m->cap == 0)
-        return NULL;
-    for (i = hash_str(key) & mask;; i = (i + 1) & mask) {
-        if (!m->slots[i].key)
-            return NULL;
-        if (strcmp(m->slots[i].key, key) == 0)
-            break;
-    }
-    val = m->slots[i].val;
-    m->slots[i].key = NULL;
-    m->slots[i].val = NULL;
-    for (size_t j = (i + 1) & mask; m->slots[j].key; j = (j + 1) & mask) {
-        size_t home = hash_str(m->slots[j].key) & mask;
-        if (((i - home) & mask) < ((j - home) & mask)) { /* the hole lies in [home, j) */
-            m->slots[i] = m->slots[j];
-            m->slots[j].key = NULL;
-            m->slots[j].val = NULL;
-            i = j;
-        }
-    }
-    m->used--;
-    return val;
-}
-
-/* Makes room for one more record, so a later map_put cannot fail. */
-static ch_status map_reserve(pay_map *m)
-{
-    if ((m->used + 1) * 4 <= m->cap * 3)
-        return CH_OK;
-    pay_map bigger = {0};
-    bigger.cap = m->cap ? m->cap * 2 : 64;
-    bigger.slots = calloc(bigger.cap, sizeof *bigger.slots);
-    if (!bigger.slots)
-        return CH_NO_MEMORY;
-    for (size_t i = 0; i < m->cap; i++)
-        if (m->slots[i].key)
-            map_put(&bigger, m->slots[i].key, m->slots[i].val);
-    free(m->slots);
-    *m = bigger;
-    return CH_OK;
-}
 
 /* ---- the state ---- */
 
@@ -124,10 +26,10 @@ typedef struct pay_customer {
 } pay_customer;
 
 struct payment_state {
-    pay_map customers;   /* customer_id -> pay_customer */
-    pay_map payments;    /* order_id -> pay_payment */
-    pay_map credit_keys; /* "<customer>\x1f<key>" -> the same malloc'd string */
-    pay_payment **all;   /* decision order */
+    strmap customers;   /* customer_id -> pay_customer */
+    strmap payments;    /* order_id -> pay_payment */
+    strmap credit_keys; /* "<customer>\x1f<key>" -> the same malloc'd string */
+    pay_payment **all;  /* decision order */
     size_t n, cap;
     size_t n_accounts;
 };
@@ -156,9 +58,9 @@ void payment_state_destroy(payment_state *s)
         free(s->credit_keys.slots[i].val);
     for (size_t i = 0; i < s->n; i++)
         free(s->all[i]);
-    free(s->customers.slots);
-    free(s->payments.slots);
-    free(s->credit_keys.slots);
+    strmap_free(&s->customers);
+    strmap_free(&s->payments);
+    strmap_free(&s->credit_keys);
     free(s->all);
     free(s);
 }
@@ -185,20 +87,20 @@ bool payment_credit_key_known(const payment_state *s, const char *customer_id, c
     k = credit_key_join(customer_id, key);
     if (!k)
         return false;
-    known = map_find(&s->credit_keys, k) != NULL;
+    known = strmap_get(&s->credit_keys, k) != NULL;
     free(k);
     return known;
 }
 
 const pay_account *payment_account_get(const payment_state *s, const char *customer_id)
 {
-    const pay_customer *c = map_find(&s->customers, customer_id ? customer_id : "");
+    const pay_customer *c = strmap_get(&s->customers, customer_id ? customer_id : "");
     return c && c->has_account ? &c->acct : NULL;
 }
 
 const pay_payment *payment_get(const payment_state *s, const char *order_id)
 {
-    return map_find(&s->payments, order_id ? order_id : "");
+    return strmap_get(&s->payments, order_id ? order_id : "");
 }
 
 size_t payment_count(const payment_state *s)
@@ -359,7 +261,7 @@ ch_status payment_decide_charge(const payment_state *s, const char *order_id, co
         snprintf(err, errlen, "order_id: payment of %s already decided", order_id);
         return CH_ALREADY_EXISTS;
     }
-    const pay_customer *c = map_find(&s->customers, customer_id);
+    const pay_customer *c = strmap_get(&s->customers, customer_id);
     int64_t balance = c ? c->acct.balance_cents : 0;
     int64_t charged = c ? c->acct.charged_cents : 0;
 
@@ -422,7 +324,7 @@ static ch_status customer_reserve_payment(pay_customer *c)
  * it does not exist. NULL when out of memory. */
 static pay_customer *customer_for(payment_state *s, const char *id, bool *fresh)
 {
-    pay_customer *c = map_find(&s->customers, id);
+    pay_customer *c = strmap_get(&s->customers, id);
     *fresh = false;
     if (c)
         return c;
@@ -457,19 +359,19 @@ static ch_status apply_credit(payment_state *s, const pay_entry *e, bool *change
     /* Take everything that can fail before changing anything. */
     if (e->idempotency_key[0]) {
         k = credit_key_join(e->customer_id, e->idempotency_key);
-        if (!k || map_reserve(&s->credit_keys) != CH_OK) {
+        if (!k || strmap_reserve(&s->credit_keys) != CH_OK) {
             st = CH_NO_MEMORY;
             goto cleanup;
         }
     }
-    if (fresh && map_reserve(&s->customers) != CH_OK) {
+    if (fresh && strmap_reserve(&s->customers) != CH_OK) {
         st = CH_NO_MEMORY;
         goto cleanup;
     }
     if (k)
-        map_put(&s->credit_keys, k, k);
+        strmap_put(&s->credit_keys, k, k);
     if (fresh)
-        map_put(&s->customers, c->acct.customer_id, c);
+        strmap_put(&s->customers, c->acct.customer_id, c);
     if (!c->has_account)
         s->n_accounts++;
     c->has_account = true;
@@ -526,8 +428,8 @@ static ch_status apply_decision(payment_state *s, const pay_entry *e, bool *chan
         s->all = all;
         s->cap = cap;
     }
-    if (customer_reserve_payment(c) != CH_OK || map_reserve(&s->payments) != CH_OK ||
-        (fresh && map_reserve(&s->customers) != CH_OK)) {
+    if (customer_reserve_payment(c) != CH_OK || strmap_reserve(&s->payments) != CH_OK ||
+        (fresh && strmap_reserve(&s->customers) != CH_OK)) {
         st = CH_NO_MEMORY;
         goto cleanup;
     }
@@ -547,9 +449,9 @@ static ch_status apply_decision(payment_state *s, const pay_entry *e, bool *chan
         snprintf(p->reason, sizeof p->reason, "%s", e->reason);
     }
     s->all[s->n++] = p;
-    map_put(&s->payments, p->order_id, p);
+    strmap_put(&s->payments, p->order_id, p);
     if (fresh)
-        map_put(&s->customers, c->acct.customer_id, c);
+        strmap_put(&s->customers, c->acct.customer_id, c);
     c->payments[c->n_payments++] = p->list_pos;
     *changed = true;
     return CH_OK;
@@ -565,7 +467,7 @@ cleanup:
 
 static ch_status apply_refund(payment_state *s, const pay_entry *e, bool *changed)
 {
-    pay_payment *p = map_find(&s->payments, e->order_id);
+    pay_payment *p = strmap_get(&s->payments, e->order_id);
     pay_customer *c;
 
     if (!p)
@@ -576,7 +478,7 @@ static ch_status apply_refund(payment_state *s, const pay_entry *e, bool *change
         return CH_FAILED_PRECONDITION;
     if (e->amount_cents != p->amount_cents)
         return CH_INVALID_ARGUMENT;
-    c = map_find(&s->customers, p->customer_id);
+    c = strmap_get(&s->customers, p->customer_id);
     if (!c)
         return CH_INTERNAL; /* every payment has its customer record */
     c->acct.refunded_cents += p->amount_cents;
@@ -607,7 +509,7 @@ ch_status payment_apply(payment_state *s, const pay_entry *e, bool *changed)
 /* Undoes a CHARGE or DECLINE entry, whose payment must be the newest. */
 static ch_status revert_decision(payment_state *s, const pay_entry *e)
 {
-    pay_payment *p = map_find(&s->payments, e->order_id);
+    pay_payment *p = strmap_get(&s->payments, e->order_id);
     pay_customer *c;
 
     if (!p)
@@ -615,7 +517,7 @@ static ch_status revert_decision(payment_state *s, const pay_entry *e)
     if (p->status != (e->kind == PAY_ENTRY_CHARGE ? PAY_CHARGED : PAY_DECLINED) ||
         strcmp(p->customer_id, e->customer_id) != 0 || p->amount_cents != e->amount_cents)
         return CH_FAILED_PRECONDITION;
-    c = map_find(&s->customers, p->customer_id);
+    c = strmap_get(&s->customers, p->customer_id);
     if (!c)
         return CH_INTERNAL; /* every payment has its customer record */
     /* Newest first: p was the last decision, overall and of its customer. */
@@ -630,7 +532,7 @@ static ch_status revert_decision(payment_state *s, const pay_entry *e)
         c->acct.balance_cents += p->amount_cents;
         c->acct.charged_cents -= p->amount_cents;
     }
-    map_remove(&s->payments, p->order_id);
+    strmap_remove(&s->payments, p->order_id);
     s->n--;
     s->all[s->n] = NULL;
     c->n_payments--;
@@ -638,7 +540,7 @@ static ch_status revert_decision(payment_state *s, const pay_entry *e)
     /* A record with no account and no payment exists only because this
      * decision created it: drop it, as if it had never been. */
     if (!c->has_account && c->n_payments == 0) {
-        map_remove(&s->customers, c->acct.customer_id);
+        strmap_remove(&s->customers, c->acct.customer_id);
         free(c->payments);
         free(c);
     }
@@ -647,14 +549,14 @@ static ch_status revert_decision(payment_state *s, const pay_entry *e)
 
 static ch_status revert_refund(payment_state *s, const pay_entry *e)
 {
-    pay_payment *p = map_find(&s->payments, e->order_id);
+    pay_payment *p = strmap_get(&s->payments, e->order_id);
     pay_customer *c;
 
     if (!p)
         return CH_NOT_FOUND;
     if (p->status != PAY_REFUNDED || p->amount_cents != e->amount_cents)
         return CH_FAILED_PRECONDITION;
-    c = map_find(&s->customers, p->customer_id);
+    c = strmap_get(&s->customers, p->customer_id);
     if (!c)
         return CH_INTERNAL;
     if (c->acct.balance_cents < p->amount_cents || c->acct.refunded_cents < p->amount_cents)
@@ -705,7 +607,7 @@ ch_status payment_list(const payment_state *s, const char *page_token, const cha
             snprintf(next_token, PAY_TOKEN_MAX, "p%zu", pos);
         return CH_OK;
     }
-    const pay_customer *c = map_find(&s->customers, customer_id);
+    const pay_customer *c = strmap_get(&s->customers, customer_id);
     if (!c)
         return CH_OK;
     /* k: how many of the customer's payments lie before pos (binary search) */
