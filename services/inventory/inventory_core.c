@@ -6,15 +6,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "strmap.h"
 #include "utf8.h"
 
 struct inv_store {
     inv_stock **skus; /* sorted by sku in byte order (strcmp) */
     size_t n_skus, cap_skus;
-    inv_reservation **res; /* open addressing by order id; cap is a power of two */
-    size_t res_cap, res_used;
-    char **keys; /* "<sku>\x1f<key>" of applied AdjustStocks; open addressing, cap a power of two */
-    size_t keys_cap, keys_used;
+    strmap res;  /* order id -> inv_reservation (keyed by its order_id) */
+    strmap keys; /* "<sku>\x1f<key>" of applied AdjustStocks -> the same malloc'd string */
 };
 
 /* ---- helpers ---- */
@@ -112,81 +111,9 @@ static ch_status stock_insert(inv_store *s, const char *sku, inv_stock **out)
 
 /* ---- the store: reservations ---- */
 
-static uint64_t id_hash(const char *id)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
-        h ^= *p;
-        h *= 0x100000001b3ULL;
-    }
-    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
-    return h ^ (h >> 31);
-}
-
-/* The slot of order_id's reservation, or SIZE_MAX. */
-static size_t res_slot(const inv_store *s, const char *order_id)
-{
-    if (s->res_cap == 0)
-        return SIZE_MAX;
-    for (size_t i = id_hash(order_id) & (s->res_cap - 1);; i = (i + 1) & (s->res_cap - 1)) {
-        if (!s->res[i])
-            return SIZE_MAX;
-        if (strcmp(s->res[i]->order_id, order_id) == 0)
-            return i;
-    }
-}
-
 static inv_reservation *res_find(const inv_store *s, const char *order_id)
 {
-    size_t i = res_slot(s, order_id);
-    return i == SIZE_MAX ? NULL : s->res[i];
-}
-
-/* Empties slot i (the caller keeps or frees its record) by backward-shift
- * deletion: each later record of the probe run whose home slot does not lie
- * in (hole, its slot] moves into the hole, so every lookup that passed slot i
- * before still reaches its record without a tombstone. */
-static void res_remove_at(inv_store *s, size_t i)
-{
-    size_t mask = s->res_cap - 1;
-
-    s->res[i] = NULL;
-    for (size_t j = (i + 1) & mask; s->res[j]; j = (j + 1) & mask) {
-        size_t home = id_hash(s->res[j]->order_id) & mask;
-        if (((i - home) & mask) < ((j - home) & mask)) { /* the hole lies in [home, j) */
-            s->res[i] = s->res[j];
-            s->res[j] = NULL;
-            i = j;
-        }
-    }
-    s->res_used--;
-}
-
-static void res_put(inv_reservation **slots, size_t cap, inv_reservation *r)
-{
-    size_t i = id_hash(r->order_id) & (cap - 1);
-    while (slots[i])
-        i = (i + 1) & (cap - 1);
-    slots[i] = r;
-}
-
-/* Makes room for one more reservation, so the insert after cannot fail. */
-static ch_status res_reserve_slot(inv_store *s)
-{
-    if ((s->res_used + 1) * 4 <= s->res_cap * 3)
-        return CH_OK;
-    size_t cap = s->res_cap ? s->res_cap * 2 : 256;
-    inv_reservation **slots = calloc(cap, sizeof *slots);
-    if (!slots)
-        return CH_NO_MEMORY;
-    for (size_t i = 0; i < s->res_cap; i++)
-        if (s->res[i])
-            res_put(slots, cap, s->res[i]);
-    free(s->res);
-    s->res = slots;
-    s->res_cap = cap;
-    return CH_OK;
+    return strmap_get(&s->res, order_id);
 }
 
 /* ---- the store: AdjustStock idempotency keys ---- */
@@ -205,50 +132,12 @@ static char *adjust_key_join(const char *sku, const char *key)
     return k;
 }
 
-static bool keys_find(const inv_store *s, const char *k)
-{
-    if (s->keys_cap == 0)
-        return false;
-    for (size_t i = id_hash(k) & (s->keys_cap - 1);; i = (i + 1) & (s->keys_cap - 1)) {
-        if (!s->keys[i])
-            return false;
-        if (strcmp(s->keys[i], k) == 0)
-            return true;
-    }
-}
-
-static void keys_put(char **slots, size_t cap, char *k)
-{
-    size_t i = id_hash(k) & (cap - 1);
-    while (slots[i])
-        i = (i + 1) & (cap - 1);
-    slots[i] = k;
-}
-
-/* Makes room for one more key, so the insert after cannot fail. */
-static ch_status keys_reserve_slot(inv_store *s)
-{
-    if ((s->keys_used + 1) * 4 <= s->keys_cap * 3)
-        return CH_OK;
-    size_t cap = s->keys_cap ? s->keys_cap * 2 : 64;
-    char **slots = calloc(cap, sizeof *slots);
-    if (!slots)
-        return CH_NO_MEMORY;
-    for (size_t i = 0; i < s->keys_cap; i++)
-        if (s->keys[i])
-            keys_put(slots, cap, s->keys[i]);
-    free(s->keys);
-    s->keys = slots;
-    s->keys_cap = cap;
-    return CH_OK;
-}
-
 bool inv_store_adjust_key_known(const inv_store *s, const char *sku, const char *key)
 {
     if (!sku || !key || !key[0])
         return false;
     char *k = adjust_key_join(sku, key);
-    bool known = k && keys_find(s, k);
+    bool known = k && strmap_get(&s->keys, k);
     free(k);
     return known;
 }
@@ -279,12 +168,12 @@ void inv_store_destroy(inv_store *s)
     for (size_t i = 0; i < s->n_skus; i++)
         free(s->skus[i]);
     free(s->skus);
-    for (size_t i = 0; i < s->res_cap; i++)
-        res_free(s->res[i]);
-    free(s->res);
-    for (size_t i = 0; i < s->keys_cap; i++)
-        free(s->keys[i]);
-    free(s->keys);
+    for (size_t i = 0; i < s->res.cap; i++)
+        res_free(s->res.slots[i].val);
+    strmap_free(&s->res);
+    for (size_t i = 0; i < s->keys.cap; i++)
+        free(s->keys.slots[i].val);
+    strmap_free(&s->keys);
     free(s);
 }
 
@@ -305,7 +194,7 @@ size_t inv_store_sku_count(const inv_store *s)
 
 size_t inv_store_reservation_count(const inv_store *s)
 {
-    return s->res_used;
+    return s->res.used;
 }
 
 /* ---- paging ---- */
@@ -665,7 +554,7 @@ static ch_status apply_stock(inv_store *s, const inv_entry *e, bool *changed)
         return CH_FAILED_PRECONDITION;
     if (e->kind == INV_ENTRY_STOCK_ADJUSTED && e->idempotency_key && e->idempotency_key[0]) {
         /* Room first, so that nothing after can fail half-way. */
-        if (keys_reserve_slot(s) != CH_OK || !(key = adjust_key_join(e->sku, e->idempotency_key)))
+        if (strmap_reserve(&s->keys) != CH_OK || !(key = adjust_key_join(e->sku, e->idempotency_key)))
             return CH_NO_MEMORY;
     }
     if (!st) {
@@ -677,8 +566,7 @@ static ch_status apply_stock(inv_store *s, const inv_entry *e, bool *changed)
         *changed = true;
     }
     if (key) {
-        keys_put(s->keys, s->keys_cap, key);
-        s->keys_used++;
+        strmap_put(&s->keys, key, key);
     }
     if (delta != 0)
         *changed = true;
@@ -731,7 +619,7 @@ static ch_status apply_reserved(inv_store *s, const inv_entry *e, bool *changed)
             return CH_FAILED_PRECONDITION;
         units += l->quantity;
     }
-    if (res_reserve_slot(s) != CH_OK)
+    if (strmap_reserve(&s->res) != CH_OK)
         return CH_NO_MEMORY;
     inv_reservation *r = res_new(e, INV_RES_RESERVED);
     inv_line *lines = malloc(e->n_lines * sizeof *lines);
@@ -750,8 +638,7 @@ static ch_status apply_reserved(inv_store *s, const inv_entry *e, bool *changed)
         stocks[k]->available -= lines[k].quantity;
         stocks[k]->reserved += lines[k].quantity;
     }
-    res_put(s->res, s->res_cap, r);
-    s->res_used++;
+    strmap_put(&s->res, r->order_id, r);
     *changed = true;
     return CH_OK;
 }
@@ -762,7 +649,7 @@ static ch_status apply_rejected(inv_store *s, const inv_entry *e, bool *changed)
         return CH_INVALID_ARGUMENT;
     if (res_find(s, e->order_id))
         return CH_OK;
-    if (res_reserve_slot(s) != CH_OK)
+    if (strmap_reserve(&s->res) != CH_OK)
         return CH_NO_MEMORY;
     inv_reservation *r = res_new(e, INV_RES_REJECTED);
     char *sku = strdup(e->sku);
@@ -774,8 +661,7 @@ static ch_status apply_rejected(inv_store *s, const inv_entry *e, bool *changed)
     r->short_sku = sku;
     r->requested = e->requested;
     r->available = e->available;
-    res_put(s->res, s->res_cap, r);
-    s->res_used++;
+    strmap_put(&s->res, r->order_id, r);
     *changed = true;
     return CH_OK;
 }
@@ -902,10 +788,8 @@ static bool res_made_by(const inv_reservation *r, const inv_entry *e)
     return true;
 }
 
-static ch_status revert_reserved(inv_store *s, size_t slot, const inv_entry *e)
+static ch_status revert_reserved(inv_store *s, inv_reservation *r, const inv_entry *e)
 {
-    inv_reservation *r = s->res[slot];
-
     if (!e->customer_id || !e->lines)
         return CH_INVALID_ARGUMENT;
     if (r->status != INV_RES_RESERVED || !res_made_by(r, e))
@@ -913,21 +797,19 @@ static ch_status revert_reserved(inv_store *s, size_t slot, const inv_entry *e)
     ch_status st = move_lines(s, r, COUNT_RESERVED, COUNT_AVAILABLE);
     if (st != CH_OK)
         return st;
-    res_remove_at(s, slot);
+    strmap_remove(&s->res, r->order_id);
     res_free(r);
     return CH_OK;
 }
 
-static ch_status revert_rejected(inv_store *s, size_t slot, const inv_entry *e)
+static ch_status revert_rejected(inv_store *s, inv_reservation *r, const inv_entry *e)
 {
-    inv_reservation *r = s->res[slot];
-
     if (!e->sku)
         return CH_INVALID_ARGUMENT;
     if (r->status != INV_RES_REJECTED || !r->short_sku || strcmp(r->short_sku, e->sku) != 0 ||
         r->requested != e->requested || r->available != e->available || !same_text(r->reason, e->reason))
         return CH_FAILED_PRECONDITION;
-    res_remove_at(s, slot);
+    strmap_remove(&s->res, r->order_id);
     res_free(r);
     return CH_OK;
 }
@@ -972,13 +854,13 @@ ch_status inv_revert(inv_store *s, const inv_entry *e)
     }
     if (!e->order_id)
         return CH_INVALID_ARGUMENT;
-    size_t slot = res_slot(s, e->order_id);
-    if (slot == SIZE_MAX)
+    inv_reservation *r = res_find(s, e->order_id);
+    if (!r)
         return CH_NOT_FOUND;
     switch (e->kind) {
-    case INV_ENTRY_RESERVED: return revert_reserved(s, slot, e);
-    case INV_ENTRY_REJECTED: return revert_rejected(s, slot, e);
-    case INV_ENTRY_COMMITTED: return revert_committed(s, s->res[slot]);
-    default: return revert_released(s, s->res[slot], e);
+    case INV_ENTRY_RESERVED: return revert_reserved(s, r, e);
+    case INV_ENTRY_REJECTED: return revert_rejected(s, r, e);
+    case INV_ENTRY_COMMITTED: return revert_committed(s, r);
+    default: return revert_released(s, r, e);
     }
 }
