@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "strmap.h"
 #include "utf8.h"
 
 #define NOTIF_TOKEN_PREFIX "n-"
@@ -180,80 +181,34 @@ ch_status notif_validate_list(const char *customer_id, const char *order_id, uin
 
 /* Seqs of the notifications of one key (a customer or an order), ascending. */
 typedef struct notif_index_entry {
-    char *key; /* NULL: empty slot */
     uint64_t *seqs;
     size_t n, cap;
+    char key[]; /* the strmap key */
 } notif_index_entry;
-
-/* Open addressing, linear probing, power-of-two size; never shrinks. */
-typedef struct notif_index {
-    notif_index_entry *slots;
-    size_t size, used;
-} notif_index;
 
 struct notif_store {
     notification *items; /* items[seq - 1] */
     size_t n, cap;
-    notif_index by_customer;
-    notif_index by_order;
+    strmap by_customer; /* customer id -> notif_index_entry */
+    strmap by_order;    /* order id -> notif_index_entry */
 };
 
-static uint64_t hash_str(const char *s)
+static const notif_index_entry *index_get(const strmap *ix, const char *key)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
-static notif_index_entry *index_slot(const notif_index *ix, const char *key)
-{
-    if (ix->size == 0)
-        return NULL;
-    size_t mask = ix->size - 1;
-    for (size_t i = hash_str(key) & mask;; i = (i + 1) & mask) {
-        notif_index_entry *e = &ix->slots[i];
-        if (!e->key || strcmp(e->key, key) == 0)
-            return e;
-    }
-}
-
-static const notif_index_entry *index_get(const notif_index *ix, const char *key)
-{
-    const notif_index_entry *e = index_slot(ix, key);
-    return e && e->key ? e : NULL;
-}
-
-static ch_status index_grow(notif_index *ix)
-{
-    size_t size = ix->size ? ix->size * 2 : 64;
-    notif_index grown = {calloc(size, sizeof *grown.slots), size, ix->used};
-
-    if (!grown.slots)
-        return CH_NO_MEMORY;
-    for (size_t i = 0; i < ix->size; i++)
-        if (ix->slots[i].key)
-            *index_slot(&grown, ix->slots[i].key) = ix->slots[i];
-    free(ix->slots);
-    *ix = grown;
-    return CH_OK;
+    return strmap_get(ix, key);
 }
 
 /* Makes room for one more seq under key (creating the key), so that the
  * append after it cannot fail. */
-static ch_status index_reserve(notif_index *ix, const char *key, notif_index_entry **out)
+static ch_status index_reserve(strmap *ix, const char *key, notif_index_entry **out)
 {
-    if ((ix->used + 1) * 2 > ix->size && index_grow(ix) != CH_OK)
-        return CH_NO_MEMORY;
-    notif_index_entry *e = index_slot(ix, key);
-    if (!e->key) {
-        char *k = strdup(key);
-        if (!k)
+    notif_index_entry *e = strmap_get(ix, key);
+    if (!e) {
+        size_t len = strlen(key);
+        if (strmap_reserve(ix) != CH_OK || !(e = calloc(1, sizeof *e + len + 1)))
             return CH_NO_MEMORY;
-        e->key = k;
-        ix->used++;
+        memcpy(e->key, key, len + 1);
+        strmap_put(ix, e->key, e);
     }
     if (e->n == e->cap) {
         size_t cap = e->cap ? e->cap * 2 : 4;
@@ -267,13 +222,16 @@ static ch_status index_reserve(notif_index *ix, const char *key, notif_index_ent
     return CH_OK;
 }
 
-static void index_free(notif_index *ix)
+static void index_free(strmap *ix)
 {
-    for (size_t i = 0; i < ix->size; i++) {
-        free(ix->slots[i].key);
-        free(ix->slots[i].seqs);
+    for (size_t i = 0; i < ix->cap; i++) {
+        notif_index_entry *e = ix->slots[i].val;
+        if (e) {
+            free(e->seqs);
+            free(e);
+        }
     }
-    free(ix->slots);
+    strmap_free(ix);
 }
 
 ch_status notif_store_create(notif_store **out)
