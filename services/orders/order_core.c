@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "strmap.h"
 #include "utf8.h"
 
 /* ---- validation ---- */
@@ -127,6 +128,7 @@ void order_clear(order *o)
     free(o->items);
     free(o->reason);
     free(o->idempotency_key);
+    free(o->key_index);
     memset(o, 0, sizeof *o);
 }
 
@@ -142,10 +144,24 @@ static ch_status set_reason(order *o, const char *reason)
     return CH_OK;
 }
 
+/* customer "\x1f" key (neither holds control characters): the by-key index
+ * key; NULL when out of memory. */
+static char *key_index_join(const char *customer, const char *key)
+{
+    size_t a = strnlen(customer, ORDER_CUSTOMER_MAX), b = strlen(key);
+    char *k = malloc(a + b + 2);
+    if (!k)
+        return NULL;
+    memcpy(k, customer, a);
+    k[a] = '\x1f';
+    memcpy(k + a + 1, key, b + 1);
+    return k;
+}
+
 static ch_status apply_created(order *o, const order_event *e)
 {
     order_item *items = NULL;
-    char *key = NULL;
+    char *key = NULL, *key_index = NULL;
 
     if (e->n_items == 0 || e->n_items > ORDER_ITEMS_MAX || !e->customer_id)
         return CH_INVALID_ARGUMENT;
@@ -154,8 +170,10 @@ static ch_status apply_created(order *o, const order_event *e)
         return CH_NO_MEMORY;
     if (e->idempotency_key && e->idempotency_key[0]) {
         key = strndup(e->idempotency_key, ORDER_IDEMPOTENCY_KEY_MAX);
-        if (!key) {
+        key_index = key ? key_index_join(e->customer_id, key) : NULL;
+        if (!key_index) {
             free(items);
+            free(key);
             return CH_NO_MEMORY;
         }
     }
@@ -166,6 +184,7 @@ static ch_status apply_created(order *o, const order_event *e)
     o->n_items = (uint32_t)e->n_items;
     o->total_cents = order_total(items, e->n_items);
     o->idempotency_key = key;
+    o->key_index = key_index;
     o->status = ORDER_PENDING;
     o->created_ms = e->time_ms;
     return CH_OK;
@@ -330,104 +349,12 @@ ch_status order_apply(order *o, const order_event *e, bool *changed)
 
 /* ---- the store ---- */
 
-/* Open-addressing table of order pointers keyed by a string the order holds. */
-typedef struct order_index {
-    order **slots;
-    size_t cap; /* power of two */
-    size_t used;
-} order_index;
-
 struct order_store {
-    order_index by_id;
-    order_index by_key;
-    order **all; /* creation order */
+    strmap by_id;  /* id -> order */
+    strmap by_key; /* key_index -> order, for the orders created with an idempotency key */
+    order **all;   /* creation order */
     size_t n, cap;
 };
-
-static uint64_t hash_bytes(uint64_t h, const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
-
-static uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-/* Keys of by_key are customer + '\x1f' + idempotency key. */
-static uint64_t key_hash(const char *customer, const char *key)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    h = hash_bytes(h, customer, strlen(customer));
-    h = hash_bytes(h, "\x1f", 1);
-    h = hash_bytes(h, key, strlen(key));
-    return mix64(h);
-}
-
-static uint64_t id_hash(const char *id)
-{
-    return mix64(hash_bytes(0xcbf29ce484222325ULL, id, strlen(id)));
-}
-
-static bool slot_matches(const order *o, bool by_key, const char *a, const char *b)
-{
-    if (by_key)
-        return strcmp(o->customer_id, a) == 0 && strcmp(o->idempotency_key, b) == 0;
-    return strcmp(o->id, a) == 0;
-}
-
-static order *index_find(const order_index *ix, bool by_key, const char *a, const char *b)
-{
-    if (ix->cap == 0)
-        return NULL;
-    uint64_t h = by_key ? key_hash(a, b) : id_hash(a);
-    for (size_t i = h & (ix->cap - 1);; i = (i + 1) & (ix->cap - 1)) {
-        order *o = ix->slots[i];
-        if (!o)
-            return NULL;
-        if (slot_matches(o, by_key, a, b))
-            return o;
-    }
-}
-
-static ch_status index_put(order_index *ix, bool by_key, order *o);
-
-static ch_status index_grow(order_index *ix, bool by_key)
-{
-    order_index bigger = {0};
-    bigger.cap = ix->cap ? ix->cap * 2 : 64;
-    bigger.slots = calloc(bigger.cap, sizeof *bigger.slots);
-    if (!bigger.slots)
-        return CH_NO_MEMORY;
-    for (size_t i = 0; i < ix->cap; i++)
-        if (ix->slots[i])
-            index_put(&bigger, by_key, ix->slots[i]);
-    free(ix->slots);
-    *ix = bigger;
-    return CH_OK;
-}
-
-static ch_status index_put(order_index *ix, bool by_key, order *o)
-{
-    if ((ix->used + 1) * 4 > ix->cap * 3) {
-        ch_status st = index_grow(ix, by_key);
-        if (st != CH_OK)
-            return st;
-    }
-    uint64_t h = by_key ? key_hash(o->customer_id, o->idempotency_key) : id_hash(o->id);
-    size_t i = h & (ix->cap - 1);
-    while (ix->slots[i])
-        i = (i + 1) & (ix->cap - 1);
-    ix->slots[i] = o;
-    ix->used++;
-    return CH_OK;
-}
 
 ch_status order_store_create(order_store **out)
 {
@@ -447,19 +374,27 @@ void order_store_destroy(order_store *s)
         free(s->all[i]);
     }
     free(s->all);
-    free(s->by_id.slots);
-    free(s->by_key.slots);
+    strmap_free(&s->by_id);
+    strmap_free(&s->by_key);
     free(s);
 }
 
 const order *order_store_get(const order_store *s, const char *id)
 {
-    return index_find(&s->by_id, false, id, NULL);
+    return strmap_get(&s->by_id, id);
 }
 
 const order *order_store_by_key(const order_store *s, const char *customer_id, const char *key)
 {
-    return index_find(&s->by_key, true, customer_id, key);
+    char k[ORDER_CUSTOMER_MAX + ORDER_IDEMPOTENCY_KEY_MAX + 2];
+    size_t a = strlen(customer_id), b = strlen(key);
+
+    if (a > ORDER_CUSTOMER_MAX || b > ORDER_IDEMPOTENCY_KEY_MAX)
+        return NULL; /* no order holds a key that long */
+    memcpy(k, customer_id, a);
+    k[a] = '\x1f';
+    memcpy(k + a + 1, key, b + 1);
+    return strmap_get(&s->by_key, k);
 }
 
 size_t order_store_count(const order_store *s)
@@ -480,15 +415,14 @@ static ch_status store_insert(order_store *s, order *o)
         s->all = all;
         s->cap = cap;
     }
-    /* Grow both tables first so the puts below cannot fail half-way. */
-    if ((s->by_id.used + 1) * 4 > s->by_id.cap * 3 && (st = index_grow(&s->by_id, false)) != CH_OK)
+    /* Room in both tables first so the puts below cannot fail half-way. */
+    if ((st = strmap_reserve(&s->by_id)) != CH_OK)
         return st;
-    if (o->idempotency_key && (s->by_key.used + 1) * 4 > s->by_key.cap * 3 &&
-        (st = index_grow(&s->by_key, true)) != CH_OK)
+    if (o->key_index && (st = strmap_reserve(&s->by_key)) != CH_OK)
         return st;
-    index_put(&s->by_id, false, o);
-    if (o->idempotency_key)
-        index_put(&s->by_key, true, o);
+    strmap_put(&s->by_id, o->id, o);
+    if (o->key_index)
+        strmap_put(&s->by_key, o->key_index, o);
     o->list_pos = s->n;
     s->all[s->n++] = o;
     return CH_OK;
@@ -496,7 +430,7 @@ static ch_status store_insert(order_store *s, order *o)
 
 ch_status order_store_apply(order_store *s, const order_event *e, const order **out, bool *changed)
 {
-    order *o = index_find(&s->by_id, false, e->order_id ? e->order_id : "", NULL);
+    order *o = strmap_get(&s->by_id, e->order_id ? e->order_id : "");
     ch_status st;
 
     *changed = false;
@@ -557,6 +491,29 @@ ch_status order_store_list(const order_store *s, const char *page_token, const c
     if (pos > 0 && *n == cap)
         snprintf(next_token, 32, "p%zu", pos);
     return CH_OK;
+}
+
+static uint64_t hash_bytes(uint64_t h, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+/* FNV-1a of customer "\x1f" key with a 64-bit finaliser. It makes the order
+ * ids of idempotent creates: it must never change, or a retry after an
+ * upgrade would get a new id. */
+static uint64_t key_hash(const char *customer, const char *key)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    h = hash_bytes(h, customer, strlen(customer));
+    h = hash_bytes(h, "\x1f", 1);
+    h = hash_bytes(h, key, strlen(key));
+    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
+    return h ^ (h >> 31);
 }
 
 void order_id_from_key(char out[ORDER_ID_MAX + 1], const char *customer_id, const char *key)

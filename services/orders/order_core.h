@@ -61,6 +61,7 @@ typedef struct order {
     order_status status;
     char *reason;          /* NULL when none */
     char *idempotency_key; /* NULL when none */
+    char *key_index;       /* customer_id "\x1f" idempotency_key, the store's index key; NULL when none */
     uint64_t version;      /* events applied */
     int64_t created_ms;
     int64_t updated_ms;
