@@ -251,22 +251,27 @@ static ch_status add_extension(desc_index *ix, size_t file, const char *scope, c
     return CH_OK;
 }
 
-static ch_status index_enum(desc_index *ix, size_t file, const char *scope, const unsigned char *msg,
-                            size_t len)
+/* Indexes an enum or a service and its children (field 2 of both: enum
+ * values, methods). Enum values are siblings of their enum, as in C++;
+ * methods live inside their service. */
+static ch_status index_with_children(desc_index *ix, size_t file, desc_kind kind, const char *scope,
+                                     const unsigned char *msg, size_t len)
 {
     pb_reader r = {msg, msg + len};
     pb_field f;
+    const char *full;
     ch_status st;
 
-    if ((st = add_symbol(ix, file, DESC_ENUM, scope, msg, len, NULL)) != CH_OK)
+    if ((st = add_symbol(ix, file, kind, scope, msg, len, &full)) != CH_OK)
         return st;
     while (rd_field(&r, &f) == 1) {
         if (f.num != 2 || f.wt != WT_LEN)
             continue;
         if (!msg_well_formed(f.data, f.len))
             return CH_INVALID_ARGUMENT;
-        /* Enum values are siblings of their enum, as in C++. */
-        if ((st = add_symbol(ix, file, DESC_ENUM_VALUE, scope, f.data, f.len, NULL)) != CH_OK)
+        st = kind == DESC_ENUM ? add_symbol(ix, file, DESC_ENUM_VALUE, scope, f.data, f.len, NULL)
+                               : add_symbol(ix, file, DESC_METHOD, full, f.data, f.len, NULL);
+        if (st != CH_OK)
             return st;
     }
     return CH_OK;
@@ -294,33 +299,12 @@ static ch_status index_message(desc_index *ix, size_t file, const char *scope, c
         switch (f.num) {
         case 2: st = add_symbol(ix, file, DESC_FIELD, full, f.data, f.len, NULL); break;
         case 3: st = index_message(ix, file, full, f.data, f.len, depth + 1); break;
-        case 4: st = index_enum(ix, file, full, f.data, f.len); break;
+        case 4: st = index_with_children(ix, file, DESC_ENUM, full, f.data, f.len); break;
         case 6: st = add_extension(ix, file, full, f.data, f.len); break;
         case 8: st = add_symbol(ix, file, DESC_ONEOF, full, f.data, f.len, NULL); break;
         }
     }
     return st;
-}
-
-static ch_status index_service(desc_index *ix, size_t file, const char *scope, const unsigned char *msg,
-                               size_t len)
-{
-    pb_reader r = {msg, msg + len};
-    pb_field f;
-    const char *full;
-    ch_status st;
-
-    if ((st = add_symbol(ix, file, DESC_SERVICE, scope, msg, len, &full)) != CH_OK)
-        return st;
-    while (rd_field(&r, &f) == 1) {
-        if (f.num != 2 || f.wt != WT_LEN)
-            continue;
-        if (!msg_well_formed(f.data, f.len))
-            return CH_INVALID_ARGUMENT;
-        if ((st = add_symbol(ix, file, DESC_METHOD, full, f.data, f.len, NULL)) != CH_OK)
-            return st;
-    }
-    return CH_OK;
 }
 
 /* One FileDescriptorProto: name, dependencies, then its declarations. */
@@ -381,8 +365,8 @@ static ch_status index_file(desc_index *ix, size_t file, const unsigned char *ms
         }
         switch (f.num) {
         case 4: st = index_message(ix, file, package, f.data, f.len, 1); break;
-        case 5: st = index_enum(ix, file, package, f.data, f.len); break;
-        case 6: st = index_service(ix, file, package, f.data, f.len); break;
+        case 5: st = index_with_children(ix, file, DESC_ENUM, package, f.data, f.len); break;
+        case 6: st = index_with_children(ix, file, DESC_SERVICE, package, f.data, f.len); break;
         case 7: st = add_extension(ix, file, package, f.data, f.len); break;
         }
     }
