@@ -329,18 +329,24 @@ static void call_free(rpc_call *c)
     free(c);
 }
 
-/* Unlinks a finished call from the live list, frees it, then drops the live
- * count (last, so shutdown cannot run ahead of grpc_call_unref). */
-static void call_release(rpc_call *c)
+/* Takes c out of s's list of live calls; the caller holds s->mu. */
+static void call_unlink_locked(rpc_server *s, rpc_call *c)
 {
-    rpc_server *s = c->s;
-    pthread_mutex_lock(&s->mu);
     if (c->prev)
         c->prev->next = c->next;
     else
         s->calls = c->next;
     if (c->next)
         c->next->prev = c->prev;
+}
+
+/* Unlinks a finished call from the live list, frees it, then drops the live
+ * count (last, so shutdown cannot run ahead of grpc_call_unref). */
+static void call_release(rpc_call *c)
+{
+    rpc_server *s = c->s;
+    pthread_mutex_lock(&s->mu);
+    call_unlink_locked(s, c);
     pthread_mutex_unlock(&s->mu);
     call_free(c);
     live_add(s, -1);
@@ -1181,12 +1187,7 @@ static void calls_abandon_locked(rpc_server *s)
         pthread_mutex_lock(&c->mu);
         if (c->close_done && !c->replied) {
             c->abandoned = true;
-            if (c->prev)
-                c->prev->next = c->next;
-            else
-                s->calls = c->next;
-            if (c->next)
-                c->next->prev = c->prev;
+            call_unlink_locked(s, c);
             grpc_call_unref(c->call);
             c->call = NULL;
             c->s = NULL;
