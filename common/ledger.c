@@ -291,10 +291,13 @@ ch_status ledger_decide_batch(ledger *l, size_t n, ledger_decide_fn decide, void
     int attempts = 0;
     bool caught_up = false;
 
-    if (n > LEDGER_MAX_BATCH || !l->revert)
-        return CH_INVALID_ARGUMENT;
-    if (batch_room(l) != CH_OK)
-        return CH_NO_MEMORY;
+    ch_status bst = n > LEDGER_MAX_BATCH || !l->revert ? CH_INVALID_ARGUMENT : batch_room(l);
+    if (bst != CH_OK) {
+        /* Nothing decided: every item is to be tried again, none is at fault. */
+        for (size_t i = 0; i < n && i < LEDGER_MAX_BATCH; i++)
+            item_status[i] = bst == CH_NO_MEMORY ? CH_NO_MEMORY : CH_INTERNAL;
+        return bst;
+    }
     memset(l->pending, ITEM_PENDING, n);
     while (left > 0) {
         size_t len = 0, nframes = 0, waiting = 0;

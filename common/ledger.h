@@ -97,7 +97,10 @@ typedef ch_status (*ledger_decide_fn)(size_t i, void *ctx, uint8_t *buf, size_t 
  * after a catch-up. item_status[i] gets each item's outcome: CH_OK once its
  * decision is stored (or was before), the decide error, or the append error
  * (CH_CONFLICT, CH_UNAVAILABLE, CH_TIMEOUT) with the state left as it was.
- * Returns CH_NO_MEMORY, or CH_OK. Caller holds the state lock. */
+ * Returns CH_OK; or, when nothing could be decided, CH_INVALID_ARGUMENT (n
+ * over LEDGER_MAX_BATCH, no revert in the spec) or CH_NO_MEMORY, with every
+ * item's status CH_INTERNAL or CH_NO_MEMORY (so that a caller retries them).
+ * Caller holds the state lock. */
 ch_status ledger_decide_batch(ledger *l, size_t n, ledger_decide_fn decide, void *ctx, ch_status *item_status,
                               int timeout_ms);
 

@@ -358,18 +358,16 @@ static void flush_batch(bus_staged *items, size_t n, void *ctx)
     inventory_handler *h = ctx;
     inventory_service *svc = h->svc;
     int timeout = svc->cfg ? svc->cfg->publish_timeout_ms : 5000;
-    ch_status st;
 
     pthread_mutex_lock(&svc->mu);
     h->batch = items;
     for (size_t i = 0; i < n; i++)
         h->outcome[i] = INV_NOOP;
-    st = ledger_decide_batch(svc->ledger, n, decide_item, h, h->status, timeout);
+    ledger_decide_batch(svc->ledger, n, decide_item, h, h->status, timeout); /* statuses per item */
     for (size_t i = 0; i < n; i++) {
         bus_staged *it = &items[i];
         bool publish = false;
-        /* a batch that could not be decided at all is retried, never dead-lettered */
-        ch_status ist = st == CH_OK ? h->status[i] : CH_INTERNAL;
+        ch_status ist = h->status[i];
         char why[BUS_REASON_MAX];
 
         /* decoded again for its order id and what its decision implies */

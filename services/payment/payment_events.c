@@ -212,15 +212,13 @@ static void flush_batch(bus_staged *items, size_t n, void *ctx)
 {
     payment_handler *h = ctx;
     payment_service *svc = h->svc;
-    ch_status st;
 
     pthread_mutex_lock(&svc->mu);
     h->batch = items;
     memset(h->again, 0, n * sizeof h->again[0]);
-    st = ledger_decide_batch(svc->ledger, n, decide_item, h, h->status, svc->cfg->publish_timeout_ms);
-    /* a batch that could not be decided at all is retried, never dead-lettered */
-    for (size_t i = 0; i < n; i++)
-        items[i].verdict = settle_item(h, i, st == CH_OK ? h->status[i] : CH_INTERNAL);
+    ledger_decide_batch(svc->ledger, n, decide_item, h, h->status, svc->cfg->publish_timeout_ms);
+    for (size_t i = 0; i < n; i++) /* statuses per item, also when nothing could be decided */
+        items[i].verdict = settle_item(h, i, h->status[i]);
     h->batch = NULL;
     pthread_mutex_unlock(&svc->mu);
 }
