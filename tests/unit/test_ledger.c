@@ -13,6 +13,7 @@
 #include "log.h"
 #include "natsd.h"
 #include "proc.h"
+#include "relay.h"
 
 static natsd *server;
 
@@ -475,6 +476,7 @@ typedef enum dkind {
     D_FAIL,  /* the decision fails with `fail` */
     D_NEEDS, /* CH_NOT_FOUND unless slot src >= need; then as D_ADD */
     D_COPY,  /* add the current value of slot src to slot */
+    D_ONCE,  /* add delta to slot unless the slot holds something: decided before */
 } dkind;
 
 typedef struct ditem {
@@ -511,6 +513,12 @@ static ch_status toy_decide(size_t i, void *ctx, uint8_t *buf, size_t cap, size_
     switch (it->kind) {
     case D_NOOP: return CH_OK;
     case D_FAIL: return it->fail;
+    case D_ONCE:
+        d->seen[i] = t->slot[it->slot];
+        if (t->slot[it->slot] != 0) {
+            return CH_OK;
+        }
+        break;
     case D_NEEDS:
         d->seen[i] = t->slot[it->src];
         if (t->slot[it->src] < it->need) {
@@ -1104,6 +1112,61 @@ static void test_ledger_batch_corrupt_frame_skipped_whole(void)
     tnode_stop(&a);
 }
 
+/* A batch the server stored but whose PubAck never reached the writer (a
+ * relay holds the server's replies past the publish timeout): the writer
+ * undoes the batch and reports a timeout, so the events behind it are
+ * retried. Deciding them again finds the stored batch (compare-and-set
+ * conflict, catch-up) and records nothing twice. */
+static void test_ledger_batch_stored_but_unacknowledged_is_not_decided_twice(void)
+{
+    relay *r = NULL;
+    CU_ASSERT_EQUAL_FATAL(relay_start(&r, natsd_port(server)), CH_OK);
+    tnode a, direct;
+    tnode_start_on(&a, relay_url(r), "LLATE", "llate.ledger", false);
+    tnode_start(&direct, "LLATE", "llate.ledger", false); /* reads the stream while a's replies wait */
+    CU_ASSERT_EQUAL(tnode_append(&a, 2, 7), CH_OK);
+
+    static const ditem items[] = {
+        {.kind = D_ONCE, .slot = 0, .delta = 1},
+        {.kind = D_ONCE, .slot = 1, .delta = 3},
+    };
+    dctx *d = dctx_new(&a.t, items);
+    ch_status status[2];
+    relay_hold_replies(r, 3000); /* past tnode_batch's 2000 ms */
+    CU_ASSERT_EQUAL(tnode_batch(&a, d, 2, status), CH_OK);
+    CU_ASSERT_EQUAL(status[0], CH_TIMEOUT);
+    CU_ASSERT_EQUAL(status[1], CH_TIMEOUT);
+    CU_ASSERT_EQUAL(a.t.slot[0], 0); /* undone... */
+    CU_ASSERT_EQUAL(a.t.slot[1], 0);
+    CU_ASSERT_EQUAL(a.t.reverts, 2);
+    CU_ASSERT_EQUAL(ledger_last_seq(a.l), 1);
+    CU_ASSERT_EQUAL(last_stream_seq(direct.b, "LLATE"), 2); /* ...though the server stored it */
+
+    /* The late replies come through (and are dropped); the same items are
+     * decided again, as their redelivered events would be. */
+    long long held = relay_replied_bytes(r);
+    long long end = test_now_ms() + 10000;
+    while (relay_replied_bytes(r) == held && test_now_ms() < end) {
+        test_sleep_ms(20);
+    }
+    CU_ASSERT_TRUE(relay_replied_bytes(r) > held);
+    CU_ASSERT_EQUAL(tnode_batch(&a, d, 2, status), CH_OK);
+    CU_ASSERT_EQUAL(status[0], CH_OK);
+    CU_ASSERT_EQUAL(status[1], CH_OK);
+    CU_ASSERT_EQUAL(a.t.slot[0], 1); /* once: the stored batch, caught up */
+    CU_ASSERT_EQUAL(a.t.slot[1], 3);
+    CU_ASSERT_EQUAL(a.t.slot[2], 7);
+    CU_ASSERT_EQUAL(d->calls[0], 3); /* timed out; lost the CAS to its own batch; found it decided */
+    CU_ASSERT_EQUAL(d->seen[0], 1);
+    CU_ASSERT_EQUAL(ledger_last_seq(a.l), 2);
+    CU_ASSERT_EQUAL(last_stream_seq(direct.b, "LLATE"), 2); /* nothing stored twice */
+    assert_replay_equals("LLATE", "llate.ledger", &a.t);
+    free(d);
+    tnode_stop(&direct);
+    tnode_stop(&a);
+    relay_destroy(r);
+}
+
 static void test_ledger_batch_without_nats_changes_nothing(void)
 {
     natsd *own = NULL; /* a server of its own: the suite's one stays up */
@@ -1191,6 +1254,8 @@ int main(void)
         {"batch full batches and bad arguments", test_ledger_batch_full_batches},
         {"batch corrupt frame skipped whole", test_ledger_batch_corrupt_frame_skipped_whole},
         {"batch without nats changes nothing", test_ledger_batch_without_nats_changes_nothing},
+        {"batch stored but unacknowledged is not decided twice",
+         test_ledger_batch_stored_but_unacknowledged_is_not_decided_twice},
         {"append fails without server and changes nothing",
          test_ledger_append_fails_without_server_and_changes_nothing},
         {NULL, NULL},
