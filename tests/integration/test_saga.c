@@ -17,6 +17,7 @@
 #include "event_bus.h"
 #include "harness.h"
 #include "order_core.h"
+#include "relay.h"
 #include "saga_client.h"
 
 enum { ORDERS, INVENTORY, PAYMENT, NOTIFICATIONS, NSVC };
@@ -540,6 +541,122 @@ static void test_saga_permanent_failure_is_dead_lettered_after_bounded_deliverie
     free(e);
 }
 
+/* ---- late replies ---- */
+
+#define LATE_ORDERS 40
+
+/* Lines of service s's log that hold needle. */
+static int log_lines_with(const svc_proc *s, const char *needle)
+{
+    FILE *f = fopen(s->log_path, "r");
+    char line[4096];
+    int n = 0;
+
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, needle))
+            n++;
+    fclose(f);
+    return n;
+}
+
+/* Milliseconds until end, 0 once it has passed. */
+static int ms_left(long long end)
+{
+    long long now = test_now_ms();
+    return end > now ? (int)(end - now) : 0;
+}
+
+/* Restarts service s against url; with setting ("K=V") added, or without
+ * the settings added since n_extra. */
+static void svc_move(int s, const char *url, const char *setting, int n_extra)
+{
+    int exit_status;
+
+    CU_ASSERT_EQUAL_FATAL(svc_stop(&svc[s], 10000, &exit_status), CH_OK);
+    snprintf(svc[s].nats_url, sizeof svc[s].nats_url, "%s", url);
+    svc[s].n_extra = n_extra;
+    if (setting)
+        snprintf(svc[s].extra_env[svc[s].n_extra++], sizeof svc[s].extra_env[0], "%s", setting);
+    CU_ASSERT_EQUAL_FATAL(svc_restart(&svc[s], 15000), CH_OK);
+}
+
+/* Inventory and payment reach NATS through relays. The first ledger batch
+ * each writes is stored, but the server's reply is held past their publish
+ * timeout: each undoes the batch and retries its events, and the retry
+ * finds the batch stored. Every saga still ends, and each effect happened
+ * once: stock sold and money charged match the orders exactly. */
+static void test_saga_ledger_write_stored_but_unacknowledged_happens_once(void)
+{
+    relay *late[2] = {NULL, NULL};
+    const int moved[2] = {INVENTORY, PAYMENT};
+    const char *const ledger_subject[2] = {"inventory.ledger", "payment.ledger"};
+    int n_extra[2];
+    char ids[LATE_ORDERS][ORDER_ID_MAX + 1];
+    int64_t qty_sum = 0;
+
+    for (int k = 0; k < 2; k++) {
+        CU_ASSERT_EQUAL_FATAL(relay_start(&late[k], natsd_port(nats)), CH_OK);
+        n_extra[k] = svc[moved[k]].n_extra;
+        svc_move(moved[k], relay_url(late[k]), "CHOREO_PUBLISH_TIMEOUT_MS=500", n_extra[k]);
+    }
+    set_stock("late-sku", 1000);
+    credit("late-cust", 10000000);
+    for (int k = 0; k < 2; k++)
+        relay_hold_replies_after(late[k], ledger_subject[k], 2000); /* past the 500 ms timeout */
+
+    for (int i = 0; i < LATE_ORDERS; i++) {
+        char key[32];
+        uint32_t qty = 1 + (uint32_t)(i % 3);
+        snprintf(key, sizeof key, "late-%d", i);
+        CU_ASSERT_EQUAL_FATAL(place("late-cust", key, "late-sku", qty, 100, ids[i]), CH_OK);
+        qty_sum += qty;
+    }
+    long long end = test_now_ms() + 30000; /* for them all */
+    for (int i = 0; i < LATE_ORDERS; i++)
+        if (!wait_status(ids[i], CONFIRMED, ms_left(end)))
+            CU_FAIL("an order did not end CONFIRMED");
+    for (int k = 0; k < 2; k++) {
+        CU_ASSERT_EQUAL(relay_triggered(late[k]), 1);
+        /* the held batch timed out and its events were retried */
+        if (log_lines_with(&svc[moved[k]], "ledger: TIMEOUT") == 0) {
+            CU_FAIL("no ledger write timed out");
+            svc_dump_log(&svc[moved[k]], 40);
+        }
+    }
+
+    stock st = get_stock("late-sku");
+    end = test_now_ms() + 15000;
+    while (st.reserved != 0 && test_now_ms() < end) {
+        test_sleep_ms(100);
+        st = get_stock("late-sku");
+    }
+    CU_ASSERT_EQUAL(st.sold, qty_sum);
+    CU_ASSERT_EQUAL(st.reserved, 0);
+    CU_ASSERT_EQUAL(st.available, 1000 - qty_sum);
+    account a = get_account("late-cust");
+    CU_ASSERT_EQUAL(a.charged, qty_sum * 100);
+    CU_ASSERT_EQUAL(a.balance, 10000000 - qty_sum * 100);
+    end = test_now_ms() + 10000;
+    for (int i = 0; i < LATE_ORDERS; i++)
+        if (!wait_notifications(ids[i], N_CONFIRMED, 1, ms_left(end)) || notifications_of(ids[i], 0) != 1)
+            CU_FAIL("an order without exactly one notification");
+
+    /* Restarted (straight to NATS again), they fold their ledgers into
+     * the same state: the stored batch counts once there too. */
+    for (int k = 0; k < 2; k++) {
+        svc_move(moved[k], natsd_url(nats), NULL, n_extra[k]);
+        relay_destroy(late[k]);
+    }
+    st = get_stock("late-sku");
+    CU_ASSERT_EQUAL(st.sold, qty_sum);
+    CU_ASSERT_EQUAL(st.available, 1000 - qty_sum);
+    a = get_account("late-cust");
+    CU_ASSERT_EQUAL(a.charged, qty_sum * 100);
+    CU_ASSERT_EQUAL(a.balance, 10000000 - qty_sum * 100);
+}
+
 /* ---- crashes ---- */
 
 #define CRASH_ORDERS    300
@@ -672,6 +789,8 @@ int main(void)
         {"transient failure is retried then succeeds", test_saga_transient_failure_is_retried_then_succeeds},
         {"permanent failure is dead-lettered after bounded deliveries",
          test_saga_permanent_failure_is_dead_lettered_after_bounded_deliveries},
+        {"ledger write stored but unacknowledged happens once",
+         test_saga_ledger_write_stored_but_unacknowledged_happens_once},
         {"survives crashes and conserves", test_saga_survives_crashes_and_conserves},
         {NULL, NULL},
     };

@@ -18,12 +18,15 @@
 
 #define RELAY_MAX_LINKS 8
 #define RELAY_CHUNK     65536
+#define RELAY_PATTERN   64 /* bytes of a trigger pattern, NUL included */
 
 typedef struct relay_link {
     int cfd; /* the client's side */
     int sfd; /* the server's side */
     char *held;
     size_t held_len, held_cap;
+    char tail[RELAY_PATTERN]; /* the client's last bytes, for a pattern split between reads */
+    size_t tail_len;
 } relay_link;
 
 struct relay {
@@ -34,9 +37,12 @@ struct relay {
     pthread_t thread;
     atomic_bool stop;
 
-    pthread_mutex_t mu; /* guards the two fields below */
+    pthread_mutex_t mu; /* guards the fields below */
     long long hold_until_ms;
     long long replied;
+    char pattern[RELAY_PATTERN]; /* "" when no trigger is armed */
+    int hold_after_ms;
+    int triggered;
 
     relay_link links[RELAY_MAX_LINKS]; /* the thread's own */
     int nlinks;
@@ -85,8 +91,40 @@ static void relay_accept(relay *r)
     r->links[r->nlinks++] = (relay_link){.cfd = cfd, .sfd = sfd};
 }
 
+/* Fires the armed trigger if the client's bytes (after what it sent
+ * before) contain its pattern. */
+static void relay_check_trigger(relay *r, relay_link *l, const char *buf, size_t n)
+{
+    pthread_mutex_lock(&r->mu);
+    size_t plen = strlen(r->pattern);
+    if (plen > 0) {
+        char edge[2 * RELAY_PATTERN];
+        size_t head = n < plen ? n : plen;
+        memcpy(edge, l->tail, l->tail_len);
+        memcpy(edge + l->tail_len, buf, head);
+        if (memmem(buf, n, r->pattern, plen) || memmem(edge, l->tail_len + head, r->pattern, plen)) {
+            r->hold_until_ms = test_now_ms() + r->hold_after_ms;
+            r->pattern[0] = '\0';
+            r->triggered++;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    /* keep the stream's last RELAY_PATTERN - 1 bytes */
+    const size_t cap = RELAY_PATTERN - 1;
+    if (n >= cap) {
+        memcpy(l->tail, buf + n - cap, cap);
+        l->tail_len = cap;
+        return;
+    }
+    size_t drop = l->tail_len + n > cap ? l->tail_len + n - cap : 0;
+    memmove(l->tail, l->tail + drop, l->tail_len - drop);
+    l->tail_len -= drop;
+    memcpy(l->tail + l->tail_len, buf, n);
+    l->tail_len += n;
+}
+
 /* Moves what one side has to say; false when that side is gone. */
-static bool link_pump(relay_link *l, bool from_client)
+static bool link_pump(relay *r, relay_link *l, bool from_client)
 {
     char buf[RELAY_CHUNK];
     ssize_t n = read(from_client ? l->cfd : l->sfd, buf, sizeof buf);
@@ -94,6 +132,7 @@ static bool link_pump(relay_link *l, bool from_client)
         return n < 0 && errno == EINTR;
     }
     if (from_client) {
+        relay_check_trigger(r, l, buf, (size_t)n); /* before the server can answer */
         return write_all(l->sfd, buf, (size_t)n);
     }
     if (l->held_len + (size_t)n > l->held_cap) {
@@ -154,8 +193,8 @@ static void *relay_main(void *arg)
         /* Links last to first, so that closing one moves none not yet seen. */
         for (int i = nlinks - 1; i >= 0; i--) {
             short cev = pf[2 + 2 * i].revents, sev = pf[3 + 2 * i].revents;
-            if (((cev & (POLLIN | POLLHUP | POLLERR)) && !link_pump(&r->links[i], true)) ||
-                ((sev & (POLLIN | POLLHUP | POLLERR)) && !link_pump(&r->links[i], false))) {
+            if (((cev & (POLLIN | POLLHUP | POLLERR)) && !link_pump(r, &r->links[i], true)) ||
+                ((sev & (POLLIN | POLLHUP | POLLERR)) && !link_pump(r, &r->links[i], false))) {
                 link_close(r, i);
             }
         }
@@ -215,6 +254,22 @@ void relay_hold_replies(relay *r, int ms)
     pthread_mutex_lock(&r->mu);
     r->hold_until_ms = test_now_ms() + ms;
     pthread_mutex_unlock(&r->mu);
+}
+
+void relay_hold_replies_after(relay *r, const char *pattern, int ms)
+{
+    pthread_mutex_lock(&r->mu);
+    snprintf(r->pattern, sizeof r->pattern, "%s", pattern);
+    r->hold_after_ms = ms;
+    pthread_mutex_unlock(&r->mu);
+}
+
+int relay_triggered(relay *r)
+{
+    pthread_mutex_lock(&r->mu);
+    int n = r->triggered;
+    pthread_mutex_unlock(&r->mu);
+    return n;
 }
 
 long long relay_replied_bytes(relay *r)

@@ -29,6 +29,15 @@ const char *relay_url(const relay *r);
  * (bytes already waiting go with them). */
 void relay_hold_replies(relay *r, int ms);
 
+/* Arms a one-shot trigger: as soon as a client sends bytes that contain
+ * pattern (at most 63 bytes; e.g. the subject of a publish), the server's
+ * bytes are held for ms milliseconds from then on, as relay_hold_replies
+ * does. The reply to that very message is among them. */
+void relay_hold_replies_after(relay *r, const char *pattern, int ms);
+
+/* How many times an armed trigger has fired. */
+int relay_triggered(relay *r);
+
 /* Bytes that went from the server to clients so far. */
 long long relay_replied_bytes(relay *r);
 
