@@ -56,6 +56,33 @@ double bench_cpu_seconds(pid_t pid)
     return (double)(utime + stime) / (double)tck;
 }
 
+long long bench_ctx_switches(pid_t pid)
+{
+    char dir[64], file[96], buf[4096];
+    long long total = 0;
+
+    snprintf(dir, sizeof dir, "/proc/%d/task", (int)pid);
+    DIR *d = pid > 0 ? opendir(dir) : NULL;
+    if (!d)
+        return -1;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(file, sizeof file, "task/%.32s/status", e->d_name);
+        if (bench__read_proc(pid, file, buf, sizeof buf) < 0)
+            continue; /* the thread has just exited */
+        const char *keys[2] = {"\nvoluntary_ctxt_switches:", "\nnonvoluntary_ctxt_switches:"};
+        for (int k = 0; k < 2; k++) {
+            const char *p = strstr(buf, keys[k]);
+            long long n = 0;
+            if (p && sscanf(p + strlen(keys[k]), " %lld", &n) == 1)
+                total += n;
+        }
+    }
+    closedir(d);
+    return total;
+}
+
 long long bench_peak_rss_bytes(pid_t pid)
 {
     char buf[4096];

@@ -1,6 +1,6 @@
-/* bench_sys.h: what the benchmark measures outside its own process: CPU time
- * and peak memory of other processes (from /proc), percentiles of a sample,
- * and the monotonic clock.
+/* bench_sys.h: what the benchmark measures outside its own process: CPU time,
+ * context switches and peak memory of other processes (from /proc),
+ * percentiles of a sample, and the monotonic clock.
  *
  * Ownership: callers own every buffer they pass; nothing here allocates
  * except where stated. Any thread. */
@@ -17,6 +17,11 @@ long long bench_now_ns(void);
 /* User + system CPU time of pid so far, in seconds (clock ticks from
  * /proc/<pid>/stat divided by sysconf(_SC_CLK_TCK)); -1 if unreadable. */
 double bench_cpu_seconds(pid_t pid);
+
+/* Context switches (voluntary + involuntary) of all of pid's threads so
+ * far, summed over /proc/<pid>/task/<tid>/status; -1 if unreadable. Threads
+ * that have exited no longer count. */
+long long bench_ctx_switches(pid_t pid);
 
 /* Peak resident set size of pid (VmHWM in /proc/<pid>/status) in bytes; -1
  * if unreadable (the process has gone). */

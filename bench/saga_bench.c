@@ -765,6 +765,7 @@ static void bench_checks(bench *b)
 typedef struct bench_usage {
     pid_t pid[NSVC + 1]; /* the services, then nats-server */
     double cpu0[NSVC + 1], cpu1[NSVC + 1];
+    long long ctx0[NSVC + 1], ctx1[NSVC + 1]; /* context switches */
     long long rss[NSVC + 1];
 } bench_usage;
 
@@ -934,8 +935,10 @@ static void bench_run(bench *b, bench_usage *u)
     }
     while (b->ready < c)
         pthread_cond_wait(&b->start_cv, &b->mu);
-    for (int k = 0; k <= NSVC; k++)
+    for (int k = 0; k <= NSVC; k++) {
         u->cpu0[k] = bench_cpu_seconds(u->pid[k]);
+        u->ctx0[k] = bench_ctx_switches(u->pid[k]);
+    }
     start = bench_now_ns();
     b->deadline = start + (long long)b->o.timeout_s * 1000000000LL;
     b->go = true;
@@ -1000,6 +1003,7 @@ join:
     bench_wait_quiet(u);
     for (int k = 0; k <= NSVC; k++) {
         u->cpu1[k] = bench_cpu_seconds(u->pid[k]);
+        u->ctx1[k] = bench_ctx_switches(u->pid[k]);
         u->rss[k] = bench_peak_rss_bytes(u->pid[k]);
     }
 }
@@ -1010,7 +1014,7 @@ static void bench_report(bench *b, const bench_usage *u)
     double *lat = calloc((size_t)n, sizeof *lat);
     double wall = b->t_last > b->t_first ? (double)(b->t_last - b->t_first) / 1e9 : 0;
     double rate = wall > 0 ? b->done / wall : 0, per1k[NSVC + 1], svc_total = 0;
-    double p50 = 0, p95 = 0, p99 = 0, pmax = 0, rss_mb[NSVC + 1];
+    double p50 = 0, p95 = 0, p99 = 0, pmax = 0, rss_mb[NSVC + 1], ctxsw[NSVC + 1], svc_ctxsw = 0;
     int want[3] = {0};
 
     double *create = calloc((size_t)n, sizeof *create), c50 = 0, c99 = 0;
@@ -1040,9 +1044,12 @@ static void bench_report(bench *b, const bench_usage *u)
     free(create);
     for (int k = 0; k <= NSVC; k++) {
         per1k[k] = u->cpu0[k] >= 0 && u->cpu1[k] >= 0 ? (u->cpu1[k] - u->cpu0[k]) * 1000.0 / n : 0;
+        ctxsw[k] = u->ctx0[k] >= 0 && u->ctx1[k] >= 0 ? (double)(u->ctx1[k] - u->ctx0[k]) / n : 0;
         rss_mb[k] = u->rss[k] > 0 ? (double)u->rss[k] / (1024.0 * 1024.0) : 0;
-        if (k < NSVC)
+        if (k < NSVC) {
             svc_total += per1k[k];
+            svc_ctxsw += ctxsw[k];
+        }
     }
     for (int i = 0; i < n; i++)
         want[bench_plan_of(i).outcome]++;
@@ -1060,6 +1067,9 @@ static void bench_report(bench *b, const bench_usage *u)
     printf("  cpu s/1k     orders %.3f  inventory %.3f  payment %.3f  notifications %.3f  = services %.3f;"
            "  nats-server %.3f\n",
            per1k[ORDERS], per1k[INVENTORY], per1k[PAYMENT], per1k[NOTIFICATIONS], svc_total, per1k[NSVC]);
+    printf("  ctx sw/order orders %.1f  inventory %.1f  payment %.1f  notifications %.1f  = services %.1f;"
+           "  nats-server %.1f\n",
+           ctxsw[ORDERS], ctxsw[INVENTORY], ctxsw[PAYMENT], ctxsw[NOTIFICATIONS], svc_ctxsw, ctxsw[NSVC]);
     printf("  peak rss MB  orders %.1f  inventory %.1f  payment %.1f  notifications %.1f  nats-server %.1f\n",
            rss_mb[ORDERS], rss_mb[INVENTORY], rss_mb[PAYMENT], rss_mb[NOTIFICATIONS], rss_mb[NSVC]);
     if (b->dup_events)
@@ -1067,16 +1077,19 @@ static void bench_report(bench *b, const bench_usage *u)
                b->dup_events);
     printf("  checks       %s%s\n",
            b->failed[0] ? "FAILED: " : "ok (counts, stock, accounts, notifications, shutdown)", b->failed);
-    printf("bench: mode=%s n=%d c=%d orders_per_s=%.0f p50_ms=%.3f p95_ms=%.3f p99_ms=%.3f cpu_s_per_1k=%.3f "
-           "cpu_s_per_1k_orders=%.3f cpu_s_per_1k_inventory=%.3f cpu_s_per_1k_payment=%.3f "
-           "cpu_s_per_1k_notifications=%.3f cpu_s_per_1k_nats=%.3f rss_mb_orders=%.1f rss_mb_inventory=%.1f "
-           "rss_mb_payment=%.1f rss_mb_notifications=%.1f rss_mb_nats=%.1f create_p50_ms=%.3f "
-           "create_p99_ms=%.3f "
-           "checks=%s%s%s\n",
-           b->o.closed ? "closed" : "open", n, b->o.c, rate, p50, p95, p99, svc_total, per1k[ORDERS],
-           per1k[INVENTORY], per1k[PAYMENT], per1k[NOTIFICATIONS], per1k[NSVC], rss_mb[ORDERS],
-           rss_mb[INVENTORY], rss_mb[PAYMENT], rss_mb[NOTIFICATIONS], rss_mb[NSVC], c50, c99,
-           b->failed[0] ? "failed" : "ok", b->failed[0] ? " failed=" : "", b->failed);
+    printf(
+        "bench: mode=%s n=%d c=%d orders_per_s=%.0f p50_ms=%.3f p95_ms=%.3f p99_ms=%.3f cpu_s_per_1k=%.3f "
+        "cpu_s_per_1k_orders=%.3f cpu_s_per_1k_inventory=%.3f cpu_s_per_1k_payment=%.3f "
+        "cpu_s_per_1k_notifications=%.3f cpu_s_per_1k_nats=%.3f rss_mb_orders=%.1f rss_mb_inventory=%.1f "
+        "rss_mb_payment=%.1f rss_mb_notifications=%.1f rss_mb_nats=%.1f create_p50_ms=%.3f "
+        "create_p99_ms=%.3f ctxsw_per_order=%.1f ctxsw_per_order_orders=%.1f ctxsw_per_order_inventory=%.1f "
+        "ctxsw_per_order_payment=%.1f ctxsw_per_order_notifications=%.1f ctxsw_per_order_nats=%.1f "
+        "checks=%s%s%s\n",
+        b->o.closed ? "closed" : "open", n, b->o.c, rate, p50, p95, p99, svc_total, per1k[ORDERS],
+        per1k[INVENTORY], per1k[PAYMENT], per1k[NOTIFICATIONS], per1k[NSVC], rss_mb[ORDERS],
+        rss_mb[INVENTORY], rss_mb[PAYMENT], rss_mb[NOTIFICATIONS], rss_mb[NSVC], c50, c99, svc_ctxsw,
+        ctxsw[ORDERS], ctxsw[INVENTORY], ctxsw[PAYMENT], ctxsw[NOTIFICATIONS], ctxsw[NSVC],
+        b->failed[0] ? "failed" : "ok", b->failed[0] ? " failed=" : "", b->failed);
     fflush(stdout);
 }
 
