@@ -16,6 +16,7 @@
 #include "grpc/reflection/v1/reflection.pb-c.h"
 #include "harness.h"
 #include "order_core.h"
+#include "relay.h"
 
 #define TRACEPARENT "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -56,10 +57,11 @@ static Choreo__Orders__V1__LineItem line(const char *sku, uint32_t qty, int64_t 
     return li;
 }
 
-/* CreateOrder with one or two items; returns the status and *out (caller frees). */
-static ch_status create(const char *customer, const char *key, Choreo__Orders__V1__LineItem *items, size_t n,
-                        const char *traceparent, Choreo__Orders__V1__CreateOrderResponse **out,
-                        rpc_client_result *res)
+/* CreateOrder with one or two items and a deadline; returns the status and
+ * *out (caller frees). */
+static ch_status create_within(const char *customer, const char *key, Choreo__Orders__V1__LineItem *items,
+                               size_t n, const char *traceparent, int timeout_ms,
+                               Choreo__Orders__V1__CreateOrderResponse **out, rpc_client_result *res)
 {
     Choreo__Orders__V1__CreateOrderRequest req = CHOREO__ORDERS__V1__CREATE_ORDER_REQUEST__INIT;
     Choreo__Orders__V1__LineItem *ptrs[4];
@@ -73,7 +75,14 @@ static ch_status create(const char *customer, const char *key, Choreo__Orders__V
     req.items = ptrs;
     return rpc_client_call(orders.client, "/choreo.orders.v1.Orders/CreateOrder", md, traceparent ? 1 : 0,
                            &req.base, &choreo__orders__v1__create_order_response__descriptor,
-                           (ProtobufCMessage **)out, 5000, res);
+                           (ProtobufCMessage **)out, timeout_ms, res);
+}
+
+static ch_status create(const char *customer, const char *key, Choreo__Orders__V1__LineItem *items, size_t n,
+                        const char *traceparent, Choreo__Orders__V1__CreateOrderResponse **out,
+                        rpc_client_result *res)
+{
+    return create_within(customer, key, items, n, traceparent, 5000, out, res);
 }
 
 static Choreo__Orders__V1__Order *get(const char *id, ch_status *st)
@@ -409,6 +418,49 @@ static void test_orders_state_survives_restart(void)
     protobuf_c_message_free_unpacked(&b->base, NULL);
 }
 
+/* The client gives up while order.created is stored but its PubAck is
+ * late (a relay holds NATS's replies to the service), and retries with the
+ * same idempotency key while the first call still waits: the retry answers
+ * with the same order, and the stream holds one order.created. */
+static void test_orders_retry_after_a_late_reply_creates_one_order(void)
+{
+    Choreo__Orders__V1__LineItem item = line("sku-late", 2, 300);
+    Choreo__Orders__V1__CreateOrderResponse *a = NULL, *b = NULL;
+    rpc_client_result res;
+    char want[ORDER_ID_MAX + 1], direct[sizeof orders.nats_url];
+    relay *r = NULL;
+    int exit_status;
+    found f;
+    ch_status st;
+
+    CU_ASSERT_EQUAL_FATAL(relay_start(&r, natsd_port(nats)), CH_OK);
+    snprintf(direct, sizeof direct, "%s", orders.nats_url);
+    CU_ASSERT_EQUAL_FATAL(svc_stop(&orders, 10000, &exit_status), CH_OK);
+    snprintf(orders.nats_url, sizeof orders.nats_url, "%s", relay_url(r));
+    CU_ASSERT_EQUAL_FATAL(svc_restart(&orders, 15000), CH_OK);
+
+    order_id_from_key(want, "cust-late", "late-key");
+    relay_hold_replies_after(r, "events.order.created", 3000);
+    CU_ASSERT_EQUAL(create_within("cust-late", "late-key", &item, 1, NULL, 1000, &a, &res), CH_TIMEOUT);
+    CU_ASSERT_EQUAL(relay_triggered(r), 1);
+    CU_ASSERT_EQUAL_FATAL(create_within("cust-late", "late-key", &item, 1, NULL, 15000, &b, &res), CH_OK);
+    CU_ASSERT_STRING_EQUAL(b->order->order_id, want);
+    CU_ASSERT_EQUAL(b->order->total_cents, 600);
+    CU_ASSERT_EQUAL(read_created(want, &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 1);
+    Choreo__Orders__V1__Order *o = get(want, &st);
+    CU_ASSERT_EQUAL_FATAL(st, CH_OK);
+    CU_ASSERT_EQUAL(o->version, b->order->version);
+    protobuf_c_message_free_unpacked(&o->base, NULL);
+    protobuf_c_message_free_unpacked(&b->base, NULL);
+
+    CU_ASSERT_EQUAL_FATAL(svc_stop(&orders, 10000, &exit_status), CH_OK);
+    CU_ASSERT_EQUAL(exit_status, 0); /* the abandoned call did not hurt it */
+    snprintf(orders.nats_url, sizeof orders.nats_url, "%s", direct);
+    CU_ASSERT_EQUAL_FATAL(svc_restart(&orders, 15000), CH_OK);
+    relay_destroy(r);
+}
+
 /* ---- SIGTERM while calls are in flight ---- */
 
 /* Each caller uses a fresh idempotency key per call, so the order id of any
@@ -506,6 +558,8 @@ int main(void)
         {"reflection lists and finds symbols", test_orders_reflection_lists_and_finds_symbols},
         {"health follows nats", test_orders_health_follows_nats},
         {"state survives a restart", test_orders_state_survives_restart},
+        {"retry after a late reply creates one order",
+         test_orders_retry_after_a_late_reply_creates_one_order},
         {"SIGTERM drains calls and exits 0", test_orders_sigterm_drains_calls_and_exits_zero},
         {NULL, NULL},
     };
