@@ -180,3 +180,12 @@ void service_shutdown(service_runtime *rt)
     rt->health = NULL;
     bus_library_shutdown();
 }
+
+void service_fail_unconfirmed(rpc_call *call, ch_status st, const char *what, const char *retry)
+{
+    if (st == CH_TIMEOUT)
+        rpc_call_fail(call, CH_TIMEOUT, "%s not confirmed in time: it may have happened; %s", what, retry);
+    else
+        rpc_call_fail(call, CH_UNAVAILABLE, "%s not confirmed: NATS unavailable (%s); %s", what,
+                      ch_status_str(st), retry);
+}

@@ -52,4 +52,14 @@ ch_status service_serve(service_runtime *rt);
 /* Frees the server, bus and health (each may be NULL). */
 void service_shutdown(service_runtime *rt);
 
+/* Answers a call whose write to NATS (an event or a ledger entry) was not
+ * confirmed, with st from the bus, so that the client knows the write may
+ * have happened all the same (NATS may have stored it and its answer was
+ * lost or late): CH_TIMEOUT gives DEADLINE_EXCEEDED, "<what> not confirmed
+ * in time: it may have happened; <retry>"; anything else UNAVAILABLE,
+ * "<what> not confirmed: NATS unavailable (<status>); <retry>". retry says
+ * how to retry safely, e.g. "retry with the same idempotency_key". Any
+ * thread, once per call. */
+void service_fail_unconfirmed(rpc_call *call, ch_status st, const char *what, const char *retry);
+
 #endif

@@ -9,6 +9,7 @@
 #include "choreo/inventory/v1/inventory.pb-c.h"
 #include "inventory.h"
 #include "log.h"
+#include "service.h"
 
 /* ---- stock -> reply ---- */
 
@@ -115,9 +116,12 @@ static void write_stock(rpc_call *call, inventory_service *svc, const char *sku,
         break;
     case CH_TIMEOUT:
     case CH_UNAVAILABLE:
-        log_warn("stock not written", "sku", sku, "status", ch_status_str(st), NULL);
-        rpc_call_fail(call, CH_UNAVAILABLE, "stock ledger unavailable (%s), retry%s", ch_status_str(st),
-                      keyed ? " with the same idempotency_key" : "");
+        log_warn("stock not confirmed", "sku", sku, "status", ch_status_str(st), NULL);
+        service_fail_unconfirmed(
+            call, st, set ? "SetStock" : "AdjustStock",
+            set     ? "retry (it sets an absolute level)"
+            : keyed ? "retry with the same idempotency_key"
+                    : "read the stock before retrying (an idempotency_key makes retries safe)");
         break;
     default: rpc_call_fail(call, st, "stock not written: %s", ch_status_str(st)); break;
     }

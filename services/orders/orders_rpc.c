@@ -9,6 +9,7 @@
 #include "choreo/orders/v1/orders.pb-c.h"
 #include "log.h"
 #include "orders.h"
+#include "service.h"
 #include "utf8.h"
 
 #define TRACEPARENT_LEN 55
@@ -170,14 +171,18 @@ typedef struct created_call {
     orders_service *svc;
     char id[ORDER_ID_MAX + 1];
     char trace_id[33];
+    bool keyed; /* the request had an idempotency key */
 } created_call;
 
-static void create_failed(rpc_call *call, const char *id, const char *trace_id, ch_status st)
+static void create_failed(rpc_call *call, const char *id, const char *trace_id, bool keyed, ch_status st)
 {
     log_warn("order not created", "order_id", id, "trace_id", trace_id, "status", ch_status_str(st), NULL);
     if (st == CH_TIMEOUT || st == CH_UNAVAILABLE)
-        rpc_call_fail(call, CH_UNAVAILABLE, "event stream unavailable (%s): order not created, retry",
-                      ch_status_str(st));
+        service_fail_unconfirmed(call, st, "order.created",
+                                 keyed
+                                     ? "retry with the same idempotency_key"
+                                     : "look for the order before retrying (an idempotency_key makes retries "
+                                       "safe)");
     else
         rpc_call_fail(call, st, "order not created: %s", ch_status_str(st));
 }
@@ -190,7 +195,7 @@ static void on_created(ch_status st, bool replayed, void *arg)
     if (st == CH_OK)
         reply_order(cc->call, cc->svc, cc->id, REPLY_CREATE, replayed);
     else
-        create_failed(cc->call, cc->id, cc->trace_id, st);
+        create_failed(cc->call, cc->id, cc->trace_id, cc->keyed, st);
     free(cc);
 }
 
@@ -251,14 +256,16 @@ static void create_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
     created_call *cc = malloc(sizeof *cc);
     ch_status st = cc ? CH_OK : CH_NO_MEMORY;
     if (cc) {
-        *cc = (created_call){.call = call, .svc = svc};
+        *cc = (created_call){.call = call, .svc = svc, .keyed = r->idempotency_key[0] != '\0'};
         snprintf(cc->id, sizeof cc->id, "%s", n.id);
         snprintf(cc->trace_id, sizeof cc->trace_id, "%.32s", n.traceparent + 3);
         st = orders_append_created(svc, &n, on_created, cc); /* the reply comes with the PubAck */
     }
     if (st != CH_OK) {
+        char trace_id[33];
+        snprintf(trace_id, sizeof trace_id, "%.32s", n.traceparent + 3);
         free(cc);
-        create_failed(call, n.id, n.traceparent + 3, st);
+        create_failed(call, n.id, trace_id, r->idempotency_key[0] != '\0', st);
     }
 }
 
@@ -368,8 +375,8 @@ static void cancel_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
         return;
     }
     if (st != CH_OK) {
-        rpc_call_fail(call, CH_UNAVAILABLE, "event stream unavailable (%s): order not cancelled, retry",
-                      ch_status_str(st));
+        service_fail_unconfirmed(call, st, "order.cancel_requested",
+                                 "retry (a second cancel changes nothing)");
         return;
     }
     reply_order(call, svc, r->order_id, REPLY_CANCEL, false);

@@ -9,6 +9,7 @@
 #include "choreo/payment/v1/payment.pb-c.h"
 #include "log.h"
 #include "payment.h"
+#include "service.h"
 #include "utf8.h"
 
 /* ---- state -> reply ---- */
@@ -102,9 +103,11 @@ static void credit_account(rpc_call *call, const ProtobufCMessage *msg, void *ct
         rpc_call_fail(call, st, "%s", err);
         return;
     }
-    log_warn("credit not stored", "customer_id", r->customer_id, "status", ch_status_str(st), NULL);
-    rpc_call_fail(call, CH_UNAVAILABLE, "ledger unavailable (%s): not credited, retry%s", ch_status_str(st),
-                  key[0] ? " with the same idempotency_key" : "");
+    log_warn("credit not confirmed", "customer_id", r->customer_id, "status", ch_status_str(st), NULL);
+    service_fail_unconfirmed(
+        call, st, "credit",
+        key[0] ? "retry with the same idempotency_key"
+               : "read the account before retrying (an idempotency_key makes retries safe)");
 }
 
 static void get_account(rpc_call *call, const ProtobufCMessage *msg, void *ctx)

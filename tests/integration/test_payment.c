@@ -18,6 +18,7 @@
 #include "harness.h"
 #include "log.h"
 #include "payment_core.h"
+#include "relay.h"
 
 #define SVC         "/choreo.payment.v1.Payment/"
 #define TRACEPARENT "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -339,6 +340,73 @@ static void test_payment_credit_key_credits_once(void)
     assert_account("cust-k2", 1000, 1000, 0, 0);
 }
 
+/* Polls GetAccount (up to 10 s) until the customer has been credited
+ * `credited` cents in all. */
+static bool wait_credited(const char *customer, int64_t credited)
+{
+    long long until = test_now_ms() + 10000;
+    do {
+        ch_status st;
+        pb_account *a = get_account(customer, &st, NULL);
+        bool done = a && a->credited_cents == credited;
+        if (a)
+            protobuf_c_message_free_unpacked(&a->base, NULL);
+        if (done)
+            return true;
+        sleep_ms(20);
+    } while (test_now_ms() < until);
+    return false;
+}
+
+/* Restarts the service against url, with `setting` ("K=V") added to the
+ * first n_extra settings, or without extra ones when setting is NULL. */
+static void restart_against(const char *url, const char *setting, int n_extra)
+{
+    int exit_status;
+    CU_ASSERT_EQUAL_FATAL(svc_stop(&pay, 10000, &exit_status), CH_OK);
+    snprintf(pay.nats_url, sizeof pay.nats_url, "%s", url);
+    pay.n_extra = n_extra;
+    if (setting)
+        snprintf(pay.extra_env[pay.n_extra++], sizeof pay.extra_env[0], "%s", setting);
+    CU_ASSERT_EQUAL_FATAL(svc_restart(&pay, 15000), CH_OK);
+}
+
+/* NATS stores a credit but its answer comes after the service's publish
+ * timeout (a relay holds NATS's replies to the service): the caller is told
+ * that the credit may have happened, not that it did not. A retry with the
+ * same key credits nothing more; a credit sent without a key shows up once. */
+static void test_payment_unconfirmed_credit_is_reported_as_such(void)
+{
+    char direct[sizeof pay.nats_url];
+    int n_extra = pay.n_extra;
+    rpc_client_result res;
+    pb_account *a = NULL;
+    relay *r = NULL;
+
+    CU_ASSERT_EQUAL_FATAL(relay_start(&r, natsd_port(nats)), CH_OK);
+    snprintf(direct, sizeof direct, "%s", pay.nats_url);
+    restart_against(relay_url(r), "CHOREO_PUBLISH_TIMEOUT_MS=500", n_extra);
+
+    relay_hold_replies_after(r, "payment.ledger", 2000);
+    CU_ASSERT_EQUAL(credit("cust-late", 700, "late-1", NULL, &res), CH_TIMEOUT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "may have happened"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "retry with the same idempotency_key"));
+    CU_ASSERT_TRUE(wait_credited("cust-late", 700)); /* it had: the ledger's follower brings it in */
+    CU_ASSERT_EQUAL_FATAL(credit("cust-late", 700, "late-1", &a, NULL), CH_OK);
+    CU_ASSERT_EQUAL(a->credited_cents, 700);
+    protobuf_c_message_free_unpacked(&a->base, NULL);
+
+    relay_hold_replies_after(r, "payment.ledger", 2000);
+    CU_ASSERT_EQUAL(credit("cust-late", 300, NULL, NULL, &res), CH_TIMEOUT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "read the account before retrying"));
+    CU_ASSERT_TRUE(wait_credited("cust-late", 1000));
+    assert_account("cust-late", 1000, 1000, 0, 0);
+
+    restart_against(direct, NULL, n_extra);
+    relay_destroy(r);
+    assert_account("cust-late", 1000, 1000, 0, 0); /* the ledger replays each credit once */
+}
+
 static void test_payment_charge_publishes_processed(void)
 {
     CU_ASSERT_EQUAL_FATAL(credit("cust-c", 10000, NULL, NULL, NULL), CH_OK);
@@ -657,6 +725,7 @@ int main(void)
         {"credit and get account", test_payment_credit_and_get_account},
         {"bad input is refused, not fatal", test_payment_bad_input_is_refused_not_fatal},
         {"credit key credits once", test_payment_credit_key_credits_once},
+        {"unconfirmed credit is reported as such", test_payment_unconfirmed_credit_is_reported_as_such},
         {"charge publishes payment.processed", test_payment_charge_publishes_processed},
         {"decline publishes payment.failed", test_payment_decline_publishes_failed},
         {"duplicates charge once", test_payment_duplicates_charge_once},
