@@ -73,6 +73,20 @@ ch_status svc_stop(svc_proc *s, int timeout_ms, int *exit_status)
     return proc_wait(s->p, timeout_ms, exit_status);
 }
 
+ch_status svc_restart_against(svc_proc *s, const char *nats_url, int n_extra, const char *setting,
+                              int timeout_ms, int *exit_status)
+{
+    int ignored;
+    ch_status st = svc_stop(s, timeout_ms, exit_status ? exit_status : &ignored);
+    if (st != CH_OK)
+        return st;
+    snprintf(s->nats_url, sizeof s->nats_url, "%s", nats_url);
+    s->n_extra = n_extra < s->n_extra ? n_extra : s->n_extra;
+    if (setting && s->n_extra < (int)(sizeof s->extra_env / sizeof s->extra_env[0]))
+        snprintf(s->extra_env[s->n_extra++], sizeof s->extra_env[0], "%s", setting);
+    return svc_restart(s, timeout_ms);
+}
+
 void svc_kill(svc_proc *s)
 {
     if (s->p)

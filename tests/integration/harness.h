@@ -35,6 +35,13 @@ ch_status svc_start(svc_proc *s, const char *name, const char *bin, const char *
  * stop or kill). */
 ch_status svc_restart(svc_proc *s, int timeout_ms);
 
+/* Stops the service (SIGTERM; *exit_status, may be NULL, gets how it
+ * ended), points it at nats_url with its first n_extra settings plus
+ * `setting` ("K=V", may be NULL), and starts it again on the same port.
+ * Tests use it to put a service behind a relay and back. */
+ch_status svc_restart_against(svc_proc *s, const char *nats_url, int n_extra, const char *setting,
+                              int timeout_ms, int *exit_status);
+
 /* SIGTERM and wait; *exit_status gets the exit code (or -signal). */
 ch_status svc_stop(svc_proc *s, int timeout_ms, int *exit_status);
 

@@ -435,9 +435,8 @@ static void test_orders_retry_after_a_late_reply_creates_one_order(void)
 
     CU_ASSERT_EQUAL_FATAL(relay_start(&r, natsd_port(nats)), CH_OK);
     snprintf(direct, sizeof direct, "%s", orders.nats_url);
-    CU_ASSERT_EQUAL_FATAL(svc_stop(&orders, 10000, &exit_status), CH_OK);
-    snprintf(orders.nats_url, sizeof orders.nats_url, "%s", relay_url(r));
-    CU_ASSERT_EQUAL_FATAL(svc_restart(&orders, 15000), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(svc_restart_against(&orders, relay_url(r), orders.n_extra, NULL, 15000, NULL),
+                          CH_OK);
 
     order_id_from_key(want, "cust-late", "late-key");
     relay_hold_replies_after(r, "events.order.created", 3000);
@@ -454,10 +453,9 @@ static void test_orders_retry_after_a_late_reply_creates_one_order(void)
     protobuf_c_message_free_unpacked(&o->base, NULL);
     protobuf_c_message_free_unpacked(&b->base, NULL);
 
-    CU_ASSERT_EQUAL_FATAL(svc_stop(&orders, 10000, &exit_status), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(svc_restart_against(&orders, direct, orders.n_extra, NULL, 15000, &exit_status),
+                          CH_OK);
     CU_ASSERT_EQUAL(exit_status, 0); /* the abandoned call did not hurt it */
-    snprintf(orders.nats_url, sizeof orders.nats_url, "%s", direct);
-    CU_ASSERT_EQUAL_FATAL(svc_restart(&orders, 15000), CH_OK);
     relay_destroy(r);
 }
 

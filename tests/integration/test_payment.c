@@ -358,19 +358,6 @@ static bool wait_credited(const char *customer, int64_t credited)
     return false;
 }
 
-/* Restarts the service against url, with `setting` ("K=V") added to the
- * first n_extra settings, or without extra ones when setting is NULL. */
-static void restart_against(const char *url, const char *setting, int n_extra)
-{
-    int exit_status;
-    CU_ASSERT_EQUAL_FATAL(svc_stop(&pay, 10000, &exit_status), CH_OK);
-    snprintf(pay.nats_url, sizeof pay.nats_url, "%s", url);
-    pay.n_extra = n_extra;
-    if (setting)
-        snprintf(pay.extra_env[pay.n_extra++], sizeof pay.extra_env[0], "%s", setting);
-    CU_ASSERT_EQUAL_FATAL(svc_restart(&pay, 15000), CH_OK);
-}
-
 /* NATS stores a credit but its answer comes after the service's publish
  * timeout (a relay holds NATS's replies to the service): the caller is told
  * that the credit may have happened, not that it did not. A retry with the
@@ -385,7 +372,9 @@ static void test_payment_unconfirmed_credit_is_reported_as_such(void)
 
     CU_ASSERT_EQUAL_FATAL(relay_start(&r, natsd_port(nats)), CH_OK);
     snprintf(direct, sizeof direct, "%s", pay.nats_url);
-    restart_against(relay_url(r), "CHOREO_PUBLISH_TIMEOUT_MS=500", n_extra);
+    CU_ASSERT_EQUAL_FATAL(
+        svc_restart_against(&pay, relay_url(r), n_extra, "CHOREO_PUBLISH_TIMEOUT_MS=500", 15000, NULL),
+        CH_OK);
 
     relay_hold_replies_after(r, "payment.ledger", 2000);
     CU_ASSERT_EQUAL(credit("cust-late", 700, "late-1", NULL, &res), CH_TIMEOUT);
@@ -402,7 +391,7 @@ static void test_payment_unconfirmed_credit_is_reported_as_such(void)
     CU_ASSERT_TRUE(wait_credited("cust-late", 1000));
     assert_account("cust-late", 1000, 1000, 0, 0);
 
-    restart_against(direct, NULL, n_extra);
+    CU_ASSERT_EQUAL_FATAL(svc_restart_against(&pay, direct, n_extra, NULL, 15000, NULL), CH_OK);
     relay_destroy(r);
     assert_account("cust-late", 1000, 1000, 0, 0); /* the ledger replays each credit once */
 }

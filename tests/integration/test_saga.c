@@ -568,20 +568,6 @@ static int ms_left(long long end)
     return end > now ? (int)(end - now) : 0;
 }
 
-/* Restarts service s against url; with setting ("K=V") added, or without
- * the settings added since n_extra. */
-static void svc_move(int s, const char *url, const char *setting, int n_extra)
-{
-    int exit_status;
-
-    CU_ASSERT_EQUAL_FATAL(svc_stop(&svc[s], 10000, &exit_status), CH_OK);
-    snprintf(svc[s].nats_url, sizeof svc[s].nats_url, "%s", url);
-    svc[s].n_extra = n_extra;
-    if (setting)
-        snprintf(svc[s].extra_env[svc[s].n_extra++], sizeof svc[s].extra_env[0], "%s", setting);
-    CU_ASSERT_EQUAL_FATAL(svc_restart(&svc[s], 15000), CH_OK);
-}
-
 /* Inventory and payment reach NATS through relays. The first ledger batch
  * each writes is stored, but the server's reply is held past their publish
  * timeout: each undoes the batch and retries its events, and the retry
@@ -599,7 +585,9 @@ static void test_saga_ledger_write_stored_but_unacknowledged_happens_once(void)
     for (int k = 0; k < 2; k++) {
         CU_ASSERT_EQUAL_FATAL(relay_start(&late[k], natsd_port(nats)), CH_OK);
         n_extra[k] = svc[moved[k]].n_extra;
-        svc_move(moved[k], relay_url(late[k]), "CHOREO_PUBLISH_TIMEOUT_MS=500", n_extra[k]);
+        CU_ASSERT_EQUAL_FATAL(svc_restart_against(&svc[moved[k]], relay_url(late[k]), n_extra[k],
+                                                  "CHOREO_PUBLISH_TIMEOUT_MS=500", 15000, NULL),
+                              CH_OK);
     }
     set_stock("late-sku", 1000);
     credit("late-cust", 10000000);
@@ -646,7 +634,8 @@ static void test_saga_ledger_write_stored_but_unacknowledged_happens_once(void)
     /* Restarted (straight to NATS again), they fold their ledgers into
      * the same state: the stored batch counts once there too. */
     for (int k = 0; k < 2; k++) {
-        svc_move(moved[k], natsd_url(nats), NULL, n_extra[k]);
+        CU_ASSERT_EQUAL_FATAL(
+            svc_restart_against(&svc[moved[k]], natsd_url(nats), n_extra[k], NULL, 15000, NULL), CH_OK);
         relay_destroy(late[k]);
     }
     st = get_stock("late-sku");
