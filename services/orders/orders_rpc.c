@@ -374,9 +374,13 @@ static void cancel_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
         rpc_call_fail(call, st, "%s", err);
         return;
     }
-    if (st != CH_OK) {
+    if (st == CH_TIMEOUT || st == CH_UNAVAILABLE) {
         service_fail_unconfirmed(call, st, "order.cancel_requested",
                                  "retry (a second cancel changes nothing)");
+        return;
+    }
+    if (st != CH_OK) {
+        rpc_call_fail(call, st, "order not cancelled: %s", ch_status_str(st));
         return;
     }
     reply_order(call, svc, r->order_id, REPLY_CANCEL, false);

@@ -104,10 +104,13 @@ static void credit_account(rpc_call *call, const ProtobufCMessage *msg, void *ct
         return;
     }
     log_warn("credit not confirmed", "customer_id", r->customer_id, "status", ch_status_str(st), NULL);
-    service_fail_unconfirmed(
-        call, st, "credit",
-        key[0] ? "retry with the same idempotency_key"
-               : "read the account before retrying (an idempotency_key makes retries safe)");
+    if (st == CH_TIMEOUT || st == CH_UNAVAILABLE)
+        service_fail_unconfirmed(
+            call, st, "credit",
+            key[0] ? "retry with the same idempotency_key"
+                   : "read the account before retrying (an idempotency_key makes retries safe)");
+    else /* CH_CONFLICT after every try, or no memory: nothing was stored */
+        rpc_call_fail(call, CH_UNAVAILABLE, "credit not stored (%s): retry", ch_status_str(st));
 }
 
 static void get_account(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
