@@ -17,6 +17,7 @@
 #include "event_bus.h"
 #include "event_codec.h"
 #include "harness.h"
+#include "relay.h"
 
 #define TRACEPARENT "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 #define SVC         "/choreo.inventory.v1.Inventory/"
@@ -876,6 +877,51 @@ static void test_inventory_adjust_key_adjusts_once_across_restart(void)
     CU_ASSERT_EQUAL(l.total_in, 13);
 }
 
+/* Polls GetStock (up to WAIT_MS) until the SKU's total put in is total_in. */
+static bool wait_total_in(const char *sku, int64_t total_in)
+{
+    long long until = test_now_ms() + WAIT_MS;
+    do {
+        level l = {-1, -1, -1, -1};
+        if (get_stock(sku, &l, NULL) == CH_OK && l.total_in == total_in)
+            return true;
+        sleep_ms(20);
+    } while (test_now_ms() < until);
+    return false;
+}
+
+/* NATS stores an AdjustStock but its answer comes after the service's
+ * publish timeout (a relay holds NATS's replies to the service): the caller
+ * is told that the change may have happened, and a retry with the same key
+ * changes nothing more. */
+static void test_inventory_unconfirmed_adjustment_is_reported_as_such(void)
+{
+    char direct[sizeof inv.nats_url];
+    int n_extra = inv.n_extra;
+    rpc_client_result res;
+    level l = {-1, -1, -1, -1};
+    relay *r = NULL;
+
+    CU_ASSERT_EQUAL_FATAL(set_stock("sku-late", 10, NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(relay_start(&r, natsd_port(nats)), CH_OK);
+    snprintf(direct, sizeof direct, "%s", inv.nats_url);
+    CU_ASSERT_EQUAL_FATAL(
+        svc_restart_against(&inv, relay_url(r), n_extra, "CHOREO_PUBLISH_TIMEOUT_MS=500", 15000, NULL),
+        CH_OK);
+
+    relay_hold_replies_after(r, "inventory.ledger", 2000);
+    CU_ASSERT_EQUAL(adjust_stock_key("sku-late", 5, "late-adj", NULL, &res), CH_TIMEOUT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "may have happened"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "retry with the same idempotency_key"));
+    CU_ASSERT_TRUE(wait_total_in("sku-late", 15)); /* it had: the ledger's follower brings it in */
+    CU_ASSERT_EQUAL(adjust_stock_key("sku-late", 5, "late-adj", &l, NULL), CH_OK);
+    CU_ASSERT_EQUAL(l.available, 15);
+
+    CU_ASSERT_EQUAL_FATAL(svc_restart_against(&inv, direct, n_extra, NULL, 15000, NULL), CH_OK);
+    relay_destroy(r);
+    expect_level("sku-late", 15, 0, 0, 15); /* the ledger replays the change once */
+}
+
 static void test_inventory_sigterm_exits_zero(void)
 {
     int exit_status = -1;
@@ -900,6 +946,8 @@ int main(void)
          test_inventory_decision_recorded_before_a_crash_is_published},
         {"AdjustStock key adjusts once across restart",
          test_inventory_adjust_key_adjusts_once_across_restart},
+        {"unconfirmed adjustment is reported as such",
+         test_inventory_unconfirmed_adjustment_is_reported_as_such},
         {"SIGTERM exits 0", test_inventory_sigterm_exits_zero},
         {NULL, NULL},
     };
