@@ -270,6 +270,49 @@ static void test_saga_cancel_after_confirmation_refunds_and_restocks(void)
     CU_ASSERT_EQUAL(get_account("dave").refunded, 800);
 }
 
+/* Orders reaches NATS through a relay that holds the answer to its
+ * order.cancel_requested past its publish timeout: the client is told that
+ * the cancel may have happened, retries as told, and the order is refunded
+ * and restocked once. */
+static void test_saga_unconfirmed_cancel_refunds_once(void)
+{
+    char id[ORDER_ID_MAX + 1];
+    int n_extra = svc[ORDERS].n_extra;
+    rpc_client_result res;
+    relay *r = NULL;
+
+    set_stock("quince", 5);
+    credit("fay", 3000);
+    CU_ASSERT_EQUAL_FATAL(relay_start(&r, natsd_port(nats)), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(svc_restart_against(&svc[ORDERS], relay_url(r), n_extra,
+                                              "CHOREO_PUBLISH_TIMEOUT_MS=500", 15000, NULL),
+                          CH_OK);
+    CU_ASSERT_EQUAL_FATAL(place("fay", "", "quince", 2, 700, id), CH_OK);
+    CU_ASSERT_TRUE_FATAL(wait_status(id, CONFIRMED, 10000));
+
+    relay_hold_replies_after(r, "events.order.cancel_requested", 2000);
+    CU_ASSERT_EQUAL(cancel(id, &res), CH_TIMEOUT);
+    CU_ASSERT_EQUAL(relay_triggered(r), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "may have happened"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "a second cancel changes nothing"));
+    CU_ASSERT_TRUE(wait_status(id, CANCELLED, 15000)); /* it had */
+    CU_ASSERT_EQUAL(cancel(id, NULL), CH_OK);          /* the retry */
+    sentinel_saga();
+    account a = get_account("fay");
+    CU_ASSERT_EQUAL(a.refunded, 1400);
+    CU_ASSERT_EQUAL(a.balance, 3000);
+    stock st = get_stock("quince");
+    CU_ASSERT_EQUAL(st.available, 5);
+    CU_ASSERT_EQUAL(st.sold, 0);
+    CU_ASSERT_EQUAL(st.reserved, 0);
+    CU_ASSERT_TRUE(wait_notifications(id, N_CANCELLED, 1, 5000));
+    CU_ASSERT_EQUAL(notifications_of(id, 0), 2); /* confirmed, then cancelled */
+
+    CU_ASSERT_EQUAL_FATAL(svc_restart_against(&svc[ORDERS], natsd_url(nats), n_extra, NULL, 15000, NULL),
+                          CH_OK);
+    relay_destroy(r);
+}
+
 static void test_saga_cancel_refused_while_saga_runs(void)
 {
     char id[ORDER_ID_MAX + 1];
@@ -770,6 +813,7 @@ int main(void)
         {"payment declined releases the reservation", test_saga_payment_declined_releases_reservation},
         {"cancel after confirmation refunds and restocks",
          test_saga_cancel_after_confirmation_refunds_and_restocks},
+        {"unconfirmed cancel refunds once", test_saga_unconfirmed_cancel_refunds_once},
         {"cancel refused while the saga runs", test_saga_cancel_refused_while_saga_runs},
         {"duplicates change nothing", test_saga_duplicates_change_nothing},
         {"consumer replayed from the start changes nothing",
