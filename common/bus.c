@@ -666,7 +666,7 @@ ch_status bus_publish(bus *b, const bus_out_msg *m, int timeout_ms, bus_pub_ack 
     return st;
 }
 
-ch_status bus_publish_cb(bus *b, const bus_out_msg *m, bus_pub_fn fn, void *arg)
+ch_status bus_publish_cb(bus *b, const bus_out_msg *m, int timeout_ms, bus_pub_fn fn, void *arg)
 {
     if (!b || !m || !fn) {
         return CH_INVALID_ARGUMENT;
@@ -693,7 +693,7 @@ ch_status bus_publish_cb(bus *b, const bus_out_msg *m, bus_pub_fn fn, void *arg)
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MsgId = m->msg_id;
-    po.MaxWait = BUS_ASYNC_MAX_WAIT_MS;
+    po.MaxWait = timeout_ms > 0 ? timeout_ms : BUS_ASYNC_MAX_WAIT_MS;
     natsMsg *keep = msg;
     natsStatus s = js_PublishMsgAsync(b->cb_js, &msg, &po);
     if (s != NATS_OK) {
@@ -1136,7 +1136,7 @@ ch_status bus_publish_deferred(const bus_in_msg *in, const bus_out_msg *m)
         w->inflight = f;
     }
     atomic_fetch_add(&w->inflight->refs, 1);
-    ch_status st = bus_publish_cb(w->b, m, bus__on_deferred_stored, w->inflight);
+    ch_status st = bus_publish_cb(w->b, m, 0, bus__on_deferred_stored, w->inflight);
     if (st != CH_OK) {
         atomic_fetch_sub(&w->inflight->refs, 1); /* its callback will not run; the worker's ref remains */
         return st;

@@ -165,11 +165,12 @@ ch_status bus_publish(bus *b, const bus_out_msg *m, int timeout_ms, bus_pub_ack 
  * first). Runs on a cnats thread: must not block. */
 typedef void (*bus_pub_fn)(ch_status st, const bus_pub_ack *ack, void *arg);
 
-/* Publishes m (copied) without waiting: fn(arg) runs once its PubAck (or an
- * error, or a timeout) comes. CH_OK means fn will run; any other status
- * means it will not. Lets a handler that must answer only once the message
- * is stored (CreateOrder) leave its thread free meanwhile. Any thread. */
-ch_status bus_publish_cb(bus *b, const bus_out_msg *m, bus_pub_fn fn, void *arg);
+/* Publishes m (copied) without waiting: fn(arg) runs once its PubAck comes,
+ * or an error, or CH_TIMEOUT after timeout_ms (0: 10000) without one. CH_OK
+ * means fn will run; any other status means it will not. Lets a handler
+ * that must answer only once the message is stored (CreateOrder) leave its
+ * thread free meanwhile. Any thread. */
+ch_status bus_publish_cb(bus *b, const bus_out_msg *m, int timeout_ms, bus_pub_fn fn, void *arg);
 
 /* Queues m for asynchronous publishing (copied). Blocks only when
  * async_max_pending publishes are in flight. Failures are collected and

@@ -259,7 +259,8 @@ static void create_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
         *cc = (created_call){.call = call, .svc = svc, .keyed = r->idempotency_key[0] != '\0'};
         snprintf(cc->id, sizeof cc->id, "%s", n.id);
         snprintf(cc->trace_id, sizeof cc->trace_id, "%.32s", n.traceparent + 3);
-        st = orders_append_created(svc, &n, on_created, cc); /* the reply comes with the PubAck */
+        /* the reply comes with the PubAck, or in time for the client's deadline */
+        st = orders_append_created(svc, &n, call_timeout(call, svc), on_created, cc);
     }
     if (st != CH_OK) {
         char trace_id[33];

@@ -420,8 +420,8 @@ static void test_orders_state_survives_restart(void)
 
 /* The client gives up while order.created is stored but its PubAck is
  * late (a relay holds NATS's replies to the service), and retries with the
- * same idempotency key while the first call still waits: the retry answers
- * with the same order, and the stream holds one order.created. */
+ * same idempotency key while that PubAck is still on its way: the retry
+ * answers with the same order, and the stream holds one order.created. */
 static void test_orders_retry_after_a_late_reply_creates_one_order(void)
 {
     Choreo__Orders__V1__LineItem item = line("sku-late", 2, 300);
@@ -456,6 +456,59 @@ static void test_orders_retry_after_a_late_reply_creates_one_order(void)
     CU_ASSERT_EQUAL_FATAL(svc_restart_against(&orders, direct, orders.n_extra, NULL, 15000, &exit_status),
                           CH_OK);
     CU_ASSERT_EQUAL(exit_status, 0); /* the abandoned call did not hurt it */
+    relay_destroy(r);
+}
+
+/* Polls GetOrder (up to 10 s) until the order exists. */
+static bool wait_order(const char *id)
+{
+    long long until = test_now_ms() + 10000;
+    do {
+        ch_status st;
+        Choreo__Orders__V1__Order *o = get(id, &st);
+        if (o) {
+            protobuf_c_message_free_unpacked(&o->base, NULL);
+            return true;
+        }
+        test_sleep_ms(20);
+    } while (test_now_ms() < until);
+    return false;
+}
+
+/* With order.created's PubAck held past the service's publish timeout, the
+ * service answers in time, and tells the client that the order may exist
+ * and how to retry; the retry finds it. */
+static void test_orders_unconfirmed_create_is_reported_as_such(void)
+{
+    Choreo__Orders__V1__LineItem item = line("sku-late", 1, 300);
+    Choreo__Orders__V1__CreateOrderResponse *a = NULL, *b = NULL;
+    char want[ORDER_ID_MAX + 1], direct[sizeof orders.nats_url];
+    int n_extra = orders.n_extra;
+    rpc_client_result res;
+    relay *r = NULL;
+    found f;
+
+    CU_ASSERT_EQUAL_FATAL(relay_start(&r, natsd_port(nats)), CH_OK);
+    snprintf(direct, sizeof direct, "%s", orders.nats_url);
+    CU_ASSERT_EQUAL_FATAL(
+        svc_restart_against(&orders, relay_url(r), n_extra, "CHOREO_PUBLISH_TIMEOUT_MS=500", 15000, NULL),
+        CH_OK);
+
+    order_id_from_key(want, "cust-late", "late-key-2");
+    relay_hold_replies_after(r, "events.order.created", 2000);
+    CU_ASSERT_EQUAL(create_within("cust-late", "late-key-2", &item, 1, NULL, 5000, &a, &res), CH_TIMEOUT);
+    CU_ASSERT_PTR_NULL(a);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "may have happened"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "retry with the same idempotency_key"));
+    CU_ASSERT_TRUE(wait_order(want)); /* it had: the follower brings it in */
+    CU_ASSERT_EQUAL_FATAL(create_within("cust-late", "late-key-2", &item, 1, NULL, 5000, &b, NULL), CH_OK);
+    CU_ASSERT_STRING_EQUAL(b->order->order_id, want);
+    CU_ASSERT_TRUE(b->replayed);
+    CU_ASSERT_EQUAL(read_created(want, &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 1);
+    protobuf_c_message_free_unpacked(&b->base, NULL);
+
+    CU_ASSERT_EQUAL_FATAL(svc_restart_against(&orders, direct, n_extra, NULL, 15000, NULL), CH_OK);
     relay_destroy(r);
 }
 
@@ -558,6 +611,7 @@ int main(void)
         {"state survives a restart", test_orders_state_survives_restart},
         {"retry after a late reply creates one order",
          test_orders_retry_after_a_late_reply_creates_one_order},
+        {"unconfirmed create is reported as such", test_orders_unconfirmed_create_is_reported_as_such},
         {"SIGTERM drains calls and exits 0", test_orders_sigterm_drains_calls_and_exits_zero},
         {NULL, NULL},
     };
