@@ -92,3 +92,15 @@ void strmap_free(strmap *m)
     free(m->slots);
     *m = (strmap){0};
 }
+
+char *strmap_pair_key(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    char *k = malloc(la + lb + 2);
+    if (!k)
+        return NULL;
+    memcpy(k, a, la);
+    k[la] = '\x1f';
+    memcpy(k + la + 1, b, lb + 1);
+    return k;
+}

@@ -44,4 +44,9 @@ void *strmap_remove(strmap *m, const char *key);
 /* Frees the slots (not what keys and values point to) and empties m. */
 void strmap_free(strmap *m);
 
+/* The key of a pair of strings that hold no control characters, "a\x1fb"
+ * (the separator keeps "a:b"+"c" apart from "a"+"b:c"), malloc'd: the
+ * caller frees it. NULL when out of memory. */
+char *strmap_pair_key(const char *a, const char *b);
+
 #endif

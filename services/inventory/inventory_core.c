@@ -118,25 +118,11 @@ static inv_reservation *res_find(const inv_store *s, const char *order_id)
 
 /* ---- the store: AdjustStock idempotency keys ---- */
 
-/* "<sku>\x1f<key>" (neither holds control characters); NULL when out of
- * memory. The caller frees it. */
-static char *adjust_key_join(const char *sku, const char *key)
-{
-    size_t a = strlen(sku), b = strlen(key);
-    char *k = malloc(a + b + 2);
-    if (!k)
-        return NULL;
-    memcpy(k, sku, a);
-    k[a] = '\x1f';
-    memcpy(k + a + 1, key, b + 1);
-    return k;
-}
-
 bool inv_store_adjust_key_known(const inv_store *s, const char *sku, const char *key)
 {
     if (!sku || !key || !key[0])
         return false;
-    char *k = adjust_key_join(sku, key);
+    char *k = strmap_pair_key(sku, key);
     bool known = k && strmap_get(&s->keys, k);
     free(k);
     return known;
@@ -554,7 +540,7 @@ static ch_status apply_stock(inv_store *s, const inv_entry *e, bool *changed)
         return CH_FAILED_PRECONDITION;
     if (e->kind == INV_ENTRY_STOCK_ADJUSTED && e->idempotency_key && e->idempotency_key[0]) {
         /* Room first, so that nothing after can fail half-way. */
-        if (strmap_reserve(&s->keys) != CH_OK || !(key = adjust_key_join(e->sku, e->idempotency_key)))
+        if (strmap_reserve(&s->keys) != CH_OK || !(key = strmap_pair_key(e->sku, e->idempotency_key)))
             return CH_NO_MEMORY;
     }
     if (!st) {

@@ -144,20 +144,6 @@ static ch_status set_reason(order *o, const char *reason)
     return CH_OK;
 }
 
-/* customer "\x1f" key (neither holds control characters): the by-key index
- * key; NULL when out of memory. */
-static char *key_index_join(const char *customer, const char *key)
-{
-    size_t a = strnlen(customer, ORDER_CUSTOMER_MAX), b = strlen(key);
-    char *k = malloc(a + b + 2);
-    if (!k)
-        return NULL;
-    memcpy(k, customer, a);
-    k[a] = '\x1f';
-    memcpy(k + a + 1, key, b + 1);
-    return k;
-}
-
 static ch_status apply_created(order *o, const order_event *e)
 {
     order_item *items = NULL;
@@ -169,8 +155,10 @@ static ch_status apply_created(order *o, const order_event *e)
     if (!items)
         return CH_NO_MEMORY;
     if (e->idempotency_key && e->idempotency_key[0]) {
+        char customer[ORDER_CUSTOMER_MAX + 1]; /* as the order keeps it */
+        snprintf(customer, sizeof customer, "%s", e->customer_id);
         key = strndup(e->idempotency_key, ORDER_IDEMPOTENCY_KEY_MAX);
-        key_index = key ? key_index_join(e->customer_id, key) : NULL;
+        key_index = key ? strmap_pair_key(customer, key) : NULL;
         if (!key_index) {
             free(items);
             free(key);

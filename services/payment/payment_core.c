@@ -65,18 +65,6 @@ void payment_state_destroy(payment_state *s)
     free(s);
 }
 
-static char *credit_key_join(const char *customer_id, const char *key)
-{
-    size_t a = strlen(customer_id), b = strlen(key);
-    char *k = malloc(a + b + 2);
-    if (!k)
-        return NULL;
-    memcpy(k, customer_id, a);
-    k[a] = '\x1f'; /* cannot occur in a customer id */
-    memcpy(k + a + 1, key, b + 1);
-    return k;
-}
-
 bool payment_credit_key_known(const payment_state *s, const char *customer_id, const char *key)
 {
     char *k;
@@ -84,7 +72,7 @@ bool payment_credit_key_known(const payment_state *s, const char *customer_id, c
 
     if (!key || !key[0] || !customer_id)
         return false;
-    k = credit_key_join(customer_id, key);
+    k = strmap_pair_key(customer_id, key);
     if (!k)
         return false;
     known = strmap_get(&s->credit_keys, k) != NULL;
@@ -358,7 +346,7 @@ static ch_status apply_credit(payment_state *s, const pay_entry *e, bool *change
     }
     /* Take everything that can fail before changing anything. */
     if (e->idempotency_key[0]) {
-        k = credit_key_join(e->customer_id, e->idempotency_key);
+        k = strmap_pair_key(e->customer_id, e->idempotency_key);
         if (!k || strmap_reserve(&s->credit_keys) != CH_OK) {
             st = CH_NO_MEMORY;
             goto cleanup;
