@@ -85,11 +85,29 @@ static void test_strmap_remove_keeps_the_rest_reachable(void)
     free(keys);
 }
 
+static void test_strmap_pair_key_keeps_pairs_apart(void)
+{
+    char *a = strmap_pair_key("a:b", "c"), *b = strmap_pair_key("a", "b:c"), *e = strmap_pair_key("", "");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(e);
+    CU_ASSERT_STRING_EQUAL(a, "a:b\x1f"
+                              "c");
+    CU_ASSERT_STRING_EQUAL(b, "a\x1f"
+                              "b:c");
+    CU_ASSERT_STRING_NOT_EQUAL(a, b);
+    CU_ASSERT_STRING_EQUAL(e, "\x1f");
+    free(a);
+    free(b);
+    free(e);
+}
+
 int main(void)
 {
     static const cu_test tests[] = {
         {"get, put and growth", test_strmap_get_put_and_growth},
         {"remove keeps the rest reachable", test_strmap_remove_keeps_the_rest_reachable},
+        {"pair key keeps pairs apart", test_strmap_pair_key_keeps_pairs_apart},
         {NULL, NULL},
     };
     return cu_run("strmap", NULL, NULL, tests);
