@@ -63,6 +63,7 @@ typedef struct bus_options {
     int max_pending_msgs;            /* per-subscription pending cap; 0: 65536 */
     int max_pending_bytes;           /* per-subscription pending bytes cap; 0: 64 MiB */
     int async_max_pending;           /* cap of unacknowledged async publishes; 0: 4096 */
+    int publish_timeout_ms;          /* wait for the PubAck of a bus_publish_cb; 0: 10000 */
     bus_state_fn on_state;           /* may be NULL */
     void *on_state_arg;
 } bus_options;
@@ -166,11 +167,12 @@ ch_status bus_publish(bus *b, const bus_out_msg *m, int timeout_ms, bus_pub_ack 
 typedef void (*bus_pub_fn)(ch_status st, const bus_pub_ack *ack, void *arg);
 
 /* Publishes m (copied) without waiting: fn(arg) runs once its PubAck comes,
- * or an error, or CH_TIMEOUT after timeout_ms (0: 10000) without one. CH_OK
- * means fn will run; any other status means it will not. Lets a handler
- * that must answer only once the message is stored (CreateOrder) leave its
- * thread free meanwhile. Any thread. */
-ch_status bus_publish_cb(bus *b, const bus_out_msg *m, int timeout_ms, bus_pub_fn fn, void *arg);
+ * or an error, or CH_TIMEOUT after the bus's publish_timeout_ms without one
+ * (one timeout for all: see bus.c). CH_OK means fn will run; any other
+ * status means it will not. Lets a handler that must answer only once the
+ * message is stored (CreateOrder) leave its thread free meanwhile. Any
+ * thread. */
+ch_status bus_publish_cb(bus *b, const bus_out_msg *m, bus_pub_fn fn, void *arg);
 
 /* Queues m for asynchronous publishing (copied). Blocks only when
  * async_max_pending publishes are in flight. Failures are collected and

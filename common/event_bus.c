@@ -118,15 +118,14 @@ ch_status event_publish_deferred(const bus_in_msg *m, const choreo_events_v1_Env
     return st;
 }
 
-ch_status event_publish_cb(bus *b, const choreo_events_v1_Envelope *e, int timeout_ms, bus_pub_fn fn,
-                           void *arg)
+ch_status event_publish_cb(bus *b, const choreo_events_v1_Envelope *e, bus_pub_fn fn, void *arg)
 {
     event_out o;
     ch_status st = event__prepare(&o, e);
     if (st != CH_OK) {
         return st;
     }
-    st = bus_publish_cb(b, &o.m, timeout_ms, fn, arg);
+    st = bus_publish_cb(b, &o.m, fn, arg);
     event__log_published(e, st, NULL, "sent");
     return st;
 }

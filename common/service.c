@@ -97,6 +97,7 @@ ch_status service_connect(service_runtime *rt)
 
     bo.url = rt->cfg.nats_url;
     bo.name = rt->name;
+    bo.publish_timeout_ms = rt->cfg.publish_timeout_ms;
     bo.on_state = on_bus_state;
     bo.on_state_arg = rt;
     st = bus_create(&rt->bus, &bo);

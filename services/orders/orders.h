@@ -59,11 +59,11 @@ ch_status orders_event_from_envelope(const choreo_events_v1_Envelope *env, uint6
 typedef void (*orders_created_fn)(ch_status st, bool replayed, void *arg);
 
 /* Appends order.created for n to the stream without waiting (n is copied):
- * fn(arg) runs once JetStream answers, or with CH_TIMEOUT after timeout_ms
- * without an answer. CH_OK means fn will run; any other status means
- * nothing was sent and fn will not run. Any thread. */
-ch_status orders_append_created(orders_service *svc, const orders_new *n, int timeout_ms,
-                                orders_created_fn fn, void *arg);
+ * fn(arg) runs once JetStream answers, or with CH_TIMEOUT after the
+ * configured publish timeout without an answer. CH_OK means fn will run;
+ * any other status means nothing was sent and fn will not run. Any
+ * thread. */
+ch_status orders_append_created(orders_service *svc, const orders_new *n, orders_created_fn fn, void *arg);
 
 /* Appends order.cancel_requested for a CONFIRMED order and applies it.
  * CH_FAILED_PRECONDITION (err says why) while the saga runs; CH_OK without

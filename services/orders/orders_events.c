@@ -129,8 +129,7 @@ static void on_created_stored(ch_status st, const bus_pub_ack *ack, void *arg)
     free(p);
 }
 
-ch_status orders_append_created(orders_service *svc, const orders_new *n, int timeout_ms,
-                                orders_created_fn fn, void *arg)
+ch_status orders_append_created(orders_service *svc, const orders_new *n, orders_created_fn fn, void *arg)
 {
     choreo_events_v1_Envelope envelope; /* ~9 KB on a thread stack of 8 MB; a malloc per order costs more */
     choreo_events_v1_Envelope *env = &envelope;
@@ -144,7 +143,7 @@ ch_status orders_append_created(orders_service *svc, const orders_new *n, int ti
         snprintf(p->customer_id, sizeof p->customer_id, "%s", n->req.customer_id);
         snprintf(p->key, sizeof p->key, "%s", n->req.idempotency_key ? n->req.idempotency_key : "");
         memcpy(p->items, n->req.items, n->req.n_items * sizeof *p->items);
-        st = event_publish_cb(svc->bus, env, timeout_ms, on_created_stored, p);
+        st = event_publish_cb(svc->bus, env, on_created_stored, p);
     }
     if (st != CH_OK)
         free(p); /* its callback will not run */

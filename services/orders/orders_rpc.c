@@ -259,8 +259,10 @@ static void create_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
         *cc = (created_call){.call = call, .svc = svc, .keyed = r->idempotency_key[0] != '\0'};
         snprintf(cc->id, sizeof cc->id, "%s", n.id);
         snprintf(cc->trace_id, sizeof cc->trace_id, "%.32s", n.traceparent + 3);
-        /* the reply comes with the PubAck, or in time for the client's deadline */
-        st = orders_append_created(svc, &n, call_timeout(call, svc), on_created, cc);
+        /* The reply comes with the PubAck, or after CHOREO_PUBLISH_TIMEOUT_MS
+         * without one. A nearer client deadline ends the call on the
+         * client's side; the bus waits as long for every publish (bus.c). */
+        st = orders_append_created(svc, &n, on_created, cc);
     }
     if (st != CH_OK) {
         char trace_id[33];

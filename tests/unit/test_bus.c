@@ -907,7 +907,7 @@ static void on_pub(ch_status st, const bus_pub_ack *ack, void *arg)
 static ch_status publish_cb(bus *b, const char *subject, const char *data, const char *msg_id, cb_slot *slot)
 {
     bus_out_msg m = {.subject = subject, .data = data, .len = strlen(data), .msg_id = msg_id};
-    return bus_publish_cb(b, &m, 0, on_pub, slot);
+    return bus_publish_cb(b, &m, on_pub, slot);
 }
 
 static void test_bus_publish_cb_calls_back_once_with_the_ack(void)
@@ -945,9 +945,9 @@ static void test_bus_publish_cb_calls_back_once_with_the_ack(void)
 
     /* Refused at once: no callback. */
     bus_out_msg bad = {.subject = "pubcb.x", .data = "x", .len = 1, .nheaders = BUS_MAX_HEADERS + 1};
-    CU_ASSERT_EQUAL(bus_publish_cb(b, &bad, 0, on_pub, &c->slot[12]), CH_INVALID_ARGUMENT);
-    CU_ASSERT_EQUAL(bus_publish_cb(b, &bad, 0, NULL, NULL), CH_INVALID_ARGUMENT);
-    CU_ASSERT_EQUAL(bus_publish_cb(NULL, &bad, 0, on_pub, &c->slot[12]), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(bus_publish_cb(b, &bad, on_pub, &c->slot[12]), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(bus_publish_cb(b, &bad, NULL, NULL), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(bus_publish_cb(NULL, &bad, on_pub, &c->slot[12]), CH_INVALID_ARGUMENT);
 
     /* No stream captures the subject: an error in the callback or from the
      * call, never both (observed: the callback, with CH_UNAVAILABLE). */
