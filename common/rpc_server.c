@@ -1336,6 +1336,30 @@ int64_t rpc_call_remaining_ms(const rpc_call *call)
     return ms < 0 ? 0 : ms;
 }
 
+static size_t varint_bytes(size_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+size_t rpc_call_fit_items(const rpc_call *call, const ProtobufCMessage *rest, size_t token_max,
+                          ProtobufCMessage *const *items, size_t n)
+{
+    size_t used = protobuf_c_message_get_packed_size(rest) + 1 + varint_bytes(token_max) + token_max;
+    size_t k = 0;
+    for (; k < n; k++) {
+        size_t len = protobuf_c_message_get_packed_size(items[k]);
+        used += 1 + varint_bytes(len) + len; /* tag of a field numbered 1..15, length, body */
+        if (used > call->max_send)
+            break;
+    }
+    return k == 0 && n > 0 ? 1 : k;
+}
+
 const char *rpc_call_method(const rpc_call *call)
 {
     return call ? call->path : NULL;

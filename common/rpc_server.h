@@ -137,6 +137,15 @@ void rpc_call_reply(rpc_call *call, const ProtobufCMessage *resp);
  * wrong (sent as grpc-message, at most 512 bytes). st must not be CH_OK. */
 void rpc_call_fail(rpc_call *call, ch_status st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* How many of items[0..n), the elements of one repeated message field
+ * numbered 1..15, fit in the reply to call next to `rest` (the reply without
+ * them and without its page token) and a page token of up to token_max
+ * bytes. At least 1 when n > 0: a single element over the cap fails when
+ * sent, with RESOURCE_EXHAUSTED. List handlers send that many and page on
+ * from there, so that no page is too big to send. */
+size_t rpc_call_fit_items(const rpc_call *call, const ProtobufCMessage *rest, size_t token_max,
+                          ProtobufCMessage *const *items, size_t n);
+
 /* Value of request metadata `key` (lowercase), or NULL. *len gets its length
  * (len may be NULL); the value is also NUL-terminated. Valid until the call is
  * finished. Handler thread only. */

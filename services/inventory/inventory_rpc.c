@@ -192,20 +192,24 @@ static void list_stock(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
         rpc_call_fail(call, CH_NO_MEMORY, "out of memory");
         goto cleanup;
     }
+    Choreo__Inventory__V1__ListStockResponse resp = CHOREO__INVENTORY__V1__LIST_STOCK_RESPONSE__INIT;
     pthread_mutex_lock(&svc->mu);
     ch_status st = inv_store_list(svc->store, r->page_token, page, size, &n, next);
-    for (size_t i = 0; st == CH_OK && i < n; i++)
+    for (size_t i = 0; st == CH_OK && i < n; i++) {
         copies[i] = *page[i];
+        pb_stock_fill(&pb[i], &copies[i]);
+        ptrs[i] = &pb[i];
+    }
+    size_t fit = n;
+    if (st == CH_OK)
+        fit = rpc_call_fit_items(call, &resp.base, INV_TOKEN_MAX, (ProtobufCMessage *const *)ptrs, n);
+    if (fit < n) /* the same first `fit`, and the token after them */
+        inv_store_list(svc->store, r->page_token, page, fit, &n, next);
     pthread_mutex_unlock(&svc->mu);
     if (st != CH_OK) {
         rpc_call_fail(call, CH_INVALID_ARGUMENT, "page_token: not a token this service made");
         goto cleanup;
     }
-    for (size_t i = 0; i < n; i++) {
-        pb_stock_fill(&pb[i], &copies[i]);
-        ptrs[i] = &pb[i];
-    }
-    Choreo__Inventory__V1__ListStockResponse resp = CHOREO__INVENTORY__V1__LIST_STOCK_RESPONSE__INIT;
     resp.n_stock = n;
     resp.stock = ptrs;
     resp.next_page_token = next;

@@ -62,6 +62,9 @@ static void list_notifications(rpc_call *call, const ProtobufCMessage *msg, void
     }
     Choreo__Notifications__V1__ListNotificationsResponse resp =
         CHOREO__NOTIFICATIONS__V1__LIST_NOTIFICATIONS_RESPONSE__INIT;
+    size_t fit = rpc_call_fit_items(call, &resp.base, NOTIF_TOKEN_MAX, (ProtobufCMessage *const *)ptrs, n);
+    if (fit < n) /* the same first `fit`, and the token after them */
+        notif_store_list(svc->store, r->customer_id, r->order_id, r->page_token, page, fit, &n, next);
     resp.n_notifications = n;
     resp.notifications = ptrs;
     resp.next_page_token = next;

@@ -340,6 +340,11 @@ static void list_orders(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
     for (size_t i = 0; i < n; i++)
         pb_order_fill(&p, i, page[i]);
     Choreo__Orders__V1__ListOrdersResponse resp = CHOREO__ORDERS__V1__LIST_ORDERS_RESPONSE__INIT;
+    size_t fit =
+        rpc_call_fit_items(call, &resp.base, sizeof next, (ProtobufCMessage *const *)p.order_ptrs, n);
+    if (fit < n) /* the same first `fit`, and the token after them */
+        order_store_list(svc->store, r->page_token, r->customer_id, (order_status)r->status, page, fit, &n,
+                         next);
     resp.n_orders = n;
     resp.orders = p.order_ptrs;
     resp.next_page_token = next;

@@ -203,6 +203,9 @@ static void list_payments(rpc_call *call, const ProtobufCMessage *msg, void *ctx
         ptrs[i] = &pbs[i];
     }
     Choreo__Payment__V1__ListPaymentsResponse resp = CHOREO__PAYMENT__V1__LIST_PAYMENTS_RESPONSE__INIT;
+    size_t fit = rpc_call_fit_items(call, &resp.base, PAY_TOKEN_MAX, (ProtobufCMessage *const *)ptrs, n);
+    if (fit < n) /* the same first `fit`, and the token after them */
+        payment_list(svc->state, r->page_token, r->customer_id, page, fit, &n, next);
     resp.n_payments = n;
     resp.payments = ptrs;
     resp.next_page_token = next;

@@ -270,6 +270,22 @@ static void test_orders_bad_input_is_refused_not_fatal(void)
     CU_ASSERT_EQUAL(proc_running(orders.p), 1);
 }
 
+/* One ListOrders page of a customer's orders; NULL on error. */
+static Choreo__Orders__V1__ListOrdersResponse *list_page(const char *customer, uint32_t size,
+                                                         const char *token)
+{
+    Choreo__Orders__V1__ListOrdersRequest req = CHOREO__ORDERS__V1__LIST_ORDERS_REQUEST__INIT;
+    Choreo__Orders__V1__ListOrdersResponse *resp = NULL;
+    req.page_size = size;
+    req.customer_id = (char *)customer;
+    req.page_token = (char *)token;
+    if (rpc_client_call(orders.client, "/choreo.orders.v1.Orders/ListOrders", NULL, 0, &req.base,
+                        &choreo__orders__v1__list_orders_response__descriptor, (ProtobufCMessage **)&resp,
+                        5000, NULL) != CH_OK)
+        return NULL;
+    return resp;
+}
+
 static void test_orders_list_pages_newest_first(void)
 {
     Choreo__Orders__V1__LineItem item = line("sku-1", 1, 100);
@@ -283,16 +299,8 @@ static void test_orders_list_pages_newest_first(void)
     char token[64] = "";
     int seen = 0;
     do {
-        Choreo__Orders__V1__ListOrdersRequest req = CHOREO__ORDERS__V1__LIST_ORDERS_REQUEST__INIT;
-        Choreo__Orders__V1__ListOrdersResponse *resp = NULL;
-        req.page_size = 2;
-        req.customer_id = (char *)"cust-list";
-        req.page_token = token;
-        CU_ASSERT_EQUAL_FATAL(rpc_client_call(orders.client, "/choreo.orders.v1.Orders/ListOrders", NULL, 0,
-                                              &req.base,
-                                              &choreo__orders__v1__list_orders_response__descriptor,
-                                              (ProtobufCMessage **)&resp, 5000, NULL),
-                              CH_OK);
+        Choreo__Orders__V1__ListOrdersResponse *resp = list_page("cust-list", 2, token);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
         for (size_t i = 0; i < resp->n_orders; i++, seen++)
             CU_ASSERT_STRING_EQUAL(resp->orders[i]->order_id, ids[4 - seen]);
         snprintf(token, sizeof token, "%s", resp->next_page_token);
@@ -306,6 +314,53 @@ static void test_orders_list_pages_newest_first(void)
     CU_ASSERT_EQUAL(rpc_client_call(orders.client, "/choreo.orders.v1.Orders/ListOrders", NULL, 0, &bad.base,
                                     &choreo__orders__v1__list_orders_response__descriptor, &resp, 5000, NULL),
                     CH_INVALID_ARGUMENT);
+}
+
+/* 12 orders of 100 line items with 64-byte SKUs are ~90 KB: more than one
+ * reply may carry (CHOREO_MAX_MESSAGE_BYTES, 64 KiB). A page of 50 is cut
+ * where the reply is full, and its token goes on from there. */
+static void test_orders_list_page_too_big_for_one_reply_is_cut(void)
+{
+    enum { N = 12, ITEMS = 100 };
+    static char skus[ITEMS][65];
+    Choreo__Orders__V1__LineItem items[ITEMS], *ptrs[ITEMS];
+    char ids[N][48], token[64] = "";
+    int seen = 0, pages = 0, first_page = 0;
+
+    for (int k = 0; k < ITEMS; k++) {
+        snprintf(skus[k], sizeof skus[k], "sku-%060d", k);
+        items[k] = line(skus[k], 1, 100);
+        ptrs[k] = &items[k];
+    }
+    for (int i = 0; i < N; i++) {
+        Choreo__Orders__V1__CreateOrderRequest req = CHOREO__ORDERS__V1__CREATE_ORDER_REQUEST__INIT;
+        Choreo__Orders__V1__CreateOrderResponse *resp = NULL;
+        req.customer_id = (char *)"cust-big";
+        req.n_items = ITEMS;
+        req.items = ptrs;
+        CU_ASSERT_EQUAL_FATAL(rpc_client_call(orders.client, "/choreo.orders.v1.Orders/CreateOrder", NULL, 0,
+                                              &req.base,
+                                              &choreo__orders__v1__create_order_response__descriptor,
+                                              (ProtobufCMessage **)&resp, 5000, NULL),
+                              CH_OK);
+        snprintf(ids[i], sizeof ids[i], "%s", resp->order->order_id);
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    }
+    do {
+        Choreo__Orders__V1__ListOrdersResponse *resp = list_page("cust-big", 50, token);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
+        if (pages == 0)
+            first_page = (int)resp->n_orders;
+        for (size_t i = 0; i < resp->n_orders && seen < N; i++, seen++) {
+            CU_ASSERT_STRING_EQUAL(resp->orders[i]->order_id, ids[N - 1 - seen]);
+            CU_ASSERT_EQUAL(resp->orders[i]->n_items, ITEMS);
+        }
+        snprintf(token, sizeof token, "%s", resp->next_page_token);
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+        pages++;
+    } while (token[0] && pages < 20);
+    CU_ASSERT_EQUAL(seen, N);
+    CU_ASSERT_TRUE(first_page > 0 && first_page < N);
 }
 
 static void test_orders_reflection_lists_and_finds_symbols(void)
@@ -606,6 +661,7 @@ int main(void)
         {"idempotency key returns the same order", test_orders_idempotency_key_returns_same_order},
         {"bad input is refused, not fatal", test_orders_bad_input_is_refused_not_fatal},
         {"list pages newest first", test_orders_list_pages_newest_first},
+        {"list page too big for one reply is cut", test_orders_list_page_too_big_for_one_reply_is_cut},
         {"reflection lists and finds symbols", test_orders_reflection_lists_and_finds_symbols},
         {"health follows nats", test_orders_health_follows_nats},
         {"state survives a restart", test_orders_state_survives_restart},
