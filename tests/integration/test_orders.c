@@ -279,10 +279,13 @@ static Choreo__Orders__V1__ListOrdersResponse *list_page(const char *customer, u
     req.page_size = size;
     req.customer_id = (char *)customer;
     req.page_token = (char *)token;
+    rpc_client_result res;
     if (rpc_client_call(orders.client, "/choreo.orders.v1.Orders/ListOrders", NULL, 0, &req.base,
                         &choreo__orders__v1__list_orders_response__descriptor, (ProtobufCMessage **)&resp,
-                        5000, NULL) != CH_OK)
+                        5000, &res) != CH_OK) {
+        fprintf(stderr, "ListOrders %s: %d %s\n", customer, res.code, res.details);
         return NULL;
+    }
     return resp;
 }
 
