@@ -1130,17 +1130,14 @@ static ch_status bench_init(bench *b)
     return CH_OK;
 }
 
-/* Spawns service k on a free port against our nats-server, its output in
+/* Spawns service k on port (free) against our nats-server, its output in
  * <log_dir>/<name>.log. Main thread only: children die with the thread
  * that forked them (PR_SET_PDEATHSIG). */
-static ch_status bench_spawn(bench *b, int k)
+static ch_status bench_spawn(bench *b, int k, int port)
 {
     svc_proc *s = &b->svc[k];
     char listen[96], nats[160], level[64];
-    int port = test_free_port();
 
-    if (port < 0)
-        return CH_INTERNAL;
     snprintf(s->name, sizeof s->name, "%s", svc_names[k]);
     snprintf(s->bin, sizeof s->bin, "%s", b->o.bins[k]);
     snprintf(s->nats_url, sizeof s->nats_url, "%s", natsd_url(b->nats));
@@ -1165,8 +1162,13 @@ static ch_status bench_start(bench *b, bench_usage *u)
         bench_fail(b, "startup", "nats-server did not start: %s", ch_status_str(st));
         return st;
     }
+    int ports[NSVC];
+    if (!test_free_ports(ports, NSVC)) { /* distinct: none listens before all are spawned */
+        bench_fail(b, "startup", "no free ports for the services");
+        return CH_INTERNAL;
+    }
     for (int k = 0; k < NSVC; k++) {
-        st = bench_spawn(b, k);
+        st = bench_spawn(b, k, ports[k]);
         if (st != CH_OK) {
             bench_fail(b, "startup", "cannot start %s (%s): %s", svc_names[k], b->o.bins[k],
                        ch_status_str(st));

@@ -158,11 +158,10 @@ ch_status natsd_start(natsd **out, const natsd_options *o)
         snprintf(n->store, sizeof n->store, "%s/store", n->dir);
     }
     snprintf(n->log_path, sizeof n->log_path, "%s/nats-server.log", n->dir);
-    n->port = o->port > 0 ? o->port : test_free_port();
-    n->http_port = test_free_port();
-    if (n->port <= 0 || n->http_port <= 0 || n->http_port == n->port) {
-        n->http_port = test_free_port();
-    }
+    int ports[2] = {-1, -1};
+    test_free_ports(ports, 2);
+    n->port = o->port > 0 ? o->port : ports[0];
+    n->http_port = ports[1] == n->port ? ports[0] : ports[1];
     snprintf(n->url, sizeof n->url, "nats://127.0.0.1:%d", n->port);
     ch_status st = natsd__launch(n);
     if (st != CH_OK) {

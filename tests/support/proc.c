@@ -258,7 +258,9 @@ void proc_destroy(proc *p)
     free(p);
 }
 
-int test_free_port(void)
+/* Binds a fresh socket to port 0 on 127.0.0.1: the fd (the caller closes
+ * it), its port in *port; -1 on failure. */
+static int probe_port(int *port)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -270,11 +272,33 @@ int test_free_port(void)
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     a.sin_port = 0;
     socklen_t alen = sizeof a;
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &alen) == 0) {
-        port = ntohs(a.sin_port);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &alen) != 0) {
+        close(fd);
+        return -1;
     }
-    close(fd);
-    return port;
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+bool test_free_ports(int *ports, int n)
+{
+    int fds[16];
+    int k = 0;
+    if (n < 0 || n > (int)(sizeof fds / sizeof fds[0])) {
+        return false;
+    }
+    while (k < n && (fds[k] = probe_port(&ports[k])) >= 0) {
+        k++;
+    }
+    for (int i = 0; i < k; i++) {
+        close(fds[i]);
+    }
+    return k == n;
+}
+
+int test_free_port(void)
+{
+    int port;
+    return test_free_ports(&port, 1) ? port : -1;
 }

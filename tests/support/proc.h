@@ -9,6 +9,7 @@
 #define CHOREO_TEST_PROC_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <sys/types.h>
 
 #include "status.h"
@@ -47,6 +48,11 @@ void proc_destroy(proc *p);
 /* A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read,
  * close), or -1 on failure. */
 int test_free_port(void);
+
+/* n distinct such ports (all probes stay bound until the last is chosen, so
+ * the kernel cannot hand out one twice); false on failure. For processes
+ * started together, before any of them listens. */
+bool test_free_ports(int *ports, int n);
 
 /* Milliseconds on the monotonic clock (for bounded waits in tests). */
 long long test_now_ms(void);
