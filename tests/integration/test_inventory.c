@@ -890,11 +890,11 @@ static bool wait_total_in(const char *sku, int64_t total_in)
     return false;
 }
 
-/* NATS stores an AdjustStock but its answer comes after the service's
- * publish timeout (a relay holds NATS's replies to the service): the caller
- * is told that the change may have happened, and a retry with the same key
- * changes nothing more. */
-static void test_inventory_unconfirmed_adjustment_is_reported_as_such(void)
+/* NATS stores an AdjustStock, then a SetStock, but its answer comes after
+ * the service's publish timeout (a relay holds NATS's replies to the
+ * service): the caller is told that the change may have happened, and the
+ * retry the answer advises changes nothing more. */
+static void test_inventory_unconfirmed_writes_are_reported_as_such(void)
 {
     char direct[sizeof inv.nats_url];
     int n_extra = inv.n_extra;
@@ -917,9 +917,18 @@ static void test_inventory_unconfirmed_adjustment_is_reported_as_such(void)
     CU_ASSERT_EQUAL(adjust_stock_key("sku-late", 5, "late-adj", &l, NULL), CH_OK);
     CU_ASSERT_EQUAL(l.available, 15);
 
+    /* SetStock the same way: the retry it advises sets the same level again */
+    relay_hold_replies_after(r, "inventory.ledger", 2000);
+    CU_ASSERT_EQUAL(set_stock("sku-late", 40, NULL, &res), CH_TIMEOUT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "may have happened"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "it sets an absolute level"));
+    CU_ASSERT_TRUE(wait_total_in("sku-late", 40));
+    CU_ASSERT_EQUAL(set_stock("sku-late", 40, &l, NULL), CH_OK);
+    CU_ASSERT_EQUAL(l.available, 40);
+
     CU_ASSERT_EQUAL_FATAL(svc_restart_against(&inv, direct, n_extra, NULL, 15000, NULL), CH_OK);
     relay_destroy(r);
-    expect_level("sku-late", 15, 0, 0, 15); /* the ledger replays the change once */
+    expect_level("sku-late", 40, 0, 0, 40); /* the ledger replays each change once */
 }
 
 static void test_inventory_sigterm_exits_zero(void)
@@ -946,8 +955,8 @@ int main(void)
          test_inventory_decision_recorded_before_a_crash_is_published},
         {"AdjustStock key adjusts once across restart",
          test_inventory_adjust_key_adjusts_once_across_restart},
-        {"unconfirmed adjustment is reported as such",
-         test_inventory_unconfirmed_adjustment_is_reported_as_such},
+        {"unconfirmed AdjustStock and SetStock are reported as such",
+         test_inventory_unconfirmed_writes_are_reported_as_such},
         {"SIGTERM exits 0", test_inventory_sigterm_exits_zero},
         {NULL, NULL},
     };
