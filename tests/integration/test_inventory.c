@@ -441,6 +441,47 @@ static void test_inventory_list_pages_in_byte_order(void)
         &res, CH_INVALID_ARGUMENT, "page_token");
 }
 
+/* With CHOREO_MAX_MESSAGE_BYTES=2048, 40 SKUs of 64 bytes (~3.8 KB) do not
+ * fit in one reply: a page of 100 is cut where the reply is full, and its
+ * token goes on from there, in byte order, each SKU once. */
+static void test_inventory_list_page_too_big_for_one_reply_is_cut(void)
+{
+    enum { N = 40 };
+    char sku[65], token[256] = "", prev[80] = "", url[sizeof inv.nats_url];
+    int n_extra = inv.n_extra, seen_mine = 0, pages = 0, cut = 0;
+
+    snprintf(url, sizeof url, "%s", inv.nats_url); /* the restart rewrites inv.nats_url from it */
+    CU_ASSERT_EQUAL_FATAL(
+        svc_restart_against(&inv, url, n_extra, "CHOREO_MAX_MESSAGE_BYTES=2048", 15000, NULL), CH_OK);
+    for (int i = 0; i < N; i++) {
+        snprintf(sku, sizeof sku, "fit-%060d", i);
+        CU_ASSERT_EQUAL(set_stock(sku, 1, NULL, NULL), CH_OK);
+    }
+    do { /* no FATAL until the service is back to its settings */
+        Choreo__Inventory__V1__ListStockRequest req = CHOREO__INVENTORY__V1__LIST_STOCK_REQUEST__INIT;
+        Choreo__Inventory__V1__ListStockResponse *resp = NULL;
+        req.page_size = 100;
+        req.page_token = token;
+        ch_status st = call("ListStock", &req.base, &choreo__inventory__v1__list_stock_response__descriptor,
+                            (ProtobufCMessage **)&resp, NULL);
+        CU_ASSERT_EQUAL(st, CH_OK);
+        if (st != CH_OK)
+            break;
+        for (size_t i = 0; i < resp->n_stock; i++) {
+            CU_ASSERT_TRUE(strcmp(prev, resp->stock[i]->sku) < 0); /* strictly increasing bytes */
+            snprintf(prev, sizeof prev, "%s", resp->stock[i]->sku);
+            seen_mine += strncmp(prev, "fit-", 4) == 0;
+        }
+        cut += resp->n_stock < 100 && resp->next_page_token[0];
+        snprintf(token, sizeof token, "%s", resp->next_page_token);
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+        pages++;
+    } while (token[0] && pages < 100);
+    CU_ASSERT_EQUAL(seen_mine, N);
+    CU_ASSERT_TRUE(cut > 0);
+    CU_ASSERT_EQUAL_FATAL(svc_restart_against(&inv, url, n_extra, NULL, 15000, NULL), CH_OK);
+}
+
 static void test_inventory_reserves_all_or_nothing(void)
 {
     found f;
@@ -943,6 +984,7 @@ int main(void)
     static const cu_test tests[] = {
         {"stock API and validation", test_inventory_stock_api_and_validation},
         {"list pages in byte order", test_inventory_list_pages_in_byte_order},
+        {"list page too big for one reply is cut", test_inventory_list_page_too_big_for_one_reply_is_cut},
         {"reserves all or nothing", test_inventory_reserves_all_or_nothing},
         {"duplicates change nothing", test_inventory_duplicates_change_nothing},
         {"payment.processed commits once", test_inventory_payment_processed_commits_once},

@@ -631,6 +631,50 @@ static void test_payment_list_pages_newest_first(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "page_token"));
 }
 
+/* 480 declined payments of ~165 bytes are ~79 KB: more than one reply may
+ * carry (CHOREO_MAX_MESSAGE_BYTES, 64 KiB). A page of 500 is cut where the
+ * reply is full, and its token goes on from there. */
+static void test_payment_list_page_too_big_for_one_reply_is_cut(void)
+{
+    enum { N = 480 };
+    char customer[65], order[41], token[64] = "";
+    int seen_n = 0, pages = 0, first_page = 0;
+
+    memset(customer, 'p', 64);
+    customer[64] = '\0';
+    CU_ASSERT_EQUAL_FATAL(credit(customer, 1, NULL, NULL, NULL), CH_OK);
+    for (int i = 0; i < N; i++) {
+        snprintf(order, sizeof order, "ord-bigpay-%029d", i);
+        make_reserved(order, customer, 100000000 + i); /* declined: the reason makes it long */
+        publish_env(NULL);
+    }
+    pb_payment *p = wait_payment(order, 0, 15000);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    protobuf_c_message_free_unpacked(&p->base, NULL);
+    do {
+        Choreo__Payment__V1__ListPaymentsRequest req = CHOREO__PAYMENT__V1__LIST_PAYMENTS_REQUEST__INIT;
+        Choreo__Payment__V1__ListPaymentsResponse *resp = NULL;
+        req.page_size = 500;
+        req.customer_id = customer;
+        req.page_token = token;
+        CU_ASSERT_EQUAL_FATAL(rpc_client_call(pay.client, SVC "ListPayments", NULL, 0, &req.base,
+                                              &choreo__payment__v1__list_payments_response__descriptor,
+                                              (ProtobufCMessage **)&resp, 5000, NULL),
+                              CH_OK);
+        if (pages == 0)
+            first_page = (int)resp->n_payments;
+        for (size_t i = 0; i < resp->n_payments && seen_n < N; i++, seen_n++) {
+            snprintf(order, sizeof order, "ord-bigpay-%029d", N - 1 - seen_n);
+            CU_ASSERT_STRING_EQUAL(resp->payments[i]->order_id, order);
+        }
+        snprintf(token, sizeof token, "%s", resp->next_page_token);
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+        pages++;
+    } while (token[0] && pages < 20);
+    CU_ASSERT_EQUAL(seen_n, N);
+    CU_ASSERT_TRUE(first_page > 0 && first_page < N);
+}
+
 static void test_payment_state_survives_kill_and_restart(void)
 {
     pb_account *a = NULL;
@@ -721,6 +765,7 @@ int main(void)
         {"refund on cancel, once", test_payment_refund_on_cancel_once},
         {"poison event is dead-lettered", test_payment_poison_event_is_dead_lettered},
         {"list pages newest first", test_payment_list_pages_newest_first},
+        {"list page too big for one reply is cut", test_payment_list_page_too_big_for_one_reply_is_cut},
         {"state survives kill -9 and restart", test_payment_state_survives_kill_and_restart},
         {"health and reflection", test_payment_health_and_reflection},
         {"SIGTERM exits 0", test_payment_sigterm_exits_zero},
