@@ -77,10 +77,12 @@ ch_status svc_restart_against(svc_proc *s, const char *nats_url, int n_extra, co
                               int timeout_ms, int *exit_status)
 {
     int ignored;
+    char url[sizeof s->nats_url];
+    snprintf(url, sizeof url, "%s", nats_url); /* nats_url may be s->nats_url itself */
     ch_status st = svc_stop(s, timeout_ms, exit_status ? exit_status : &ignored);
     if (st != CH_OK)
         return st;
-    snprintf(s->nats_url, sizeof s->nats_url, "%s", nats_url);
+    snprintf(s->nats_url, sizeof s->nats_url, "%s", url);
     s->n_extra = n_extra < s->n_extra ? n_extra : s->n_extra;
     if (setting && s->n_extra < (int)(sizeof s->extra_env / sizeof s->extra_env[0]))
         snprintf(s->extra_env[s->n_extra++], sizeof s->extra_env[0], "%s", setting);

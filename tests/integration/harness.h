@@ -38,6 +38,7 @@ ch_status svc_restart(svc_proc *s, int timeout_ms);
 /* Stops the service (SIGTERM; *exit_status, may be NULL, gets how it
  * ended), points it at nats_url with its first n_extra settings plus
  * `setting` ("K=V", may be NULL), and starts it again on the same port.
+ * nats_url may be s->nats_url, to restart with another setting alone.
  * Tests use it to put a service behind a relay and back. */
 ch_status svc_restart_against(svc_proc *s, const char *nats_url, int n_extra, const char *setting,
                               int timeout_ms, int *exit_status);
