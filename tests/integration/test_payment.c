@@ -568,6 +568,25 @@ static void test_payment_poison_event_is_dead_lettered(void)
     CU_ASSERT_EQUAL(proc_running(pay.p), 1);
 }
 
+/* One ListPayments page of a customer's payments; NULL on error. */
+static Choreo__Payment__V1__ListPaymentsResponse *list_page(const char *customer, uint32_t size,
+                                                            const char *token)
+{
+    Choreo__Payment__V1__ListPaymentsRequest req = CHOREO__PAYMENT__V1__LIST_PAYMENTS_REQUEST__INIT;
+    Choreo__Payment__V1__ListPaymentsResponse *resp = NULL;
+    rpc_client_result res;
+    req.page_size = size;
+    req.customer_id = (char *)customer;
+    req.page_token = (char *)token;
+    if (rpc_client_call(pay.client, SVC "ListPayments", NULL, 0, &req.base,
+                        &choreo__payment__v1__list_payments_response__descriptor, (ProtobufCMessage **)&resp,
+                        5000, &res) != CH_OK) {
+        fprintf(stderr, "ListPayments %s: %d %s\n", customer, res.code, res.details);
+        return NULL;
+    }
+    return resp;
+}
+
 static void test_payment_list_pages_newest_first(void)
 {
     char order[32], token[64] = "";
@@ -583,15 +602,8 @@ static void test_payment_list_pages_newest_first(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(p);
     protobuf_c_message_free_unpacked(&p->base, NULL);
     do {
-        Choreo__Payment__V1__ListPaymentsRequest req = CHOREO__PAYMENT__V1__LIST_PAYMENTS_REQUEST__INIT;
-        Choreo__Payment__V1__ListPaymentsResponse *resp = NULL;
-        req.page_size = 2;
-        req.customer_id = (char *)"cust-list";
-        req.page_token = token;
-        CU_ASSERT_EQUAL_FATAL(rpc_client_call(pay.client, SVC "ListPayments", NULL, 0, &req.base,
-                                              &choreo__payment__v1__list_payments_response__descriptor,
-                                              (ProtobufCMessage **)&resp, 5000, NULL),
-                              CH_OK);
+        Choreo__Payment__V1__ListPaymentsResponse *resp = list_page("cust-list", 2, token);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
         CU_ASSERT_TRUE(resp->n_payments <= 2);
         for (size_t i = 0; i < resp->n_payments; i++, seen_n++) {
             snprintf(order, sizeof order, "ord-list-%d", 4 - seen_n);
@@ -652,15 +664,8 @@ static void test_payment_list_page_too_big_for_one_reply_is_cut(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(p);
     protobuf_c_message_free_unpacked(&p->base, NULL);
     do {
-        Choreo__Payment__V1__ListPaymentsRequest req = CHOREO__PAYMENT__V1__LIST_PAYMENTS_REQUEST__INIT;
-        Choreo__Payment__V1__ListPaymentsResponse *resp = NULL;
-        req.page_size = 500;
-        req.customer_id = customer;
-        req.page_token = token;
-        CU_ASSERT_EQUAL_FATAL(rpc_client_call(pay.client, SVC "ListPayments", NULL, 0, &req.base,
-                                              &choreo__payment__v1__list_payments_response__descriptor,
-                                              (ProtobufCMessage **)&resp, 5000, NULL),
-                              CH_OK);
+        Choreo__Payment__V1__ListPaymentsResponse *resp = list_page(customer, 500, token);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
         if (pages == 0)
             first_page = (int)resp->n_payments;
         for (size_t i = 0; i < resp->n_payments && seen_n < N; i++, seen_n++) {
