@@ -937,7 +937,6 @@ static bool wait_total_in(const char *sku, int64_t total_in)
  * retry the answer advises changes nothing more. */
 static void test_inventory_unconfirmed_writes_are_reported_as_such(void)
 {
-    char direct[sizeof inv.nats_url];
     int n_extra = inv.n_extra;
     rpc_client_result res;
     level l = {-1, -1, -1, -1};
@@ -945,7 +944,6 @@ static void test_inventory_unconfirmed_writes_are_reported_as_such(void)
 
     CU_ASSERT_EQUAL_FATAL(set_stock("sku-late", 10, NULL, NULL), CH_OK);
     CU_ASSERT_EQUAL_FATAL(relay_start(&r, natsd_port(nats)), CH_OK);
-    snprintf(direct, sizeof direct, "%s", inv.nats_url);
     CU_ASSERT_EQUAL_FATAL(
         svc_restart_against(&inv, relay_url(r), n_extra, "CHOREO_PUBLISH_TIMEOUT_MS=500", 15000, NULL),
         CH_OK);
@@ -967,7 +965,7 @@ static void test_inventory_unconfirmed_writes_are_reported_as_such(void)
     CU_ASSERT_EQUAL(set_stock("sku-late", 40, &l, NULL), CH_OK);
     CU_ASSERT_EQUAL(l.available, 40);
 
-    CU_ASSERT_EQUAL_FATAL(svc_restart_against(&inv, direct, n_extra, NULL, 15000, NULL), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(svc_restart_against(&inv, natsd_url(nats), n_extra, NULL, 15000, NULL), CH_OK);
     relay_destroy(r);
     expect_level("sku-late", 40, 0, 0, 40); /* the ledger replays each change once */
 }

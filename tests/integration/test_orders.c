@@ -485,14 +485,13 @@ static void test_orders_retry_after_a_late_reply_creates_one_order(void)
     Choreo__Orders__V1__LineItem item = line("sku-late", 2, 300);
     Choreo__Orders__V1__CreateOrderResponse *a = NULL, *b = NULL;
     rpc_client_result res;
-    char want[ORDER_ID_MAX + 1], direct[sizeof orders.nats_url];
+    char want[ORDER_ID_MAX + 1];
     relay *r = NULL;
     int exit_status;
     found f;
     ch_status st;
 
     CU_ASSERT_EQUAL_FATAL(relay_start(&r, natsd_port(nats)), CH_OK);
-    snprintf(direct, sizeof direct, "%s", orders.nats_url);
     CU_ASSERT_EQUAL_FATAL(svc_restart_against(&orders, relay_url(r), orders.n_extra, NULL, 15000, NULL),
                           CH_OK);
 
@@ -511,8 +510,8 @@ static void test_orders_retry_after_a_late_reply_creates_one_order(void)
     protobuf_c_message_free_unpacked(&o->base, NULL);
     protobuf_c_message_free_unpacked(&b->base, NULL);
 
-    CU_ASSERT_EQUAL_FATAL(svc_restart_against(&orders, direct, orders.n_extra, NULL, 15000, &exit_status),
-                          CH_OK);
+    CU_ASSERT_EQUAL_FATAL(
+        svc_restart_against(&orders, natsd_url(nats), orders.n_extra, NULL, 15000, &exit_status), CH_OK);
     CU_ASSERT_EQUAL(exit_status, 0); /* the abandoned call did not hurt it */
     relay_destroy(r);
 }
@@ -540,14 +539,13 @@ static void test_orders_unconfirmed_create_is_reported_as_such(void)
 {
     Choreo__Orders__V1__LineItem item = line("sku-late", 1, 300);
     Choreo__Orders__V1__CreateOrderResponse *a = NULL, *b = NULL;
-    char want[ORDER_ID_MAX + 1], direct[sizeof orders.nats_url];
+    char want[ORDER_ID_MAX + 1];
     int n_extra = orders.n_extra;
     rpc_client_result res;
     relay *r = NULL;
     found f;
 
     CU_ASSERT_EQUAL_FATAL(relay_start(&r, natsd_port(nats)), CH_OK);
-    snprintf(direct, sizeof direct, "%s", orders.nats_url);
     CU_ASSERT_EQUAL_FATAL(
         svc_restart_against(&orders, relay_url(r), n_extra, "CHOREO_PUBLISH_TIMEOUT_MS=500", 15000, NULL),
         CH_OK);
@@ -566,7 +564,7 @@ static void test_orders_unconfirmed_create_is_reported_as_such(void)
     CU_ASSERT_EQUAL(f.count, 1);
     protobuf_c_message_free_unpacked(&b->base, NULL);
 
-    CU_ASSERT_EQUAL_FATAL(svc_restart_against(&orders, direct, n_extra, NULL, 15000, NULL), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(svc_restart_against(&orders, natsd_url(nats), n_extra, NULL, 15000, NULL), CH_OK);
     relay_destroy(r);
 }
 

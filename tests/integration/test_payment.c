@@ -364,14 +364,12 @@ static bool wait_credited(const char *customer, int64_t credited)
  * same key credits nothing more; a credit sent without a key shows up once. */
 static void test_payment_unconfirmed_credit_is_reported_as_such(void)
 {
-    char direct[sizeof pay.nats_url];
     int n_extra = pay.n_extra;
     rpc_client_result res;
     pb_account *a = NULL;
     relay *r = NULL;
 
     CU_ASSERT_EQUAL_FATAL(relay_start(&r, natsd_port(nats)), CH_OK);
-    snprintf(direct, sizeof direct, "%s", pay.nats_url);
     CU_ASSERT_EQUAL_FATAL(
         svc_restart_against(&pay, relay_url(r), n_extra, "CHOREO_PUBLISH_TIMEOUT_MS=500", 15000, NULL),
         CH_OK);
@@ -391,7 +389,7 @@ static void test_payment_unconfirmed_credit_is_reported_as_such(void)
     CU_ASSERT_TRUE(wait_credited("cust-late", 1000));
     assert_account("cust-late", 1000, 1000, 0, 0);
 
-    CU_ASSERT_EQUAL_FATAL(svc_restart_against(&pay, direct, n_extra, NULL, 15000, NULL), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(svc_restart_against(&pay, natsd_url(nats), n_extra, NULL, 15000, NULL), CH_OK);
     relay_destroy(r);
     assert_account("cust-late", 1000, 1000, 0, 0); /* the ledger replays each credit once */
 }
