@@ -1,34 +1,37 @@
 /* bus_floor.c: choreo-bus-floor, the floor under the saga benchmark.
  *
- * It sends the critical path of a confirmed order through nats-server with
- * no service behind it: no gRPC, no decoding, no state, no followers and no
- * side consumers. Per order, in series:
+ * It sends a confirmed order's messages through nats-server with no service
+ * behind them: no gRPC, no decoding, no state. The default pattern is the
+ * critical path alone, per order in series:
  *
- *   driver   publishes floor.e1.<id> and waits for its PubAck (CreateOrder)
- *   relay 1  takes it from a durable push consumer, writes one ledger entry
- *            per batch (compare-and-set on the ledger subject), publishes
- *            floor.e2.<id>, acks once both are stored        (inventory)
- *   relay 2  the same from floor.e2 to floor.e3               (payment)
- *   relay 3  floor.e3 to floor.e4, no ledger                  (orders)
- *   driver   sees floor.e4.<id> on a plain subscription       (the bench)
+ *   driver     publishes floor.created.<id>, waits for its PubAck (CreateOrder)
+ *   inventory  takes it from a durable push consumer, writes one ledger
+ *              message per batch (compare-and-set on its subject), publishes
+ *              floor.reserved.<id>, acks once both are stored
+ *   payment    the same from floor.reserved to floor.processed
+ *   orders     floor.processed to floor.confirmed, no ledger
+ *   driver     sees floor.confirmed.<id> on a plain subscription (the bench)
  *
- * That is the six JetStream writes in series of a confirmed order, its four
- * pushes on the critical path and three acks, with events of the saga's size
- * and headers, the bus's client settings (SendAsap, asynchronous publishes,
- * manual acks once the batch's publishes are stored) and file storage. The
- * saga does all of it and more (followers, side consumers, gRPC, state), so
- * what this measures bounds it from below on this client, server and
- * machine: the latency of one order, and the CPU per order of the relays
- * (the services' share) and of nats-server. --no-ledger leaves out the two
- * ledger writes: the floor of a design without them.
+ * Six JetStream writes in series, four pushes and three acks. --full adds
+ * every other message of a confirmed order (floor_full below): the orders
+ * and notifications followers, the side consumers, notification.sent, and
+ * the idle consumers of the failure paths that the server filters all the
+ * same. Events have the saga's size and headers; the client settings are
+ * the bus's (SendAsap, asynchronous publishes, manual acks once the batch's
+ * publishes are stored); storage is file. The saga does all of it and more,
+ * so each pattern bounds it from below on this client, server and machine:
+ * the latency of one order, the CPU per order of the relays (the services'
+ * share) and of nats-server. --no-ledger leaves out the ledger writes: the
+ * floor of a design without them.
  *
- * The relays are this binary again (`--relay K URL`), one process each, so
- * their CPU is measured apart from the driver's. Last stdout line:
- * `floor: key=value ...`; exit status 0 only when every order arrived.
+ * Each role runs as this binary again (`--relay PATTERN ROLE URL`), one
+ * process each with one thread per consumer, so its CPU is measured apart
+ * from the driver's. Last stdout line: `floor: key=value ...`; exit status 0
+ * only when every order (and, with --full, its last step) arrived.
  *
  * Ownership: main owns everything and frees it before exit. Threads: main,
- * one per caller, and the NATS subscription thread (records an arrival under
- * the mutex, never blocks). */
+ * one per caller, and the NATS subscription threads (record an arrival under
+ * the mutex, never block); in a relay, main and one per consumer. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -49,7 +52,6 @@
 
 #define FLOOR_STREAM      "FLOOR"
 #define FLOOR_LEDGER      "FLOORLEDGER"
-#define FLOOR_RELAYS      3
 #define FLOOR_EVENT_BYTES 256  /* payload of one event: about a saga envelope */
 #define FLOOR_ENTRY_BYTES 96   /* one ledger entry: about an inventory reservation */
 #define FLOOR_BATCH       256  /* messages a relay takes per wake-up, as the workers do */
@@ -59,25 +61,90 @@
 #define FLOOR_ID_CAP      16
 #define FLOOR_TRACEPARENT "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
-/* ---- the relays (one process each) ---- */
+/* ---- the message patterns ---- */
 
-static atomic_bool relay_stop;
+/* A durable push consumer of one event type (floor.<from>.*) with what it
+ * does per batch: one ledger message first (when `ledger`), then one event
+ * per message (floor.<to>.<id>, when `to`), then the acks once all of it is
+ * stored. Neither: it only acks (a side consumer folding state in). */
+typedef struct floor_consumer {
+    const char *from;
+    const char *to;
+    bool ledger;
+} floor_consumer;
 
-static void relay_on_term(int sig)
+#define FLOOR_CONSUMERS_MAX 6
+
+/* One relay process: a service's consumers, and its follower (an ordered
+ * consumer on `follow` that reads and drops, as a read model's would). */
+typedef struct floor_role {
+    const char *name;
+    floor_consumer consumers[FLOOR_CONSUMERS_MAX]; /* up to the first with from == NULL */
+    const char *follow;
+} floor_role;
+
+#define FLOOR_ROLES_MAX 4
+
+typedef struct floor_pattern {
+    const char *name;
+    int n_roles;
+    floor_role roles[FLOOR_ROLES_MAX];
+} floor_pattern;
+
+/* The critical path of a confirmed order: six writes in series. */
+static const floor_pattern floor_path = {
+    "path",
+    3,
+    {{"inventory", {{"created", "reserved", true}}, NULL},
+     {"payment", {{"reserved", "processed", true}}, NULL},
+     {"orders", {{"processed", "confirmed", false}}, NULL}},
+};
+
+/* Every message of a confirmed order (README, Benchmark: 5 events, 12
+ * pushes, 6 acks, ledger writes), and the consumers of the failure paths,
+ * idle here as in the benchmark's confirmed orders but filtered by the
+ * server all the same. */
+static const floor_pattern floor_full = {
+    "full",
+    4,
+    {{"orders",
+      {{"reserved", NULL, false},
+       {"processed", "confirmed", false},
+       {"failed", NULL, false},
+       {"payfailed", NULL, false},
+       {"released", NULL, false},
+       {"refunded", NULL, false}},
+      "floor.>"},
+     {"inventory",
+      {{"created", "reserved", true},
+       {"processed", NULL, true},
+       {"payfailed", NULL, false},
+       {"cancelreq", NULL, false}},
+      NULL},
+     {"payment", {{"reserved", "processed", true}, {"cancelreq", NULL, false}}, NULL},
+     {"notifications", {{"confirmed", "sent", false}, {"cancelled", NULL, false}}, "floor.sent.>"}},
+};
+
+static const floor_pattern *floor_pattern_named(const char *name)
 {
-    (void)sig;
-    atomic_store(&relay_stop, true);
+    if (strcmp(name, floor_path.name) == 0)
+        return &floor_path;
+    if (strcmp(name, floor_full.name) == 0)
+        return &floor_full;
+    return NULL;
 }
 
-static atomic_int relay_pub_errors;
-
-static void relay_on_pub_error(jsCtx *js, jsPubAckErr *pae, void *closure)
+static int floor_n_consumers(const floor_role *role)
 {
-    (void)js;
-    (void)closure;
-    atomic_fetch_add(&relay_pub_errors, 1);
-    fprintf(stderr, "relay: publish failed: %s\n",
-            pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
+    int n = 0;
+    while (n < FLOOR_CONSUMERS_MAX && role->consumers[n].from)
+        n++;
+    return n;
+}
+
+static void floor_durable(char *buf, size_t cap, const floor_role *role, const floor_consumer *c)
+{
+    snprintf(buf, cap, "%s_%s", role->name, c->from);
 }
 
 /* Connects with the bus's settings (SendAsap: every write goes out now). */
@@ -95,45 +162,76 @@ static natsStatus floor_connect(natsConnection **nc, const char *url)
     return s;
 }
 
-/* Publishes one ledger message framing the batch's n entries, only if the
- * ledger subject is still at *last (compare-and-set, as the services do). */
-static natsStatus relay_ledger(jsCtx *js, int k, int n, uint64_t *last)
+/* ---- a relay process: one role of a pattern ---- */
+
+static atomic_bool relay_stop;
+static atomic_int relay_errors;
+
+static void relay_on_term(int sig)
 {
-    static char entries[FLOOR_BATCH * FLOOR_ENTRY_BYTES];
-    char subject[32];
+    (void)sig;
+    atomic_store(&relay_stop, true);
+}
+
+static void relay_on_pub_error(jsCtx *js, jsPubAckErr *pae, void *closure)
+{
+    (void)js;
+    (void)closure;
+    atomic_fetch_add(&relay_errors, 1);
+    fprintf(stderr, "relay: publish failed: %s\n",
+            pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
+}
+
+/* One consumer's thread and what it owns. */
+typedef struct relay_worker {
+    const floor_role *role;
+    const floor_consumer *c; /* NULL: the role's follower */
+    bool ledger;
+    natsConnection *nc;
+    jsCtx *js;
+    natsSubscription *sub;
+    pthread_t thread;
+    uint64_t ledger_last;
+    natsMsg *batch[FLOOR_BATCH];
+    char entries[FLOOR_BATCH * FLOOR_ENTRY_BYTES];
+} relay_worker;
+
+/* Publishes one ledger message framing the batch's n entries, only if the
+ * ledger subject is still where this worker left it (compare-and-set, as
+ * the services' ledgers do). */
+static natsStatus relay_ledger(relay_worker *w, int n)
+{
+    char subject[64];
     jsPubOptions po;
     jsPubAck *pa = NULL;
     jsErrCode ec = 0;
 
-    snprintf(subject, sizeof subject, "floorledger.%d", k);
-    memset(entries, 'l', (size_t)n * FLOOR_ENTRY_BYTES);
+    snprintf(subject, sizeof subject, "floorledger.%s.%s", w->role->name, w->c->from);
+    memset(w->entries, 'l', (size_t)n * FLOOR_ENTRY_BYTES);
     jsPubOptions_Init(&po);
     po.MaxWait = FLOOR_WAIT_MS;
-    po.ExpectLastSubjectSeq = *last;
-    natsStatus s = js_Publish(&pa, js, subject, entries, n * FLOOR_ENTRY_BYTES, &po, &ec);
+    po.ExpectLastSubjectSeq = w->ledger_last;
+    natsStatus s = js_Publish(&pa, w->js, subject, w->entries, n * FLOOR_ENTRY_BYTES, &po, &ec);
     if (s == NATS_OK) {
-        *last = pa->Sequence;
+        w->ledger_last = pa->Sequence;
         jsPubAck_Destroy(pa);
     }
     return s;
 }
 
-/* Publishes the next event of message m (floor.e<k>.<id> -> floor.e<k+1>.<id>)
- * asynchronously, with the saga's headers and a deterministic message id. */
-static natsStatus relay_forward(jsCtx *js, int k, natsMsg *m)
+/* Publishes event `type` of order `id` asynchronously, with the saga's
+ * headers and a deterministic message id. */
+static natsStatus floor_publish_async(jsCtx *js, const char *type, const char *id, const char *data, int len)
 {
-    const char *id = strrchr(natsMsg_GetSubject(m), '.');
     char subject[64], msg_id[48];
     natsMsg *out = NULL;
     jsPubOptions po;
 
-    if (!id)
-        return NATS_INVALID_ARG;
-    snprintf(subject, sizeof subject, "floor.e%d%s", k + 1, id);
-    snprintf(msg_id, sizeof msg_id, "e%d%s", k + 1, id);
-    natsStatus s = natsMsg_Create(&out, subject, NULL, natsMsg_GetData(m), natsMsg_GetDataLength(m));
+    snprintf(subject, sizeof subject, "floor.%s.%s", type, id);
+    snprintf(msg_id, sizeof msg_id, "%s.%s", type, id);
+    natsStatus s = natsMsg_Create(&out, subject, NULL, data, len);
     if (s == NATS_OK)
-        s = natsMsgHeader_Set(out, "Choreo-Event-Type", "floor.event");
+        s = natsMsgHeader_Set(out, "Choreo-Event-Type", type);
     if (s == NATS_OK)
         s = natsMsgHeader_Set(out, "traceparent", FLOOR_TRACEPARENT);
     jsPubOptions_Init(&po);
@@ -144,82 +242,133 @@ static natsStatus relay_forward(jsCtx *js, int k, natsMsg *m)
     return s;
 }
 
-static int relay_main(int k, const char *url, bool ledger)
+/* Handles one batch of a consumer: ledger, events, wait until stored, acks. */
+static natsStatus relay_batch(relay_worker *w, int n)
 {
-    natsConnection *nc = NULL;
-    natsSubscription *sub = NULL;
-    jsCtx *js = NULL;
+    natsStatus s = NATS_OK;
+
+    if (w->ledger)
+        s = relay_ledger(w, n);
+    for (int i = 0; s == NATS_OK && w->c->to && i < n; i++) {
+        const char *id = strrchr(natsMsg_GetSubject(w->batch[i]), '.');
+        s = id ? floor_publish_async(w->js, w->c->to, id + 1, natsMsg_GetData(w->batch[i]),
+                                     natsMsg_GetDataLength(w->batch[i]))
+               : NATS_INVALID_ARG;
+    }
+    if (s == NATS_OK && w->c->to) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = FLOOR_WAIT_MS;
+        s = js_PublishAsyncComplete(w->js, &po);
+    }
+    if (s == NATS_OK && atomic_load(&relay_errors) > 0)
+        s = NATS_ERR;
+    for (int i = 0; s == NATS_OK && i < n; i++)
+        s = natsMsg_Ack(w->batch[i], NULL);
+    return s;
+}
+
+static void *relay_worker_main(void *arg)
+{
+    relay_worker *w = arg;
+
+    while (!atomic_load(&relay_stop)) {
+        int n = 0;
+        natsStatus s = natsSubscription_NextMsg(&w->batch[0], w->sub, 200);
+        if (s == NATS_TIMEOUT)
+            continue;
+        if (s == NATS_OK) {
+            for (n = 1; n < FLOOR_BATCH && natsSubscription_NextMsg(&w->batch[n], w->sub, 0) == NATS_OK;
+                 n++) {
+            }
+            if (w->c)
+                s = relay_batch(w, n);
+            for (int i = 0; i < n; i++)
+                natsMsg_Destroy(w->batch[i]);
+        }
+        if (s != NATS_OK) {
+            fprintf(stderr, "relay %s %s: %s\n", w->role->name, w->c ? w->c->from : "follower",
+                    natsStatus_GetText(s));
+            atomic_fetch_add(&relay_errors, 1);
+            break;
+        }
+    }
+    return NULL;
+}
+
+/* Binds worker w to its durable (or, for the follower, an ordered consumer). */
+static natsStatus relay_subscribe(relay_worker *w, jsErrCode *ec)
+{
+    char durable[64], filter[64];
     jsOptions jo;
     jsSubOptions so;
-    jsErrCode ec = 0;
-    char durable[8], filter[32], ready[32];
-    uint64_t ledger_last = 0;
-    natsMsg *batch[FLOOR_BATCH];
-    int code = 1;
 
-    signal(SIGTERM, relay_on_term);
-    snprintf(durable, sizeof durable, "r%d", k);
-    snprintf(filter, sizeof filter, "floor.e%d.*", k);
-    snprintf(ready, sizeof ready, "floorctl.ready.%d", k);
-    natsStatus s = floor_connect(&nc, url);
     jsOptions_Init(&jo);
     jo.PublishAsync.MaxPending = 4 * FLOOR_BATCH;
     jo.PublishAsync.ErrHandler = relay_on_pub_error;
-    if (s == NATS_OK)
-        s = natsConnection_JetStream(&js, nc, &jo);
+    natsStatus s = natsConnection_JetStream(&w->js, w->nc, &jo);
     jsSubOptions_Init(&so);
     so.Stream = FLOOR_STREAM;
-    so.Consumer = durable;
-    so.Queue = durable;
-    so.ManualAck = true;
+    if (w->c) {
+        floor_durable(durable, sizeof durable, w->role, w->c);
+        snprintf(filter, sizeof filter, "floor.%s.*", w->c->from);
+        so.Consumer = durable;
+        so.Queue = durable;
+        so.ManualAck = true;
+    } else {
+        snprintf(filter, sizeof filter, "%s", w->role->follow);
+        so.Ordered = true;
+    }
     if (s == NATS_OK)
-        s = js_SubscribeSync(&sub, js, filter, NULL, &so, &ec);
+        s = js_SubscribeSync(&w->sub, w->js, filter, NULL, &so, ec);
     if (s == NATS_OK)
-        s = natsSubscription_SetPendingLimits(sub, -1, -1);
+        s = natsSubscription_SetPendingLimits(w->sub, -1, -1);
+    return s;
+}
+
+static int relay_main(const floor_role *role, const char *url, bool ledger)
+{
+    relay_worker *w = calloc(FLOOR_CONSUMERS_MAX + 1, sizeof *w);
+    natsConnection *nc = NULL;
+    int n = floor_n_consumers(role) + (role->follow ? 1 : 0), started = 0, code = 1;
+    jsErrCode ec = 0;
+    char ready[64];
+
+    signal(SIGTERM, relay_on_term);
+    natsStatus s = w ? floor_connect(&nc, url) : NATS_NO_MEMORY;
+    for (int i = 0; s == NATS_OK && i < n; i++) {
+        w[i].role = role;
+        w[i].c = i < floor_n_consumers(role) ? &role->consumers[i] : NULL;
+        w[i].ledger = ledger && w[i].c && w[i].c->ledger;
+        w[i].nc = nc;
+        s = relay_subscribe(&w[i], &ec);
+    }
+    for (int i = 0; s == NATS_OK && i < n; i++) {
+        if (pthread_create(&w[i].thread, NULL, relay_worker_main, &w[i]) != 0)
+            s = NATS_SYS_ERROR;
+        else
+            started++;
+    }
+    snprintf(ready, sizeof ready, "floorctl.ready.%s", role->name);
     if (s == NATS_OK)
         s = natsConnection_PublishString(nc, ready, "ready");
-    if (s != NATS_OK) {
-        fprintf(stderr, "relay %d: start: %s (%d)\n", k, natsStatus_GetText(s), (int)ec);
-        goto cleanup;
+    if (s != NATS_OK)
+        fprintf(stderr, "relay %s: start: %s (JetStream error %d)\n", role->name, natsStatus_GetText(s),
+                (int)ec);
+    while (s == NATS_OK && !atomic_load(&relay_stop) && atomic_load(&relay_errors) == 0)
+        test_sleep_ms(50);
+    atomic_store(&relay_stop, true);
+    for (int i = 0; i < started; i++)
+        pthread_join(w[i].thread, NULL);
+    if (s == NATS_OK && atomic_load(&relay_errors) == 0)
+        code = 0;
+    for (int i = 0; w && i < n; i++) {
+        natsSubscription_Destroy(w[i].sub);
+        jsCtx_Destroy(w[i].js);
     }
-    while (!atomic_load(&relay_stop)) {
-        int n = 0;
-        s = natsSubscription_NextMsg(&batch[0], sub, 200);
-        if (s == NATS_TIMEOUT)
-            continue;
-        if (s != NATS_OK) {
-            fprintf(stderr, "relay %d: receive: %s\n", k, natsStatus_GetText(s));
-            goto cleanup;
-        }
-        for (n = 1; n < FLOOR_BATCH && natsSubscription_NextMsg(&batch[n], sub, 0) == NATS_OK; n++) {
-        }
-        if (ledger && k < FLOOR_RELAYS)
-            s = relay_ledger(js, k, n, &ledger_last);
-        for (int i = 0; s == NATS_OK && i < n; i++)
-            s = relay_forward(js, k, batch[i]);
-        if (s == NATS_OK) {
-            jsPubOptions po;
-            jsPubOptions_Init(&po);
-            po.MaxWait = FLOOR_WAIT_MS;
-            s = js_PublishAsyncComplete(js, &po);
-        }
-        for (int i = 0; i < n; i++) {
-            if (s == NATS_OK && atomic_load(&relay_pub_errors) == 0)
-                natsMsg_Ack(batch[i], NULL);
-            natsMsg_Destroy(batch[i]);
-        }
-        if (s != NATS_OK || atomic_load(&relay_pub_errors) > 0) {
-            fprintf(stderr, "relay %d: publish: %s\n", k, natsStatus_GetText(s));
-            goto cleanup;
-        }
-    }
-    code = 0;
-
-cleanup:
-    natsSubscription_Destroy(sub);
-    jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
     nats_Close();
+    free(w);
     return code;
 }
 
@@ -228,6 +377,7 @@ cleanup:
 typedef struct floor_opts {
     int n, c, timeout_s;
     bool closed, quiet, no_ledger;
+    const floor_pattern *pattern;
 } floor_opts;
 
 typedef struct floor_caller {
@@ -241,10 +391,10 @@ typedef struct floor_run {
     pthread_mutex_t mu; /* guards the arrays and counters below */
     long long *t_start, *t_acked, *t_end;
     int *waiter;
-    int done, ready, failed_publishes;
+    int done, sent, ready, failed_publishes;
     atomic_int next;
     natsConnection *pub_nc, *sub_nc;
-    natsSubscription *ready_sub, *end_sub;
+    natsSubscription *ready_sub, *end_sub, *sent_sub;
     jsCtx *js;
     floor_caller *callers;
 } floor_run;
@@ -260,8 +410,10 @@ static void floor_on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg
     pthread_mutex_lock(&r->mu);
     if (strncmp(subj, "floorctl.ready.", 15) == 0) {
         r->ready++;
-    } else if (strncmp(subj, "floor.e4.o", 10) == 0) {
-        long i = strtol(subj + 10, NULL, 10);
+    } else if (strncmp(subj, "floor.sent.o", 12) == 0) {
+        r->sent++; /* JetStream drops duplicates before core subscribers see them */
+    } else if (strncmp(subj, "floor.confirmed.o", 17) == 0) {
+        long i = strtol(subj + 17, NULL, 10);
         if (i >= 0 && i < r->o.n && r->t_end[i] == 0) {
             r->t_end[i] = now;
             r->done++;
@@ -273,21 +425,21 @@ static void floor_on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg
     natsMsg_Destroy(msg);
 }
 
-/* floor.e1.<id>, stored before it returns: what CreateOrder waits for. */
+/* floor.created.<id>, stored before it returns: what CreateOrder waits for. */
 static natsStatus floor_create(floor_run *r, int i)
 {
     static const char payload[FLOOR_EVENT_BYTES] = {0};
-    char subject[48], msg_id[FLOOR_ID_CAP + 8];
+    char subject[48], msg_id[FLOOR_ID_CAP + 16];
     natsMsg *m = NULL;
     jsPubOptions po;
     jsPubAck *pa = NULL;
     jsErrCode ec = 0;
 
-    snprintf(subject, sizeof subject, "floor.e1.o%d", i);
-    snprintf(msg_id, sizeof msg_id, "e1.o%d", i);
+    snprintf(subject, sizeof subject, "floor.created.o%d", i);
+    snprintf(msg_id, sizeof msg_id, "created.o%d", i);
     natsStatus s = natsMsg_Create(&m, subject, NULL, payload, sizeof payload);
     if (s == NATS_OK)
-        s = natsMsgHeader_Set(m, "Choreo-Event-Type", "floor.event");
+        s = natsMsgHeader_Set(m, "Choreo-Event-Type", "created");
     if (s == NATS_OK)
         s = natsMsgHeader_Set(m, "traceparent", FLOOR_TRACEPARENT);
     jsPubOptions_Init(&po);
@@ -356,28 +508,35 @@ static ch_status floor_setup(floor_run *r, const char *url)
     sc.Subjects = ledger_subjects;
     if (s == NATS_OK)
         s = js_AddStream(NULL, r->js, &sc, NULL, &ec);
-    for (int k = 1; s == NATS_OK && k <= FLOOR_RELAYS; k++) {
-        char durable[8], deliver[48], filter[32];
-        snprintf(durable, sizeof durable, "r%d", k);
-        snprintf(deliver, sizeof deliver, "_floor.deliver.%s", durable);
-        snprintf(filter, sizeof filter, "floor.e%d.*", k);
-        jsConsumerConfig_Init(&cc);
-        cc.Durable = durable;
-        cc.DeliverSubject = deliver;
-        cc.DeliverGroup = durable;
-        cc.AckPolicy = js_AckExplicit;
-        cc.AckWait = 10000LL * 1000000LL;
-        cc.MaxAckPending = 1000;
-        cc.FilterSubject = filter;
-        s = js_AddConsumer(NULL, r->js, FLOOR_STREAM, &cc, NULL, &ec);
+    for (int k = 0; s == NATS_OK && k < r->o.pattern->n_roles; k++) {
+        const floor_role *role = &r->o.pattern->roles[k];
+        for (int j = 0; s == NATS_OK && j < floor_n_consumers(role); j++) {
+            char durable[64], deliver[96], filter[64];
+            floor_durable(durable, sizeof durable, role, &role->consumers[j]);
+            snprintf(deliver, sizeof deliver, "_floor.deliver.%s", durable);
+            snprintf(filter, sizeof filter, "floor.%s.*", role->consumers[j].from);
+            jsConsumerConfig_Init(&cc);
+            cc.Durable = durable;
+            cc.DeliverSubject = deliver;
+            cc.DeliverGroup = durable;
+            cc.AckPolicy = js_AckExplicit;
+            cc.AckWait = 10000LL * 1000000LL;
+            cc.MaxAckPending = 1000;
+            cc.FilterSubject = filter;
+            s = js_AddConsumer(NULL, r->js, FLOOR_STREAM, &cc, NULL, &ec);
+        }
     }
     /* one subscription for the relays' "ready" and the orders' last event */
     if (s == NATS_OK)
         s = natsConnection_Subscribe(&r->ready_sub, r->sub_nc, "floorctl.ready.*", floor_on_msg, r);
     if (s == NATS_OK)
-        s = natsConnection_Subscribe(&r->end_sub, r->sub_nc, "floor.e4.*", floor_on_msg, r);
+        s = natsConnection_Subscribe(&r->end_sub, r->sub_nc, "floor.confirmed.*", floor_on_msg, r);
     if (s == NATS_OK)
         s = natsSubscription_SetPendingLimits(r->end_sub, -1, -1);
+    if (s == NATS_OK && r->o.pattern == &floor_full)
+        s = natsConnection_Subscribe(&r->sent_sub, r->sub_nc, "floor.sent.*", floor_on_msg, r);
+    if (s == NATS_OK && r->sent_sub)
+        s = natsSubscription_SetPendingLimits(r->sent_sub, -1, -1);
     if (s == NATS_OK)
         s = natsConnection_FlushTimeout(r->sub_nc, 5000);
     if (s != NATS_OK) {
@@ -389,17 +548,21 @@ static ch_status floor_setup(floor_run *r, const char *url)
 
 static void floor_usage(FILE *f)
 {
-    fprintf(f, "usage: choreo-bus-floor [-m open|closed] [-n N] [-c C] [-t SECONDS] [-q] [--no-ledger]\n"
-               "  The saga's critical path through nats-server with no service logic: the floor\n"
-               "  under choreo-bench. Same flags and modes; the last stdout line is the summary.\n"
-               "  --no-ledger  leave out the two ledger writes (4 JetStream writes in series, not 6)\n");
+    fprintf(
+        f, "usage: choreo-bus-floor [-m open|closed] [-n N] [-c C] [-t SECONDS] [-q] [--full] [--no-ledger]\n"
+           "  The saga's messages through nats-server with no service logic: the floor under\n"
+           "  choreo-bench. Same flags and modes; the last stdout line is the summary.\n"
+           "  --full       every message of a confirmed order, not only its critical path\n"
+           "  --no-ledger  leave out the ledger writes (4 JetStream writes in series, not 6)\n");
 }
 
 static int floor_parse(int argc, char **argv, floor_opts *o)
 {
-    static const struct option longs[] = {
-        {"no-ledger", no_argument, NULL, 'L'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
-    *o = (floor_opts){.n = 5000, .c = 16, .timeout_s = 300};
+    static const struct option longs[] = {{"no-ledger", no_argument, NULL, 'L'},
+                                          {"full", no_argument, NULL, 'F'},
+                                          {"help", no_argument, NULL, 'h'},
+                                          {NULL, 0, NULL, 0}};
+    *o = (floor_opts){.n = 5000, .c = 16, .timeout_s = 300, .pattern = &floor_path};
     int ch;
     while ((ch = getopt_long(argc, argv, "m:n:c:t:qh", longs, NULL)) != -1) {
         char *end = NULL;
@@ -436,6 +599,7 @@ static int floor_parse(int argc, char **argv, floor_opts *o)
             break;
         case 'q': o->quiet = true; break;
         case 'L': o->no_ledger = true; break;
+        case 'F': o->pattern = &floor_full; break;
         case 'h': floor_usage(stdout); return 0;
         default: floor_usage(stderr); return 2;
         }
@@ -482,8 +646,9 @@ static int floor_drive(const floor_opts *o)
 {
     floor_run r = {.o = *o};
     natsd *nats = NULL;
-    proc *relays[FLOOR_RELAYS] = {0};
-    pid_t pids[FLOOR_RELAYS + 2]; /* relays, nats-server, this process */
+    const int nr = o->pattern->n_roles;
+    proc *relays[FLOOR_ROLES_MAX] = {0};
+    pid_t pids[FLOOR_ROLES_MAX + 2]; /* relays, nats-server, this process */
     char self[PATH_MAX];
     int code = 1, started = 0;
 
@@ -501,24 +666,27 @@ static int floor_drive(const floor_opts *o)
     self[len] = '\0';
     if (natsd_start(&nats, NULL) != CH_OK || floor_setup(&r, natsd_url(nats)) != CH_OK)
         goto cleanup;
-    for (int k = 0; k < FLOOR_RELAYS; k++) {
-        char num[4];
-        snprintf(num, sizeof num, "%d", k + 1);
-        const char *argv[] = {self, o->no_ledger ? "--relay-no-ledger" : "--relay", num, natsd_url(nats),
+    for (int k = 0; k < nr; k++) {
+        const char *argv[] = {self,
+                              "--relay",
+                              o->pattern->name,
+                              o->pattern->roles[k].name,
+                              natsd_url(nats),
+                              o->no_ledger ? "--no-ledger" : NULL,
                               NULL};
         if (proc_spawn(&relays[k], argv, NULL, NULL) != CH_OK) {
-            fprintf(stderr, "floor: cannot start relay %d\n", k + 1);
+            fprintf(stderr, "floor: cannot start relay %s\n", o->pattern->roles[k].name);
             goto cleanup;
         }
         pids[k] = proc_pid(relays[k]);
     }
-    pids[FLOOR_RELAYS] = bench_find_child("nats-server");
-    pids[FLOOR_RELAYS + 1] = getpid();
+    pids[nr] = bench_find_child("nats-server");
+    pids[nr + 1] = getpid();
     for (int waited = 0;; waited += 10) {
         pthread_mutex_lock(&r.mu);
         int ready = r.ready;
         pthread_mutex_unlock(&r.mu);
-        if (ready == FLOOR_RELAYS)
+        if (ready == nr)
             break;
         if (waited > 10000) {
             fprintf(stderr, "floor: the relays did not start (their errors are above)\n");
@@ -527,11 +695,14 @@ static int floor_drive(const floor_opts *o)
         test_sleep_ms(10);
     }
     if (!o->quiet)
-        fprintf(stderr, "floor: %s mode, %d orders, %d callers\n", o->closed ? "closed" : "open", o->n, o->c);
+        fprintf(stderr, "floor: %s pattern, %s mode, %d orders, %d callers\n", o->pattern->name,
+                o->closed ? "closed" : "open", o->n, o->c);
 
-    double cpu0[3] = {floor_cpu(pids, FLOOR_RELAYS), floor_cpu(pids + FLOOR_RELAYS, 1),
-                      floor_cpu(pids + FLOOR_RELAYS + 1, 1)};
-    long long sw0[2] = {floor_ctxsw(pids, FLOOR_RELAYS), floor_ctxsw(pids + FLOOR_RELAYS, 1)};
+    double cpu0[3] = {floor_cpu(pids, nr), floor_cpu(pids + nr, 1), floor_cpu(pids + nr + 1, 1)};
+    double role0[FLOOR_ROLES_MAX];
+    for (int k = 0; k < nr; k++)
+        role0[k] = bench_cpu_seconds(pids[k]);
+    long long sw0[2] = {floor_ctxsw(pids, nr), floor_ctxsw(pids + nr, 1)};
     long long t0 = bench_now_ns(), deadline = t0 + (long long)o->timeout_s * 1000000000LL;
     for (int k = 0; k < o->c; k++) {
         r.callers[k].r = &r;
@@ -555,14 +726,27 @@ static int floor_drive(const floor_opts *o)
     long long t1 = 0;
     for (int k = 0; k < started; k++)
         pthread_join(r.callers[k].thread, NULL);
+    /* the full pattern's last step, so that its CPU is counted too */
+    for (;;) {
+        pthread_mutex_lock(&r.mu);
+        bool all = !r.sent_sub || r.sent >= r.done;
+        pthread_mutex_unlock(&r.mu);
+        if (all || bench_now_ns() > deadline)
+            break;
+        test_sleep_ms(5);
+    }
     for (int i = 0; i < o->n; i++)
         if (r.t_end[i] > t1)
             t1 = r.t_end[i];
-    double cpu1[3] = {floor_cpu(pids, FLOOR_RELAYS), floor_cpu(pids + FLOOR_RELAYS, 1),
-                      floor_cpu(pids + FLOOR_RELAYS + 1, 1)};
-    long long sw1[2] = {floor_ctxsw(pids, FLOOR_RELAYS), floor_ctxsw(pids + FLOOR_RELAYS, 1)};
+    double cpu1[3] = {floor_cpu(pids, nr), floor_cpu(pids + nr, 1), floor_cpu(pids + nr + 1, 1)};
+    char roles[FLOOR_ROLES_MAX * 48] = "";
+    for (int k = 0, used = 0; k < nr; k++)
+        used += snprintf(roles + used, sizeof roles - (size_t)used, " cpu_s_per_1k_%s=%.3f",
+                         o->pattern->roles[k].name,
+                         (bench_cpu_seconds(pids[k]) - role0[k]) / ((double)o->n / 1000.0));
+    long long sw1[2] = {floor_ctxsw(pids, nr), floor_ctxsw(pids + nr, 1)};
     long long rss = 0;
-    for (int k = 0; k < FLOOR_RELAYS; k++) {
+    for (int k = 0; k < nr; k++) {
         long long v = bench_peak_rss_bytes(pids[k]);
         rss = v > rss ? v : rss;
     }
@@ -571,23 +755,23 @@ static int floor_drive(const floor_opts *o)
     floor_quantiles(&r, r.t_start, r.t_end, lat);
     floor_quantiles(&r, r.t_start, r.t_acked, create);
     double wall = t1 > t0 ? (double)(t1 - t0) / 1e9 : 0;
-    bool ok = r.done == o->n && r.failed_publishes == 0;
+    bool ok = r.done == o->n && r.failed_publishes == 0 && (!r.sent_sub || r.sent == o->n);
     if (!ok)
-        fprintf(stderr, "floor: %d of %d orders arrived, %d publishes failed\n", r.done, o->n,
-                r.failed_publishes);
-    printf(
-        "floor: mode=%s n=%d c=%d orders_per_s=%.0f p50_ms=%.3f p95_ms=%.3f p99_ms=%.3f create_p50_ms=%.3f "
-        "cpu_s_per_1k_relays=%.3f cpu_s_per_1k_nats=%.3f cpu_s_per_1k_driver=%.3f "
-        "ctxsw_per_order_relays=%.1f "
-        "ctxsw_per_order_nats=%.1f rss_mb_relay_max=%.1f writes_in_series=%d checks=%s\n",
-        o->closed ? "closed" : "open", o->n, o->c, wall > 0 ? r.done / wall : 0, lat[0], lat[1], lat[2],
-        create[0], (cpu1[0] - cpu0[0]) / k1, (cpu1[1] - cpu0[1]) / k1, (cpu1[2] - cpu0[2]) / k1,
-        (double)(sw1[0] - sw0[0]) / o->n, (double)(sw1[1] - sw0[1]) / o->n, (double)rss / (1024.0 * 1024.0),
-        o->no_ledger ? 4 : 6, ok ? "ok" : "failed");
+        fprintf(stderr, "floor: %d of %d orders arrived (%d last steps), %d publishes failed\n", r.done, o->n,
+                r.sent, r.failed_publishes);
+    printf("floor: pattern=%s mode=%s n=%d c=%d orders_per_s=%.0f p50_ms=%.3f p95_ms=%.3f p99_ms=%.3f "
+           "create_p50_ms=%.3f "
+           "cpu_s_per_1k_relays=%.3f%s cpu_s_per_1k_nats=%.3f cpu_s_per_1k_driver=%.3f "
+           "ctxsw_per_order_relays=%.1f "
+           "ctxsw_per_order_nats=%.1f rss_mb_relay_max=%.1f writes_in_series=%d checks=%s\n",
+           o->pattern->name, o->closed ? "closed" : "open", o->n, o->c, wall > 0 ? r.done / wall : 0, lat[0],
+           lat[1], lat[2], create[0], (cpu1[0] - cpu0[0]) / k1, roles, (cpu1[1] - cpu0[1]) / k1,
+           (cpu1[2] - cpu0[2]) / k1, (double)(sw1[0] - sw0[0]) / o->n, (double)(sw1[1] - sw0[1]) / o->n,
+           (double)rss / (1024.0 * 1024.0), o->no_ledger ? 4 : 6, ok ? "ok" : "failed");
     code = ok ? 0 : 1;
 
 cleanup:
-    for (int k = 0; k < FLOOR_RELAYS; k++) {
+    for (int k = 0; k < nr; k++) {
         if (relays[k]) {
             proc_signal(relays[k], SIGTERM);
             int status = 0;
@@ -600,6 +784,7 @@ cleanup:
         pthread_cond_destroy(&r.callers[k].cv);
     natsSubscription_Destroy(r.ready_sub);
     natsSubscription_Destroy(r.end_sub);
+    natsSubscription_Destroy(r.sent_sub);
     jsCtx_Destroy(r.js);
     natsConnection_Destroy(r.pub_nc);
     natsConnection_Destroy(r.sub_nc);
@@ -616,13 +801,14 @@ cleanup:
 
 int main(int argc, char **argv)
 {
-    if (argc == 4 && (strcmp(argv[1], "--relay") == 0 || strcmp(argv[1], "--relay-no-ledger") == 0)) {
-        int k = atoi(argv[2]);
-        if (k < 1 || k > FLOOR_RELAYS) {
-            fprintf(stderr, "choreo-bus-floor: --relay: '%s' is not 1..%d\n", argv[2], FLOOR_RELAYS);
-            return 2;
-        }
-        return relay_main(k, argv[3], strcmp(argv[1], "--relay") == 0);
+    /* a relay: --relay PATTERN ROLE URL [--no-ledger], as floor_drive spawns it */
+    if ((argc == 5 || argc == 6) && strcmp(argv[1], "--relay") == 0) {
+        const floor_pattern *p = floor_pattern_named(argv[2]);
+        for (int k = 0; p && k < p->n_roles; k++)
+            if (strcmp(argv[3], p->roles[k].name) == 0)
+                return relay_main(&p->roles[k], argv[4], argc == 5);
+        fprintf(stderr, "choreo-bus-floor: --relay: no role '%s' in pattern '%s'\n", argv[3], argv[2]);
+        return 2;
     }
     floor_opts o;
     int code = floor_parse(argc, argv, &o);
