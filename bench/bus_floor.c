@@ -32,15 +32,14 @@
  * Ownership: main owns everything and frees it before exit. Threads: main,
  * one per caller, and the NATS subscription threads (record an arrival under
  * the mutex, never block); in a relay, main and one per consumer. */
-#include <errno.h>
 #include <getopt.h>
-#include <inttypes.h>
 #include <limits.h>
 #include <nats/nats.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
