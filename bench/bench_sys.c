@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <math.h>
 #include <stdio.h>
@@ -157,4 +158,15 @@ double bench_quantile(const double *sorted, size_t n, double q)
     double rank = ceil(q * (double)n);
     size_t k = rank < 1 ? 0 : (size_t)rank - 1;
     return sorted[k < n ? k : n - 1];
+}
+
+bool bench_int_arg(const char *s, int lo, int hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi)
+        return false;
+    *out = (int)v;
+    return true;
 }

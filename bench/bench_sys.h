@@ -34,6 +34,10 @@ pid_t bench_find_child(const char *comm);
 /* True when something accepts TCP connections on 127.0.0.1:port now. */
 bool bench_port_open(int port);
 
+/* Parses s as a whole decimal number in lo..hi into *out; false (and *out
+ * untouched) when it is not one. For command-line flags. */
+bool bench_int_arg(const char *s, int lo, int hi, int *out);
+
 /* Sorts v[0..n) ascending in place. */
 void bench_sort(double *v, size_t n);
 

@@ -555,6 +555,15 @@ static void floor_usage(FILE *f)
            "  --no-ledger  leave out the ledger writes (4 JetStream writes in series, not 6)\n");
 }
 
+/* Parses the value of a numeric flag (1..hi) into *out, or says what is wrong. */
+static bool floor_int_opt(const char *flag, const char *s, int hi, int *out)
+{
+    if (bench_int_arg(s, 1, hi, out))
+        return true;
+    fprintf(stderr, "choreo-bus-floor: %s: must be a whole number in 1..%d, not '%s'\n", flag, hi, s);
+    return false;
+}
+
 static int floor_parse(int argc, char **argv, floor_opts *o)
 {
     static const struct option longs[] = {{"no-ledger", no_argument, NULL, 'L'},
@@ -564,9 +573,6 @@ static int floor_parse(int argc, char **argv, floor_opts *o)
     *o = (floor_opts){.n = 5000, .c = 16, .timeout_s = 300, .pattern = &floor_path};
     int ch;
     while ((ch = getopt_long(argc, argv, "m:n:c:t:qh", longs, NULL)) != -1) {
-        char *end = NULL;
-        long v = optarg ? strtol(optarg, &end, 10) : 0;
-        bool num_ok = optarg && *optarg && end && *end == '\0';
         switch (ch) {
         case 'm':
             if (strcmp(optarg, "open") != 0 && strcmp(optarg, "closed") != 0) {
@@ -576,25 +582,16 @@ static int floor_parse(int argc, char **argv, floor_opts *o)
             o->closed = strcmp(optarg, "closed") == 0;
             break;
         case 'n':
-            if (!num_ok || v < 1 || v > FLOOR_MAX_N) {
-                fprintf(stderr, "choreo-bus-floor: -n: '%s' is not a number in 1..%d\n", optarg, FLOOR_MAX_N);
+            if (!floor_int_opt("-n", optarg, FLOOR_MAX_N, &o->n))
                 return 2;
-            }
-            o->n = (int)v;
             break;
         case 'c':
-            if (!num_ok || v < 1 || v > FLOOR_MAX_C) {
-                fprintf(stderr, "choreo-bus-floor: -c: '%s' is not a number in 1..%d\n", optarg, FLOOR_MAX_C);
+            if (!floor_int_opt("-c", optarg, FLOOR_MAX_C, &o->c))
                 return 2;
-            }
-            o->c = (int)v;
             break;
         case 't':
-            if (!num_ok || v < 1 || v > 86400) {
-                fprintf(stderr, "choreo-bus-floor: -t: '%s' is not a number in 1..86400\n", optarg);
+            if (!floor_int_opt("-t", optarg, 86400, &o->timeout_s))
                 return 2;
-            }
-            o->timeout_s = (int)v;
             break;
         case 'q': o->quiet = true; break;
         case 'L': o->no_ledger = true; break;

@@ -811,17 +811,6 @@ static void bench_usage_text(FILE *f)
             BENCH_MAX_N, BENCH_MAX_C);
 }
 
-static bool bench_int_arg(const char *s, int lo, int hi, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi)
-        return false;
-    *out = (int)v;
-    return true;
-}
-
 /* Parses argv into o; -1 to go on, else the exit code. May setenv before any
  * thread exists. */
 static int bench_parse(int argc, char **argv, bench_opts *o)
