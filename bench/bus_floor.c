@@ -57,7 +57,6 @@
 #define FLOOR_WAIT_MS     5000 /* PubAck wait */
 #define FLOOR_MAX_N       1000000
 #define FLOOR_MAX_C       256
-#define FLOOR_ID_CAP      16
 #define FLOOR_TRACEPARENT "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 /* ---- the message patterns ---- */
@@ -428,7 +427,7 @@ static void floor_on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg
 static natsStatus floor_create(floor_run *r, int i)
 {
     static const char payload[FLOOR_EVENT_BYTES] = {0};
-    char subject[48], msg_id[FLOOR_ID_CAP + 16];
+    char subject[48], msg_id[48];
     natsMsg *m = NULL;
     jsPubOptions po;
     jsPubAck *pa = NULL;
