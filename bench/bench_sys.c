@@ -170,3 +170,26 @@ bool bench_int_arg(const char *s, int lo, int hi, int *out)
     *out = (int)v;
     return true;
 }
+
+double bench_cpu_total(const pid_t *pids, int n)
+{
+    double t = 0;
+    for (int k = 0; k < n; k++) {
+        double v = bench_cpu_seconds(pids[k]);
+        t += v > 0 ? v : 0;
+    }
+    return t;
+}
+
+void bench_wait_quiet(const pid_t *pids, int n)
+{
+    double prev = bench_cpu_total(pids, n);
+    for (int k = 0; k < 15; k++) {
+        struct timespec ts = {0, 200 * 1000000L};
+        nanosleep(&ts, NULL);
+        double now = bench_cpu_total(pids, n);
+        if (now - prev < 0.02)
+            return;
+        prev = now;
+    }
+}

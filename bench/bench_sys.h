@@ -34,6 +34,13 @@ pid_t bench_find_child(const char *comm);
 /* True when something accepts TCP connections on 127.0.0.1:port now. */
 bool bench_port_open(int port);
 
+/* Sum of bench_cpu_seconds over pids[0..n) (unreadable ones count 0). */
+double bench_cpu_total(const pid_t *pids, int n);
+
+/* Waits (up to 3 s) until pids[0..n) together use less than 20 ms of CPU in
+ * 200 ms, so that trailing work is counted and idle time hardly is. */
+void bench_wait_quiet(const pid_t *pids, int n);
+
 /* Parses s as a whole decimal number in lo..hi into *out; false (and *out
  * untouched) when it is not one. For command-line flags. */
 bool bench_int_arg(const char *s, int lo, int hi, int *out);

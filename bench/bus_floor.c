@@ -606,14 +606,6 @@ static int floor_parse(int argc, char **argv, floor_opts *o)
     return -1;
 }
 
-static double floor_cpu(const pid_t *pids, int n)
-{
-    double t = 0;
-    for (int k = 0; k < n; k++)
-        t += bench_cpu_seconds(pids[k]);
-    return t;
-}
-
 static long long floor_ctxsw(const pid_t *pids, int n)
 {
     long long t = 0;
@@ -693,7 +685,8 @@ static int floor_drive(const floor_opts *o)
         fprintf(stderr, "floor: %s pattern, %s mode, %d orders, %d callers\n", o->pattern->name,
                 o->closed ? "closed" : "open", o->n, o->c);
 
-    double cpu0[3] = {floor_cpu(pids, nr), floor_cpu(pids + nr, 1), floor_cpu(pids + nr + 1, 1)};
+    double cpu0[3] = {bench_cpu_total(pids, nr), bench_cpu_total(pids + nr, 1),
+                      bench_cpu_total(pids + nr + 1, 1)};
     double role0[FLOOR_ROLES_MAX];
     for (int k = 0; k < nr; k++)
         role0[k] = bench_cpu_seconds(pids[k]);
@@ -733,7 +726,9 @@ static int floor_drive(const floor_opts *o)
     for (int i = 0; i < o->n; i++)
         if (r.t_end[i] > t1)
             t1 = r.t_end[i];
-    double cpu1[3] = {floor_cpu(pids, nr), floor_cpu(pids + nr, 1), floor_cpu(pids + nr + 1, 1)};
+    bench_wait_quiet(pids, nr + 1); /* trailing acks and followers count, as in choreo-bench */
+    double cpu1[3] = {bench_cpu_total(pids, nr), bench_cpu_total(pids + nr, 1),
+                      bench_cpu_total(pids + nr + 1, 1)};
     char roles[FLOOR_ROLES_MAX * 48] = "";
     for (int k = 0, used = 0; k < nr; k++)
         used += snprintf(roles + used, sizeof roles - (size_t)used, " cpu_s_per_1k_%s=%.3f",

@@ -769,28 +769,6 @@ typedef struct bench_usage {
     long long rss[NSVC + 1];
 } bench_usage;
 
-static double bench_cpu_total(const bench_usage *u)
-{
-    double t = 0;
-    for (int k = 0; k <= NSVC; k++)
-        t += bench_cpu_seconds(u->pid[k]);
-    return t;
-}
-
-/* Waits (up to 3 s) until the processes use less than 20 ms of CPU in
- * 200 ms, so that trailing work is counted and idle time hardly is. */
-static void bench_wait_quiet(const bench_usage *u)
-{
-    double prev = bench_cpu_total(u);
-    for (int k = 0; k < 15; k++) {
-        sleep_ms(200);
-        double now = bench_cpu_total(u);
-        if (now - prev < 0.02)
-            return;
-        prev = now;
-    }
-}
-
 /* ---- options ---- */
 
 static void bench_usage_text(FILE *f)
@@ -989,7 +967,7 @@ join:
             sleep_ms(10);
         }
     }
-    bench_wait_quiet(u);
+    bench_wait_quiet(u->pid, NSVC + 1);
     for (int k = 0; k <= NSVC; k++) {
         u->cpu1[k] = bench_cpu_seconds(u->pid[k]);
         u->ctx1[k] = bench_ctx_switches(u->pid[k]);
