@@ -1,6 +1,7 @@
-/* bench_sys.h: what the benchmark measures outside its own process: CPU time,
- * context switches and peak memory of other processes (from /proc),
- * percentiles of a sample, and the monotonic clock.
+/* bench_sys.h: what both benchmarks (choreo-bench, choreo-bus-floor) measure
+ * outside their own process: CPU time, context switches and peak memory of
+ * other processes (from /proc), percentiles of a sample, and the monotonic
+ * clock; and the parsing of their numeric flags.
  *
  * Ownership: callers own every buffer they pass; nothing here allocates
  * except where stated. Any thread. */
