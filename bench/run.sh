@@ -6,7 +6,10 @@
 #   BENCH_N=5000 BENCH_C=16 BENCH_MODES="open closed" bash bench/run.sh [choreo-bench args]
 #
 # BUILD_DIR (default build) says where choreo-bench is; extra arguments go to
-# every run (e.g. -t 600, --keep). Exits non-zero if any run fails.
+# every choreo-bench run (e.g. -t 600, --keep). BENCH_FLOOR=1 also runs
+# `choreo-bus-floor --full` after each mode, with the same -m, -n and -c, and
+# adds its `floor:` line to the summary: the same messages with no service
+# behind them (bench/README.md, "The floor"). Exits non-zero if any run fails.
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
@@ -15,9 +18,19 @@ BIN=${BENCH_BIN:-$BUILD_DIR/bench/choreo-bench}
 N=${BENCH_N:-5000}
 C=${BENCH_C:-16}
 MODES=${BENCH_MODES:-open closed}
+FLOOR=${BENCH_FLOOR:-0}
+FLOOR_BIN=$BUILD_DIR/bench/choreo-bus-floor
 
 if [[ ! -x $BIN ]]; then
   echo "bench/run.sh: $BIN is missing: run \`make bench\` (it builds first); the bench needs all four services" >&2
+  exit 1
+fi
+if [[ $FLOOR != 0 && $FLOOR != 1 ]]; then
+  echo "bench/run.sh: BENCH_FLOOR: '$FLOOR' is not 0 or 1" >&2
+  exit 2
+fi
+if [[ $FLOOR == 1 && ! -x $FLOOR_BIN ]]; then
+  echo "bench/run.sh: $FLOOR_BIN is missing: run \`make bench\` (it builds first)" >&2
   exit 1
 fi
 for m in $MODES; do
@@ -42,6 +55,18 @@ for m in $MODES; do
     rc=1
   fi
   echo
+  if [[ $FLOOR == 1 ]]; then
+    echo "== choreo-bus-floor --full -m $m -n $N -c $C"
+    "$FLOOR_BIN" --full -m "$m" -n "$N" -c "$C" | tee "$out"
+    status=${PIPESTATUS[0]}
+    line=$(grep '^floor:' "$out" | tail -n 1)
+    summaries+=("${line:-floor: pattern=full mode=$m n=$N c=$C checks=failed (no summary line)}")
+    if ((status != 0)); then
+      echo "bench/run.sh: the floor's $m mode failed (exit $status)" >&2
+      rc=1
+    fi
+    echo
+  fi
 done
 
 echo "== summary"
