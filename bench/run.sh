@@ -44,28 +44,28 @@ rc=0
 summaries=()
 out=$(mktemp) || exit 1
 trap 'rm -f "$out"' EXIT
-for m in $MODES; do
-  echo "== choreo-bench -m $m -n $N -c $C $*"
-  "$BIN" -m "$m" -n "$N" -c "$C" "$@" | tee "$out"
+# Runs one benchmark with its output on the terminal and keeps its summary
+# line (the last one starting with PREFIX:), or one saying it failed.
+#   run_one PREFIX MODE COMMAND...
+run_one() {
+  local prefix=$1 mode=$2 status line
+  shift 2
+  echo "== ${*#"$BUILD_DIR"/bench/}"
+  "$@" | tee "$out"
   status=${PIPESTATUS[0]}
-  line=$(grep '^bench:' "$out" | tail -n 1)
-  summaries+=("${line:-bench: mode=$m n=$N c=$C checks=failed (no summary line)}")
+  line=$(grep "^$prefix:" "$out" | tail -n 1)
+  summaries+=("${line:-$prefix: mode=$mode n=$N c=$C checks=failed (no summary line)}")
   if ((status != 0)); then
-    echo "bench/run.sh: $m mode failed (exit $status)" >&2
+    echo "bench/run.sh: ${1##*/} in $mode mode failed (exit $status)" >&2
     rc=1
   fi
   echo
+}
+
+for m in $MODES; do
+  run_one bench "$m" "$BIN" -m "$m" -n "$N" -c "$C" "$@"
   if [[ $FLOOR == 1 ]]; then
-    echo "== choreo-bus-floor --full -m $m -n $N -c $C"
-    "$FLOOR_BIN" --full -m "$m" -n "$N" -c "$C" | tee "$out"
-    status=${PIPESTATUS[0]}
-    line=$(grep '^floor:' "$out" | tail -n 1)
-    summaries+=("${line:-floor: pattern=full mode=$m n=$N c=$C checks=failed (no summary line)}")
-    if ((status != 0)); then
-      echo "bench/run.sh: the floor's $m mode failed (exit $status)" >&2
-      rc=1
-    fi
-    echo
+    run_one floor "$m" "$FLOOR_BIN" --full -m "$m" -n "$N" -c "$C"
   fi
 done
 
