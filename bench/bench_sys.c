@@ -171,7 +171,8 @@ bool bench_int_arg(const char *s, int lo, int hi, int *out)
     return true;
 }
 
-double bench_cpu_total(const pid_t *pids, int n)
+/* Sum of bench_cpu_seconds over pids[0..n) (unreadable ones count 0). */
+static double bench__cpu_total(const pid_t *pids, int n)
 {
     double t = 0;
     for (int k = 0; k < n; k++) {
@@ -183,11 +184,11 @@ double bench_cpu_total(const pid_t *pids, int n)
 
 void bench_wait_quiet(const pid_t *pids, int n)
 {
-    double prev = bench_cpu_total(pids, n);
+    double prev = bench__cpu_total(pids, n);
     for (int k = 0; k < 15; k++) {
         struct timespec ts = {0, 200 * 1000000L};
         nanosleep(&ts, NULL);
-        double now = bench_cpu_total(pids, n);
+        double now = bench__cpu_total(pids, n);
         if (now - prev < 0.02)
             return;
         prev = now;

@@ -35,9 +35,6 @@ pid_t bench_find_child(const char *comm);
 /* True when something accepts TCP connections on 127.0.0.1:port now. */
 bool bench_port_open(int port);
 
-/* Sum of bench_cpu_seconds over pids[0..n) (unreadable ones count 0). */
-double bench_cpu_total(const pid_t *pids, int n);
-
 /* Waits (up to 3 s) until pids[0..n) together use less than 20 ms of CPU in
  * 200 ms, so that trailing work is counted and idle time hardly is. */
 void bench_wait_quiet(const pid_t *pids, int n);

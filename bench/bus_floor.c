@@ -544,7 +544,7 @@ static ch_status floor_setup(floor_run *r, const char *url)
     return CH_OK;
 }
 
-static void floor_usage(FILE *f)
+static void floor_usage_text(FILE *f)
 {
     fprintf(
         f, "usage: choreo-bus-floor [-m open|closed] [-n N] [-c C] [-t SECONDS] [-q] [--full] [--no-ledger]\n"
@@ -595,8 +595,8 @@ static int floor_parse(int argc, char **argv, floor_opts *o)
         case 'q': o->quiet = true; break;
         case 'L': o->no_ledger = true; break;
         case 'F': o->pattern = &floor_full; break;
-        case 'h': floor_usage(stdout); return 0;
-        default: floor_usage(stderr); return 2;
+        case 'h': floor_usage_text(stdout); return 0;
+        default: floor_usage_text(stderr); return 2;
         }
     }
     if (optind < argc) {
@@ -606,12 +606,19 @@ static int floor_parse(int argc, char **argv, floor_opts *o)
     return -1;
 }
 
-static long long floor_ctxsw(const pid_t *pids, int n)
+/* CPU seconds and context switches so far of each measured process: the
+ * relays, then nats-server, then the driver. */
+typedef struct floor_usage {
+    double cpu[FLOOR_ROLES_MAX + 2];
+    long long sw[FLOOR_ROLES_MAX + 2];
+} floor_usage;
+
+static void floor_sample(const pid_t *pids, int n, floor_usage *u)
 {
-    long long t = 0;
-    for (int k = 0; k < n; k++)
-        t += bench_ctx_switches(pids[k]);
-    return t;
+    for (int k = 0; k < n; k++) {
+        u->cpu[k] = bench_cpu_seconds(pids[k]);
+        u->sw[k] = bench_ctx_switches(pids[k]);
+    }
 }
 
 /* Percentiles of (to[i] - from[i]) in ms over the orders that have both. */
@@ -685,12 +692,8 @@ static int floor_drive(const floor_opts *o)
         fprintf(stderr, "floor: %s pattern, %s mode, %d orders, %d callers\n", o->pattern->name,
                 o->closed ? "closed" : "open", o->n, o->c);
 
-    double cpu0[3] = {bench_cpu_total(pids, nr), bench_cpu_total(pids + nr, 1),
-                      bench_cpu_total(pids + nr + 1, 1)};
-    double role0[FLOOR_ROLES_MAX];
-    for (int k = 0; k < nr; k++)
-        role0[k] = bench_cpu_seconds(pids[k]);
-    long long sw0[2] = {floor_ctxsw(pids, nr), floor_ctxsw(pids + nr, 1)};
+    floor_usage u0, u1;
+    floor_sample(pids, nr + 2, &u0);
     long long t0 = bench_now_ns(), deadline = t0 + (long long)o->timeout_s * 1000000000LL;
     for (int k = 0; k < o->c; k++) {
         r.callers[k].r = &r;
@@ -727,21 +730,19 @@ static int floor_drive(const floor_opts *o)
         if (r.t_end[i] > t1)
             t1 = r.t_end[i];
     bench_wait_quiet(pids, nr + 1); /* trailing acks and followers count, as in choreo-bench */
-    double cpu1[3] = {bench_cpu_total(pids, nr), bench_cpu_total(pids + nr, 1),
-                      bench_cpu_total(pids + nr + 1, 1)};
+    floor_sample(pids, nr + 2, &u1);
+    double lat[3], create[3], k1 = (double)o->n / 1000.0, relays_cpu = 0;
+    long long relays_sw = 0, rss = 0;
     char roles[FLOOR_ROLES_MAX * 48] = "";
-    for (int k = 0, used = 0; k < nr; k++)
-        used += snprintf(roles + used, sizeof roles - (size_t)used, " cpu_s_per_1k_%s=%.3f",
-                         o->pattern->roles[k].name,
-                         (bench_cpu_seconds(pids[k]) - role0[k]) / ((double)o->n / 1000.0));
-    long long sw1[2] = {floor_ctxsw(pids, nr), floor_ctxsw(pids + nr, 1)};
-    long long rss = 0;
-    for (int k = 0; k < nr; k++) {
+    for (int k = 0, used = 0; k < nr; k++) {
+        double cpu = u1.cpu[k] - u0.cpu[k];
         long long v = bench_peak_rss_bytes(pids[k]);
+        used += snprintf(roles + used, sizeof roles - (size_t)used, " cpu_s_per_1k_%s=%.3f",
+                         o->pattern->roles[k].name, cpu / k1);
+        relays_cpu += cpu;
+        relays_sw += u1.sw[k] - u0.sw[k];
         rss = v > rss ? v : rss;
     }
-
-    double lat[3], create[3], k1 = (double)o->n / 1000.0;
     floor_quantiles(&r, r.t_start, r.t_end, lat);
     floor_quantiles(&r, r.t_start, r.t_acked, create);
     double wall = t1 > t0 ? (double)(t1 - t0) / 1e9 : 0;
@@ -755,9 +756,10 @@ static int floor_drive(const floor_opts *o)
            "ctxsw_per_order_relays=%.1f "
            "ctxsw_per_order_nats=%.1f rss_mb_relay_max=%.1f writes_in_series=%d checks=%s\n",
            o->pattern->name, o->closed ? "closed" : "open", o->n, o->c, wall > 0 ? r.done / wall : 0, lat[0],
-           lat[1], lat[2], create[0], (cpu1[0] - cpu0[0]) / k1, roles, (cpu1[1] - cpu0[1]) / k1,
-           (cpu1[2] - cpu0[2]) / k1, (double)(sw1[0] - sw0[0]) / o->n, (double)(sw1[1] - sw0[1]) / o->n,
-           (double)rss / (1024.0 * 1024.0), o->no_ledger ? 4 : 6, ok ? "ok" : "failed");
+           lat[1], lat[2], create[0], relays_cpu / k1, roles, (u1.cpu[nr] - u0.cpu[nr]) / k1,
+           (u1.cpu[nr + 1] - u0.cpu[nr + 1]) / k1, (double)relays_sw / o->n,
+           (double)(u1.sw[nr] - u0.sw[nr]) / o->n, (double)rss / (1024.0 * 1024.0), o->no_ledger ? 4 : 6,
+           ok ? "ok" : "failed");
     code = ok ? 0 : 1;
 
 cleanup:
