@@ -77,6 +77,16 @@ static stock get_stock(const char *sku)
     return s;
 }
 
+/* Asserts that every unit of sku is back on the shelf after a compensation:
+ * `available` available, none reserved, none sold. */
+static void assert_all_available(const char *sku, int64_t available)
+{
+    stock s = get_stock(sku);
+    CU_ASSERT_EQUAL(s.available, available);
+    CU_ASSERT_EQUAL(s.reserved, 0);
+    CU_ASSERT_EQUAL(s.sold, 0);
+}
+
 static void credit(const char *customer, int64_t cents)
 {
     CU_ASSERT_EQUAL_FATAL(sc_credit(svc[PAYMENT].client, customer, cents), CH_OK);
@@ -221,10 +231,7 @@ static void test_saga_payment_declined_releases_reservation(void)
     CU_ASSERT_TRUE_FATAL(wait_status(id, CANCELLED, 10000));
     status_of(id, reason, sizeof reason);
     CU_ASSERT_TRUE(reason[0] != '\0');
-    stock s = get_stock("pear");
-    CU_ASSERT_EQUAL(s.available, 5); /* released */
-    CU_ASSERT_EQUAL(s.reserved, 0);
-    CU_ASSERT_EQUAL(s.sold, 0);
+    assert_all_available("pear", 5); /* released */
     account a = get_account("bob");
     CU_ASSERT_EQUAL(a.balance, 500);
     CU_ASSERT_EQUAL(a.charged, 0);
@@ -259,10 +266,7 @@ static void test_saga_cancel_after_confirmation_refunds_and_restocks(void)
     account a = get_account("dave");
     CU_ASSERT_EQUAL(a.balance, 2000);
     CU_ASSERT_EQUAL(a.refunded, 800);
-    stock s = get_stock("plum");
-    CU_ASSERT_EQUAL(s.available, 4);
-    CU_ASSERT_EQUAL(s.sold, 0);
-    CU_ASSERT_EQUAL(s.reserved, 0);
+    assert_all_available("plum", 4);
     CU_ASSERT_TRUE(wait_notifications(id, N_CONFIRMED, 1, 5000));
     CU_ASSERT_TRUE(wait_notifications(id, N_CANCELLED, 1, 5000));
     CU_ASSERT_EQUAL(cancel(id, NULL), CH_OK); /* again: nothing more happens */
@@ -301,10 +305,7 @@ static void test_saga_unconfirmed_cancel_refunds_once(void)
     account a = get_account("fay");
     CU_ASSERT_EQUAL(a.refunded, 1400);
     CU_ASSERT_EQUAL(a.balance, 3000);
-    stock st = get_stock("quince");
-    CU_ASSERT_EQUAL(st.available, 5);
-    CU_ASSERT_EQUAL(st.sold, 0);
-    CU_ASSERT_EQUAL(st.reserved, 0);
+    assert_all_available("quince", 5);
     CU_ASSERT_TRUE(wait_notifications(id, N_CANCELLED, 1, 5000));
     CU_ASSERT_EQUAL(notifications_of(id, 0), 2); /* confirmed, then cancelled */
 
