@@ -108,6 +108,16 @@ order_reaction order_next_reaction(const order *o)
     return ORDER_REACT_NONE;
 }
 
+order_reaction order_reaction_to(const order *o, const char *event_id)
+{
+    order_reaction r = order_next_reaction(o);
+
+    if (r != ORDER_REACT_NONE && o->outcome_cause[0] &&
+        (!event_id || strcmp(o->outcome_cause, event_id) != 0))
+        return ORDER_REACT_NONE;
+    return r;
+}
+
 ch_status order_check_cancel(const order *o, char *err, size_t errlen)
 {
     switch (o->status) {
@@ -328,6 +338,8 @@ ch_status order_apply(order *o, const order_event *e, bool *changed)
         o->refunded = true;
     if (e->kind == ORDER_EV_INVENTORY_RELEASED && o->status == ORDER_CANCELLING)
         o->restocked = true;
+    if ((next == ORDER_CONFIRMED || next == ORDER_CANCELLED) && next != o->status)
+        snprintf(o->outcome_cause, sizeof o->outcome_cause, "%s", e->event_id ? e->event_id : "");
     o->status = next;
     o->version++;
     o->updated_ms = e->time_ms;

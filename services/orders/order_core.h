@@ -33,6 +33,7 @@
 #define ORDER_PRICE_MAX           1000000000LL
 #define ORDER_IDEMPOTENCY_KEY_MAX 128
 #define ORDER_REASON_MAX          200
+#define ORDER_EVENT_ID_MAX        32 /* bytes of an event id (32 hex digits) */
 #define ORDER_PAGE_DEFAULT        50
 #define ORDER_PAGE_MAX            500
 
@@ -71,7 +72,11 @@ typedef struct order {
     bool restocked;      /* customer cancel: restock done */
     bool confirmed_seen; /* order.confirmed is in the stream */
     bool cancelled_seen; /* order.cancelled is in the stream */
-    uint64_t list_pos;   /* position in creation order, for paging */
+    /* The event whose step made the outcome due (the payment.processed of a
+     * confirmation, the last compensation of a cancel): the cause its outcome
+     * event names, whichever thread folds it in first. "" when not known. */
+    char outcome_cause[ORDER_EVENT_ID_MAX + 1];
+    uint64_t list_pos; /* position in creation order, for paging */
 } order;
 
 /* What CreateOrder asks for, borrowed from the request. */
@@ -101,8 +106,9 @@ typedef enum order_event_kind {
 typedef struct order_event {
     order_event_kind kind;
     const char *order_id;
-    uint64_t seq;    /* stream sequence; 0 when not known yet */
-    int64_t time_ms; /* when the event was published */
+    uint64_t seq;         /* stream sequence; 0 when not known yet */
+    const char *event_id; /* the event's own id; NULL when not known */
+    int64_t time_ms;      /* when the event was published */
     /* ORDER_EV_CREATED */
     const char *customer_id;
     const order_item *items;
@@ -139,6 +145,13 @@ typedef enum order_reaction {
 } order_reaction;
 
 order_reaction order_next_reaction(const order *o);
+
+/* What the handler of event event_id must publish for o: the next reaction
+ * when that event is the one whose step made it due (o->outcome_cause), or
+ * when the cause is not known; ORDER_REACT_NONE otherwise, because the
+ * handler of the causing event publishes it, naming that event as its cause,
+ * even when another thread folded the event in first. */
+order_reaction order_reaction_to(const order *o, const char *event_id);
 
 /* Whether the customer may cancel o now. CH_OK for a CONFIRMED order;
  * CH_ALREADY_EXISTS when it is already CANCELLING or CANCELLED (nothing to

@@ -27,6 +27,7 @@ ch_status orders_event_from_envelope(const choreo_events_v1_Envelope *env, uint6
         return CH_INVALID_ARGUMENT;
     memset(out, 0, sizeof *out);
     out->order_id = env->order_id;
+    out->event_id = env->event_id;
     out->seq = seq;
     out->time_ms = env->occurred_at_unix_ns / 1000000;
     switch (t) {
@@ -275,7 +276,7 @@ static bus_verdict on_saga_event(const choreo_events_v1_Envelope *e, const bus_i
     pthread_mutex_lock(&svc->mu);
     ch_status st = order_store_apply(svc->store, &ev, &o, &changed);
     if (st == CH_OK) {
-        r.what = order_next_reaction(o);
+        r.what = order_reaction_to(o, e->event_id);
         snprintf(r.customer_id, sizeof r.customer_id, "%s", o->customer_id);
         r.total_cents = o->total_cents;
         snprintf(r.reason, sizeof r.reason, "%s", o->reason ? o->reason : "");

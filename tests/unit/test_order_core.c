@@ -250,6 +250,56 @@ static void test_order_core_reactions_follow_state(void)
     order_clear(&o);
 }
 
+/* The worker handling inventory.reserved may find payment.processed already
+ * folded in by the follower: the confirmation is then the payment's handler's
+ * to publish, naming the payment as its cause, not the reservation. */
+static void test_order_core_outcome_is_caused_by_the_step_that_made_it_due(void)
+{
+    order_item it = item("sku-1", 1, 100);
+    order o = {0};
+    bool changed;
+    order_event c = created("ord-1", 1, &it, 1);
+    order_event reserved = ev(ORDER_EV_INVENTORY_RESERVED, "ord-1", 2);
+    order_event paid = ev(ORDER_EV_PAYMENT_PROCESSED, "ord-1", 3);
+    order_event confirmed = ev(ORDER_EV_CONFIRMED, "ord-1", 4);
+    order_event cancel = ev(ORDER_EV_CANCEL_REQUESTED, "ord-1", 5);
+    order_event refunded = ev(ORDER_EV_PAYMENT_REFUNDED, "ord-1", 6);
+    order_event restocked = ev(ORDER_EV_INVENTORY_RELEASED, "ord-1", 7);
+
+    reserved.event_id = "aaaa";
+    paid.event_id = "bbbb";
+    refunded.event_id = "cccc";
+    restocked.event_id = "dddd";
+    CU_ASSERT_EQUAL(order_apply(&o, &c, &changed), CH_OK);
+    CU_ASSERT_EQUAL(order_apply(&o, &reserved, &changed), CH_OK);
+    CU_ASSERT_EQUAL(order_reaction_to(&o, "aaaa"), ORDER_REACT_NONE);
+    CU_ASSERT_EQUAL(order_apply(&o, &paid, &changed), CH_OK);
+    CU_ASSERT_STRING_EQUAL(o.outcome_cause, "bbbb");
+    /* a redelivered reservation, after the payment was folded in */
+    CU_ASSERT_EQUAL(order_apply(&o, &reserved, &changed), CH_OK);
+    CU_ASSERT_EQUAL(order_reaction_to(&o, "aaaa"), ORDER_REACT_NONE);
+    CU_ASSERT_EQUAL(order_reaction_to(&o, NULL), ORDER_REACT_NONE);
+    CU_ASSERT_EQUAL(order_reaction_to(&o, "bbbb"), ORDER_REACT_CONFIRM);
+    CU_ASSERT_EQUAL(order_apply(&o, &confirmed, &changed), CH_OK);
+    CU_ASSERT_EQUAL(order_reaction_to(&o, "bbbb"), ORDER_REACT_NONE);
+
+    /* the cancel is due once both compensations are in: the later one names it */
+    CU_ASSERT_EQUAL(order_apply(&o, &cancel, &changed), CH_OK);
+    CU_ASSERT_EQUAL(order_apply(&o, &refunded, &changed), CH_OK);
+    CU_ASSERT_EQUAL(order_apply(&o, &restocked, &changed), CH_OK);
+    CU_ASSERT_EQUAL(order_reaction_to(&o, "cccc"), ORDER_REACT_NONE);
+    CU_ASSERT_EQUAL(order_reaction_to(&o, "dddd"), ORDER_REACT_CANCEL);
+    order_clear(&o);
+
+    /* folded in without ids (cause unknown): any handler publishes, as before */
+    order_event paid_anon = ev(ORDER_EV_PAYMENT_PROCESSED, "ord-2", 9);
+    order_event c2 = created("ord-2", 8, &it, 1);
+    CU_ASSERT_EQUAL(order_apply(&o, &c2, &changed), CH_OK);
+    CU_ASSERT_EQUAL(order_apply(&o, &paid_anon, &changed), CH_OK);
+    CU_ASSERT_EQUAL(order_reaction_to(&o, "eeee"), ORDER_REACT_CONFIRM);
+    order_clear(&o);
+}
+
 static void test_order_core_store_indexes_and_pages(void)
 {
     order_store *s = NULL;
@@ -330,6 +380,8 @@ int main(void)
         {"reducer refuses impossible steps", test_order_core_reducer_refuses_impossible_steps},
         {"late reservation changes nothing", test_order_core_late_reservation_changes_nothing},
         {"reactions follow state", test_order_core_reactions_follow_state},
+        {"outcome is caused by the step that made it due",
+         test_order_core_outcome_is_caused_by_the_step_that_made_it_due},
         {"store indexes and pages", test_order_core_store_indexes_and_pages},
         {"ids are deterministic per key", test_order_core_ids_are_deterministic_per_key},
         {NULL, NULL},
