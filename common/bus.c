@@ -31,6 +31,7 @@
 #include <nats/nats.h>
 
 #include "log.h"
+#include "url_list.h"
 
 #define BUS_DEFAULT_URL       "nats://127.0.0.1:4222"
 #define BUS_SUBJECT_MAX       512
@@ -315,9 +316,16 @@ ch_status bus_create(bus **out, const bus_options *o)
     int connect_timeout = o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 2000;
     const char *url = o->url && *o->url ? o->url : BUS_DEFAULT_URL;
 
+    url_list servers;
+    char why[160];
+    if (url_list_parse(url, &servers, why, sizeof why) != CH_OK) {
+        log_error("bad NATS server list", "url", url, "error", why, NULL);
+        st = CH_INVALID_ARGUMENT;
+        goto cleanup;
+    }
     s = natsOptions_Create(&b->opts);
-    if (s == NATS_OK)
-        s = natsOptions_SetURL(b->opts, url);
+    if (s == NATS_OK) /* a cluster's servers are a pool, not one URL */
+        s = natsOptions_SetServers(b->opts, servers.ptrs, servers.n);
     if (s == NATS_OK && o->name)
         s = natsOptions_SetName(b->opts, o->name);
     if (s == NATS_OK)

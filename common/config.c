@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "url_list.h"
 #include "utf8.h"
 
 static const char *source_getenv(const char *name, void *arg)
@@ -36,8 +37,15 @@ static ch_status parse_bool(const char *v, bool *out)
 static ch_status load_field(void *out, const config_field *f, const char *v, char *err, size_t errlen)
 {
     char *dst = (char *)out + f->offset;
+    url_list list;
+    char why[160];
 
+    if (f->type == CONFIG_URL_LIST && url_list_parse(v, &list, why, sizeof why) != CH_OK) {
+        snprintf(err, errlen, "%s: \"%.64s\" is not a list of NATS server URLs: %s", f->env, v, why);
+        return CH_INVALID_ARGUMENT;
+    }
     switch (f->type) {
+    case CONFIG_URL_LIST: /* checked below, kept as the text it is */
     case CONFIG_STRING: {
         size_t len = strlen(v);
         if (len >= f->cap || (long)len < f->min || !utf8_valid(v, len)) {
@@ -112,7 +120,7 @@ size_t service_config_fields(config_field *out, size_t cap, const char *default_
     const config_field fields[] = {
         {"CHOREO_LISTEN_ADDR", CONFIG_STRING, SC(listen_addr), sizeof(((service_config *)0)->listen_addr),
          default_listen_addr, 1, 0, "host:port the gRPC server binds"},
-        {"CHOREO_NATS_URL", CONFIG_STRING, SC(nats_url), sizeof(((service_config *)0)->nats_url),
+        {"CHOREO_NATS_URL", CONFIG_URL_LIST, SC(nats_url), sizeof(((service_config *)0)->nats_url),
          "nats://127.0.0.1:4222", 1, 0, "NATS server URL(s), comma-separated"},
         {"CHOREO_LOG_LEVEL", CONFIG_LOG_LEVEL, SC(log_level), 0, "info", 0, 0, "debug, info, warn or error"},
         {"CHOREO_RPC_WORKERS", CONFIG_INT, SC(rpc_workers), 0, "2", 1, 64,

@@ -20,6 +20,7 @@ typedef enum config_type {
     CONFIG_INT,       /* int, min..max */
     CONFIG_BOOL,      /* bool: true/false/1/0/yes/no/on/off */
     CONFIG_LOG_LEVEL, /* log_level: debug/info/warn/error */
+    CONFIG_URL_LIST,  /* char[cap]: a comma-separated list of NATS server URLs (url_list.h) */
 } config_type;
 
 typedef struct config_field {

@@ -286,6 +286,7 @@ static void test_config_service_fields_overrides_and_errors(void)
     const kv bad_workers[] = {{"CHOREO_RPC_WORKERS", "65"}, {NULL, NULL}};
     const kv bad_msg[] = {{"CHOREO_MAX_MESSAGE_BYTES", "1023"}, {NULL, NULL}};
     const kv empty_url[] = {{"CHOREO_NATS_URL", ""}, {NULL, NULL}};
+    const kv stray_comma[] = {{"CHOREO_NATS_URL", "nats://a:4222,,nats://b:4222"}, {NULL, NULL}};
 
     CU_ASSERT_EQUAL_FATAL(config_load(&sc, fields, n, table_source, (void *)good, err, sizeof err), CH_OK);
     CU_ASSERT_STRING_EQUAL(sc.listen_addr, "0.0.0.0:6000");
@@ -303,6 +304,10 @@ static void test_config_service_fields_overrides_and_errors(void)
     CU_ASSERT_EQUAL(config_load(&sc, fields, n, table_source, (void *)empty_url, err, sizeof err),
                     CH_INVALID_ARGUMENT);
     CU_ASSERT_EQUAL(strncmp(err, "CHOREO_NATS_URL: ", 17), 0);
+    CU_ASSERT_EQUAL(config_load(&sc, fields, n, table_source, (void *)stray_comma, err, sizeof err),
+                    CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(strncmp(err, "CHOREO_NATS_URL: ", 17), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "entry 2"));
 }
 
 static void test_config_service_fields_small_cap(void)

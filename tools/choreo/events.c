@@ -16,6 +16,7 @@
 #include "cli.h"
 #include "event_bus.h"
 #include "event_codec.h"
+#include "url_list.h"
 
 static const char *nats_url(void)
 {
@@ -67,13 +68,20 @@ static int follow(void)
     natsOptions *opts = NULL;
     choreo_events_v1_Envelope *e = malloc(sizeof *e);
     bool tty = isatty(STDOUT_FILENO);
+    url_list servers;
+    char why[160];
     natsStatus s;
 
+    if (url_list_parse(nats_url(), &servers, why, sizeof why) != CH_OK) {
+        fprintf(stderr, "error: CHOREO_NATS_URL: %s\n", why);
+        free(e);
+        return 2;
+    }
     if (!e)
         return 1;
     s = natsOptions_Create(&opts);
     if (s == NATS_OK)
-        s = natsOptions_SetURL(opts, nats_url());
+        s = natsOptions_SetServers(opts, servers.ptrs, servers.n);
     if (s == NATS_OK)
         s = natsOptions_SetMaxReconnect(opts, -1);
     if (s == NATS_OK)
