@@ -605,6 +605,12 @@ static ch_status bus__make_msg(natsMsg **out, const bus_out_msg *m)
     }
     natsMsg *msg = NULL;
     natsStatus s = natsMsg_Create(&msg, m->subject, NULL, m->data, (int)m->len);
+    if (s == NATS_OK && m->expect_seq) {
+        /* set here, not through jsPubOptions, which cannot expect 0 (an empty stream) */
+        char seq[24];
+        snprintf(seq, sizeof seq, "%" PRIu64, m->expect_last_seq);
+        s = natsMsgHeader_Set(msg, BUS_HDR_EXPECTED_LAST_SEQ, seq);
+    }
     for (int i = 0; s == NATS_OK && i < m->nheaders; i++) {
         if (m->headers[i].key && m->headers[i].value) {
             s = natsMsgHeader_Set(msg, m->headers[i].key, m->headers[i].value);
@@ -642,10 +648,6 @@ static ch_status bus__publish_msg(bus *b, natsMsg *msg, const char *msg_id, cons
     jsPubOptions_Init(&po);
     po.MaxWait = timeout_ms > 0 ? timeout_ms : 5000;
     po.MsgId = msg_id;
-    if (m) {
-        po.ExpectLastSubjectSeq = m->expect_last_subject_seq;
-        po.ExpectNoMessage = m->expect_no_message;
-    }
     jsPubAck *pa = NULL;
     jsErrCode ec = 0;
     natsStatus s = js_PublishMsg(&pa, b->js, msg, &po, &ec);

@@ -45,6 +45,9 @@
 #define BUS_HDR_ORIGINAL_SUBJECT "Choreo-Original-Subject"
 #define BUS_HDR_ORIGINAL_SEQ     "Choreo-Original-Sequence"
 #define BUS_HDR_DELIVERIES       "Choreo-Deliveries"
+#define BUS_HDR_EXPECTED_LAST_SEQ                                                                            \
+    "Nats-Expected-Last-Sequence" /* JetStream's stream-level compare-and-set                                \
+                                   */
 
 typedef struct bus bus;
 typedef struct bus_worker bus_worker;
@@ -141,12 +144,16 @@ typedef struct bus_out_msg {
     const char *msg_id;                  /* Nats-Msg-Id for dedup; NULL: none */
     bus_header headers[BUS_MAX_HEADERS]; /* unused entries have key NULL */
     int nheaders;                        /* entries used, 0..BUS_MAX_HEADERS */
-    /* Optimistic concurrency on the subject (synchronous publish only): the
-     * stream stores the message only if the subject's last sequence is this
-     * value, or, with expect_no_message, if the subject holds nothing yet;
-     * otherwise bus_publish returns CH_CONFLICT. 0/false: no expectation. */
-    uint64_t expect_last_subject_seq;
-    bool expect_no_message;
+    /* Optimistic concurrency on the whole stream (header
+     * Nats-Expected-Last-Sequence): with expect_seq set, the stream stores
+     * the message only if its last sequence is expect_last_seq (0: the
+     * stream is empty); otherwise the publish fails with CH_CONFLICT (for an
+     * asynchronous publish, through its callback or the batch's wait). It is
+     * enforced on every replica of a replicated stream by every nats-server
+     * version; the per-subject expectation is not before 2.9.21, so the bus
+     * does not offer it. */
+    bool expect_seq;
+    uint64_t expect_last_seq;
 } bus_out_msg;
 
 typedef struct bus_pub_ack {

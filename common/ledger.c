@@ -197,8 +197,8 @@ ch_status ledger_append(ledger *l, const void *data, size_t len, const char *msg
         .data = data,
         .len = len,
         .msg_id = msg_id,
-        .expect_last_subject_seq = l->last,
-        .expect_no_message = l->last == 0,
+        .expect_seq = true, /* the stream holds the ledger's subject alone */
+        .expect_last_seq = l->last,
     };
     bus_pub_ack ack = {0};
     ch_status st;
@@ -252,8 +252,8 @@ static ch_status append_round(ledger *l, size_t len, size_t nframes, int timeout
         .len = len,
         .headers = {{LEDGER_HDR_ENTRIES, count}},
         .nheaders = 1,
-        .expect_last_subject_seq = l->last,
-        .expect_no_message = l->last == 0,
+        .expect_seq = true, /* the stream holds the ledger's subject alone */
+        .expect_last_seq = l->last,
     };
     bus_pub_ack ack = {0};
     ch_status st = bus_publish(l->b, &m, timeout_ms, &ack);

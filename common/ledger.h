@@ -9,7 +9,9 @@
  * ledger_decide_batch records the decisions of a batch of events in one
  * message (entries framed, LEDGER_HDR_ENTRIES says how many);
  * ledger_append publishes a new entry only if the subject's last sequence is
- * still the one this process has applied (ExpectLastSubjectSeq). A replica
+ * still the one this process has applied (compare-and-set on the stream's
+ * last sequence, which every replica of an R3 stream enforces; the stream
+ * holds the ledger's one subject, so that is the ledger's last entry). A replica
  * that lost the race gets CH_CONFLICT after its state has been brought up to
  * date, and decides again from the fresh state. A duplicate message id
  * (a re-run handler) stores nothing and applies nothing twice.

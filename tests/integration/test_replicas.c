@@ -1,4 +1,8 @@
-/* test_replicas.c: two replicas of every service against one nats-server.
+/* test_replicas.c: two replicas of every service against one nats-server,
+ * or (built with REPLICAS_ON_CLUSTER, ctest integration.cluster) against a
+ * three-node NATS cluster with R3 streams, reached through the list of its
+ * three servers: what production runs, where replicated streams behave
+ * differently from one server.
  *
  * Each service runs twice ("<svc>-a", "<svc>-b"): the replicas share their
  * durable consumers (competing consumers), inventory and payment share their
@@ -25,7 +29,11 @@ enum { A, B, NREP };
 static const char *const svc_names[NSVC] = {"orders", "inventory", "payment", "notifications"};
 static const char *const svc_bins[NSVC] = {ORDERS_BIN, INVENTORY_BIN, PAYMENT_BIN, NOTIFICATIONS_BIN};
 
+#ifdef REPLICAS_ON_CLUSTER
+static natsd_cluster *cluster;
+#else
 static natsd *nats;
+#endif
 static svc_proc svc[NSVC][NREP];
 
 #define CONFIRMED   CHOREO__ORDERS__V1__ORDER_STATUS__ORDER_STATUS_CONFIRMED
@@ -35,15 +43,22 @@ static svc_proc svc[NSVC][NREP];
 
 static int suite_init(void)
 {
-    const char *env[] = {"CHOREO_SHUTDOWN_GRACE_MS=3000", NULL};
     char name[32];
-
+#ifdef REPLICAS_ON_CLUSTER
+    const char *env[] = {"CHOREO_SHUTDOWN_GRACE_MS=3000", "CHOREO_STREAM_REPLICAS=3", NULL};
+    if (natsd_cluster_start(&cluster, 3) != CH_OK)
+        return 1;
+    const char *url = natsd_cluster_urls(cluster);
+#else
+    const char *env[] = {"CHOREO_SHUTDOWN_GRACE_MS=3000", NULL};
     if (natsd_start(&nats, NULL) != CH_OK)
         return 1;
+    const char *url = natsd_url(nats);
+#endif
     for (int s = 0; s < NSVC; s++)
         for (int r = 0; r < NREP; r++) {
             snprintf(name, sizeof name, "%s-%c", svc_names[s], 'a' + r);
-            if (svc_start(&svc[s][r], name, svc_bins[s], natsd_url(nats), env, 15000) != CH_OK)
+            if (svc_start(&svc[s][r], name, svc_bins[s], url, env, 30000) != CH_OK)
                 return 1;
         }
     return 0;
@@ -54,7 +69,11 @@ static int suite_cleanup(void)
     for (int s = NSVC - 1; s >= 0; s--)
         for (int r = 0; r < NREP; r++)
             svc_destroy(&svc[s][r]);
+#ifdef REPLICAS_ON_CLUSTER
+    natsd_cluster_destroy(cluster);
+#else
     natsd_destroy(nats);
+#endif
     return 0;
 }
 
@@ -486,5 +505,9 @@ int main(void)
         {"one replica of each service killed mid-run", test_replicas_one_replica_of_each_killed_mid_run},
         {NULL, NULL},
     };
+#ifdef REPLICAS_ON_CLUSTER
+    return cu_run("cluster", suite_init, suite_cleanup, tests);
+#else
     return cu_run("replicas", suite_init, suite_cleanup, tests);
+#endif
 }

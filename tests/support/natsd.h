@@ -42,11 +42,38 @@ ch_status natsd_stop(natsd *n);
 ch_status natsd_kill(natsd *n);
 
 /* Stops the server if running, then starts it again on the same port with
- * the same store and waits until it is ready. */
+ * the same store and waits until it is ready (a cluster node: rejoins its
+ * cluster). */
 ch_status natsd_restart(natsd *n);
 
 /* Stops the server, removes the temp dir (unless store_dir was given) and
  * frees n. Accepts NULL. */
 void natsd_destroy(natsd *n);
+
+/* ---- a cluster: what production runs ---- */
+
+#define NATSD_CLUSTER_MAX 5
+
+typedef struct natsd_cluster natsd_cluster;
+
+/* Starts `nodes` nats-servers (each as natsd_start would, named n0, n1, ...)
+ * routed into one cluster, and returns once every node answers /healthz (in
+ * contact with an elected meta leader). Streams created on it may have up to
+ * `nodes` replicas. Each node can be stopped, killed and restarted on its
+ * own through natsd_cluster_node. CH_INVALID_ARGUMENT for nodes outside
+ * 1..NATSD_CLUSTER_MAX. The caller owns the cluster (natsd_cluster_destroy). */
+ch_status natsd_cluster_start(natsd_cluster **out, int nodes);
+
+/* The client URLs of every node, comma-separated: what CHOREO_NATS_URL holds
+ * in production. Lives as long as c. */
+const char *natsd_cluster_urls(const natsd_cluster *c);
+
+int natsd_cluster_size(const natsd_cluster *c);
+
+/* Node i (0-based), or NULL; owned by the cluster. */
+natsd *natsd_cluster_node(const natsd_cluster *c, int i);
+
+/* Stops every node and removes their directories. Accepts NULL. */
+void natsd_cluster_destroy(natsd_cluster *c);
 
 #endif

@@ -204,6 +204,31 @@ static void test_bus_publish_dedup(void)
     bus_destroy(b);
 }
 
+/* The stream-level compare-and-set: whatever the subject, a publish expecting
+ * the stream's last sequence is stored only while that is still the last. */
+static void test_bus_publish_expects_the_streams_last_sequence(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "CAS", "cas.>");
+    bus_pub_ack ack = {0};
+    bus_out_msg m = {.subject = "cas.a", .data = "x", .len = 1, .expect_seq = true, .expect_last_seq = 0};
+
+    CU_ASSERT_EQUAL(bus_publish(b, &m, 2000, &ack), CH_OK); /* empty: expects 0 */
+    CU_ASSERT_EQUAL(ack.seq, 1);
+    m.subject = "cas.b"; /* another subject, same stream: still expects 0 */
+    CU_ASSERT_EQUAL(bus_publish(b, &m, 2000, &ack), CH_CONFLICT);
+    m.expect_last_seq = 1;
+    CU_ASSERT_EQUAL(bus_publish(b, &m, 2000, &ack), CH_OK);
+    CU_ASSERT_EQUAL(ack.seq, 2);
+    CU_ASSERT_EQUAL(publish(b, "cas.c", "no expectation", NULL, &ack), CH_OK);
+    CU_ASSERT_EQUAL(bus_publish(b, &m, 2000, &ack), CH_CONFLICT); /* still expects 1; it is 3 */
+    uint64_t msgs = 0, last = 0;
+    CU_ASSERT_EQUAL(bus_stream_info(b, "CAS", &msgs, &last), CH_OK);
+    CU_ASSERT_EQUAL(msgs, 3);
+    CU_ASSERT_EQUAL(last, 3);
+    bus_destroy(b);
+}
+
 static void test_bus_headers_survive(void)
 {
     bus *b = connect_bus();
@@ -1352,6 +1377,7 @@ int main(void)
         {"ensure stream concurrently", test_bus_ensure_stream_concurrently},
         {"get by sequence", test_bus_get_seq},
         {"publish dedup", test_bus_publish_dedup},
+        {"publish expects the stream's last sequence", test_bus_publish_expects_the_streams_last_sequence},
         {"headers survive", test_bus_headers_survive},
         {"async batch", test_bus_async_batch},
         {"replay empty and filter", test_bus_replay_empty_and_filter},
