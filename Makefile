@@ -6,6 +6,7 @@
 #   make test          format check, the whole suite, then again under ASan/UBSan
 #   make up/status/down  the local stack in the background (scripts/stack.sh)
 #   make bench         the saga benchmark (BENCH_FLOOR=1: and its floor, bench/README.md)
+#   make bench-peer    choreo and the Go peer (../shared/peer-go) side by side, one table of ratios
 #   make format        clang-format -i on the tracked C sources
 
 SHELL := /bin/bash
@@ -27,7 +28,7 @@ FORMAT_FILES = $(shell { git ls-files --cached --others --exclude-standard -- '*
                    || find . -name '*.[ch]' -not -path './build*' -not -path './.git/*' | sed 's|^\./||'; } \
                  | grep -v -e '^build' -e '/gen/' -e '\.pb\.[ch]$$' -e '\.pb-c\.[ch]$$' | sort -u)
 
-.PHONY: all deps build test test-asan demo up status down bench format format-check clean help
+.PHONY: all deps build test test-asan demo up status down bench bench-peer format format-check clean help
 
 all: build
 
@@ -66,6 +67,10 @@ down:
 
 bench: build
 	bash bench/run.sh
+
+# Alternate runs of choreo-bench and the peer's run.sh; exits 0 without the peer.
+bench-peer: build
+	BUILD_DIR=$(BUILD_DIR) bash bench/peer.sh
 
 format: deps
 	@test -n "$(FORMAT_FILES)" || { echo "make format: no C sources found" >&2; exit 1; }
