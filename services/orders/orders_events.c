@@ -281,7 +281,7 @@ static bus_verdict on_saga_event(const choreo_events_v1_Envelope *e, const bus_i
         r.total_cents = o->total_cents;
         snprintf(r.reason, sizeof r.reason, "%s", o->reason ? o->reason : "");
     } else if (st == CH_FAILED_PRECONDITION) {
-        snprintf(why, why_cap, "%s arrived while the order is %s: retried later", e->type,
+        snprintf(why, why_cap, "%s contradicts what order %s recorded before (it is %s)", e->type, e->order_id,
                  order_status_name(o ? o->status : ORDER_UNSPECIFIED));
     } else {
         snprintf(why, why_cap, "cannot apply: %s", ch_status_str(st));
@@ -289,11 +289,14 @@ static bus_verdict on_saga_event(const choreo_events_v1_Envelope *e, const bus_i
     pthread_mutex_unlock(&svc->mu);
 
     if (st == CH_NOT_FOUND) {
-        /* Its order.created is not folded in here yet: the follower brings
-         * it (also from other replicas) before the retry. */
+        /* Its order.created is not folded in here yet (the store keeps the
+         * step meanwhile): the follower brings it (also from other
+         * replicas) before the retry. */
         snprintf(why, why_cap, "no order %s (yet)", e->order_id);
         return BUS_RETRY;
     }
+    if (st == CH_FAILED_PRECONDITION)
+        return BUS_DEAD; /* no redelivery can make it fit */
     if (st != CH_OK)
         return BUS_RETRY;
     if (r.what == ORDER_REACT_NONE)
