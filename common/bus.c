@@ -611,6 +611,9 @@ static ch_status bus__make_msg(natsMsg **out, const bus_out_msg *m)
         snprintf(seq, sizeof seq, "%" PRIu64, m->expect_last_seq);
         s = natsMsgHeader_Set(msg, BUS_HDR_EXPECTED_LAST_SEQ, seq);
     }
+    if (s == NATS_OK && m->expect_last_msg_id) {
+        s = natsMsgHeader_Set(msg, BUS_HDR_EXPECTED_LAST_MSG_ID, m->expect_last_msg_id);
+    }
     for (int i = 0; s == NATS_OK && i < m->nheaders; i++) {
         if (m->headers[i].key && m->headers[i].value) {
             s = natsMsgHeader_Set(msg, m->headers[i].key, m->headers[i].value);
@@ -1023,10 +1026,11 @@ static bool bus__is_reserved_header(const char *k)
 
 /* Copies msg to <prefix>.<subject> with its headers and the dead-letter
  * headers, waits for the PubAck. */
-static ch_status bus__dead_letter(bus_worker *w, natsMsg *msg, const bus_in_msg *in, const char *reason)
+static ch_status bus__dead_letter_copy(bus *b, natsMsg *msg, const bus_in_msg *in, const char *prefix,
+                                       const char *stream, const char *name, const char *reason)
 {
     char subject[BUS_SUBJECT_MAX];
-    int n = snprintf(subject, sizeof subject, "%s.%s", w->dlq_prefix, in->subject);
+    int n = snprintf(subject, sizeof subject, "%s.%s", prefix, in->subject);
     if (n < 0 || (size_t)n >= sizeof subject) {
         return CH_RESOURCE_EXHAUSTED;
     }
@@ -1059,7 +1063,7 @@ static ch_status bus__dead_letter(bus_worker *w, natsMsg *msg, const bus_in_msg 
     snprintf(seq, sizeof seq, "%" PRIu64, in->stream_seq);
     snprintf(deliveries, sizeof deliveries, "%" PRIu64, in->deliveries);
     /* Deterministic: a re-run after a crash between publish and Term is a duplicate. */
-    snprintf(msg_id, sizeof msg_id, "dlq:%s:%s", w->stream, seq);
+    snprintf(msg_id, sizeof msg_id, "dlq:%s:%s", stream, seq);
     if (s == NATS_OK)
         s = natsMsgHeader_Set(copy, BUS_HDR_DEAD_REASON, reason);
     if (s == NATS_OK)
@@ -1072,11 +1076,11 @@ static ch_status bus__dead_letter(bus_worker *w, natsMsg *msg, const bus_in_msg 
     if (s != NATS_OK) {
         st = bus__fail("dead-letter copy failed", subject, s, 0);
     } else {
-        st = bus__publish_msg(w->b, copy, msg_id, NULL, 5000, NULL);
+        st = bus__publish_msg(b, copy, msg_id, NULL, 5000, NULL);
     }
     natsMsg_Destroy(copy);
     if (st == CH_OK) {
-        log_warn("message dead-lettered", "worker", w->name, "subject", in->subject, "seq", seq, "deliveries",
+        log_warn("message dead-lettered", "consumer", name, "subject", in->subject, "seq", seq, "deliveries",
                  deliveries, "reason", reason, "dlq_subject", subject, NULL);
     }
     return st;
@@ -1218,7 +1222,8 @@ static bool bus__settle(bus_worker *w, natsMsg *msg, const bus_in_msg *in, bus_v
     case BUS_RETRY: s = natsMsg_NakWithDelay(msg, bus__backoff(w, in->deliveries), NULL); break;
     case BUS_DEAD:
     default:
-        if (bus__dead_letter(w, msg, in, reason[0] ? reason : "dead") == CH_OK) {
+        if (bus__dead_letter_copy(w->b, msg, in, w->dlq_prefix, w->stream, w->name,
+                                  reason[0] ? reason : "dead") == CH_OK) {
             s = natsMsg_Term(msg, NULL);
         } else {
             /* Nothing is lost: it comes back after the delay. */
@@ -1477,6 +1482,413 @@ void bus_worker_stop(bus_worker *w)
 
 /* ---- reading back -------------------------------------------------------------- */
 
+/* ---- subscriptions that hand messages over ------------------------------------ */
+
+struct bus_sub {
+    bus *b;
+    pthread_t thread;
+    atomic_bool stop;
+    natsSubscription *sub;
+    char *stream;
+    char *durable; /* NULL: a follower */
+    char *filter;
+    uint64_t next; /* a follower's first sequence not handed over yet */
+    int batch;
+    bus_batch_fn fn;
+    void *ctx;
+};
+
+static natsSubscription *bus__sub_subscribe(bus_sub *x)
+{
+    natsSubscription *sub = NULL;
+    jsErrCode ec = 0;
+    jsSubOptions so;
+
+    jsSubOptions_Init(&so);
+    so.Stream = x->stream;
+    if (x->durable) {
+        so.Consumer = x->durable;
+        so.Queue = x->durable;
+        so.ManualAck = true;
+    } else {
+        so.Ordered = true;
+        so.Config.DeliverPolicy = js_DeliverByStartSequence;
+        so.Config.OptStartSeq = x->next;
+    }
+    natsStatus s = js_SubscribeSync(&sub, x->b->js, x->filter ? x->filter : ">", NULL, &so, &ec);
+    if (s != NATS_OK) {
+        return NULL;
+    }
+    natsSubscription_SetPendingLimits(sub, x->b->max_pending_msgs, x->b->max_pending_bytes);
+    return sub;
+}
+
+static void *bus__sub_main(void *arg)
+{
+    bus_sub *x = arg;
+    natsMsg **raw = calloc((size_t)x->batch, sizeof *raw);
+    bus_in_msg **batch = calloc((size_t)x->batch, sizeof *batch);
+    int errors = 0;
+
+    while (raw && batch && !atomic_load(&x->stop)) {
+        if (!x->sub && !(x->sub = bus__sub_subscribe(x))) {
+            if (errors++ == 0) {
+                log_warn("subscription not ready yet, retrying", "stream", x->stream, "consumer", x->durable,
+                         "detail", nats_GetLastError(NULL), NULL);
+            }
+            bus__sleep_ms(errors < 10 ? 100 * errors : 1000);
+            continue;
+        }
+        natsStatus s = natsSubscription_NextMsg(&raw[0], x->sub, 500);
+        if (s == NATS_TIMEOUT) {
+            continue;
+        }
+        if (s != NATS_OK) {
+            if (errors++ == 0) {
+                log_warn("subscription lost, subscribing again", "stream", x->stream, "consumer", x->durable,
+                         "nats_status", natsStatus_GetText(s), NULL);
+            }
+            if (!x->durable || s == NATS_CONNECTION_CLOSED || s == NATS_INVALID_SUBSCRIPTION) {
+                natsSubscription_Unsubscribe(x->sub);
+                natsSubscription_Destroy(x->sub);
+                x->sub = NULL;
+            }
+            bus__sleep_ms(errors < 10 ? 50 * errors : 500);
+            continue;
+        }
+        errors = 0;
+        int n = 1;
+        while (n < x->batch && natsSubscription_NextMsg(&raw[n], x->sub, 0) == NATS_OK) {
+            n++;
+        }
+        size_t k = 0;
+        for (int i = 0; i < n; i++) {
+            bus_in_msg *in = malloc(sizeof *in);
+            if (!in) {
+                /* a durable consumer's message comes back after its AckWait */
+                natsMsg_Destroy(raw[i]);
+                continue;
+            }
+            bus__in_msg(in, raw[i]);
+            if (!x->durable && in->stream_seq < x->next) {
+                bus_in_free(in); /* seen before the subscription was made again */
+                continue;
+            }
+            if (!x->durable) {
+                x->next = in->stream_seq + 1;
+            }
+            batch[k++] = in;
+        }
+        if (k > 0) {
+            x->fn(batch, k, x->ctx);
+        }
+    }
+    free(raw);
+    free(batch);
+    return NULL;
+}
+
+ch_status bus_sub_start(bus *b, const bus_sub_spec *sp, bus_sub **out)
+{
+    *out = NULL;
+    if (!b || !sp || !sp->stream || !sp->fn) {
+        return CH_INVALID_ARGUMENT;
+    }
+    if (sp->durable) {
+        bus_consumer_spec c = {
+            .stream = sp->stream,
+            .durable = sp->durable,
+            .filter_subject = sp->filter_subject,
+            .ack_wait_ms = sp->ack_wait_ms > 0 ? sp->ack_wait_ms : 10000,
+            .max_ack_pending = 4096,
+        };
+        ch_status st = bus_ensure_consumer(b, &c);
+        if (st != CH_OK) {
+            return st;
+        }
+    }
+    bus_sub *x = calloc(1, sizeof *x);
+    if (!x) {
+        return CH_NO_MEMORY;
+    }
+    atomic_init(&x->stop, false);
+    x->b = b;
+    x->stream = bus__strdup(sp->stream);
+    x->durable = bus__strdup(sp->durable);
+    x->filter = bus__strdup(sp->filter_subject);
+    x->next = sp->start_seq ? sp->start_seq : 1;
+    x->batch = sp->batch > 0 ? sp->batch : 256;
+    if (x->batch > BUS_MAX_BATCH) {
+        x->batch = BUS_MAX_BATCH;
+    }
+    x->fn = sp->fn;
+    x->ctx = sp->ctx;
+    if (!x->stream || (sp->durable && !x->durable) || (sp->filter_subject && !x->filter) ||
+        pthread_create(&x->thread, NULL, bus__sub_main, x) != 0) {
+        free(x->stream);
+        free(x->durable);
+        free(x->filter);
+        free(x);
+        return CH_NO_MEMORY;
+    }
+    *out = x;
+    return CH_OK;
+}
+
+void bus_sub_request_stop(bus_sub *x)
+{
+    if (x) {
+        atomic_store(&x->stop, true);
+    }
+}
+
+void bus_sub_stop(bus_sub *x)
+{
+    if (!x) {
+        return;
+    }
+    atomic_store(&x->stop, true);
+    pthread_join(x->thread, NULL);
+    if (x->sub) {
+        /* a durable consumer outlives its subscriptions: drain, do not delete */
+        if (x->durable) {
+            natsSubscription_Drain(x->sub);
+            natsSubscription_WaitForDrainCompletion(x->sub, 1000);
+        } else {
+            natsSubscription_Unsubscribe(x->sub);
+        }
+        natsSubscription_Destroy(x->sub);
+    }
+    free(x->stream);
+    free(x->durable);
+    free(x->filter);
+    free(x);
+}
+
+ch_status bus_in_ack(bus_in_msg *m)
+{
+    natsStatus s = natsMsg_Ack(m->priv_, NULL);
+    return s == NATS_OK ? CH_OK : bus__fail("ack failed", m->subject, s, 0);
+}
+
+ch_status bus_in_nak(bus_in_msg *m, int delay_ms)
+{
+    natsStatus s = natsMsg_NakWithDelay(m->priv_, delay_ms, NULL);
+    return s == NATS_OK ? CH_OK : bus__fail("nak failed", m->subject, s, 0);
+}
+
+ch_status bus_in_term(bus_in_msg *m)
+{
+    natsStatus s = natsMsg_Term(m->priv_, NULL);
+    return s == NATS_OK ? CH_OK : bus__fail("term failed", m->subject, s, 0);
+}
+
+ch_status bus_dead_letter(bus *b, bus_in_msg *m, const char *stream, const char *reason)
+{
+    ch_status st = bus__dead_letter_copy(b, m->priv_, m, BUS_DEADLETTER_PREFIX, stream,
+                                         natsMsg_GetSubject(m->priv_), reason);
+    return st == CH_OK ? bus_in_term(m) : st;
+}
+
+void bus_in_free(bus_in_msg *m)
+{
+    if (m) {
+        natsMsg_Destroy(m->priv_);
+        free(m);
+    }
+}
+
+/* ---- pipes ---------------------------------------------------------------------- */
+
+typedef struct bus_pipe_entry {
+    natsMsg *msg; /* identity only: cnats owns it while in flight */
+    void *token;
+} bus_pipe_entry;
+
+struct bus_pipe {
+    bus *b;
+    jsCtx *js;
+    int timeout_ms;
+    bus_pipe_fn fn;
+    void *ctx;
+    pthread_mutex_t mu; /* guards the ring */
+    bus_pipe_entry *ring;
+    size_t cap, head, n; /* entries head .. head+n-1 (mod cap) are in flight, in publish order */
+};
+
+/* Takes msg's entry out of the ring (usually the oldest); NULL token if none. */
+static bool bus__pipe_take(bus_pipe *p, const natsMsg *msg, void **token)
+{
+    bool found = false;
+    pthread_mutex_lock(&p->mu);
+    for (size_t i = 0; i < p->n; i++) {
+        size_t k = (p->head + i) % p->cap;
+        if (p->ring[k].msg != msg) {
+            continue;
+        }
+        *token = p->ring[k].token;
+        /* close the gap: entries before it move up one (an out-of-order ack is rare) */
+        for (size_t j = i; j > 0; j--) {
+            p->ring[(p->head + j) % p->cap] = p->ring[(p->head + j - 1) % p->cap];
+        }
+        p->head = (p->head + 1) % p->cap;
+        p->n--;
+        found = true;
+        break;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return found;
+}
+
+static void bus__on_pipe_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *arg)
+{
+    (void)js;
+    bus_pipe *p = arg;
+    void *token = NULL;
+    bus_pub_ack ack = {0};
+    ch_status st = CH_OK;
+
+    if (pae) {
+        st = bus__status(pae->Err, pae->ErrCode);
+        st = st == CH_OK ? CH_INTERNAL : st;
+        if (st != CH_CONFLICT) { /* a lost compare-and-set is the writer's business */
+            log_warn("publish failed", "subject", msg ? natsMsg_GetSubject(msg) : NULL, "nats_status",
+                     natsStatus_GetText(pae->Err), "detail", pae->ErrText, NULL);
+        }
+    } else if (pa) {
+        ack.seq = pa->Sequence;
+        ack.duplicate = pa->Duplicate;
+    }
+    if (bus__pipe_take(p, msg, &token)) {
+        p->fn(token, st, &ack, p->ctx);
+    }
+    natsMsg_Destroy(msg);
+}
+
+ch_status bus_pipe_create(bus *b, bus_pipe_fn fn, void *ctx, int timeout_ms, bus_pipe **out)
+{
+    *out = NULL;
+    if (!b || !fn) {
+        return CH_INVALID_ARGUMENT;
+    }
+    bus_pipe *p = calloc(1, sizeof *p);
+    if (!p) {
+        return CH_NO_MEMORY;
+    }
+    p->b = b;
+    p->fn = fn;
+    p->ctx = ctx;
+    p->timeout_ms = timeout_ms > 0 ? timeout_ms : b->cb_max_wait_ms;
+    p->cap = 1024;
+    p->ring = calloc(p->cap, sizeof *p->ring);
+    pthread_mutex_init(&p->mu, NULL);
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = p->timeout_ms;
+    jo.PublishAsync.MaxPending = 1 << 16;
+    jo.PublishAsync.AckHandler = bus__on_pipe_ack;
+    jo.PublishAsync.AckHandlerClosure = p;
+    natsStatus s = p->ring ? natsConnection_JetStream(&p->js, b->nc, &jo) : NATS_NO_MEMORY;
+    if (s != NATS_OK) {
+        pthread_mutex_destroy(&p->mu);
+        free(p->ring);
+        free(p);
+        return bus__fail("jetstream context failed", "pipe", s, 0);
+    }
+    *out = p;
+    return CH_OK;
+}
+
+ch_status bus_pipe_publish(bus_pipe *p, const bus_out_msg *m, void *token)
+{
+    natsMsg *msg = NULL;
+    bus_pub_ack none = {0};
+    ch_status st = atomic_load(&p->b->up) ? bus__make_msg(&msg, m) : CH_UNAVAILABLE;
+
+    if (st == CH_OK) {
+        /* in the ring before the publish: its ack may come before this returns */
+        pthread_mutex_lock(&p->mu);
+        if (p->n == p->cap) {
+            bus_pipe_entry *r = malloc(2 * p->cap * sizeof *r);
+            if (r) {
+                for (size_t i = 0; i < p->n; i++) {
+                    r[i] = p->ring[(p->head + i) % p->cap];
+                }
+                free(p->ring);
+                p->ring = r;
+                p->head = 0;
+                p->cap *= 2;
+            }
+        }
+        st = p->n < p->cap ? CH_OK : CH_NO_MEMORY;
+        if (st == CH_OK) {
+            p->ring[(p->head + p->n) % p->cap] = (bus_pipe_entry){msg, token};
+            p->n++;
+        }
+        pthread_mutex_unlock(&p->mu);
+    }
+    if (st == CH_OK) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MsgId = m->msg_id;
+        po.MaxWait = p->timeout_ms; /* the same for all: cnats appends it to its list */
+        natsMsg *keep = msg;
+        natsStatus s = js_PublishMsgAsync(p->js, &msg, &po);
+        if (s != NATS_OK) {
+            void *t = NULL;
+            bus__pipe_take(p, keep, &t); /* not sent: no ack will come */
+            st = bus__fail("publish failed", m->subject, s, 0);
+        }
+    }
+    natsMsg_Destroy(msg); /* NULL when cnats took it */
+    if (st != CH_OK) {
+        p->fn(token, st, &none, p->ctx);
+    }
+    return st;
+}
+
+size_t bus_pipe_in_flight(bus_pipe *p)
+{
+    pthread_mutex_lock(&p->mu);
+    size_t n = p->n;
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+void bus_pipe_destroy(bus_pipe *p, int wait_ms)
+{
+    if (!p) {
+        return;
+    }
+    if (wait_ms > 0 && bus_pipe_in_flight(p) > 0) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = wait_ms;
+        js_PublishAsyncComplete(p->js, &po);
+    }
+    /* what is still in flight is taken back, so no late ack finds the pipe
+     * (cnats 3.4 crashes asking for an empty list: only when there is one) */
+    natsMsgList pending = {0};
+    if (bus_pipe_in_flight(p) > 0 && js_PublishAsyncGetPendingList(&pending, p->js) == NATS_OK) {
+        natsMsgList_Destroy(&pending);
+    }
+    bus_pub_ack none = {0};
+    pthread_mutex_lock(&p->mu);
+    while (p->n > 0) {
+        void *token = p->ring[p->head].token;
+        p->head = (p->head + 1) % p->cap;
+        p->n--;
+        pthread_mutex_unlock(&p->mu);
+        p->fn(token, CH_UNAVAILABLE, &none, p->ctx);
+        pthread_mutex_lock(&p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    jsCtx_Destroy(p->js);
+    pthread_mutex_destroy(&p->mu);
+    free(p->ring);
+    free(p);
+}
+
 ch_status bus_get_seq(bus *b, const char *stream, uint64_t seq, bus_replay_fn fn, void *ctx)
 {
     if (!b || !stream || !fn || seq == 0) {
@@ -1502,6 +1914,16 @@ ch_status bus_get_seq(bus *b, const char *stream, uint64_t seq, bus_replay_fn fn
     ch_status st = fn(&in, ctx);
     natsMsg_Destroy(msg);
     return st;
+}
+
+ch_status bus_purge_stream(bus *b, const char *stream)
+{
+    jsErrCode ec = 0;
+    if (!b || !stream) {
+        return CH_INVALID_ARGUMENT;
+    }
+    natsStatus s = js_PurgeStream(b->js, stream, NULL, &ec);
+    return s == NATS_OK ? CH_OK : bus__fail("stream not purged", stream, s, ec);
 }
 
 ch_status bus_stream_info(bus *b, const char *stream, uint64_t *msgs, uint64_t *last_seq)

@@ -45,9 +45,11 @@
 #define BUS_HDR_ORIGINAL_SUBJECT "Choreo-Original-Subject"
 #define BUS_HDR_ORIGINAL_SEQ     "Choreo-Original-Sequence"
 #define BUS_HDR_DELIVERIES       "Choreo-Deliveries"
-#define BUS_HDR_EXPECTED_LAST_SEQ                                                                            \
-    "Nats-Expected-Last-Sequence" /* JetStream's stream-level compare-and-set                                \
-                                   */
+
+/* JetStream's compare-and-set on a stream (bus_out_msg.expect_seq and
+ * expect_last_msg_id). */
+#define BUS_HDR_EXPECTED_LAST_SEQ    "Nats-Expected-Last-Sequence"
+#define BUS_HDR_EXPECTED_LAST_MSG_ID "Nats-Expected-Last-Msg-Id"
 
 typedef struct bus bus;
 typedef struct bus_worker bus_worker;
@@ -154,6 +156,12 @@ typedef struct bus_out_msg {
      * does not offer it. */
     bool expect_seq;
     uint64_t expect_last_seq;
+    /* And (header Nats-Expected-Last-Msg-Id) that the stream's last message
+     * is the one with this Nats-Msg-Id; NULL: no such expectation. A writer
+     * that pipelines publishes chains them with it: a sequence alone would
+     * let a later publish in when another writer stored exactly as many
+     * messages as the earlier publishes that failed. */
+    const char *expect_last_msg_id;
 } bus_out_msg;
 
 typedef struct bus_pub_ack {
@@ -279,6 +287,88 @@ void bus_worker_request_stop(bus_worker *w);
  * Accepts NULL. Not from the worker's own handler. */
 void bus_worker_stop(bus_worker *w);
 
+/* ---- subscriptions that hand messages over (a service's one writer) ---- */
+
+typedef struct bus_sub bus_sub;
+
+/* Receives a batch of messages (in stream order within the subscription)
+ * and takes each of them over: it must, sooner or later and from any
+ * thread, settle each with bus_in_ack/bus_in_nak/bus_in_term (durable
+ * consumers; followers need none) and free it with bus_in_free. Runs on the
+ * subscription's thread: must not block for long. */
+typedef void (*bus_batch_fn)(bus_in_msg *const *msgs, size_t n, void *ctx);
+
+typedef struct bus_sub_spec {
+    const char *stream;
+    /* A durable push consumer (bus_ensure_consumer; created when missing),
+     * shared by the replicas of a service through the queue group of its
+     * name; or NULL: an ordered consumer of this subscription's own (a
+     * follower: every message from start_seq on, no acks; recreated after
+     * the last message handed over when it is lost). */
+    const char *durable;
+    const char *filter_subject;
+    uint64_t start_seq; /* followers: first sequence; 0 or 1: the beginning */
+    int batch;          /* messages per call at most; 0: 256, capped at BUS_MAX_BATCH */
+    int ack_wait_ms;    /* durable: 0: 10000 */
+    bus_batch_fn fn;
+    void *ctx;
+} bus_sub_spec;
+
+/* Starts a thread that hands over what arrives, a batch at a time (what has
+ * arrived when the first message comes). Survives disconnections. *out is
+ * the caller's (bus_sub_stop). Any thread. */
+ch_status bus_sub_start(bus *b, const bus_sub_spec *s, bus_sub **out);
+
+/* Asks the thread to stop after its current batch, without waiting. */
+void bus_sub_request_stop(bus_sub *s);
+
+/* Stops the thread, unsubscribes and frees. Messages handed over and not
+ * yet settled must be settled first (their acks go through this
+ * subscription). Accepts NULL. */
+void bus_sub_stop(bus_sub *s);
+
+/* Settling a message handed over by a bus_sub (a durable consumer's). The
+ * ack tells JetStream it is done; a nak asks for it again after delay_ms; a
+ * term drops it for good (after a dead-letter copy). CH_OK when sent. */
+ch_status bus_in_ack(bus_in_msg *m);
+ch_status bus_in_nak(bus_in_msg *m, int delay_ms);
+ch_status bus_in_term(bus_in_msg *m);
+
+/* Copies m to BUS_DEADLETTER_PREFIX.<subject> (with its headers, the
+ * Choreo-Dead-* ones and a deterministic message id), waits for the PubAck,
+ * then terms m. On failure m is left as it was (nak it). Any thread. */
+ch_status bus_dead_letter(bus *b, bus_in_msg *m, const char *stream, const char *reason);
+
+/* Frees a message handed over by a bus_sub. Accepts NULL. */
+void bus_in_free(bus_in_msg *m);
+
+/* ---- pipes: asynchronous publishes whose PubAcks come back in order ---- */
+
+typedef struct bus_pipe bus_pipe;
+
+/* One PubAck (st CH_OK, ack filled) or failure of a bus_pipe_publish, with
+ * the token it was given: CH_CONFLICT when an expectation (expect_seq)
+ * failed, CH_TIMEOUT when no answer came in the pipe's timeout,
+ * CH_UNAVAILABLE when the bus went away first, or another error. Called in
+ * publish order, on a cnats thread (or the destroying one): must not block. */
+typedef void (*bus_pipe_fn)(void *token, ch_status st, const bus_pub_ack *ack, void *ctx);
+
+/* A publisher of its own (a JetStream context with its PubAck handler).
+ * timeout_ms: 0 is the bus's publish timeout. *out is the caller's. */
+ch_status bus_pipe_create(bus *b, bus_pipe_fn fn, void *ctx, int timeout_ms, bus_pipe **out);
+
+/* Publishes m (copied) without waiting; fn(token) runs once with its outcome
+ * (also when this returns an error: then at once, on this thread). One
+ * thread at a time. */
+ch_status bus_pipe_publish(bus_pipe *p, const bus_out_msg *m, void *token);
+
+/* Publishes in flight (sent, outcome not called yet). */
+size_t bus_pipe_in_flight(bus_pipe *p);
+
+/* Calls fn with CH_UNAVAILABLE for every publish still in flight after up to
+ * wait_ms, then frees the pipe. Accepts NULL. */
+void bus_pipe_destroy(bus_pipe *p, int wait_ms);
+
 /* Replay callback: return CH_OK to continue, anything else stops the replay
  * and is returned by bus_replay. Runs on the calling thread. */
 typedef ch_status (*bus_replay_fn)(const bus_in_msg *m, void *ctx);
@@ -318,6 +408,10 @@ void bus_follow_stop(bus_follower *f);
  * calling thread). CH_NOT_FOUND when there is none (yet). One round trip:
  * cheaper than bus_replay for a few messages whose sequences are known. */
 ch_status bus_get_seq(bus *b, const char *stream, uint64_t seq, bus_replay_fn fn, void *ctx);
+
+/* Removes every message of stream (tests; operators). CH_NOT_FOUND if the
+ * stream does not exist. */
+ch_status bus_purge_stream(bus *b, const char *stream);
 
 /* Message count and last sequence of stream (either pointer may be NULL).
  * CH_NOT_FOUND if it does not exist. */

@@ -8,6 +8,43 @@
 #include "event_worker.h"
 #include "log.h"
 
+/* The producers' streams, by the aggregate that starts their events' names. */
+static const struct {
+    const char *aggregate; /* "order" for order.created */
+    const char *stream;
+} event_streams[] = {
+    {"order", EVENT_STREAM_ORDER},
+    {"inventory", EVENT_STREAM_INVENTORY},
+    {"payment", EVENT_STREAM_PAYMENT},
+    {"notification", EVENT_STREAM_NOTIFICATION},
+};
+
+/* The stream of the aggregate name[0..len). */
+static const char *event__stream_of_aggregate(const char *name, size_t len)
+{
+    for (size_t i = 0; i < sizeof event_streams / sizeof event_streams[0]; i++)
+        if (strlen(event_streams[i].aggregate) == len && strncmp(name, event_streams[i].aggregate, len) == 0)
+            return event_streams[i].stream;
+    return NULL;
+}
+
+const char *event_stream_of(event_type t)
+{
+    const char *name = event_type_name(t);
+    const char *dot = strchr(name, '.');
+    return dot ? event__stream_of_aggregate(name, (size_t)(dot - name)) : NULL;
+}
+
+const char *event_stream_of_subject(const char *subject)
+{
+    static const char prefix[] = "events.";
+    if (!subject || strncmp(subject, prefix, sizeof prefix - 1) != 0)
+        return NULL;
+    const char *agg = subject + sizeof prefix - 1;
+    const char *dot = strchr(agg, '.');
+    return event__stream_of_aggregate(agg, dot ? (size_t)(dot - agg) : strlen(agg));
+}
+
 ch_status event_bus_ensure_streams(bus *b, int replicas, int64_t max_age_ms)
 {
     bus_stream_spec s = {
@@ -25,15 +62,7 @@ ch_status event_bus_ensure_streams(bus *b, int replicas, int64_t max_age_ms)
     return bus_ensure_deadletter_stream(b, replicas);
 }
 
-/* Everything an outgoing event needs, built on the caller's stack. */
-typedef struct event_out {
-    uint8_t data[EVENT_MAX_BYTES];
-    char subject[EVENT_SUBJECT_MAX];
-    char msg_id[EVENT_MSG_ID_MAX];
-    bus_out_msg m;
-} event_out;
-
-static ch_status event__prepare(event_out *o, const choreo_events_v1_Envelope *e)
+ch_status event_prepare(event_out *o, const choreo_events_v1_Envelope *e)
 {
     char reason[256] = "";
     size_t len = 0;
@@ -73,9 +102,8 @@ static ch_status event__prepare(event_out *o, const choreo_events_v1_Envelope *e
     return CH_OK;
 }
 
-/* The one log line per event published (seq NULL when not known yet). */
-static void event__log_published(const choreo_events_v1_Envelope *e, ch_status st, const char *seq,
-                                 const char *outcome)
+void event_log_published(const choreo_events_v1_Envelope *e, ch_status st, const char *seq,
+                         const char *outcome)
 {
     char trace_id[33];
     event_trace_id(e->traceparent, trace_id);
@@ -93,7 +121,7 @@ ch_status event_publish(bus *b, const choreo_events_v1_Envelope *e, int timeout_
     event_out o;
     bus_pub_ack local = {0};
     char seq[32];
-    ch_status st = event__prepare(&o, e);
+    ch_status st = event_prepare(&o, e);
     if (st != CH_OK) {
         return st;
     }
@@ -102,38 +130,38 @@ ch_status event_publish(bus *b, const choreo_events_v1_Envelope *e, int timeout_
         *ack = local;
     }
     snprintf(seq, sizeof seq, "%" PRIu64, local.seq);
-    event__log_published(e, st, seq, local.duplicate ? "duplicate" : "stored");
+    event_log_published(e, st, seq, local.duplicate ? "duplicate" : "stored");
     return st;
 }
 
 ch_status event_publish_deferred(const bus_in_msg *m, const choreo_events_v1_Envelope *e)
 {
     event_out o;
-    ch_status st = event__prepare(&o, e);
+    ch_status st = event_prepare(&o, e);
     if (st != CH_OK) {
         return st;
     }
     st = bus_publish_deferred(m, &o.m);
-    event__log_published(e, st, NULL, "sent");
+    event_log_published(e, st, NULL, "sent");
     return st;
 }
 
 ch_status event_publish_cb(bus *b, const choreo_events_v1_Envelope *e, bus_pub_fn fn, void *arg)
 {
     event_out o;
-    ch_status st = event__prepare(&o, e);
+    ch_status st = event_prepare(&o, e);
     if (st != CH_OK) {
         return st;
     }
     st = bus_publish_cb(b, &o.m, fn, arg);
-    event__log_published(e, st, NULL, "sent");
+    event_log_published(e, st, NULL, "sent");
     return st;
 }
 
 ch_status event_publish_async(bus *b, const choreo_events_v1_Envelope *e)
 {
     event_out o;
-    ch_status st = event__prepare(&o, e);
+    ch_status st = event_prepare(&o, e);
     if (st != CH_OK) {
         return st;
     }

@@ -19,10 +19,44 @@
 /* The stream that holds every domain event ("events.>"). */
 #define EVENT_STREAM "EVENTS"
 
+/* Each producer's own stream: only that service writes it, and its events
+ * are its record (its state is their fold). */
+#define EVENT_STREAM_ORDER        "ORDER_EVENTS"        /* events.order.> */
+#define EVENT_STREAM_INVENTORY    "INVENTORY_EVENTS"    /* events.inventory.> */
+#define EVENT_STREAM_PAYMENT      "PAYMENT_EVENTS"      /* events.payment.> */
+#define EVENT_STREAM_NOTIFICATION "NOTIFICATION_EVENTS" /* events.notification.> */
+
+/* The stream of the service that produces events of type t; NULL for a bad
+ * type. */
+const char *event_stream_of(event_type t);
+
+/* The stream whose subjects hold subject ("events.payment.refunded.ord-1"
+ * is PAYMENT_EVENTS's); NULL when none does. */
+const char *event_stream_of_subject(const char *subject);
+
 /* Ensures the EVENTS stream on "events.>" (file storage) with the given
  * replicas (0: 1) and max age in ms (0: forever), and the DEADLETTER stream.
  * Idempotent; call at start-up. */
 ch_status event_bus_ensure_streams(bus *b, int replicas, int64_t max_age_ms);
+
+/* An outgoing event ready for the bus: its bytes, subject, message id and
+ * headers (m points into the struct; keep it on a thread stack: ~16 KB). */
+typedef struct event_out {
+    uint8_t data[EVENT_MAX_BYTES];
+    char subject[EVENT_SUBJECT_MAX];
+    char msg_id[EVENT_MSG_ID_MAX];
+    bus_out_msg m;
+} event_out;
+
+/* Encodes e into o with its subject, deterministic message id and headers.
+ * CH_INVALID_ARGUMENT (with a log line naming why) for an envelope that does
+ * not encode. Any thread. */
+ch_status event_prepare(event_out *o, const choreo_events_v1_Envelope *e);
+
+/* The one log line per event published: st CH_OK with outcome ("sent",
+ * "stored", "duplicate") and seq (may be NULL), or the failure. */
+void event_log_published(const choreo_events_v1_Envelope *e, ch_status st, const char *seq,
+                         const char *outcome);
 
 /* Encodes e (rejecting invalid envelopes with CH_INVALID_ARGUMENT and a log
  * line), publishes it with its deterministic message id and headers, and
