@@ -45,19 +45,41 @@ const char *event_stream_of_subject(const char *subject)
     return event__stream_of_aggregate(agg, dot ? (size_t)(dot - agg) : strlen(agg));
 }
 
+/* The streams an earlier choreo kept (one EVENTS stream for every service,
+ * and the INVENTORY and PAYMENT ledgers): their events would be misread, so
+ * start-up refuses a store that holds them. */
+static const char *const event_old_streams[] = {"EVENTS", "INVENTORY", "PAYMENT"};
+
 ch_status event_bus_ensure_streams(bus *b, int replicas, int64_t max_age_ms)
 {
-    bus_stream_spec s = {
-        .name = EVENT_STREAM,
-        .subjects = {"events.>"},
-        .storage = BUS_STORAGE_FILE,
-        .replicas = replicas,
-        .max_msg_size = EVENT_MAX_BYTES,
-        .max_age_ms = max_age_ms,
-    };
-    ch_status st = bus_ensure_stream(b, &s);
-    if (st != CH_OK) {
-        return st;
+    for (size_t i = 0; i < sizeof event_old_streams / sizeof event_old_streams[0]; i++) {
+        ch_status st = bus_stream_info(b, event_old_streams[i], NULL, NULL);
+        if (st == CH_OK) {
+            log_error("this NATS store was written by an earlier choreo (one stream EVENTS for every service, and "
+                      "the INVENTORY and PAYMENT ledgers); this version keeps each service's events in a stream "
+                      "of its own and does not read the old ones. Start from an empty store (locally: make down "
+                      "&& rm -rf .data/nats; in a cluster: delete the streams EVENTS, INVENTORY, PAYMENT and "
+                      "DEADLETTER, e.g. nats stream rm), or keep running the earlier version",
+                      "old_stream", event_old_streams[i], NULL);
+            return CH_FAILED_PRECONDITION;
+        }
+        if (st != CH_NOT_FOUND)
+            return st;
+    }
+    for (size_t i = 0; i < sizeof event_streams / sizeof event_streams[0]; i++) {
+        char subjects[64];
+        snprintf(subjects, sizeof subjects, "events.%s.>", event_streams[i].aggregate);
+        bus_stream_spec s = {
+            .name = event_streams[i].stream,
+            .subjects = {subjects},
+            .storage = BUS_STORAGE_FILE,
+            .replicas = replicas,
+            .max_msg_size = EVENT_MAX_BYTES,
+            .max_age_ms = max_age_ms,
+        };
+        ch_status st = bus_ensure_stream(b, &s);
+        if (st != CH_OK)
+            return st;
     }
     return bus_ensure_deadletter_stream(b, replicas);
 }
@@ -72,10 +94,14 @@ ch_status event_prepare(event_out *o, const choreo_events_v1_Envelope *e)
         st = event_type_of(e, &t);
     }
     if (st == CH_OK) {
-        st = event_subject(o->subject, sizeof o->subject, t, e->order_id);
+        st = event_subject(o->subject, sizeof o->subject, t, event_key(e));
     }
-    if (st == CH_OK) {
+    if (st == CH_OK && event_type_has_order(t)) {
         st = event_msg_id(o->msg_id, sizeof o->msg_id, t, e->order_id);
+    } else if (st == CH_OK) {
+        /* a SKU's or customer's record: each one its own */
+        int n = snprintf(o->msg_id, sizeof o->msg_id, "%s:%s:%s", event_key(e), e->type, e->event_id);
+        st = n > 0 && (size_t)n < sizeof o->msg_id ? CH_OK : CH_INVALID_ARGUMENT;
     }
     if (st == CH_OK && t == EVENT_NOTIFICATION_SENT) {
         /* one order gets a notification of each kind: keep both */

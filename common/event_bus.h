@@ -16,9 +16,6 @@
 #define EVENT_HDR_TYPE        "Choreo-Event-Type"
 #define EVENT_HDR_TRACEPARENT "traceparent"
 
-/* The stream that holds every domain event ("events.>"). */
-#define EVENT_STREAM "EVENTS"
-
 /* Each producer's own stream: only that service writes it, and its events
  * are its record (its state is their fold). */
 #define EVENT_STREAM_ORDER        "ORDER_EVENTS"        /* events.order.> */
@@ -34,9 +31,10 @@ const char *event_stream_of(event_type t);
  * is PAYMENT_EVENTS's); NULL when none does. */
 const char *event_stream_of_subject(const char *subject);
 
-/* Ensures the EVENTS stream on "events.>" (file storage) with the given
- * replicas (0: 1) and max age in ms (0: forever), and the DEADLETTER stream.
- * Idempotent; call at start-up. */
+/* Ensures every producer's stream (file storage) with the given replicas (0:
+ * 1) and max age in ms (0: forever), and the DEADLETTER stream. Idempotent;
+ * call at start-up. CH_FAILED_PRECONDITION (and an error line that says
+ * what to do) when the store holds the streams of an earlier choreo. */
 ch_status event_bus_ensure_streams(bus *b, int replicas, int64_t max_age_ms);
 
 /* An outgoing event ready for the bus: its bytes, subject, message id and

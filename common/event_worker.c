@@ -161,7 +161,7 @@ ch_status event_worker_start(bus *b, const event_worker_spec *spec, event_worker
         }
     }
     bus_consumer_spec c = {
-        .stream = EVENT_STREAM,
+        .stream = event_stream_of(spec->type),
         .durable = w->durable,
         .filter_subject = w->filter,
         .ack_wait_ms = spec->ack_wait_ms > 0 ? spec->ack_wait_ms : 10000,
@@ -172,7 +172,7 @@ ch_status event_worker_start(bus *b, const event_worker_spec *spec, event_worker
     if (st != CH_OK)
         goto fail;
     bus_worker_spec ws = {
-        .stream = EVENT_STREAM,
+        .stream = event_stream_of(spec->type),
         .durable = w->durable,
         .filter_subject = w->filter,
         .batch = batch,

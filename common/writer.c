@@ -34,7 +34,6 @@ typedef struct w_input {
     uint64_t need;       /* emitted nothing: answered once the event of this serial is stored */
     int pending;         /* its events in flight */
     bool emitted;        /* it emitted at least one event in its current decision */
-    bool after_catch_up; /* decide() said CH_NOT_FOUND: decided again after a catch-up */
     ch_status status;    /* decide()'s error, when it failed */
     w_log log;
     struct w_input *next;
@@ -450,8 +449,8 @@ static void decide_one(writer *w, w_input *in)
         list_push(&w->emitting, in); /* finished once its events are stored */
         return;
     }
-    if (st == CH_NOT_FOUND && !in->after_catch_up) {
-        in->after_catch_up = true;
+    if (st == CH_NOT_FOUND && !in->pub.caught_up) {
+        in->pub.caught_up = true;
         list_push(&w->not_found, in);
         return;
     }
@@ -510,9 +509,20 @@ static void advance(writer *w)
     }
 }
 
-/* Every slot has its outcome: undoes, newest first, every event not stored
- * (and those after it), catches up from the last stored one, and puts every
- * input not finished back to be decided again, in order. */
+/* Every slot has its outcome: undoes, newest first, every event the
+ * pipeline still holds (stored or not: past a failure the state must be
+ * read back), catches up from the last event stored in order, and then,
+ * input by input in their order:
+ *   - every event it emitted was stored: it is done (the catch-up folded
+ *     them back in);
+ *   - an event of it was rejected (CH_CONFLICT: another writer was first,
+ *     or a duplicate): nothing of it is stored, it is decided again;
+ *   - an event of it has no known outcome (a timeout, NATS gone): an event
+ *     or a fact is decided again (deciding is idempotent for them: the
+ *     catch-up shows what was stored), a call is answered with that status
+ *     (it may have happened: a call without an idempotency key would not
+ *     be safe to decide again);
+ *   - it emitted nothing: decided again (its answer read the undone state). */
 static void recover(writer *w)
 {
     w_slot *first = &w->slots[w->head];
@@ -530,6 +540,20 @@ static void recover(writer *w)
                  w->stream, "expected_last_seq", expect, "events_undone", count, "status", ch_status_str(why),
                  NULL);
     }
+    for (size_t i = 0; i < w->n_slots; i++) {
+        w_slot *s = &w->slots[(w->head + i) % WRITER_MAX_IN_FLIGHT];
+        s->in->status = CH_OK; /* what became of its events, from here on */
+    }
+    for (size_t i = 0; i < w->n_slots; i++) {
+        w_slot *s = &w->slots[(w->head + i) % WRITER_MAX_IN_FLIGHT];
+        w_input *in = s->in;
+        if (s->state == SLOT_STORED)
+            continue;
+        if (s->st != CH_CONFLICT)
+            in->status = s->st; /* not known */
+        else if (in->status == CH_OK)
+            in->status = CH_CONFLICT;
+    }
     while (w->n_slots > 0) {
         w_slot *s = &w->slots[(w->head + w->n_slots - 1) % WRITER_MAX_IN_FLIGHT];
         w->ops.undo(w->ctx, s->undo, s->undo_len);
@@ -538,9 +562,6 @@ static void recover(writer *w)
     }
     w->head = 0;
     w->broken = false;
-    /* Everything decided on the undone state is decided again: those that
-     * emitted, and those that emitted nothing after it (their answers read
-     * it). In their order: the oldest were taken first. */
     w_list again = {0};
     list_append(&again, &w->emitting);
     list_append(&again, &w->waiting);
@@ -548,8 +569,13 @@ static void recover(writer *w)
     ch_status st = catch_up(w);
     w_input *in;
     while ((in = list_pop(&again))) {
+        ch_status was = in->status;
         if (st != CH_OK) {
             finish(w, in, st == CH_NOT_FOUND ? CH_UNAVAILABLE : st);
+        } else if (in->emitted && was == CH_OK) {
+            finish(w, in, CH_OK); /* all of it stored */
+        } else if (in->emitted && was != CH_CONFLICT && in->pub.kind == WRITER_CALL) {
+            finish(w, in, was);
         } else if (in->pub.attempt >= WRITER_ATTEMPTS) {
             snprintf(in->pub.reason, sizeof in->pub.reason, "lost %d compare-and-sets in a row",
                      in->pub.attempt);

@@ -76,7 +76,8 @@ typedef struct writer_input {
     int source;
     /* CALL: what writer_submit was given */
     void *call;
-    int attempt; /* 0 the first time decide() sees it */
+    int attempt;    /* 0 the first time decide() sees it */
+    bool caught_up; /* decided again after a catch-up, having said CH_NOT_FOUND */
     /* Set by decide() for an EVENT: its verdict when it emits nothing or
      * fails (BUS_ACK by default; BUS_RETRY naks it with the backoff;
      * BUS_DEAD dead-letters it), and why, for the log line. */

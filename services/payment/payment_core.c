@@ -1,5 +1,5 @@
-/* payment_core.c: validation, decisions, the reducer over ledger entries, the
- * in-memory indexes, and the ledger entry codec. */
+/* payment_core.c: validation, decisions, the reducer over its entries and its
+ * inverse, and the in-memory indexes. */
 #include "payment_core.h"
 
 #include <inttypes.h>
@@ -7,10 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <pb_decode.h>
-#include <pb_encode.h>
-
-#include "choreo/ledger/v1/payment_ledger.pb.h"
 #include "strmap.h"
 #include "utf8.h"
 
@@ -555,13 +551,44 @@ static ch_status revert_refund(payment_state *s, const pay_entry *e)
     return CH_OK;
 }
 
+/* Undoes a CREDIT: the account loses the amount (and the key); an account
+ * this credit opened is closed again, a record with nothing left dropped. */
+static ch_status revert_credit(payment_state *s, const pay_entry *e)
+{
+    pay_customer *c = strmap_get(&s->customers, e->customer_id);
+    char key[PAY_CUSTOMER_MAX + PAY_KEY_MAX + 2];
+
+    if (!c || !c->has_account)
+        return CH_NOT_FOUND;
+    if (c->acct.credited_cents < e->amount_cents || c->acct.balance_cents < e->amount_cents ||
+        strlen(e->customer_id) > PAY_CUSTOMER_MAX || strlen(e->idempotency_key) > PAY_KEY_MAX)
+        return CH_FAILED_PRECONDITION; /* not credited here, or spent since */
+    if (e->idempotency_key[0]) {
+        /* the index key, built without allocating (strmap_pair_key's form) */
+        snprintf(key, sizeof key, "%s\x1f%s", e->customer_id, e->idempotency_key);
+        free(strmap_remove(&s->credit_keys, key));
+    }
+    c->acct.credited_cents -= e->amount_cents;
+    c->acct.balance_cents -= e->amount_cents;
+    if (c->acct.credited_cents == 0) {
+        c->has_account = false; /* credits are positive: this one opened it */
+        s->n_accounts--;
+    }
+    if (!c->has_account && c->n_payments == 0) {
+        strmap_remove(&s->customers, c->acct.customer_id);
+        free(c->payments);
+        free(c);
+    }
+    return CH_OK;
+}
+
 ch_status payment_revert(payment_state *s, const pay_entry *e)
 {
     switch (e->kind) {
     case PAY_ENTRY_CHARGE:
     case PAY_ENTRY_DECLINE: return revert_decision(s, e);
     case PAY_ENTRY_REFUND: return revert_refund(s, e);
-    case PAY_ENTRY_CREDIT: break; /* from the API, never batched */
+    case PAY_ENTRY_CREDIT: return revert_credit(s, e);
     }
     return CH_INVALID_ARGUMENT;
 }
@@ -613,118 +640,4 @@ ch_status payment_list(const payment_state *s, const char *page_token, const cha
     if (k > 0)
         snprintf(next_token, PAY_TOKEN_MAX, "p%zu", c->payments[k - 1] + 1);
     return CH_OK;
-}
-
-/* ---- the ledger entry codec ---- */
-
-#define COPY_STR(dst, src) snprintf((dst), sizeof(dst), "%s", (src))
-
-static bool fits(const char *src, size_t dst_size)
-{
-    return strlen(src) < dst_size;
-}
-
-ch_status payment_entry_encode(const pay_entry *e, uint8_t *buf, size_t cap, size_t *len)
-{
-    choreo_ledger_v1_PaymentEntry pe = choreo_ledger_v1_PaymentEntry_init_zero;
-
-    switch (e->kind) {
-    case PAY_ENTRY_CREDIT:
-        pe.which_entry = choreo_ledger_v1_PaymentEntry_credit_tag;
-        COPY_STR(pe.entry.credit.customer_id, e->customer_id);
-        COPY_STR(pe.entry.credit.idempotency_key, e->idempotency_key);
-        pe.entry.credit.amount_cents = e->amount_cents;
-        break;
-    case PAY_ENTRY_CHARGE:
-        pe.which_entry = choreo_ledger_v1_PaymentEntry_charge_tag;
-        COPY_STR(pe.entry.charge.order_id, e->order_id);
-        COPY_STR(pe.entry.charge.customer_id, e->customer_id);
-        COPY_STR(pe.entry.charge.cause_event_id, e->cause_event_id);
-        pe.entry.charge.amount_cents = e->amount_cents;
-        break;
-    case PAY_ENTRY_DECLINE:
-        pe.which_entry = choreo_ledger_v1_PaymentEntry_decline_tag;
-        COPY_STR(pe.entry.decline.order_id, e->order_id);
-        COPY_STR(pe.entry.decline.customer_id, e->customer_id);
-        COPY_STR(pe.entry.decline.reason, e->reason);
-        COPY_STR(pe.entry.decline.cause_event_id, e->cause_event_id);
-        pe.entry.decline.amount_cents = e->amount_cents;
-        pe.entry.decline.balance_cents = e->balance_cents;
-        break;
-    case PAY_ENTRY_REFUND:
-        pe.which_entry = choreo_ledger_v1_PaymentEntry_refund_tag;
-        COPY_STR(pe.entry.refund.order_id, e->order_id);
-        COPY_STR(pe.entry.refund.customer_id, e->customer_id);
-        COPY_STR(pe.entry.refund.cause_event_id, e->cause_event_id);
-        pe.entry.refund.amount_cents = e->amount_cents;
-        break;
-    default: return CH_INVALID_ARGUMENT;
-    }
-    pb_ostream_t os = pb_ostream_from_buffer(buf, cap);
-    if (!pb_encode(&os, choreo_ledger_v1_PaymentEntry_fields, &pe))
-        return CH_RESOURCE_EXHAUSTED;
-    *len = os.bytes_written;
-    return CH_OK;
-}
-
-ch_status payment_entry_decode(const uint8_t *buf, size_t len, pay_entry *out)
-{
-    choreo_ledger_v1_PaymentEntry pe = choreo_ledger_v1_PaymentEntry_init_zero;
-    pb_istream_t is = pb_istream_from_buffer(buf, len);
-
-    memset(out, 0, sizeof *out);
-    if (len > PAY_ENTRY_MAX_BYTES || !pb_decode(&is, choreo_ledger_v1_PaymentEntry_fields, &pe))
-        return CH_INVALID_ARGUMENT;
-    switch (pe.which_entry) {
-    case choreo_ledger_v1_PaymentEntry_credit_tag: {
-        const choreo_ledger_v1_PaymentCredit *c = &pe.entry.credit;
-        if (!fits(c->customer_id, sizeof out->customer_id) ||
-            !fits(c->idempotency_key, sizeof out->idempotency_key))
-            return CH_INVALID_ARGUMENT;
-        out->kind = PAY_ENTRY_CREDIT;
-        COPY_STR(out->customer_id, c->customer_id);
-        COPY_STR(out->idempotency_key, c->idempotency_key);
-        out->amount_cents = c->amount_cents;
-        return CH_OK;
-    }
-    case choreo_ledger_v1_PaymentEntry_charge_tag: {
-        const choreo_ledger_v1_PaymentCharge *c = &pe.entry.charge;
-        if (!fits(c->order_id, sizeof out->order_id) || !fits(c->customer_id, sizeof out->customer_id) ||
-            !fits(c->cause_event_id, sizeof out->cause_event_id))
-            return CH_INVALID_ARGUMENT;
-        out->kind = PAY_ENTRY_CHARGE;
-        COPY_STR(out->order_id, c->order_id);
-        COPY_STR(out->customer_id, c->customer_id);
-        COPY_STR(out->cause_event_id, c->cause_event_id);
-        out->amount_cents = c->amount_cents;
-        return CH_OK;
-    }
-    case choreo_ledger_v1_PaymentEntry_decline_tag: {
-        const choreo_ledger_v1_PaymentDecline *d = &pe.entry.decline;
-        if (!fits(d->order_id, sizeof out->order_id) || !fits(d->customer_id, sizeof out->customer_id) ||
-            !fits(d->reason, sizeof out->reason) || !fits(d->cause_event_id, sizeof out->cause_event_id))
-            return CH_INVALID_ARGUMENT;
-        out->kind = PAY_ENTRY_DECLINE;
-        COPY_STR(out->order_id, d->order_id);
-        COPY_STR(out->customer_id, d->customer_id);
-        COPY_STR(out->reason, d->reason);
-        COPY_STR(out->cause_event_id, d->cause_event_id);
-        out->amount_cents = d->amount_cents;
-        out->balance_cents = d->balance_cents;
-        return CH_OK;
-    }
-    case choreo_ledger_v1_PaymentEntry_refund_tag: {
-        const choreo_ledger_v1_PaymentRefund *r = &pe.entry.refund;
-        if (!fits(r->order_id, sizeof out->order_id) || !fits(r->customer_id, sizeof out->customer_id) ||
-            !fits(r->cause_event_id, sizeof out->cause_event_id))
-            return CH_INVALID_ARGUMENT;
-        out->kind = PAY_ENTRY_REFUND;
-        COPY_STR(out->order_id, r->order_id);
-        COPY_STR(out->customer_id, r->customer_id);
-        COPY_STR(out->cause_event_id, r->cause_event_id);
-        out->amount_cents = r->amount_cents;
-        return CH_OK;
-    }
-    default: return CH_INVALID_ARGUMENT;
-    }
 }

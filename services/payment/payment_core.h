@@ -1,11 +1,13 @@
 /* payment_core.h: the payment domain, pure (no gRPC, no NATS, no clock).
  *
  * The service's state (customer accounts and one payment per order) is a fold
- * of its ledger entries: payment_apply() is the reducer, the only code that
- * changes the state. Handlers decide with payment_decide_*() (which read the
- * state and build an entry, changing nothing), append the entry to the
- * durable ledger, and the ledger applies it; on restart every entry is
- * applied again, so memory is a cache of the ledger.
+ * of its entries: payment_apply() is the reducer, the only code that changes
+ * the state, and payment_revert() its inverse. Each entry is one of the
+ * service's events (payment.credited, .processed, .failed, .refunded; the
+ * adapter converts). Handlers decide with payment_decide_*() (which read the
+ * state and build an entry, changing nothing), apply the entry and publish
+ * its event; on restart every event is applied again, so memory is a cache
+ * of the service's stream.
  *
  * Payment status machine (one payment per order, decided once):
  *   (none)    no inventory.reserved handled yet
@@ -41,8 +43,7 @@
 #define PAY_ACCOUNT_TOTAL_MAX 1000000000000000000LL /* credited, and charged, of one account */
 #define PAY_PAGE_DEFAULT      50
 #define PAY_PAGE_MAX          500
-#define PAY_TOKEN_MAX         32   /* bytes of a page token, NUL included */
-#define PAY_ENTRY_MAX_BYTES   1024 /* an encoded ledger entry is smaller */
+#define PAY_TOKEN_MAX         32 /* bytes of a page token, NUL included */
 
 /* Same numbers as choreo.payment.v1.PaymentStatus. */
 typedef enum pay_status {
@@ -70,7 +71,8 @@ typedef struct pay_payment {
     size_t list_pos;                 /* position in decision order, for paging */
 } pay_payment;
 
-/* One ledger entry as the reducer sees it. Fields unused by kind are "" / 0. */
+/* One entry as the reducer sees it (an event of the service, decoded by the
+ * adapter). Fields unused by kind are "" / 0. */
 typedef enum pay_entry_kind {
     PAY_ENTRY_CREDIT = 1,
     PAY_ENTRY_CHARGE,
@@ -142,34 +144,26 @@ ch_status payment_decide_refund(const payment_state *s, const char *order_id, co
  * changes nothing. changed may be NULL. */
 ch_status payment_apply(payment_state *s, const pay_entry *e, bool *changed);
 
-/* The inverse of payment_apply for saga entries, for a batch of decisions
- * applied one by one before a single ledger append that then failed or lost
- * its race: undoes e, which must be the most recent entry applied to s that
+/* The inverse of payment_apply, for decisions applied one by one and
+ * published together that were then not stored (another replica was
+ * first): undoes e, which must be the most recent entry applied to s that
  * changed it (payment_apply said *changed true). Revert a batch newest first
  * and s is exactly as before the batch (re-applying the entries gives the
  * same state, the same list positions included).
+ *   CREDIT   balance and credited -= amount, the key is forgotten; the
+ *            account is closed again when this credit opened it
  *   CHARGE   balance += amount, charged -= amount, and the payment is removed
  *            (from payment_get, payment_list and payment_count) and freed
  *   DECLINE  the payment is removed and freed
  *   REFUND   the payment is CHARGED again; refunded and balance -= amount
- * A customer never credited whose last payment is removed is forgotten
- * entirely (the decision created that record). CH_INVALID_ARGUMENT for a
- * CREDIT entry (credits come from the API and are never batched) or an
- * unknown kind; CH_NOT_FOUND when the order has no payment;
- * CH_FAILED_PRECONDITION when the state is not as e left it (another
- * status, customer or amount, a payment that is not the newest decision, a
- * balance already spent). Everything is checked first: on error nothing
- * changed. Never allocates. Not thread-safe, like payment_apply. */
+ * A customer with no account left and no payment is forgotten entirely.
+ * CH_INVALID_ARGUMENT for an unknown kind; CH_NOT_FOUND when the order has
+ * no payment (the customer no account); CH_FAILED_PRECONDITION when the
+ * state is not as e left it (another status, customer or amount, a payment
+ * that is not the newest decision, a balance already spent). Everything is
+ * checked first: on error nothing changed. Never allocates. Not
+ * thread-safe, like payment_apply. */
 ch_status payment_revert(payment_state *s, const pay_entry *e);
-
-/* Encodes e as a choreo.ledger.v1.PaymentEntry (nanopb) into buf[0..cap).
- * CH_INVALID_ARGUMENT for an unknown kind, CH_RESOURCE_EXHAUSTED if cap is
- * too small (PAY_ENTRY_MAX_BYTES always suffices). */
-ch_status payment_entry_encode(const pay_entry *e, uint8_t *buf, size_t cap, size_t *len);
-
-/* Decodes a PaymentEntry into *out. CH_INVALID_ARGUMENT for bytes that do not
- * decode, over-long strings or an entry of no known kind. */
-ch_status payment_entry_decode(const uint8_t *buf, size_t len, pay_entry *out);
 
 /* ---- reads ---- */
 

@@ -1,6 +1,7 @@
-/* payment_rpc.c: the choreo.payment.v1.Payment gRPC API, a thin adapter: it
- * turns requests into core decisions and ledger entries, and the state into
- * replies. */
+/* payment_rpc.c: the choreo.payment.v1.Payment gRPC API, a thin adapter: a
+ * request is checked on the gRPC thread, then decided (CreditAccount) or read
+ * (the rest) by the writer on its thread, which answers once the state is
+ * current (writer.h). */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,37 @@
 #include "payment.h"
 #include "service.h"
 #include "utf8.h"
+
+typedef enum payment_method {
+    CALL_CREDIT = 0,
+    CALL_GET_ACCOUNT,
+    CALL_GET_PAYMENT,
+    CALL_LIST,
+} payment_method;
+
+/* One call on its way through the writer. */
+typedef struct payment_call {
+    rpc_call *call;
+    payment_method method;
+    const ProtobufCMessage *req; /* valid until the call is answered */
+    char err[256];               /* why a decision refused it */
+} payment_call;
+
+/* Hands a checked request to the writer; answers UNAVAILABLE itself when the
+ * writer is stopping. gRPC thread. */
+static void submit(payment_service *svc, rpc_call *call, payment_method m, const ProtobufCMessage *req)
+{
+    payment_call *pc = calloc(1, sizeof *pc);
+    if (!pc) {
+        rpc_call_fail(call, CH_NO_MEMORY, "out of memory");
+        return;
+    }
+    *pc = (payment_call){.call = call, .method = m, .req = req};
+    if (writer_submit(svc->writer, pc) != CH_OK) {
+        free(pc);
+        rpc_call_fail(call, CH_UNAVAILABLE, "the service is stopping: retry on another replica");
+    }
+}
 
 /* ---- state -> reply ---- */
 
@@ -35,8 +67,8 @@ static void pb_payment_fill(Choreo__Payment__V1__PaymentRecord *pb, const pay_pa
     pb->reason = (char *)p->reason;
 }
 
-/* Replies with the customer's account; under mu (the caller holds it). */
-static void reply_account_locked(rpc_call *call, payment_service *svc, const char *customer_id, bool credit)
+/* Replies with the customer's account. Writer thread. */
+static void reply_account(rpc_call *call, payment_service *svc, const char *customer_id, bool credit)
 {
     const pay_account *a = payment_account_get(svc->state, customer_id);
     Choreo__Payment__V1__Account pb;
@@ -57,66 +89,26 @@ static void reply_account_locked(rpc_call *call, payment_service *svc, const cha
     }
 }
 
-/* ---- handlers ---- */
+/* ---- handlers (gRPC threads): check, then hand to the writer ---- */
 
 static void credit_account(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
 {
     const Choreo__Payment__V1__CreditAccountRequest *r =
         (const Choreo__Payment__V1__CreditAccountRequest *)msg;
-    payment_service *svc = ctx;
-    char err[256], msg_id[PAY_CUSTOMER_MAX + PAY_KEY_MAX + 16];
-    const char *key = r->idempotency_key;
-    pay_entry e;
-    ch_status st;
+    char err[256];
+    ch_status st =
+        payment_validate_credit(r->customer_id, r->amount_cents, r->idempotency_key, err, sizeof err);
 
-    st = payment_validate_credit(r->customer_id, r->amount_cents, key, err, sizeof err);
     if (st != CH_OK) {
         rpc_call_fail(call, st, "%s", err);
         return;
     }
-    if (key[0])
-        /* the id's length keeps "a:b"+"c" apart from "a"+"b:c" */
-        snprintf(msg_id, sizeof msg_id, "credit:%zu:%s:%s", strlen(r->customer_id), r->customer_id, key);
-
-    pthread_mutex_lock(&svc->mu);
-    for (int attempt = 0; attempt < PAYMENT_APPEND_TRIES; attempt++) {
-        st = payment_decide_credit(svc->state, r->customer_id, r->amount_cents, key, &e, err, sizeof err);
-        if (st != CH_OK)
-            break;
-        st = payment_ledger_append(svc, &e, key[0] ? msg_id : NULL);
-        if (st != CH_CONFLICT)
-            break;
-    }
-    /* A retry whose first try was stored by another replica (or before a
-     * restart, within the dedup window) comes back as a duplicate: catch up
-     * so the reply shows the credit. */
-    if (st == CH_OK && key[0] && !payment_credit_key_known(svc->state, r->customer_id, key))
-        ledger_catch_up(svc->ledger);
-    if (st == CH_OK || st == CH_ALREADY_EXISTS) {
-        reply_account_locked(call, svc, r->customer_id, true);
-        pthread_mutex_unlock(&svc->mu);
-        return;
-    }
-    pthread_mutex_unlock(&svc->mu);
-
-    if (st == CH_INVALID_ARGUMENT || st == CH_FAILED_PRECONDITION) {
-        rpc_call_fail(call, st, "%s", err);
-        return;
-    }
-    log_warn("credit not confirmed", "customer_id", r->customer_id, "status", ch_status_str(st), NULL);
-    if (st == CH_TIMEOUT || st == CH_UNAVAILABLE)
-        service_fail_unconfirmed(
-            call, st, "credit",
-            key[0] ? "retry with the same idempotency_key"
-                   : "read the account before retrying (an idempotency_key makes retries safe)");
-    else /* CH_CONFLICT after every try, or no memory: nothing was stored */
-        rpc_call_fail(call, CH_UNAVAILABLE, "credit not stored (%s): retry", ch_status_str(st));
+    submit(ctx, call, CALL_CREDIT, msg);
 }
 
 static void get_account(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
 {
     const Choreo__Payment__V1__GetAccountRequest *r = (const Choreo__Payment__V1__GetAccountRequest *)msg;
-    payment_service *svc = ctx;
 
     if (!r->customer_id[0]) {
         rpc_call_fail(call, CH_INVALID_ARGUMENT, "customer_id: required");
@@ -127,16 +119,12 @@ static void get_account(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
                       PAY_CUSTOMER_MAX);
         return;
     }
-    pthread_mutex_lock(&svc->mu);
-    reply_account_locked(call, svc, r->customer_id, false);
-    pthread_mutex_unlock(&svc->mu);
+    submit(ctx, call, CALL_GET_ACCOUNT, msg);
 }
 
 static void get_payment(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
 {
     const Choreo__Payment__V1__GetPaymentRequest *r = (const Choreo__Payment__V1__GetPaymentRequest *)msg;
-    payment_service *svc = ctx;
-    Choreo__Payment__V1__PaymentRecord pb;
 
     if (!r->order_id[0]) {
         rpc_call_fail(call, CH_INVALID_ARGUMENT, "order_id: required");
@@ -147,29 +135,12 @@ static void get_payment(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
                       PAY_ORDER_ID_MAX);
         return;
     }
-    pthread_mutex_lock(&svc->mu);
-    const pay_payment *p = payment_get(svc->state, r->order_id);
-    if (!p) {
-        pthread_mutex_unlock(&svc->mu);
-        rpc_call_fail(call, CH_NOT_FOUND, "order_id: no payment for order %s", r->order_id);
-        return;
-    }
-    pb_payment_fill(&pb, p);
-    Choreo__Payment__V1__GetPaymentResponse resp = CHOREO__PAYMENT__V1__GET_PAYMENT_RESPONSE__INIT;
-    resp.payment = &pb;
-    rpc_call_reply(call, &resp.base);
-    pthread_mutex_unlock(&svc->mu);
+    submit(ctx, call, CALL_GET_PAYMENT, msg);
 }
 
 static void list_payments(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
 {
     const Choreo__Payment__V1__ListPaymentsRequest *r = (const Choreo__Payment__V1__ListPaymentsRequest *)msg;
-    payment_service *svc = ctx;
-    size_t size = r->page_size ? r->page_size : PAY_PAGE_DEFAULT;
-    const pay_payment **page = NULL;
-    Choreo__Payment__V1__PaymentRecord *pbs = NULL, **ptrs = NULL;
-    char next[PAY_TOKEN_MAX];
-    size_t n = 0;
 
     if (r->page_size > PAY_PAGE_MAX) {
         rpc_call_fail(call, CH_INVALID_ARGUMENT, "page_size: must be 0..%d, got %u", PAY_PAGE_MAX,
@@ -185,16 +156,44 @@ static void list_payments(rpc_call *call, const ProtobufCMessage *msg, void *ctx
                       PAY_CUSTOMER_MAX);
         return;
     }
-    page = calloc(size, sizeof *page);
-    pbs = calloc(size, sizeof *pbs);
-    ptrs = calloc(size, sizeof *ptrs);
+    submit(ctx, call, CALL_LIST, msg);
+}
+
+/* ---- in the writer ---- */
+
+ch_status payment_call_decide(payment_service *svc, writer *w, writer_input *in)
+{
+    payment_call *pc = in->call;
+    pay_entry e;
+
+    if (pc->method != CALL_CREDIT)
+        return CH_OK; /* a read: answered in finish, once current */
+    const Choreo__Payment__V1__CreditAccountRequest *r =
+        (const Choreo__Payment__V1__CreditAccountRequest *)pc->req;
+    ch_status st = payment_decide_credit(svc->state, r->customer_id, r->amount_cents, r->idempotency_key, &e,
+                                         pc->err, sizeof pc->err);
+    if (st == CH_ALREADY_EXISTS)
+        return CH_OK; /* a retry with the same key: credited once, answered with the account */
+    if (st != CH_OK)
+        return st;
+    return payment_record(svc, w, &e, rpc_call_method(pc->call), NULL);
+}
+
+/* ListPayments' reply, a page cut to fit in one message. */
+static void reply_list(payment_service *svc, rpc_call *call,
+                       const Choreo__Payment__V1__ListPaymentsRequest *r)
+{
+    size_t size = r->page_size ? r->page_size : PAY_PAGE_DEFAULT;
+    const pay_payment **page = calloc(size, sizeof *page);
+    Choreo__Payment__V1__PaymentRecord *pbs = calloc(size, sizeof *pbs), **ptrs = calloc(size, sizeof *ptrs);
+    char next[PAY_TOKEN_MAX];
+    size_t n = 0;
+
     if (!page || !pbs || !ptrs) {
         rpc_call_fail(call, CH_NO_MEMORY, "out of memory");
         goto cleanup;
     }
-    pthread_mutex_lock(&svc->mu);
     if (payment_list(svc->state, r->page_token, r->customer_id, page, size, &n, next) != CH_OK) {
-        pthread_mutex_unlock(&svc->mu);
         rpc_call_fail(call, CH_INVALID_ARGUMENT, "page_token: not a token this service made");
         goto cleanup;
     }
@@ -210,12 +209,74 @@ static void list_payments(rpc_call *call, const ProtobufCMessage *msg, void *ctx
     resp.payments = ptrs;
     resp.next_page_token = next;
     rpc_call_reply(call, &resp.base);
-    pthread_mutex_unlock(&svc->mu);
 
 cleanup:
     free(page);
     free(pbs);
     free(ptrs);
+}
+
+static void reply_payment(payment_service *svc, rpc_call *call, const char *order_id)
+{
+    const pay_payment *p = payment_get(svc->state, order_id);
+    Choreo__Payment__V1__PaymentRecord pb;
+
+    if (!p) {
+        rpc_call_fail(call, CH_NOT_FOUND, "order_id: no payment for order %s", order_id);
+        return;
+    }
+    pb_payment_fill(&pb, p);
+    Choreo__Payment__V1__GetPaymentResponse resp = CHOREO__PAYMENT__V1__GET_PAYMENT_RESPONSE__INIT;
+    resp.payment = &pb;
+    rpc_call_reply(call, &resp.base);
+}
+
+void payment_call_finish(payment_service *svc, writer_input *in, ch_status st)
+{
+    payment_call *pc = in->call;
+    rpc_call *call = pc->call;
+
+    switch (st) {
+    case CH_OK:
+        switch (pc->method) {
+        case CALL_CREDIT:
+            reply_account(call, svc,
+                          ((const Choreo__Payment__V1__CreditAccountRequest *)pc->req)->customer_id, true);
+            break;
+        case CALL_GET_ACCOUNT:
+            reply_account(call, svc, ((const Choreo__Payment__V1__GetAccountRequest *)pc->req)->customer_id,
+                          false);
+            break;
+        case CALL_GET_PAYMENT:
+            reply_payment(svc, call, ((const Choreo__Payment__V1__GetPaymentRequest *)pc->req)->order_id);
+            break;
+        case CALL_LIST:
+            reply_list(svc, call, (const Choreo__Payment__V1__ListPaymentsRequest *)pc->req);
+            break;
+        }
+        break;
+    case CH_INVALID_ARGUMENT:
+    case CH_FAILED_PRECONDITION: rpc_call_fail(call, st, "%s", pc->err); break;
+    case CH_TIMEOUT:
+    case CH_UNAVAILABLE:
+        if (pc->method == CALL_CREDIT) {
+            const char *key = ((const Choreo__Payment__V1__CreditAccountRequest *)pc->req)->idempotency_key;
+            log_warn("credit not confirmed", "status", ch_status_str(st), NULL);
+            service_fail_unconfirmed(
+                call, st, "credit",
+                key[0] ? "retry with the same idempotency_key"
+                       : "read the account before retrying (an idempotency_key makes retries safe)");
+            break;
+        }
+        rpc_call_fail(call, CH_UNAVAILABLE, "state not confirmed current: NATS unavailable (%s); retry",
+                      ch_status_str(st));
+        break;
+    default: /* lost every race, or no memory: nothing was stored */
+        rpc_call_fail(call, CH_UNAVAILABLE, "%s not stored (%s): retry",
+                      pc->method == CALL_CREDIT ? "credit" : "read", ch_status_str(st));
+        break;
+    }
+    free(pc);
 }
 
 ch_status payment_rpc_register(rpc_server *s, payment_service *svc)
