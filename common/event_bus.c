@@ -3,10 +3,12 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "event_worker.h"
 #include "log.h"
+#include "utf8.h"
 
 /* The producers' streams, by the aggregate that starts their events' names. */
 static const struct {
@@ -55,12 +57,13 @@ ch_status event_bus_ensure_streams(bus *b, int replicas, int64_t max_age_ms)
     for (size_t i = 0; i < sizeof event_old_streams / sizeof event_old_streams[0]; i++) {
         ch_status st = bus_stream_info(b, event_old_streams[i], NULL, NULL);
         if (st == CH_OK) {
-            log_error("this NATS store was written by an earlier choreo (one stream EVENTS for every service, and "
-                      "the INVENTORY and PAYMENT ledgers); this version keeps each service's events in a stream "
-                      "of its own and does not read the old ones. Start from an empty store (locally: make down "
-                      "&& rm -rf .data/nats; in a cluster: delete the streams EVENTS, INVENTORY, PAYMENT and "
-                      "DEADLETTER, e.g. nats stream rm), or keep running the earlier version",
-                      "old_stream", event_old_streams[i], NULL);
+            log_error(
+                "this NATS store was written by an earlier choreo (one stream EVENTS for every service, and "
+                "the INVENTORY and PAYMENT ledgers); this version keeps each service's events in a stream "
+                "of its own and does not read the old ones. Start from an empty store (locally: make down "
+                "&& rm -rf .data/nats; in a cluster: delete the streams EVENTS, INVENTORY, PAYMENT and "
+                "DEADLETTER, e.g. nats stream rm), or keep running the earlier version",
+                "old_stream", event_old_streams[i], NULL);
             return CH_FAILED_PRECONDITION;
         }
         if (st != CH_NOT_FOUND)
@@ -82,6 +85,94 @@ ch_status event_bus_ensure_streams(bus *b, int replicas, int64_t max_age_ms)
             return st;
     }
     return bus_ensure_deadletter_stream(b, replicas);
+}
+
+/* ---- an order's events, from every stream ---- */
+
+typedef struct event_read_item {
+    int64_t at;    /* occurred_at */
+    size_t stream; /* index in event_streams */
+    uint64_t seq;
+    uint8_t *data;
+    size_t len;
+} event_read_item;
+
+typedef struct event_read_ctx {
+    const char *order_id;
+    size_t stream;
+    event_read_item *items;
+    size_t n, cap;
+    choreo_events_v1_Envelope env;
+} event_read_ctx;
+
+static ch_status event__read_one(const bus_in_msg *m, void *arg)
+{
+    event_read_ctx *rc = arg;
+    if (rc->n == rc->cap)
+        return CH_RESOURCE_EXHAUSTED; /* the first cap of this stream */
+    if (event_decode(m->data, m->len, &rc->env, NULL, 0) != CH_OK ||
+        strcmp(rc->env.order_id, rc->order_id) != 0)
+        return CH_OK;
+    uint8_t *copy = malloc(m->len);
+    if (!copy)
+        return CH_NO_MEMORY;
+    memcpy(copy, m->data, m->len);
+    rc->items[rc->n++] =
+        (event_read_item){rc->env.occurred_at_unix_ns, rc->stream, m->stream_seq, copy, m->len};
+    return CH_OK;
+}
+
+static int event__read_cmp(const void *a, const void *b)
+{
+    const event_read_item *x = a, *y = b;
+    if (x->at != y->at)
+        return x->at < y->at ? -1 : 1;
+    if (x->stream != y->stream)
+        return x->stream < y->stream ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+ch_status event_read_order(bus *b, const char *order_id, size_t max, event_each_fn fn, void *ctx)
+{
+    size_t per_stream = max ? max : 256;
+    size_t n_streams = sizeof event_streams / sizeof event_streams[0];
+    char filter[EVENT_SUBJECT_MAX];
+    ch_status st = CH_OK;
+
+    if (!utf8_valid_token(order_id, EVENT_ORDER_ID_MAX))
+        return CH_INVALID_ARGUMENT;
+    event_read_ctx *rc = calloc(1, sizeof *rc);
+    if (rc)
+        rc->items = calloc(per_stream * n_streams, sizeof *rc->items);
+    if (!rc || !rc->items) {
+        free(rc);
+        return CH_NO_MEMORY;
+    }
+    rc->order_id = order_id;
+    for (size_t i = 0; i < n_streams && st == CH_OK; i++) {
+        rc->stream = i;
+        rc->cap = rc->n + per_stream;
+        /* a consumer's filter must lie within its stream's subjects */
+        snprintf(filter, sizeof filter, "events.%s.*.%s", event_streams[i].aggregate, order_id);
+        st = bus_replay(b, event_streams[i].stream, filter, 1, event__read_one, rc, NULL);
+        if (st == CH_RESOURCE_EXHAUSTED || st == CH_NOT_FOUND)
+            st = CH_OK; /* its first per_stream; or a stream not made yet */
+    }
+    qsort(rc->items, rc->n, sizeof *rc->items, event__read_cmp);
+    size_t n = rc->n < per_stream ? rc->n : per_stream;
+    for (size_t i = 0; i < n && st == CH_OK; i++) {
+        const event_read_item *it = &rc->items[i];
+        st = event_decode(it->data, it->len, &rc->env, NULL, 0);
+        if (st == CH_OK)
+            st = fn(&rc->env, event_streams[it->stream].stream, it->seq, ctx);
+    }
+    if (st == CH_OK && rc->n == 0)
+        st = CH_NOT_FOUND;
+    for (size_t i = 0; i < rc->n; i++)
+        free(rc->items[i].data);
+    free(rc->items);
+    free(rc);
+    return st;
 }
 
 ch_status event_prepare(event_out *o, const choreo_events_v1_Envelope *e)

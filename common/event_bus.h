@@ -31,6 +31,20 @@ const char *event_stream_of(event_type t);
  * is PAYMENT_EVENTS's); NULL when none does. */
 const char *event_stream_of_subject(const char *subject);
 
+/* One event of an order, read back (event_read_order): decoded, with the
+ * stream it came from and its sequence there. */
+typedef ch_status (*event_each_fn)(const choreo_events_v1_Envelope *e, const char *stream, uint64_t seq,
+                                   void *ctx);
+
+/* Reads every event of one order (events.<aggregate>.*.<order_id>) from every
+ * producer's stream and hands them to fn in the order they happened (their
+ * occurred_at, then stream and sequence), at most max (0: 256) of them: the
+ * first max. Events that do not decode, and events of a SKU or customer
+ * whose key happens to equal order_id, are left out. fn returning non-OK
+ * stops the walk with that status. CH_NOT_FOUND when there is none. Any
+ * thread; blocks (one replay per stream). */
+ch_status event_read_order(bus *b, const char *order_id, size_t max, event_each_fn fn, void *ctx);
+
 /* Ensures every producer's stream (file storage) with the given replicas (0:
  * 1) and max age in ms (0: forever), and the DEADLETTER stream. Idempotent;
  * call at start-up. CH_FAILED_PRECONDITION (and an error line that says

@@ -14,8 +14,8 @@
 #include "event_worker.h"
 #include "log.h"
 
-#define WRITER_CATCH_UP_DIRECT 8 /* events read one by one before a catch-up replays */
-#define WRITER_STOP_WAIT_MS    5000
+#define WRITER_CATCH_UP_DIRECT 8  /* events read one by one before a catch-up replays */
+#define WRITER_FOLLOW_START_S  60 /* longest wait for followed streams at start-up */
 
 static const int writer_backoff_ms[] = {50, 200, 500, 1000, 2000};
 
@@ -30,11 +30,11 @@ typedef struct w_log {
 
 typedef struct w_input {
     writer_input pub;
-    bus_in_msg *msg;     /* EVENT, FACT: owned */
-    uint64_t need;       /* emitted nothing: answered once the event of this serial is stored */
-    int pending;         /* its events in flight */
-    bool emitted;        /* it emitted at least one event in its current decision */
-    ch_status status;    /* decide()'s error, when it failed */
+    bus_in_msg *msg;  /* EVENT, FACT: owned */
+    uint64_t need;    /* emitted nothing: answered once the event of this serial is stored */
+    int pending;      /* its events in flight */
+    bool emitted;     /* it emitted at least one event in its current decision */
+    ch_status status; /* decide()'s error, when it failed */
     w_log log;
     struct w_input *next;
 } w_input;
@@ -65,6 +65,10 @@ typedef struct w_source {
     struct writer *w;
     int index;
     writer_input_kind kind;
+    /* a follower: the last sequence of its stream when the writer started,
+     * and how far its facts are decided (under qmu) */
+    uint64_t start_end;
+    uint64_t decided_to;
 } w_source;
 
 struct writer {
@@ -85,9 +89,10 @@ struct writer {
     pthread_t thread;
     bool thread_started;
 
-    pthread_mutex_t qmu; /* guards queue, stopping and every slot's state/st/seq */
-    pthread_cond_t qcv;
-    w_list queue; /* arrived, not taken yet */
+    pthread_mutex_t qmu; /* guards queue, stopping, the sources' decided_to and every slot's state/st/seq */
+    pthread_cond_t qcv;  /* the writer thread waits on it */
+    pthread_cond_t follow_cv; /* writer_start waits on it for the followers */
+    w_list queue;             /* arrived, not taken yet */
     bool stopping;
     bool resolved; /* a slot's outcome came in since the thread last looked */
 
@@ -306,6 +311,15 @@ static void settle_event(writer *w, w_input *in, ch_status st)
 /* The input is done: the service learns it, the message is settled. */
 static void finish(writer *w, w_input *in, ch_status st)
 {
+    if (in->pub.kind == WRITER_FACT) {
+        w_source *src = &w->sources[w->n_consumers + in->pub.source];
+        pthread_mutex_lock(&w->qmu);
+        if (in->msg->stream_seq > src->decided_to)
+            src->decided_to = in->msg->stream_seq;
+        if (src->decided_to >= src->start_end)
+            pthread_cond_broadcast(&w->follow_cv); /* writer_start may wait for it */
+        pthread_mutex_unlock(&w->qmu);
+    }
     in->pub.env = NULL;
     if (in->pub.kind != WRITER_FACT && w->ops.finish)
         w->ops.finish(w->ctx, &in->pub, st);
@@ -344,7 +358,8 @@ static ch_status fold_one(const bus_in_msg *m, void *arg)
 static ch_status catch_up(writer *w)
 {
     uint64_t before = w->last, end = 0;
-    ch_status st = bus_stream_info(w->b, w->stream, NULL, &end);
+    /* NATS away: no waiting for a request to time out, callers learn it now */
+    ch_status st = bus_connected(w->b) ? bus_stream_info(w->b, w->stream, NULL, &end) : CH_UNAVAILABLE;
 
     stat_add(w, &w->stats.catch_ups, 1);
     if (st != CH_OK)
@@ -706,6 +721,7 @@ ch_status writer_start(bus *b, const writer_spec *spec, writer **out)
     w->batch = spec->batch > 0 ? spec->batch : 256;
     pthread_mutex_init(&w->qmu, NULL);
     pthread_cond_init(&w->qcv, NULL);
+    pthread_cond_init(&w->follow_cv, NULL);
     pthread_mutex_init(&w->stats_mu, NULL);
 
     /* the state is the fold of the stream: all of it, before anything else */
@@ -741,6 +757,7 @@ ch_status writer_start(bus *b, const writer_spec *spec, writer **out)
             src->kind = WRITER_FACT;
             ss.stream = f->stream;
             ss.filter_subject = f->filter_subject;
+            st = bus_stream_info(b, f->stream, NULL, &src->start_end);
         }
         if (st == CH_OK)
             st = bus_sub_start(b, &ss, &w->subs[w->n_subs]);
@@ -753,6 +770,17 @@ ch_status writer_start(bus *b, const writer_spec *spec, writer **out)
         writer_destroy(w);
         return st;
     }
+    /* What the followed streams held at start is folded in before anyone
+     * reads (bounded: a stream gone quiet or NATS gone must not hang start-up). */
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += WRITER_FOLLOW_START_S;
+    pthread_mutex_lock(&w->qmu);
+    for (int i = w->n_consumers; i < w->n_subs; i++)
+        while (w->sources[i].decided_to < w->sources[i].start_end &&
+               pthread_cond_timedwait(&w->follow_cv, &w->qmu, &dl) == 0) {
+        }
+    pthread_mutex_unlock(&w->qmu);
     char last[24];
     snprintf(last, sizeof last, "%" PRIu64, w->last);
     log_info("state folded from the own stream", "service", w->service, "stream", w->stream, "last_seq", last,
@@ -798,6 +826,7 @@ void writer_destroy(writer *w)
     bus_pipe_destroy(w->pipe, 0);
     pthread_mutex_destroy(&w->qmu);
     pthread_cond_destroy(&w->qcv);
+    pthread_cond_destroy(&w->follow_cv);
     pthread_mutex_destroy(&w->stats_mu);
     free(w->slots);
     free(w);

@@ -144,15 +144,15 @@ void order_clear(order *o)
     memset(o, 0, sizeof *o);
 }
 
+/* A reason is kept in a buffer of the largest size, so that one replaced
+ * can be put back in place (order_store_undo never allocates). */
 static ch_status set_reason(order *o, const char *reason)
 {
     if (!reason || !reason[0])
         return CH_OK;
-    char *copy = strndup(reason, ORDER_REASON_MAX);
-    if (!copy)
+    if (!o->reason && !(o->reason = malloc(ORDER_REASON_MAX + 1)))
         return CH_NO_MEMORY;
-    free(o->reason);
-    o->reason = copy;
+    snprintf(o->reason, ORDER_REASON_MAX + 1, "%.*s", ORDER_REASON_MAX, reason);
     return CH_OK;
 }
 
@@ -186,6 +186,7 @@ static ch_status apply_created(order *o, const order_event *e)
     o->idempotency_key = key;
     o->key_index = key_index;
     o->created_ms = e->time_ms;
+    snprintf(o->traceparent, sizeof o->traceparent, "%s", e->traceparent ? e->traceparent : "");
     return CH_OK;
 }
 
@@ -347,6 +348,11 @@ const order *order_store_get(const order_store *s, const char *id)
     return strmap_get(&s->by_id, id);
 }
 
+bool order_store_has_stub(const order_store *s, const char *id)
+{
+    return strmap_get(&s->stubs, id) != NULL;
+}
+
 const order *order_store_by_key(const order_store *s, const char *customer_id, const char *key)
 {
     char k[ORDER_CUSTOMER_MAX + ORDER_IDEMPOTENCY_KEY_MAX + 2];
@@ -445,6 +451,58 @@ ch_status order_store_apply(order_store *s, const order_event *e, const order **
     if (!stub)
         strmap_put(&s->stubs, o->id, o);
     return CH_NOT_FOUND; /* the fact is kept until the order.created comes */
+}
+
+void order_undo_record(order_undo *u, const order *o, const char *id, bool creation)
+{
+    memset(u, 0, sizeof *u);
+    snprintf(u->id, sizeof u->id, "%s", o ? o->id : id);
+    u->creation = creation;
+    if (creation || !o)
+        return;
+    u->facts = o->facts;
+    u->reason_rank = o->reason_rank;
+    u->had_reason = o->reason != NULL;
+    snprintf(u->reason, sizeof u->reason, "%s", o->reason ? o->reason : "");
+    u->status = o->status;
+    u->version = o->version;
+    u->last_seq = o->last_seq;
+    u->updated_ms = o->updated_ms;
+    snprintf(u->outcome_cause, sizeof u->outcome_cause, "%s", o->outcome_cause);
+}
+
+ch_status order_store_undo(order_store *s, const order_undo *u)
+{
+    order *o = strmap_get(&s->by_id, u->id);
+
+    if (!o)
+        return CH_NOT_FOUND;
+    if (u->creation) {
+        if (s->n == 0 || s->all[s->n - 1] != o)
+            return CH_FAILED_PRECONDITION;
+        strmap_remove(&s->by_id, o->id);
+        if (o->key_index)
+            strmap_remove(&s->by_key, o->key_index);
+        s->all[--s->n] = NULL;
+        order_clear(o);
+        free(o);
+        return CH_OK;
+    }
+    /* a reason never goes away once set: the one before goes back in place */
+    if (!u->had_reason) {
+        free(o->reason);
+        o->reason = NULL;
+    } else if (o->reason) {
+        snprintf(o->reason, ORDER_REASON_MAX + 1, "%s", u->reason);
+    }
+    o->facts = u->facts;
+    o->reason_rank = u->reason_rank;
+    o->status = u->status;
+    o->version = u->version;
+    o->last_seq = u->last_seq;
+    o->updated_ms = u->updated_ms;
+    snprintf(o->outcome_cause, sizeof o->outcome_cause, "%s", u->outcome_cause);
+    return CH_OK;
 }
 
 ch_status order_store_list(const order_store *s, const char *page_token, const char *customer_id,

@@ -45,6 +45,7 @@
 #define ORDER_IDEMPOTENCY_KEY_MAX 128
 #define ORDER_REASON_MAX          200
 #define ORDER_EVENT_ID_MAX        32 /* bytes of an event id (32 hex digits) */
+#define ORDER_TRACEPARENT_MAX     55 /* bytes of a W3C traceparent */
 #define ORDER_PAGE_DEFAULT        50
 #define ORDER_PAGE_MAX            500
 #define ORDER_STUBS_MAX           65536 /* orders known by their later events only, waiting for their creation */
@@ -86,7 +87,8 @@ typedef struct order {
      * confirmation, the last compensation of a cancel): the cause its outcome
      * event names, whichever thread folds it in first. "" when not known. */
     char outcome_cause[ORDER_EVENT_ID_MAX + 1];
-    uint64_t list_pos; /* position in creation order, for paging */
+    char traceparent[ORDER_TRACEPARENT_MAX + 1]; /* the saga's trace, from order.created ("" when none) */
+    uint64_t list_pos;                           /* position in creation order, for paging */
 } order;
 
 /* The facts an order's events record (order.facts). */
@@ -135,6 +137,7 @@ typedef struct order_event {
     const order_item *items;
     size_t n_items;
     const char *idempotency_key;
+    const char *traceparent; /* may be NULL */
     /* failures and cancels: why */
     const char *reason;
 } order_event;
@@ -197,6 +200,10 @@ void order_store_destroy(order_store *s); /* accepts NULL */
 /* The order with this id, or NULL. */
 const order *order_store_get(const order_store *s, const char *id);
 
+/* True when steps of order id wait for its order.created (folded in before
+ * it: order_store_apply said CH_NOT_FOUND). */
+bool order_store_has_stub(const order_store *s, const char *id);
+
 /* The order created with this customer and idempotency key, or NULL. */
 const order *order_store_by_key(const order_store *s, const char *customer_id, const char *key);
 
@@ -208,6 +215,34 @@ const order *order_store_by_key(const order_store *s, const char *customer_id, c
 ch_status order_store_apply(order_store *s, const order_event *e, const order **out, bool *changed);
 
 size_t order_store_count(const order_store *s);
+
+/* What order_store_undo needs to take back one event applied to an order
+ * (an event the service decided and published, not stored in the end).
+ * Fits in the service writer's undo room. */
+typedef struct order_undo {
+    char id[ORDER_ID_MAX + 1];
+    bool creation; /* the event created the order: it goes again */
+    /* otherwise the order's state before the event */
+    unsigned facts;
+    int reason_rank;
+    bool had_reason;
+    char reason[ORDER_REASON_MAX + 1];
+    order_status status;
+    uint64_t version, last_seq;
+    int64_t updated_ms;
+    char outcome_cause[ORDER_EVENT_ID_MAX + 1];
+} order_undo;
+
+/* Records in *u what o is now, before the service applies one more event of
+ * its own to it; creation: the event creates o (o is NULL then and id
+ * names it). */
+void order_undo_record(order_undo *u, const order *o, const char *id, bool creation);
+
+/* Takes back the event u was recorded for, which must be the newest applied
+ * (undo newest first): the order is as before it, or, for a creation, gone
+ * (it must be the newest order). Never allocates; CH_NOT_FOUND when there is
+ * no such order, CH_FAILED_PRECONDITION when a creation is not the newest. */
+ch_status order_store_undo(order_store *s, const order_undo *u);
 
 /* One page of orders, newest first. page_token is "" for the first page or
  * a token from a previous page; filters: customer_id ("" = any) and status

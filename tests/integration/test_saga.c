@@ -361,7 +361,7 @@ static void republish(const char *id, event_type t, const char *msg_id)
     char subject[EVENT_SUBJECT_MAX];
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
     event_subject(subject, sizeof subject, t, id);
-    CU_ASSERT_EQUAL(bus_replay(reader, EVENT_STREAM, subject, 1, keep_raw, r, NULL), CH_OK);
+    CU_ASSERT_EQUAL(bus_replay(reader, event_stream_of(t), subject, 1, keep_raw, r, NULL), CH_OK);
     CU_ASSERT_EQUAL_FATAL(r->found, 1);
     bus_out_msg m = {
         .subject = r->subject, .data = r->data, .len = r->len, .msg_id = msg_id ? msg_id : r->msg_id};
@@ -408,11 +408,21 @@ static void test_saga_consumer_replayed_from_start_changes_nothing(void)
      * every event of the stream is delivered to it once more */
     for (int s = INVENTORY; s <= PAYMENT; s++)
         CU_ASSERT_EQUAL_FATAL(svc_stop(&svc[s], 10000, &exit_status), CH_OK);
-    const char *durables[] = {"inventory-order_created",    "inventory-payment_processed",
-                              "inventory-payment_failed",   "inventory-order_cancel_requested",
-                              "payment-inventory_reserved", "payment-order_cancel_requested"};
-    for (size_t i = 0; i < sizeof durables / sizeof durables[0]; i++)
-        CU_ASSERT_EQUAL(bus_delete_consumer(reader, EVENT_STREAM, durables[i]), CH_OK);
+    /* each durable lives on the stream of the events it consumes */
+    static const struct {
+        const char *durable;
+        event_type type;
+    } consumers[] = {
+        {"inventory-order_created", EVENT_ORDER_CREATED},
+        {"inventory-payment_processed", EVENT_PAYMENT_PROCESSED},
+        {"inventory-payment_failed", EVENT_PAYMENT_FAILED},
+        {"inventory-order_cancel_requested", EVENT_ORDER_CANCEL_REQUESTED},
+        {"payment-inventory_reserved", EVENT_INVENTORY_RESERVED},
+        {"payment-order_cancel_requested", EVENT_ORDER_CANCEL_REQUESTED},
+    };
+    for (size_t i = 0; i < sizeof consumers / sizeof consumers[0]; i++)
+        CU_ASSERT_EQUAL(bus_delete_consumer(reader, event_stream_of(consumers[i].type), consumers[i].durable),
+                        CH_OK);
     for (int s = INVENTORY; s <= PAYMENT; s++)
         CU_ASSERT_EQUAL_FATAL(svc_restart(&svc[s], 15000), CH_OK);
     sentinel_saga();
@@ -612,16 +622,17 @@ static int ms_left(long long end)
     return end > now ? (int)(end - now) : 0;
 }
 
-/* Inventory and payment reach NATS through relays. The first ledger batch
- * each writes is stored, but the server's reply is held past their publish
- * timeout: each undoes the batch and retries its events, and the retry
- * finds the batch stored. Every saga still ends, and each effect happened
- * once: stock sold and money charged match the orders exactly. */
-static void test_saga_ledger_write_stored_but_unacknowledged_happens_once(void)
+/* Inventory and payment reach NATS through relays. The first decisions
+ * each writes to its stream are stored, but the server's replies are held
+ * past their publish timeout: each undoes them, catches up with its stream
+ * (finding them stored) and decides again. Every saga still ends, and each
+ * effect happened once: stock sold and money charged match the orders
+ * exactly. */
+static void test_saga_write_stored_but_unacknowledged_happens_once(void)
 {
     relay *late[2] = {NULL, NULL};
     const int moved[2] = {INVENTORY, PAYMENT};
-    const char *const ledger_subject[2] = {"inventory.ledger", "payment.ledger"};
+    const char *const first_write[2] = {"events.inventory.reserved", "events.payment.processed"};
     int n_extra[2];
     char ids[LATE_ORDERS][ORDER_ID_MAX + 1];
     int64_t qty_sum = 0;
@@ -636,7 +647,7 @@ static void test_saga_ledger_write_stored_but_unacknowledged_happens_once(void)
     set_stock("late-sku", 1000);
     credit("late-cust", 10000000);
     for (int k = 0; k < 2; k++)
-        relay_hold_replies_after(late[k], ledger_subject[k], 2000); /* past the 500 ms timeout */
+        relay_hold_replies_after(late[k], first_write[k], 2000); /* past the 500 ms timeout */
 
     for (int i = 0; i < LATE_ORDERS; i++) {
         char key[32];
@@ -651,9 +662,9 @@ static void test_saga_ledger_write_stored_but_unacknowledged_happens_once(void)
             CU_FAIL("an order did not end CONFIRMED");
     for (int k = 0; k < 2; k++) {
         CU_ASSERT_EQUAL(relay_triggered(late[k]), 1);
-        /* the held batch timed out and its events were retried */
-        if (log_lines_with(&svc[moved[k]], "ledger: TIMEOUT") == 0) {
-            CU_FAIL("no ledger write timed out");
+        /* the held writes timed out, and were decided again */
+        if (log_lines_with(&svc[moved[k]], "events not confirmed; catching up and deciding again") == 0) {
+            CU_FAIL("no write timed out");
             svc_dump_log(&svc[moved[k]], 40);
         }
     }
@@ -675,8 +686,8 @@ static void test_saga_ledger_write_stored_but_unacknowledged_happens_once(void)
         if (!wait_notifications(ids[i], N_CONFIRMED, 1, ms_left(end)) || notifications_of(ids[i], 0) != 1)
             CU_FAIL("an order without exactly one notification");
 
-    /* Restarted (straight to NATS again), they fold their ledgers into
-     * the same state: the stored batch counts once there too. */
+    /* Restarted (straight to NATS again), they fold their streams into the
+     * same state: the writes stored late count once there too. */
     for (int k = 0; k < 2; k++) {
         CU_ASSERT_EQUAL_FATAL(
             svc_restart_against(&svc[moved[k]], natsd_url(nats), n_extra[k], NULL, 15000, NULL), CH_OK);
@@ -823,8 +834,8 @@ int main(void)
         {"transient failure is retried then succeeds", test_saga_transient_failure_is_retried_then_succeeds},
         {"permanent failure is dead-lettered after bounded deliveries",
          test_saga_permanent_failure_is_dead_lettered_after_bounded_deliveries},
-        {"ledger write stored but unacknowledged happens once",
-         test_saga_ledger_write_stored_but_unacknowledged_happens_once},
+        {"write stored but unacknowledged happens once",
+         test_saga_write_stored_but_unacknowledged_happens_once},
         {"survives crashes and conserves", test_saga_survives_crashes_and_conserves},
         {NULL, NULL},
     };
