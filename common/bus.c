@@ -1751,6 +1751,11 @@ static void bus__on_pipe_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr 
     if (pae) {
         st = bus__status(pae->Err, pae->ErrCode);
         st = st == CH_OK ? CH_INTERNAL : st;
+        /* "wrong last sequence: 1234": where the stream is, saving a question */
+        const char *at = pae->ErrText ? strstr(pae->ErrText, "wrong last sequence: ") : NULL;
+        if (st == CH_CONFLICT && at) {
+            ack.conflict_last_seq = strtoull(at + strlen("wrong last sequence: "), NULL, 10);
+        }
         if (st != CH_CONFLICT) { /* a lost compare-and-set is the writer's business */
             log_warn("publish failed", "subject", msg ? natsMsg_GetSubject(msg) : NULL, "nats_status",
                      natsStatus_GetText(pae->Err), "detail", pae->ErrText, NULL);

@@ -167,6 +167,9 @@ typedef struct bus_out_msg {
 typedef struct bus_pub_ack {
     uint64_t seq;   /* stream sequence of the stored message */
     bool duplicate; /* true: JetStream had it already (same Nats-Msg-Id) */
+    /* a lost compare-and-set (CH_CONFLICT) on the stream's last sequence:
+     * the last sequence JetStream said the stream had (0: not said) */
+    uint64_t conflict_last_seq;
 } bus_pub_ack;
 
 /* Publishes m and waits up to timeout_ms (0: 5000) for the PubAck; fills ack

@@ -3,6 +3,7 @@
 #include "writer.h"
 
 #include <inttypes.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -33,6 +34,7 @@ typedef struct w_input {
     bus_in_msg *msg;  /* EVENT, FACT: owned */
     uint64_t need;    /* emitted nothing: answered once the event of this serial is stored */
     int pending;      /* its events in flight */
+    int conflicts;    /* times its own event lost a compare-and-set */
     bool emitted;     /* it emitted at least one event in its current decision */
     ch_status status; /* decide()'s error, when it failed */
     w_log log;
@@ -55,9 +57,10 @@ typedef struct w_slot {
     int state;       /* SLOT_*, written by the pipe's callback under qmu */
     ch_status st;
     uint64_t seq;
+    uint64_t conflict_last; /* a lost compare-and-set: the stream's last sequence then (0: not known) */
     char msg_id[EVENT_MSG_ID_MAX]; /* the next slot expects it as the stream's last */
     size_t undo_len;
-    uint8_t undo[WRITER_UNDO_MAX];
+    _Alignas(max_align_t) uint8_t undo[WRITER_UNDO_MAX]; /* aligned for any undo record */
 } w_slot;
 
 /* What a subscription's batches are: its writer, its index, its kind. */
@@ -108,6 +111,8 @@ struct writer {
     w_list emitting;               /* decided, emitted: waiting for their events to be stored */
     w_list not_found;              /* to decide again after a catch-up */
     bool broken;                   /* a slot failed: no more publishes until the pipeline is recovered */
+    int conflict_streak;           /* recoveries from lost compare-and-sets since an event was last stored */
+    unsigned seed;                 /* for the jitter of the wait after a lost race */
     w_input *current;              /* the input decide() is deciding */
     choreo_events_v1_Envelope env; /* decoded input */
     choreo_events_v1_Envelope fold_env;
@@ -248,6 +253,7 @@ static void on_stored(void *token, ch_status st, const bus_pub_ack *ack, void *c
         st = CH_CONFLICT; /* stored before, unknown to this state: catch up */
     s->st = st;
     s->seq = ack->seq;
+    s->conflict_last = ack->conflict_last_seq;
     s->state = st == CH_OK ? SLOT_STORED : SLOT_FAILED;
     w->resolved = true;
     pthread_cond_signal(&w->qcv);
@@ -355,11 +361,14 @@ static ch_status fold_one(const bus_in_msg *m, void *arg)
 /* Folds in what the stream holds after w->last (nothing in flight: the state
  * is exactly the stream up to w->last). Usually a few events of another
  * replica: read one by one; a long gap is replayed. */
-static ch_status catch_up(writer *w)
+static ch_status catch_up(writer *w, uint64_t known_end)
 {
-    uint64_t before = w->last, end = 0;
-    /* NATS away: no waiting for a request to time out, callers learn it now */
-    ch_status st = bus_connected(w->b) ? bus_stream_info(w->b, w->stream, NULL, &end) : CH_UNAVAILABLE;
+    uint64_t before = w->last, end = known_end;
+    /* NATS away: no waiting for a request to time out, callers learn it now;
+     * a lost compare-and-set said where the stream was: no need to ask */
+    ch_status st = !bus_connected(w->b) ? CH_UNAVAILABLE
+                   : known_end          ? CH_OK
+                                        : bus_stream_info(w->b, w->stream, NULL, &end);
 
     stat_add(w, &w->stats.catch_ups, 1);
     if (st != CH_OK)
@@ -402,6 +411,7 @@ ch_status writer_emit(writer *w, const choreo_events_v1_Envelope *env, const voi
     s->state = SLOT_SENT;
     s->st = CH_OK;
     s->seq = 0;
+    s->conflict_last = 0;
     snprintf(s->msg_id, sizeof s->msg_id, "%s", o.msg_id);
     s->undo_len = len;
     if (len)
@@ -513,6 +523,7 @@ static void advance(writer *w)
         }
         w->last = s->seq;
         w->stored = s->serial;
+        w->conflict_streak = 0;
         w->head = (w->head + 1) % WRITER_MAX_IN_FLIGHT;
         w->n_slots--;
         stat_add(w, &w->stats.emitted, 1);
@@ -581,23 +592,32 @@ static void recover(writer *w)
     list_append(&again, &w->emitting);
     list_append(&again, &w->waiting);
     list_append(&again, &w->not_found);
-    ch_status st = catch_up(w);
+    ch_status st = catch_up(w, first->st == CH_CONFLICT ? first->conflict_last : 0);
     w_input *in;
     while ((in = list_pop(&again))) {
         ch_status was = in->status;
+        if (in->emitted && was == CH_CONFLICT)
+            in->conflicts++; /* its own event lost a race; others' losses do not count */
         if (st != CH_OK) {
             finish(w, in, st == CH_NOT_FOUND ? CH_UNAVAILABLE : st);
         } else if (in->emitted && was == CH_OK) {
             finish(w, in, CH_OK); /* all of it stored */
         } else if (in->emitted && was != CH_CONFLICT && in->pub.kind == WRITER_CALL) {
             finish(w, in, was);
-        } else if (in->pub.attempt >= WRITER_ATTEMPTS) {
+        } else if (in->conflicts >= WRITER_CONFLICTS_MAX) {
             snprintf(in->pub.reason, sizeof in->pub.reason, "lost %d compare-and-sets in a row",
-                     in->pub.attempt);
+                     in->conflicts);
             finish(w, in, CH_CONFLICT);
         } else {
             list_push(&w->redo, in);
         }
+    }
+    /* Losing again and again to a busy replica: wait a little (jittered,
+     * growing) so that it drains and this one gets a window. */
+    if (why == CH_CONFLICT && ++w->conflict_streak > 1) {
+        int cap_ms = 1 << (w->conflict_streak < 7 ? w->conflict_streak : 7);
+        struct timespec ts = {0, (long)(rand_r(&w->seed) % (unsigned)cap_ms) * 1000000L};
+        nanosleep(&ts, NULL);
     }
     /* the inputs taken meanwhile come after them */
 }
@@ -614,7 +634,7 @@ static void settle_waiting(writer *w)
     if (w->n_slots > 0 || w->broken || (!w->waiting.first && !w->not_found.first))
         return;
     uint64_t before = w->last;
-    ch_status st = catch_up(w);
+    ch_status st = catch_up(w, 0);
     if (st != CH_OK) {
         w_input *in;
         while ((in = list_pop(&w->waiting)))
@@ -713,6 +733,7 @@ ch_status writer_start(bus *b, const writer_spec *spec, writer **out)
         return CH_NO_MEMORY;
     }
     w->b = b;
+    w->seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)w;
     w->ops = *spec->ops;
     w->ctx = spec->ctx;
     snprintf(w->service, sizeof w->service, "%s", spec->service);
@@ -725,7 +746,7 @@ ch_status writer_start(bus *b, const writer_spec *spec, writer **out)
     pthread_mutex_init(&w->stats_mu, NULL);
 
     /* the state is the fold of the stream: all of it, before anything else */
-    ch_status st = catch_up(w);
+    ch_status st = catch_up(w, 0);
     if (st == CH_OK)
         st = bus_pipe_create(b, on_stored, w, spec->publish_timeout_ms, &w->pipe);
     if (st == CH_OK && pthread_create(&w->thread, NULL, writer_main, w) != 0)
@@ -816,11 +837,12 @@ void writer_destroy(writer *w)
     }
     for (int i = 0; i < w->n_subs; i++)
         bus_sub_stop(w->subs[i]);
-    /* what arrived after the thread ended: not settled, so redelivered */
+    /* what arrived after the thread ended: never decided (calls are told
+     * so: CH_CANCELLED), not settled (events come back) */
     w_input *in;
     while ((in = list_pop(&w->queue))) {
         if (in->pub.kind == WRITER_CALL && w->ops.finish)
-            w->ops.finish(w->ctx, &in->pub, CH_UNAVAILABLE);
+            w->ops.finish(w->ctx, &in->pub, CH_CANCELLED);
         input_free(in);
     }
     bus_pipe_destroy(w->pipe, 0);

@@ -34,8 +34,9 @@
  * of its own that were stored after all, e.g. after a timeout), and decides
  * the inputs again, in their order. A decide() that returns CH_NOT_FOUND
  * (the order or reservation is not known here: perhaps another replica's
- * doing) is decided again once after the same catch-up. After
- * WRITER_ATTEMPTS conflicts an input is finished with CH_CONFLICT.
+ * doing) is decided again once after the same catch-up. An input whose own
+ * event lost WRITER_CONFLICTS_MAX races is finished with CH_CONFLICT; a
+ * writer that keeps losing waits a little (jittered) before deciding again.
  *
  * Ownership: the caller owns the writer (writer_destroy) and the service
  * context; the writer owns the inputs and hands them to the ops only for the
@@ -54,7 +55,9 @@
 
 #define WRITER_MAX_CONSUMERS 8
 #define WRITER_MAX_FOLLOWS   4
-#define WRITER_ATTEMPTS      8    /* conflicts an input survives before it fails with CH_CONFLICT */
+#define WRITER_CONFLICTS_MAX                                                                                 \
+    16 /* lost races of its own an input survives before it fails with CH_CONFLICT                           \
+        */
 #define WRITER_MAX_IN_FLIGHT 1024 /* events published and not yet acknowledged */
 #define WRITER_UNDO_MAX      512  /* bytes of undo data one emit may keep */
 
@@ -97,13 +100,14 @@ typedef struct writer_ops {
      * finishes it with that status at once. decide() must undo what it
      * applied if it fails after an emit: it may simply not fail after one. */
     ch_status (*decide)(void *ctx, writer *w, writer_input *in);
-    /* Undoes one event decide() applied and emitted, given its undo data,
-     * newest first: the state is then as before that decision. Must not
-     * fail. */
+    /* Undoes one event decide() applied and emitted, given its undo data
+     * (a copy, aligned for any type), newest first: the state is then as
+     * before that decision. Must not fail. */
     void (*undo)(void *ctx, const void *undo, size_t len);
     /* The input is done: st CH_OK once its events are stored (or it needed
-     * none), CH_CONFLICT after WRITER_ATTEMPTS lost races, CH_UNAVAILABLE /
-     * CH_TIMEOUT when NATS did not confirm, or decide()'s error. For a CALL
+     * none), CH_CONFLICT after WRITER_CONFLICTS_MAX lost races, CH_UNAVAILABLE /
+     * CH_TIMEOUT when NATS did not confirm, CH_CANCELLED when the writer
+     * stopped before deciding it, or decide()'s error. For a CALL
      * the service replies here (reading the state as it is now). For an
      * EVENT the writer settles the message after this returns. May be NULL
      * when there are no calls. */

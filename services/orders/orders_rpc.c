@@ -355,7 +355,8 @@ void orders_call_finish(orders_service *svc, writer_input *in, ch_status st)
             rpc_call_fail(call, CH_UNAVAILABLE, "state not confirmed current: NATS unavailable (%s); retry",
                           ch_status_str(st));
     } else {
-        rpc_call_fail(call, st == CH_CONFLICT ? CH_UNAVAILABLE : st, "%s not done: %s; retry",
+        rpc_call_fail(call, st == CH_CONFLICT || st == CH_CANCELLED ? CH_UNAVAILABLE : st,
+                      "%s not done: %s; retry",
                       oc->method == CALL_CREATE   ? "order"
                       : oc->method == CALL_CANCEL ? "cancel"
                                                   : "read",
