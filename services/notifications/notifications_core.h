@@ -9,10 +9,14 @@
  * so a second notification of the same (order, kind) is refused and lists
  * page cheaply.
  *
+ * Readers may be shown a prefix of the store only (`upto`, a seq): the
+ * service keeps the notifications it recorded but has not confirmed yet at
+ * the end, where notif_store_remove_newest takes them back.
+ *
  * Ownership: a notif_store owns copies of its notifications; pointers it
- * returns stay valid until the next notif_store_add or the destroy (the array
- * may move). Inputs are borrowed. Not thread-safe: the service serialises
- * access. */
+ * returns stay valid until the next notif_store_add, notif_store_remove_newest
+ * or the destroy (the array may move). Inputs are borrowed. Not thread-safe:
+ * the service serialises access. */
 #ifndef CHOREO_NOTIFICATIONS_CORE_H
 #define CHOREO_NOTIFICATIONS_CORE_H
 
@@ -96,6 +100,11 @@ void notif_store_destroy(notif_store *s); /* accepts NULL */
  * order and kind. CH_NO_MEMORY leaves the store unchanged. */
 ch_status notif_store_add(notif_store *s, const notification *n, bool *added);
 
+/* Takes the newest notification out again (the undo of the last add that
+ * added one): the store is then exactly as before that add, its lists, pages
+ * and tokens included. Nothing on an empty store. Cannot fail. */
+void notif_store_remove_newest(notif_store *s);
+
 /* The notification of (order_id, kind), or NULL. */
 const notification *notif_store_find(const notif_store *s, const char *order_id, notif_kind kind);
 
@@ -106,12 +115,20 @@ uint64_t notif_store_count(const notif_store *s);
 const notification *notif_store_at(const notif_store *s, uint64_t seq);
 
 /* One page, oldest first, of the notifications of customer_id (order_id "")
- * or of order_id (customer_id ""). page_token is "" for the first page or a
+ * or of order_id (customer_id ""), among those with seq <= upto
+ * (notif_store_count(s) for all). page_token is "" for the first page or a
  * next_token from an earlier page. Fills out[0..*n) (at most cap) with
  * borrowed pointers and next_token (NOTIF_TOKEN_MAX bytes) with "" on the
  * last page. CH_INVALID_ARGUMENT for a token this store did not make. */
 ch_status notif_store_list(const notif_store *s, const char *customer_id, const char *order_id,
-                           const char *page_token, const notification **out, size_t cap, size_t *n,
-                           char *next_token);
+                           const char *page_token, uint64_t upto, const notification **out, size_t cap,
+                           size_t *n, char *next_token);
+
+/* The notifications with after < seq <= upto, oldest first, of customer_id
+ * ("" or NULL: of everyone): fills out[0..*n) (at most cap) with borrowed
+ * pointers and returns the seq to go on after (the last one looked at: upto
+ * when fewer than cap came back). A watcher's cursor. */
+uint64_t notif_store_after(const notif_store *s, const char *customer_id, uint64_t after, uint64_t upto,
+                           const notification **out, size_t cap, size_t *n);
 
 #endif

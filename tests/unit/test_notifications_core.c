@@ -205,7 +205,9 @@ static size_t page_all(const notif_store *s, const char *customer_id, const char
 
     do {
         char next[NOTIF_TOKEN_MAX];
-        CU_ASSERT_EQUAL_FATAL(notif_store_list(s, customer_id, order_id, token, out, page, &n, next), CH_OK);
+        CU_ASSERT_EQUAL_FATAL(
+            notif_store_list(s, customer_id, order_id, token, notif_store_count(s), out, page, &n, next),
+            CH_OK);
         for (size_t i = 0; i < n; i++, seen++) {
             CU_ASSERT_TRUE(out[i]->seq > last_seq);
             last_seq = out[i]->seq;
@@ -253,10 +255,193 @@ static void test_notifications_core_store_lists_by_customer_and_order_in_pages(v
     const notification *out[2];
     char next[NOTIF_TOKEN_MAX];
     size_t n;
-    CU_ASSERT_EQUAL(notif_store_list(s, "cust-2", "", "", out, 2, &n, next), CH_OK);
+    CU_ASSERT_EQUAL(notif_store_list(s, "cust-2", "", "", notif_store_count(s), out, 2, &n, next), CH_OK);
     CU_ASSERT_EQUAL(n, 2);
     CU_ASSERT_STRING_EQUAL(next, "");
-    CU_ASSERT_EQUAL(notif_store_list(s, "cust-2", "", "bogus", out, 2, &n, next), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(notif_store_list(s, "cust-2", "", "bogus", notif_store_count(s), out, 2, &n, next),
+                    CH_INVALID_ARGUMENT);
+    notif_store_destroy(s);
+}
+
+/* Everything a reader can see of the store, as text: the count, and every
+ * page (ids and tokens) of the lists of each key, by customer and by order,
+ * at two page sizes; and which (order, kind) are known. */
+static void digest(const notif_store *s, const char *const *keys, size_t n_keys, char *buf, size_t cap)
+{
+    size_t used = (size_t)snprintf(buf, cap, "count=%llu;", (unsigned long long)notif_store_count(s));
+
+    for (size_t k = 0; k < n_keys; k++) {
+        for (int by_order = 0; by_order < 2; by_order++) {
+            for (size_t page = 1; page <= 3; page += 2) {
+                const notification *out[3];
+                char token[NOTIF_TOKEN_MAX] = "", next[NOTIF_TOKEN_MAX];
+                size_t n = 0;
+                int pages = 0;
+                do {
+                    CU_ASSERT_EQUAL_FATAL(notif_store_list(s, by_order ? "" : keys[k],
+                                                           by_order ? keys[k] : "", token,
+                                                           notif_store_count(s), out, page, &n, next),
+                                          CH_OK);
+                    for (size_t i = 0; i < n && used < cap; i++)
+                        used += (size_t)snprintf(buf + used, cap - used, "%s@%llu,", out[i]->id,
+                                                 (unsigned long long)out[i]->seq);
+                    if (used < cap)
+                        used += (size_t)snprintf(buf + used, cap - used, "[%s]", next);
+                    memcpy(token, next, sizeof token);
+                } while (token[0] && ++pages < 100);
+            }
+            if (used < cap)
+                used += (size_t)snprintf(buf + used, cap - used, "|%d:%d%d;", by_order,
+                                         notif_store_find(s, keys[k], NOTIF_ORDER_CONFIRMED) != NULL,
+                                         notif_store_find(s, keys[k], NOTIF_ORDER_CANCELLED) != NULL);
+        }
+    }
+    CU_ASSERT_TRUE(used < cap);
+}
+
+static void test_notifications_core_store_remove_newest_undoes_add(void)
+{
+    static const char *const keys[] = {"ord-1", "ord-2", "ord-3", "ord-new", "cust-1", "cust-2", "cust-new"};
+    enum { N_KEYS = sizeof keys / sizeof keys[0] };
+    static char before[8192], after[8192];
+    notif_store *s = NULL;
+    bool added;
+
+    CU_ASSERT_EQUAL_FATAL(notif_store_create(&s), CH_OK);
+    notif_store_remove_newest(s); /* nothing to take: nothing happens */
+    CU_ASSERT_EQUAL(notif_store_count(s), 0);
+    notification seed[] = {
+        make(NOTIF_ORDER_CONFIRMED, "ord-1", "cust-1", 100, NULL),
+        make(NOTIF_ORDER_CANCELLED, "ord-2", "cust-2", 0, "out of stock"),
+        make(NOTIF_ORDER_CONFIRMED, "ord-3", "cust-1", 300, NULL),
+        make(NOTIF_ORDER_CONFIRMED, "ord-2", "cust-2", 200, NULL),
+    };
+    for (size_t i = 0; i < sizeof seed / sizeof seed[0]; i++)
+        CU_ASSERT_EQUAL(notif_store_add(s, &seed[i], &added), CH_OK);
+    digest(s, keys, N_KEYS, before, sizeof before);
+
+    /* a new customer and a new order: their keys go again */
+    notification fresh = make(NOTIF_ORDER_CONFIRMED, "ord-new", "cust-new", 1, NULL);
+    CU_ASSERT_EQUAL(notif_store_add(s, &fresh, &added), CH_OK);
+    CU_ASSERT_TRUE(added);
+    notif_store_remove_newest(s);
+    digest(s, keys, N_KEYS, after, sizeof after);
+    CU_ASSERT_STRING_EQUAL(after, before);
+
+    /* a known customer and the other kind of a known order */
+    notification other = make(NOTIF_ORDER_CANCELLED, "ord-1", "cust-1", 0, "customer cancelled");
+    CU_ASSERT_EQUAL(notif_store_add(s, &other, &added), CH_OK);
+    CU_ASSERT_TRUE(added);
+    notif_store_remove_newest(s);
+    digest(s, keys, N_KEYS, after, sizeof after);
+    CU_ASSERT_STRING_EQUAL(after, before);
+
+    /* several, taken back newest first */
+    CU_ASSERT_EQUAL(notif_store_add(s, &other, &added), CH_OK);
+    CU_ASSERT_EQUAL(notif_store_add(s, &fresh, &added), CH_OK);
+    CU_ASSERT_EQUAL(notif_store_count(s), 6);
+    notif_store_remove_newest(s);
+    notif_store_remove_newest(s);
+    digest(s, keys, N_KEYS, after, sizeof after);
+    CU_ASSERT_STRING_EQUAL(after, before);
+
+    /* and the store goes on as if they had never been: same seq again */
+    CU_ASSERT_EQUAL(notif_store_add(s, &fresh, &added), CH_OK);
+    CU_ASSERT_TRUE(added);
+    CU_ASSERT_EQUAL(notif_store_find(s, "ord-new", NOTIF_ORDER_CONFIRMED)->seq, 5);
+
+    /* down to empty */
+    for (int i = 0; i < 5; i++)
+        notif_store_remove_newest(s);
+    CU_ASSERT_EQUAL(notif_store_count(s), 0);
+    CU_ASSERT_PTR_NULL(notif_store_find(s, "ord-1", NOTIF_ORDER_CONFIRMED));
+    digest(s, keys, N_KEYS, after, sizeof after);
+    CU_ASSERT_PTR_NOT_NULL(strstr(after, "count=0;"));
+    CU_ASSERT_PTR_NULL(strstr(after, "@"));
+    notif_store_destroy(s);
+}
+
+/* A store of `count` order_confirmed notifications, ord-<i> of
+ * customers[i % n_customers]: seq i + 1. */
+static notif_store *store_of(int count, const char *const *customers, size_t n_customers)
+{
+    notif_store *s = NULL;
+    bool added;
+
+    if (notif_store_create(&s) != CH_OK)
+        return NULL;
+    for (int i = 0; i < count; i++) {
+        char order_id[16];
+        snprintf(order_id, sizeof order_id, "ord-%d", i);
+        notification x = make(NOTIF_ORDER_CONFIRMED, order_id, customers[(size_t)i % n_customers], i, NULL);
+        CU_ASSERT_EQUAL(notif_store_add(s, &x, &added), CH_OK);
+    }
+    return s;
+}
+
+static void test_notifications_core_store_list_stops_at_upto(void)
+{
+    static const char *const customers[] = {"cust-1"};
+    notif_store *s = store_of(4, customers, 1);
+    const notification *out[4];
+    char next[NOTIF_TOKEN_MAX];
+    size_t n;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    /* seqs 3 and 4 are not shown: the page ends at 2, with no token */
+    CU_ASSERT_EQUAL(notif_store_list(s, "cust-1", "", "", 2, out, 4, &n, next), CH_OK);
+    CU_ASSERT_EQUAL(n, 2);
+    CU_ASSERT_STRING_EQUAL(next, "");
+    CU_ASSERT_EQUAL(notif_store_list(s, "cust-1", "", "", 3, out, 2, &n, next), CH_OK);
+    CU_ASSERT_EQUAL(n, 2);
+    CU_ASSERT_STRING_EQUAL(next, "n-3");
+    char token[NOTIF_TOKEN_MAX];
+    memcpy(token, next, sizeof token);
+    CU_ASSERT_EQUAL(notif_store_list(s, "cust-1", "", token, 3, out, 2, &n, next), CH_OK);
+    CU_ASSERT_EQUAL(n, 1);
+    CU_ASSERT_STRING_EQUAL(out[0]->order_id, "ord-2");
+    CU_ASSERT_STRING_EQUAL(next, "");
+    CU_ASSERT_EQUAL(notif_store_list(s, "", "ord-3", "", 3, out, 4, &n, next), CH_OK);
+    CU_ASSERT_EQUAL(n, 0);
+    CU_ASSERT_EQUAL(notif_store_list(s, "", "ord-3", "", 4, out, 4, &n, next), CH_OK);
+    CU_ASSERT_EQUAL(n, 1);
+    notif_store_destroy(s);
+}
+
+static void test_notifications_core_store_after_is_a_cursor(void)
+{
+    static const char *const customers[] = {"cust-a", "cust-b"};
+    notif_store *s = store_of(6, customers, 2); /* seqs 1..6, customers a b a b a b */
+    const notification *out[2];
+    size_t n;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    /* (customer, after, upto) -> the cursor, how many (at most 2), their seqs */
+    static const struct {
+        const char *customer;
+        uint64_t after, upto, next;
+        size_t n;
+        uint64_t seqs[2];
+    } cases[] = {
+        {"", 0, 5, 2, 2, {1, 2}},       /* everyone's, two at a time, up to 5 */
+        {NULL, 2, 5, 4, 2, {3, 4}},     /* NULL is everyone too */
+        {"", 4, 5, 5, 1, {5}},          /* fewer than asked: the cursor goes to upto */
+        {"", 5, 5, 5, 0, {0}},          /* nothing new */
+        {"cust-b", 0, 3, 3, 1, {2}},    /* one customer's: the cursor passes the others' too */
+        {"cust-b", 3, 6, 6, 2, {4, 6}}, /* a full batch ending at upto */
+        {"cust-a", 0, 6, 3, 2, {1, 3}}, /* a full batch: go on after its last */
+        {"nobody", 0, 6, 6, 0, {0}},    /* no such customer: past everything */
+        {"cust-a", 3, 99, 6, 1, {5}},   /* upto past the store is the store's end */
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        uint64_t next = notif_store_after(s, cases[c].customer, cases[c].after, cases[c].upto, out, 2, &n);
+        if (next != cases[c].next || n != cases[c].n)
+            fprintf(stderr, "case %zu: next %llu, n %zu\n", c, (unsigned long long)next, n);
+        CU_ASSERT_EQUAL(next, cases[c].next);
+        CU_ASSERT_EQUAL_FATAL(n, cases[c].n);
+        for (size_t i = 0; i < n; i++)
+            CU_ASSERT_EQUAL(out[i]->seq, cases[c].seqs[i]);
+    }
     notif_store_destroy(s);
 }
 
@@ -273,6 +458,9 @@ int main(void)
         {"store keeps one per order and kind", test_notifications_core_store_keeps_one_per_order_and_kind},
         {"store lists by customer and by order in pages",
          test_notifications_core_store_lists_by_customer_and_order_in_pages},
+        {"store remove newest undoes an add", test_notifications_core_store_remove_newest_undoes_add},
+        {"store list stops at upto", test_notifications_core_store_list_stops_at_upto},
+        {"store after is a cursor", test_notifications_core_store_after_is_a_cursor},
         {NULL, NULL},
     };
 
