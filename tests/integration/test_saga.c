@@ -196,14 +196,22 @@ static void test_saga_happy_path(void)
                                &choreo__orders__v1__get_order_history_response__descriptor,
                                (ProtobufCMessage **)&h, NULL),
                           CH_OK);
+    /* the saga's path, in order; beside it inventory records the commit
+     * (inventory.committed) and notifications the notice */
     const char *want[] = {"order.created", "inventory.reserved", "payment.processed", "order.confirmed"};
-    CU_ASSERT_TRUE_FATAL(h->n_entries >= 4);
+    Choreo__Orders__V1__HistoryEntry *path[4];
+    size_t k = 0;
+    for (size_t i = 0; i < h->n_entries && k < 4; i++)
+        if (strcmp(h->entries[i]->type, "inventory.committed") != 0 &&
+            strcmp(h->entries[i]->type, "notification.sent") != 0)
+            path[k++] = h->entries[i];
+    CU_ASSERT_EQUAL_FATAL(k, 4);
     for (int i = 0; i < 4; i++)
-        CU_ASSERT_STRING_EQUAL(h->entries[i]->type, want[i]);
+        CU_ASSERT_STRING_EQUAL(path[i]->type, want[i]);
     /* each event was caused by the one before it */
     for (int i = 1; i < 4; i++)
-        CU_ASSERT_STRING_EQUAL(h->entries[i]->causation_id, h->entries[i - 1]->event_id);
-    CU_ASSERT_EQUAL(h->entries[3]->status_after, CONFIRMED);
+        CU_ASSERT_STRING_EQUAL(path[i]->causation_id, path[i - 1]->event_id);
+    CU_ASSERT_EQUAL(path[3]->status_after, CONFIRMED);
     protobuf_c_message_free_unpacked(&h->base, NULL);
 }
 
@@ -555,7 +563,8 @@ static void test_saga_transient_failure_is_retried_then_succeeds(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(e);
 
     /* inventory.failed for an order orders has not seen yet (its id is known
-     * from the idempotency key): orders cannot apply it and naks with delay */
+     * from the idempotency key): orders keeps the step until the order is
+     * created, then folds it in */
     set_stock("ghost", 0);
     order_id_from_key(expect, "gina", "early-bird");
     CU_ASSERT_EQUAL_FATAL(event_init(e, EVENT_INVENTORY_FAILED, expect, "test", "inventory", NULL), CH_OK);
@@ -577,16 +586,19 @@ static void test_saga_permanent_failure_is_dead_lettered_after_bounded_deliverie
     dead *d = calloc(1, sizeof *d);
     CU_ASSERT_PTR_NOT_NULL_FATAL(e);
     CU_ASSERT_PTR_NOT_NULL_FATAL(d);
-    /* a refund for an order that will never exist: retried, then given up */
-    CU_ASSERT_EQUAL_FATAL(event_init(e, EVENT_PAYMENT_REFUNDED, "ord-never", "test", "payment", NULL), CH_OK);
-    snprintf(e->payload.payment_refunded.customer_id, sizeof e->payload.payment_refunded.customer_id,
+    /* a payment for an order that will never exist: inventory has no
+     * reservation to commit (not even after catching up); retried, then
+     * given up */
+    CU_ASSERT_EQUAL_FATAL(event_init(e, EVENT_PAYMENT_PROCESSED, "ord-never", "test", "payment", NULL),
+                          CH_OK);
+    snprintf(e->payload.payment_processed.customer_id, sizeof e->payload.payment_processed.customer_id,
              "nobody");
-    e->payload.payment_refunded.amount_cents = 1;
+    e->payload.payment_processed.amount_cents = 1;
     CU_ASSERT_EQUAL(event_publish(reader, e, 5000, NULL), CH_OK);
     long long end = test_now_ms() + 30000;
     do {
         memset(d, 0, sizeof *d);
-        bus_replay(reader, BUS_DEADLETTER_STREAM, "deadletter.events.payment.refunded.ord-never", 1,
+        bus_replay(reader, BUS_DEADLETTER_STREAM, "deadletter.events.payment.processed.ord-never", 1,
                    collect_dead, d, NULL);
     } while (d->n == 0 && test_now_ms() < end && (test_sleep_ms(200), 1));
     CU_ASSERT_EQUAL(d->n, 1);
