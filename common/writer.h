@@ -22,10 +22,14 @@
  *
  * An input is finished (ack, nak or dead-letter for an event, the reply for a
  * call) once every event it emitted is stored; one that emitted nothing, once
- * the writer knows it was current after the input arrived: a later event of
- * its own was stored behind the expected sequence, or a read of the stream
- * found nothing new. So a read on one replica sees what another replica
- * stored before the read arrived ("catch-up before a read").
+ * every event decided before it is stored and the writer knows it was
+ * current after the input arrived: an event of its own emitted after it was
+ * stored behind the expected sequence, or a read of the stream found nothing
+ * new. So a read on one replica sees what another replica stored before the
+ * read arrived ("catch-up before a read"). A call's answer is prepared in
+ * decide() (rpc_call_prepare_reply: the state as it is at the call's place
+ * among the decisions) and sent in finish(): decisions taken after it, not
+ * stored yet, are never shown.
  *
  * When another replica wrote first, the first expectation fails and every one
  * after it. The writer waits for all PubAcks in flight, has the service undo

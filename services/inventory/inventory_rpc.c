@@ -64,24 +64,24 @@ static void reply_stock(inventory_service *svc, rpc_call *call, const char *sku,
 
     if (!st) {
         if (method == CALL_GET_STOCK)
-            rpc_call_fail(call, CH_NOT_FOUND, "sku: %s was never stocked", sku);
+            rpc_call_prepare_fail(call, CH_NOT_FOUND, "sku: %s was never stocked", sku);
         else
-            rpc_call_fail(call, CH_INTERNAL, "sku: %s was written but is not in the store", sku);
+            rpc_call_prepare_fail(call, CH_INTERNAL, "sku: %s was written but is not in the store", sku);
         return;
     }
     pb_stock_fill(&pb, st);
     if (method == CALL_SET) {
         Choreo__Inventory__V1__SetStockResponse resp = CHOREO__INVENTORY__V1__SET_STOCK_RESPONSE__INIT;
         resp.stock = &pb;
-        rpc_call_reply(call, &resp.base);
+        rpc_call_prepare_reply(call, &resp.base);
     } else if (method == CALL_ADJUST) {
         Choreo__Inventory__V1__AdjustStockResponse resp = CHOREO__INVENTORY__V1__ADJUST_STOCK_RESPONSE__INIT;
         resp.stock = &pb;
-        rpc_call_reply(call, &resp.base);
+        rpc_call_prepare_reply(call, &resp.base);
     } else {
         Choreo__Inventory__V1__GetStockResponse resp = CHOREO__INVENTORY__V1__GET_STOCK_RESPONSE__INIT;
         resp.stock = &pb;
-        rpc_call_reply(call, &resp.base);
+        rpc_call_prepare_reply(call, &resp.base);
     }
 }
 
@@ -96,11 +96,11 @@ static void reply_list(inventory_service *svc, rpc_call *call,
     size_t n = 0;
 
     if (!page || !pb || !ptrs) {
-        rpc_call_fail(call, CH_NO_MEMORY, "out of memory");
+        rpc_call_prepare_fail(call, CH_NO_MEMORY, "out of memory");
         goto cleanup;
     }
     if (inv_store_list(svc->store, r->page_token, page, size, &n, next) != CH_OK) {
-        rpc_call_fail(call, CH_INVALID_ARGUMENT, "page_token: not a token this service made");
+        rpc_call_prepare_fail(call, CH_INVALID_ARGUMENT, "page_token: not a token this service made");
         goto cleanup;
     }
     for (size_t i = 0; i < n; i++) {
@@ -114,7 +114,7 @@ static void reply_list(inventory_service *svc, rpc_call *call,
     resp.n_stock = n;
     resp.stock = ptrs;
     resp.next_page_token = next;
-    rpc_call_reply(call, &resp.base);
+    rpc_call_prepare_reply(call, &resp.base);
 
 cleanup:
     free(page);
@@ -128,7 +128,7 @@ static void reply_reservation(inventory_service *svc, rpc_call *call, const char
     Choreo__Inventory__V1__ReservationLine lines[INV_LINES_MAX], *ptrs[INV_LINES_MAX];
 
     if (!res) {
-        rpc_call_fail(call, CH_NOT_FOUND, "order_id: no reservation for order %s", order_id);
+        rpc_call_prepare_fail(call, CH_NOT_FOUND, "order_id: no reservation for order %s", order_id);
         return;
     }
     Choreo__Inventory__V1__Reservation pb = CHOREO__INVENTORY__V1__RESERVATION__INIT;
@@ -146,7 +146,7 @@ static void reply_reservation(inventory_service *svc, rpc_call *call, const char
     Choreo__Inventory__V1__GetReservationResponse resp =
         CHOREO__INVENTORY__V1__GET_RESERVATION_RESPONSE__INIT;
     resp.reservation = &pb;
-    rpc_call_reply(call, &resp.base);
+    rpc_call_prepare_reply(call, &resp.base);
 }
 
 /* ---- handlers (gRPC threads): check, then hand to the writer ---- */
@@ -221,6 +221,28 @@ static void get_reservation(rpc_call *call, const ProtobufCMessage *msg, void *c
 
 /* ---- in the writer ---- */
 
+/* The SKU a stock call names. */
+static const char *call_sku(const inventory_call *ic)
+{
+    switch (ic->method) {
+    case CALL_SET: return ((const Choreo__Inventory__V1__SetStockRequest *)ic->req)->sku;
+    case CALL_ADJUST: return ((const Choreo__Inventory__V1__AdjustStockRequest *)ic->req)->sku;
+    default: return ((const Choreo__Inventory__V1__GetStockRequest *)ic->req)->sku;
+    }
+}
+
+/* The answer to a call, as the state is at its place among the decisions. */
+static void prepare_answer(inventory_service *svc, inventory_call *ic)
+{
+    if (ic->method == CALL_LIST)
+        reply_list(svc, ic->call, (const Choreo__Inventory__V1__ListStockRequest *)ic->req);
+    else if (ic->method == CALL_GET_RESERVATION)
+        reply_reservation(svc, ic->call,
+                          ((const Choreo__Inventory__V1__GetReservationRequest *)ic->req)->order_id);
+    else
+        reply_stock(svc, ic->call, call_sku(ic), ic->method);
+}
+
 ch_status inventory_call_decide(inventory_service *svc, writer *w, writer_input *in)
 {
     inventory_call *ic = in->call;
@@ -238,21 +260,15 @@ ch_status inventory_call_decide(inventory_service *svc, writer *w, writer_input 
         st = inv_decide_adjust_key(svc->store, r->sku, r->delta, r->idempotency_key, d, &out, ic->err,
                                    sizeof ic->err);
     } else {
-        return CH_OK; /* a read: answered in finish, once current */
+        st = CH_OK; /* a read */
+        out = INV_DECIDED;
     }
-    if (st != CH_OK || out != INV_APPEND)
-        return st; /* INV_DECIDED: a retry with the same key, adjusted once, answered with the stock */
-    return inventory_record(svc, w, &d->entry, rpc_call_method(ic->call), NULL);
-}
-
-/* The SKU a stock call names. */
-static const char *call_sku(const inventory_call *ic)
-{
-    switch (ic->method) {
-    case CALL_SET: return ((const Choreo__Inventory__V1__SetStockRequest *)ic->req)->sku;
-    case CALL_ADJUST: return ((const Choreo__Inventory__V1__AdjustStockRequest *)ic->req)->sku;
-    default: return ((const Choreo__Inventory__V1__GetStockRequest *)ic->req)->sku;
-    }
+    /* INV_DECIDED: a read, or a retry with the same key (adjusted once) */
+    if (st == CH_OK && out == INV_APPEND)
+        st = inventory_record(svc, w, &d->entry, rpc_call_method(ic->call), NULL);
+    if (st == CH_OK)
+        prepare_answer(svc, ic); /* as the state is here; sent once what came before is stored */
+    return st;
 }
 
 /* A write that failed: nothing was stored, or it may have been. */
@@ -293,13 +309,8 @@ void inventory_call_finish(inventory_service *svc, writer_input *in, ch_status s
                       ch_status_str(st));
     } else if (st != CH_OK) { /* lost every race, or no memory */
         rpc_call_fail(call, CH_UNAVAILABLE, "state not confirmed current (%s); retry", ch_status_str(st));
-    } else if (ic->method == CALL_LIST) {
-        reply_list(svc, call, (const Choreo__Inventory__V1__ListStockRequest *)ic->req);
-    } else if (ic->method == CALL_GET_RESERVATION) {
-        reply_reservation(svc, call,
-                          ((const Choreo__Inventory__V1__GetReservationRequest *)ic->req)->order_id);
     } else {
-        reply_stock(svc, call, call_sku(ic), ic->method);
+        rpc_call_send_prepared(call); /* decided, and everything before it stored */
     }
     free(ic);
 }

@@ -77,20 +77,20 @@ static Choreo__Orders__V1__Order *pb_order_fill(pb_orders *p, size_t i, const or
 
 typedef enum reply_kind { REPLY_GET, REPLY_CREATE, REPLY_CANCEL } reply_kind;
 
-/* Replies with one order in the response message of the call's kind.
- * Writer thread. */
+/* Prepares the reply with one order in the response message of the call's
+ * kind. Writer thread. */
 static void reply_order(rpc_call *call, orders_service *svc, const char *id, reply_kind kind, bool replayed)
 {
     pb_orders p;
 
     const order *o = order_store_get(svc->store, id);
     if (!o) {
-        rpc_call_fail(call, CH_NOT_FOUND, "order_id: no order %s", id);
+        rpc_call_prepare_fail(call, CH_NOT_FOUND, "order_id: no order %s", id);
         return;
     }
     if (pb_orders_init(&p, 1, o->n_items) != CH_OK) {
         pb_orders_free(&p);
-        rpc_call_fail(call, CH_NO_MEMORY, "out of memory");
+        rpc_call_prepare_fail(call, CH_NO_MEMORY, "out of memory");
         return;
     }
     Choreo__Orders__V1__Order *pb = pb_order_fill(&p, 0, o);
@@ -98,15 +98,15 @@ static void reply_order(rpc_call *call, orders_service *svc, const char *id, rep
         Choreo__Orders__V1__CreateOrderResponse resp = CHOREO__ORDERS__V1__CREATE_ORDER_RESPONSE__INIT;
         resp.order = pb;
         resp.replayed = replayed;
-        rpc_call_reply(call, &resp.base);
+        rpc_call_prepare_reply(call, &resp.base);
     } else if (kind == REPLY_CANCEL) {
         Choreo__Orders__V1__CancelOrderResponse resp = CHOREO__ORDERS__V1__CANCEL_ORDER_RESPONSE__INIT;
         resp.order = pb;
-        rpc_call_reply(call, &resp.base);
+        rpc_call_prepare_reply(call, &resp.base);
     } else {
         Choreo__Orders__V1__GetOrderResponse resp = CHOREO__ORDERS__V1__GET_ORDER_RESPONSE__INIT;
         resp.order = pb;
-        rpc_call_reply(call, &resp.base);
+        rpc_call_prepare_reply(call, &resp.base);
     }
     pb_orders_free(&p);
 }
@@ -267,17 +267,8 @@ static ch_status decide_cancel(orders_service *svc, writer *w, writer_input *in,
     return orders_record(svc, w, &env);
 }
 
-ch_status orders_call_decide(orders_service *svc, writer *w, writer_input *in)
-{
-    orders_call *oc = in->call;
-    switch (oc->method) {
-    case CALL_CREATE: return decide_create(svc, w, in, oc);
-    case CALL_CANCEL: return decide_cancel(svc, w, in, oc);
-    default: return CH_OK; /* a read: answered in finish, once current */
-    }
-}
-
-/* ListOrders' reply, a page cut to fit in one message. Writer thread. */
+/* Prepares ListOrders' reply, a page cut to fit in one message. Writer
+ * thread. */
 static void reply_list(orders_service *svc, rpc_call *call, const Choreo__Orders__V1__ListOrdersRequest *r)
 {
     size_t size = r->page_size ? r->page_size : ORDER_PAGE_DEFAULT;
@@ -288,19 +279,19 @@ static void reply_list(orders_service *svc, rpc_call *call, const Choreo__Orders
 
     memset(&p, 0, sizeof p);
     if (!page) {
-        rpc_call_fail(call, CH_NO_MEMORY, "out of memory");
+        rpc_call_prepare_fail(call, CH_NO_MEMORY, "out of memory");
         return;
     }
     ch_status st = order_store_list(svc->store, r->page_token, r->customer_id, (order_status)r->status, page,
                                     size, &n, next);
     if (st != CH_OK) {
-        rpc_call_fail(call, CH_INVALID_ARGUMENT, "page_token: not a token this service made");
+        rpc_call_prepare_fail(call, CH_INVALID_ARGUMENT, "page_token: not a token this service made");
         goto cleanup;
     }
     for (size_t i = 0; i < n; i++)
         n_items += page[i]->n_items;
     if (pb_orders_init(&p, n, n_items) != CH_OK) {
-        rpc_call_fail(call, CH_NO_MEMORY, "out of memory");
+        rpc_call_prepare_fail(call, CH_NO_MEMORY, "out of memory");
         goto cleanup;
     }
     for (size_t i = 0; i < n; i++)
@@ -314,11 +305,32 @@ static void reply_list(orders_service *svc, rpc_call *call, const Choreo__Orders
     resp.n_orders = n;
     resp.orders = p.order_ptrs;
     resp.next_page_token = next;
-    rpc_call_reply(call, &resp.base);
+    rpc_call_prepare_reply(call, &resp.base);
 
 cleanup:
     pb_orders_free(&p);
     free(page);
+}
+
+ch_status orders_call_decide(orders_service *svc, writer *w, writer_input *in)
+{
+    orders_call *oc = in->call;
+    ch_status st = CH_OK;
+
+    if (oc->method == CALL_CREATE)
+        st = decide_create(svc, w, in, oc);
+    else if (oc->method == CALL_CANCEL)
+        st = decide_cancel(svc, w, in, oc);
+    if (st != CH_OK)
+        return st;
+    /* the answer, as the state is here; sent once what came before is stored */
+    switch (oc->method) {
+    case CALL_CREATE: reply_order(oc->call, svc, oc->id, REPLY_CREATE, oc->replayed); break;
+    case CALL_CANCEL: reply_order(oc->call, svc, oc->id, REPLY_CANCEL, false); break;
+    case CALL_GET: reply_order(oc->call, svc, oc->id, REPLY_GET, false); break;
+    case CALL_LIST: reply_list(svc, oc->call, (const Choreo__Orders__V1__ListOrdersRequest *)oc->req); break;
+    }
+    return CH_OK;
 }
 
 void orders_call_finish(orders_service *svc, writer_input *in, ch_status st)
@@ -329,12 +341,7 @@ void orders_call_finish(orders_service *svc, writer_input *in, ch_status st)
                  ((const Choreo__Orders__V1__CreateOrderRequest *)oc->req)->idempotency_key[0] != '\0';
 
     if (st == CH_OK) {
-        switch (oc->method) {
-        case CALL_CREATE: reply_order(call, svc, oc->id, REPLY_CREATE, oc->replayed); break;
-        case CALL_CANCEL: reply_order(call, svc, oc->id, REPLY_CANCEL, false); break;
-        case CALL_GET: reply_order(call, svc, oc->id, REPLY_GET, false); break;
-        case CALL_LIST: reply_list(svc, call, (const Choreo__Orders__V1__ListOrdersRequest *)oc->req); break;
-        }
+        rpc_call_send_prepared(call);
     } else if ((st == CH_NOT_FOUND || st == CH_FAILED_PRECONDITION || st == CH_INVALID_ARGUMENT) &&
                oc->err[0]) {
         rpc_call_fail(call, st, "%s", oc->err);

@@ -74,18 +74,19 @@ static void reply_account(rpc_call *call, payment_service *svc, const char *cust
     Choreo__Payment__V1__Account pb;
 
     if (!a) {
-        rpc_call_fail(call, CH_NOT_FOUND, "customer_id: no account for %s (never credited)", customer_id);
+        rpc_call_prepare_fail(call, CH_NOT_FOUND, "customer_id: no account for %s (never credited)",
+                              customer_id);
         return;
     }
     pb_account_fill(&pb, a);
     if (credit) {
         Choreo__Payment__V1__CreditAccountResponse resp = CHOREO__PAYMENT__V1__CREDIT_ACCOUNT_RESPONSE__INIT;
         resp.account = &pb;
-        rpc_call_reply(call, &resp.base);
+        rpc_call_prepare_reply(call, &resp.base);
     } else {
         Choreo__Payment__V1__GetAccountResponse resp = CHOREO__PAYMENT__V1__GET_ACCOUNT_RESPONSE__INIT;
         resp.account = &pb;
-        rpc_call_reply(call, &resp.base);
+        rpc_call_prepare_reply(call, &resp.base);
     }
 }
 
@@ -161,24 +162,6 @@ static void list_payments(rpc_call *call, const ProtobufCMessage *msg, void *ctx
 
 /* ---- in the writer ---- */
 
-ch_status payment_call_decide(payment_service *svc, writer *w, writer_input *in)
-{
-    payment_call *pc = in->call;
-    pay_entry e;
-
-    if (pc->method != CALL_CREDIT)
-        return CH_OK; /* a read: answered in finish, once current */
-    const Choreo__Payment__V1__CreditAccountRequest *r =
-        (const Choreo__Payment__V1__CreditAccountRequest *)pc->req;
-    ch_status st = payment_decide_credit(svc->state, r->customer_id, r->amount_cents, r->idempotency_key, &e,
-                                         pc->err, sizeof pc->err);
-    if (st == CH_ALREADY_EXISTS)
-        return CH_OK; /* a retry with the same key: credited once, answered with the account */
-    if (st != CH_OK)
-        return st;
-    return payment_record(svc, w, &e, rpc_call_method(pc->call), NULL);
-}
-
 /* ListPayments' reply, a page cut to fit in one message. */
 static void reply_list(payment_service *svc, rpc_call *call,
                        const Choreo__Payment__V1__ListPaymentsRequest *r)
@@ -190,11 +173,11 @@ static void reply_list(payment_service *svc, rpc_call *call,
     size_t n = 0;
 
     if (!page || !pbs || !ptrs) {
-        rpc_call_fail(call, CH_NO_MEMORY, "out of memory");
+        rpc_call_prepare_fail(call, CH_NO_MEMORY, "out of memory");
         goto cleanup;
     }
     if (payment_list(svc->state, r->page_token, r->customer_id, page, size, &n, next) != CH_OK) {
-        rpc_call_fail(call, CH_INVALID_ARGUMENT, "page_token: not a token this service made");
+        rpc_call_prepare_fail(call, CH_INVALID_ARGUMENT, "page_token: not a token this service made");
         goto cleanup;
     }
     for (size_t i = 0; i < n; i++) {
@@ -208,7 +191,7 @@ static void reply_list(payment_service *svc, rpc_call *call,
     resp.n_payments = n;
     resp.payments = ptrs;
     resp.next_page_token = next;
-    rpc_call_reply(call, &resp.base);
+    rpc_call_prepare_reply(call, &resp.base);
 
 cleanup:
     free(page);
@@ -222,13 +205,56 @@ static void reply_payment(payment_service *svc, rpc_call *call, const char *orde
     Choreo__Payment__V1__PaymentRecord pb;
 
     if (!p) {
-        rpc_call_fail(call, CH_NOT_FOUND, "order_id: no payment for order %s", order_id);
+        rpc_call_prepare_fail(call, CH_NOT_FOUND, "order_id: no payment for order %s", order_id);
         return;
     }
     pb_payment_fill(&pb, p);
     Choreo__Payment__V1__GetPaymentResponse resp = CHOREO__PAYMENT__V1__GET_PAYMENT_RESPONSE__INIT;
     resp.payment = &pb;
-    rpc_call_reply(call, &resp.base);
+    rpc_call_prepare_reply(call, &resp.base);
+}
+
+/* The answer to a call, as the state is at its place among the decisions:
+ * prepared now, sent once everything before it is stored (finish). */
+static void prepare_answer(payment_service *svc, payment_call *pc)
+{
+    switch (pc->method) {
+    case CALL_CREDIT:
+        reply_account(pc->call, svc,
+                      ((const Choreo__Payment__V1__CreditAccountRequest *)pc->req)->customer_id, true);
+        break;
+    case CALL_GET_ACCOUNT:
+        reply_account(pc->call, svc, ((const Choreo__Payment__V1__GetAccountRequest *)pc->req)->customer_id,
+                      false);
+        break;
+    case CALL_GET_PAYMENT:
+        reply_payment(svc, pc->call, ((const Choreo__Payment__V1__GetPaymentRequest *)pc->req)->order_id);
+        break;
+    case CALL_LIST:
+        reply_list(svc, pc->call, (const Choreo__Payment__V1__ListPaymentsRequest *)pc->req);
+        break;
+    }
+}
+
+ch_status payment_call_decide(payment_service *svc, writer *w, writer_input *in)
+{
+    payment_call *pc = in->call;
+    pay_entry e;
+    ch_status st = CH_OK;
+
+    if (pc->method == CALL_CREDIT) {
+        const Choreo__Payment__V1__CreditAccountRequest *r =
+            (const Choreo__Payment__V1__CreditAccountRequest *)pc->req;
+        st = payment_decide_credit(svc->state, r->customer_id, r->amount_cents, r->idempotency_key, &e,
+                                   pc->err, sizeof pc->err);
+        if (st == CH_ALREADY_EXISTS)
+            st = CH_OK; /* a retry with the same key: credited once, answered with the account */
+        else if (st == CH_OK)
+            st = payment_record(svc, w, &e, rpc_call_method(pc->call), NULL);
+    }
+    if (st == CH_OK)
+        prepare_answer(svc, pc);
+    return st;
 }
 
 void payment_call_finish(payment_service *svc, writer_input *in, ch_status st)
@@ -237,24 +263,7 @@ void payment_call_finish(payment_service *svc, writer_input *in, ch_status st)
     rpc_call *call = pc->call;
 
     switch (st) {
-    case CH_OK:
-        switch (pc->method) {
-        case CALL_CREDIT:
-            reply_account(call, svc,
-                          ((const Choreo__Payment__V1__CreditAccountRequest *)pc->req)->customer_id, true);
-            break;
-        case CALL_GET_ACCOUNT:
-            reply_account(call, svc, ((const Choreo__Payment__V1__GetAccountRequest *)pc->req)->customer_id,
-                          false);
-            break;
-        case CALL_GET_PAYMENT:
-            reply_payment(svc, call, ((const Choreo__Payment__V1__GetPaymentRequest *)pc->req)->order_id);
-            break;
-        case CALL_LIST:
-            reply_list(svc, call, (const Choreo__Payment__V1__ListPaymentsRequest *)pc->req);
-            break;
-        }
-        break;
+    case CH_OK: rpc_call_send_prepared(call); break;
     case CH_INVALID_ARGUMENT:
     case CH_FAILED_PRECONDITION: rpc_call_fail(call, st, "%s", pc->err); break;
     case CH_TIMEOUT:
