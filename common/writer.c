@@ -72,6 +72,7 @@ typedef struct w_source {
      * and how far its facts are decided (under qmu) */
     uint64_t start_end;
     uint64_t decided_to;
+    bool wanted[EVENT_TYPE_COUNT]; /* a follower: the types it hands in */
 } w_source;
 
 struct writer {
@@ -201,12 +202,41 @@ static void input_free(w_input *in)
 }
 
 /* A subscription's batch (its thread): every message becomes an input. */
+/* True when a follower's message is of a type its service wants, read
+ * from the subject (events.<aggregate>.<event>.<key>) without decoding. */
+static bool follow_wants(const w_source *src, const char *subject)
+{
+    static const char prefix[] = "events.";
+    char name[40];
+    event_type t;
+
+    if (strncmp(subject, prefix, sizeof prefix - 1) != 0)
+        return true; /* not ours to judge: decide() will */
+    const char *type = subject + sizeof prefix - 1;
+    const char *dot = strchr(type, '.');
+    const char *end = dot ? strchr(dot + 1, '.') : NULL;
+    size_t len = end ? (size_t)(end - type) : strlen(type);
+    if (len >= sizeof name)
+        return true;
+    memcpy(name, type, len);
+    name[len] = '\0';
+    return event_type_parse(name, &t) != CH_OK || src->wanted[t];
+}
+
 static void on_batch(bus_in_msg *const *msgs, size_t n, void *ctx)
 {
     w_source *src = ctx;
     writer *w = src->w;
     pthread_mutex_lock(&w->qmu);
     for (size_t i = 0; i < n; i++) {
+        if (src->kind == WRITER_FACT && !follow_wants(src, msgs[i]->subject)) {
+            if (msgs[i]->stream_seq > src->decided_to) /* read past it: start-up may wait for it */
+                src->decided_to = msgs[i]->stream_seq;
+            if (src->decided_to >= src->start_end)
+                pthread_cond_broadcast(&w->follow_cv);
+            bus_in_free(msgs[i]);
+            continue;
+        }
         w_input *in = input_new(src->kind);
         if (!in) {
             /* a consumer's message comes back after its AckWait; a fact is
@@ -776,6 +806,11 @@ ch_status writer_start(bus *b, const writer_spec *spec, writer **out)
             const writer_follow *f = &spec->follows[i - spec->n_consumers];
             src->index = i - spec->n_consumers;
             src->kind = WRITER_FACT;
+            for (int k = 0; k < EVENT_TYPE_COUNT; k++)
+                src->wanted[k] = f->n_types == 0;
+            for (int k = 0; k < f->n_types && k < WRITER_MAX_FOLLOW_TYPES; k++)
+                if ((unsigned)f->types[k] < EVENT_TYPE_COUNT)
+                    src->wanted[f->types[k]] = true;
             ss.stream = f->stream;
             ss.filter_subject = f->filter_subject;
             st = bus_stream_info(b, f->stream, NULL, &src->start_end);

@@ -57,8 +57,9 @@
 #include "bus.h"
 #include "event_codec.h"
 
-#define WRITER_MAX_CONSUMERS 8
-#define WRITER_MAX_FOLLOWS   4
+#define WRITER_MAX_CONSUMERS    8
+#define WRITER_MAX_FOLLOWS      4
+#define WRITER_MAX_FOLLOW_TYPES 8
 #define WRITER_CONFLICTS_MAX                                                                                 \
     16 /* lost races of its own an input survives before it fails with CH_CONFLICT                           \
         */
@@ -127,6 +128,10 @@ typedef struct writer_consumer {
 typedef struct writer_follow {
     const char *stream;         /* e.g. "PAYMENT_EVENTS" */
     const char *filter_subject; /* NULL: all */
+    /* The types the service wants (n_types 0: all); the others are dropped
+     * by their subject, before anything is decoded. */
+    event_type types[WRITER_MAX_FOLLOW_TYPES];
+    int n_types;
 } writer_follow;
 
 typedef struct writer_spec {
