@@ -17,15 +17,15 @@
 #define WATCH_WAIT_MS 250
 #define WATCH_BATCH   16 /* notifications one watch read brings back */
 
-typedef enum notif_method {
+typedef enum notifications_method {
     CALL_LIST = 0,
     CALL_WATCH,
-} notif_method;
+} notifications_method;
 
 /* A ListNotifications call on its way through the writer, which answers it
  * and frees it. */
 typedef struct list_call {
-    notif_method method; /* first: what the writer's call pointer points to */
+    notifications_method method; /* first: what the writer's call pointer points to */
     rpc_call *call;
     const Choreo__Notifications__V1__ListNotificationsRequest *req; /* valid until answered */
     size_t size;                                                    /* the page size, checked */
@@ -34,12 +34,12 @@ typedef struct list_call {
 /* One read of a watch: the stream thread asks (it owns the struct, on its
  * stack) and waits for `done`; the writer answers under svc->mu. */
 typedef struct watch_read {
-    notif_method method;
+    notifications_method method;
     const char *customer; /* "": everyone's */
     bool started;         /* false: the first read, which only places the cursor */
     uint64_t after;       /* the cursor: the last seq looked at */
     /* the answer */
-    notification batch[WATCH_BATCH];
+    notif_notification batch[WATCH_BATCH];
     size_t n;
     uint64_t next; /* the cursor after batch */
     ch_status st;
@@ -47,7 +47,7 @@ typedef struct watch_read {
 } watch_read;
 
 /* Points pb at n's fields (borrowed: pack before n can change). */
-static void pb_fill(Choreo__Notifications__V1__Notification *pb, const notification *n)
+static void pb_fill(Choreo__Notifications__V1__Notification *pb, const notif_notification *n)
 {
     *pb = (Choreo__Notifications__V1__Notification)CHOREO__NOTIFICATIONS__V1__NOTIFICATION__INIT;
     pb->notification_id = (char *)n->id;
@@ -91,7 +91,7 @@ static void list_notifications(rpc_call *call, const ProtobufCMessage *msg, void
 static void reply_list(notifications_service *svc, const list_call *lc)
 {
     const Choreo__Notifications__V1__ListNotificationsRequest *r = lc->req;
-    const notification **page = calloc(lc->size, sizeof *page);
+    const notif_notification **page = calloc(lc->size, sizeof *page);
     Choreo__Notifications__V1__Notification *pb = calloc(lc->size, sizeof *pb);
     Choreo__Notifications__V1__Notification **ptrs = calloc(lc->size, sizeof *ptrs);
     char next[NOTIF_TOKEN_MAX];
@@ -133,7 +133,7 @@ cleanup:
 /* Fills in a watch read's answer and wakes its thread. Writer thread. */
 static void answer_watch(notifications_service *svc, watch_read *wr, ch_status st)
 {
-    const notification *found[WATCH_BATCH];
+    const notif_notification *found[WATCH_BATCH];
     uint64_t next = wr->after;
     size_t n = 0;
 
@@ -238,7 +238,7 @@ static ch_status watch_notifications(rpc_stream *st, const ProtobufCMessage *msg
 
 void notifications_call_finish(notifications_service *svc, writer_input *in, ch_status st)
 {
-    notif_method method = *(const notif_method *)in->call;
+    notifications_method method = *(const notifications_method *)in->call;
 
     if (method == CALL_WATCH) {
         answer_watch(svc, in->call, st);

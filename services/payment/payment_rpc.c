@@ -70,7 +70,7 @@ static void pb_payment_fill(Choreo__Payment__V1__PaymentRecord *pb, const pay_pa
 /* Replies with the customer's account. Writer thread. */
 static void reply_account(rpc_call *call, payment_service *svc, const char *customer_id, bool credit)
 {
-    const pay_account *a = payment_account_get(svc->state, customer_id);
+    const pay_account *a = pay_account_get(svc->state, customer_id);
     Choreo__Payment__V1__Account pb;
 
     if (!a) {
@@ -97,8 +97,7 @@ static void credit_account(rpc_call *call, const ProtobufCMessage *msg, void *ct
     const Choreo__Payment__V1__CreditAccountRequest *r =
         (const Choreo__Payment__V1__CreditAccountRequest *)msg;
     char err[256];
-    ch_status st =
-        payment_validate_credit(r->customer_id, r->amount_cents, r->idempotency_key, err, sizeof err);
+    ch_status st = pay_validate_credit(r->customer_id, r->amount_cents, r->idempotency_key, err, sizeof err);
 
     if (st != CH_OK) {
         rpc_call_fail(call, st, "%s", err);
@@ -176,7 +175,7 @@ static void reply_list(payment_service *svc, rpc_call *call,
         rpc_call_prepare_fail(call, CH_NO_MEMORY, "out of memory");
         goto cleanup;
     }
-    if (payment_list(svc->state, r->page_token, r->customer_id, page, size, &n, next) != CH_OK) {
+    if (pay_payment_list(svc->state, r->page_token, r->customer_id, page, size, &n, next) != CH_OK) {
         rpc_call_prepare_fail(call, CH_INVALID_ARGUMENT, "page_token: not a token this service made");
         goto cleanup;
     }
@@ -187,7 +186,7 @@ static void reply_list(payment_service *svc, rpc_call *call,
     Choreo__Payment__V1__ListPaymentsResponse resp = CHOREO__PAYMENT__V1__LIST_PAYMENTS_RESPONSE__INIT;
     size_t fit = rpc_call_fit_items(call, &resp.base, PAY_TOKEN_MAX, (ProtobufCMessage *const *)ptrs, n);
     if (fit < n) /* the same first `fit`, and the token after them */
-        payment_list(svc->state, r->page_token, r->customer_id, page, fit, &n, next);
+        pay_payment_list(svc->state, r->page_token, r->customer_id, page, fit, &n, next);
     resp.n_payments = n;
     resp.payments = ptrs;
     resp.next_page_token = next;
@@ -201,7 +200,7 @@ cleanup:
 
 static void reply_payment(payment_service *svc, rpc_call *call, const char *order_id)
 {
-    const pay_payment *p = payment_get(svc->state, order_id);
+    const pay_payment *p = pay_payment_get(svc->state, order_id);
     Choreo__Payment__V1__PaymentRecord pb;
 
     if (!p) {
@@ -245,8 +244,8 @@ ch_status payment_call_decide(payment_service *svc, writer *w, writer_input *in)
     if (pc->method == CALL_CREDIT) {
         const Choreo__Payment__V1__CreditAccountRequest *r =
             (const Choreo__Payment__V1__CreditAccountRequest *)pc->req;
-        st = payment_decide_credit(svc->state, r->customer_id, r->amount_cents, r->idempotency_key, &e,
-                                   pc->err, sizeof pc->err);
+        st = pay_decide_credit(svc->state, r->customer_id, r->amount_cents, r->idempotency_key, &e, pc->err,
+                               sizeof pc->err);
         if (st == CH_ALREADY_EXISTS)
             st = CH_OK; /* a retry with the same key: credited once, answered with the account */
         else if (st == CH_OK)
