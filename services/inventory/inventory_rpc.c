@@ -20,28 +20,12 @@ typedef enum inventory_method {
     CALL_GET_RESERVATION,
 } inventory_method;
 
-/* One call on its way through the writer. */
-typedef struct inventory_call {
-    rpc_call *call;
-    inventory_method method;
-    const ProtobufCMessage *req; /* valid until the call is answered */
-    char err[256];               /* why a decision refused it */
-} inventory_call;
-
-/* Hands a checked request to the writer; answers UNAVAILABLE itself when the
- * writer is stopping. gRPC thread. */
+/* Hands a checked request to the writer (service.h). gRPC thread. */
 static void submit(inventory_service *svc, rpc_call *call, inventory_method m, const ProtobufCMessage *req)
 {
-    inventory_call *ic = calloc(1, sizeof *ic);
-    if (!ic) {
-        rpc_call_fail(call, CH_NO_MEMORY, "out of memory");
-        return;
-    }
-    *ic = (inventory_call){.call = call, .method = m, .req = req};
-    if (writer_submit(svc->writer, ic) != CH_OK) {
-        free(ic);
-        rpc_call_fail(call, CH_UNAVAILABLE, "the service is stopping: retry on another replica");
-    }
+    service_call *sc = service_call_new(sizeof *sc, call, m, req);
+    if (sc)
+        service_call_submit(svc->writer, sc);
 }
 
 /* ---- state -> reply (writer thread: strings point into the store) ---- */
@@ -222,97 +206,79 @@ static void get_reservation(rpc_call *call, const ProtobufCMessage *msg, void *c
 /* ---- in the writer ---- */
 
 /* The SKU a stock call names. */
-static const char *call_sku(const inventory_call *ic)
+static const char *call_sku(const service_call *sc)
 {
-    switch (ic->method) {
-    case CALL_SET: return ((const Choreo__Inventory__V1__SetStockRequest *)ic->req)->sku;
-    case CALL_ADJUST: return ((const Choreo__Inventory__V1__AdjustStockRequest *)ic->req)->sku;
-    default: return ((const Choreo__Inventory__V1__GetStockRequest *)ic->req)->sku;
+    switch (sc->method) {
+    case CALL_SET: return ((const Choreo__Inventory__V1__SetStockRequest *)sc->req)->sku;
+    case CALL_ADJUST: return ((const Choreo__Inventory__V1__AdjustStockRequest *)sc->req)->sku;
+    default: return ((const Choreo__Inventory__V1__GetStockRequest *)sc->req)->sku;
     }
 }
 
 /* The answer to a call, as the state is at its place among the decisions. */
-static void prepare_answer(inventory_service *svc, inventory_call *ic)
+static void prepare_answer(inventory_service *svc, service_call *sc)
 {
-    if (ic->method == CALL_LIST)
-        reply_list(svc, ic->call, (const Choreo__Inventory__V1__ListStockRequest *)ic->req);
-    else if (ic->method == CALL_GET_RESERVATION)
-        reply_reservation(svc, ic->call,
-                          ((const Choreo__Inventory__V1__GetReservationRequest *)ic->req)->order_id);
+    if (sc->method == CALL_LIST)
+        reply_list(svc, sc->call, (const Choreo__Inventory__V1__ListStockRequest *)sc->req);
+    else if (sc->method == CALL_GET_RESERVATION)
+        reply_reservation(svc, sc->call,
+                          ((const Choreo__Inventory__V1__GetReservationRequest *)sc->req)->order_id);
     else
-        reply_stock(svc, ic->call, call_sku(ic), ic->method);
+        reply_stock(svc, sc->call, call_sku(sc), (inventory_method)sc->method);
 }
 
 ch_status inventory_call_decide(inventory_service *svc, writer *w, writer_input *in)
 {
-    inventory_call *ic = in->call;
+    service_call *sc = in->call;
     inv_decision *d = &svc->room->d;
     inv_outcome out = INV_APPEND;
     ch_status st;
 
-    if (ic->method == CALL_SET) {
+    if (sc->method == CALL_SET) {
         const Choreo__Inventory__V1__SetStockRequest *r =
-            (const Choreo__Inventory__V1__SetStockRequest *)ic->req;
-        st = inv_decide_set(svc->store, r->sku, r->available, d, ic->err, sizeof ic->err);
-    } else if (ic->method == CALL_ADJUST) {
+            (const Choreo__Inventory__V1__SetStockRequest *)sc->req;
+        st = inv_decide_set(svc->store, r->sku, r->available, d, sc->err, sizeof sc->err);
+    } else if (sc->method == CALL_ADJUST) {
         const Choreo__Inventory__V1__AdjustStockRequest *r =
-            (const Choreo__Inventory__V1__AdjustStockRequest *)ic->req;
-        st = inv_decide_adjust_key(svc->store, r->sku, r->delta, r->idempotency_key, d, &out, ic->err,
-                                   sizeof ic->err);
+            (const Choreo__Inventory__V1__AdjustStockRequest *)sc->req;
+        st = inv_decide_adjust_key(svc->store, r->sku, r->delta, r->idempotency_key, d, &out, sc->err,
+                                   sizeof sc->err);
     } else {
         st = CH_OK; /* a read */
         out = INV_DECIDED;
     }
     /* INV_DECIDED: a read, or a retry with the same key (adjusted once) */
     if (st == CH_OK && out == INV_APPEND)
-        st = inventory_record(svc, w, &d->entry, rpc_call_method(ic->call), NULL);
+        st = inventory_record(svc, w, &d->entry, rpc_call_method(sc->call), NULL);
     if (st == CH_OK)
-        prepare_answer(svc, ic); /* as the state is here; sent once what came before is stored */
+        prepare_answer(svc, sc); /* as the state is here; sent once what came before is stored */
     return st;
-}
-
-/* A write that failed: nothing was stored, or it may have been. */
-static void fail_write(inventory_call *ic, ch_status st)
-{
-    bool set = ic->method == CALL_SET;
-    const char *key =
-        set ? "" : ((const Choreo__Inventory__V1__AdjustStockRequest *)ic->req)->idempotency_key;
-
-    switch (st) {
-    case CH_INVALID_ARGUMENT:
-    case CH_FAILED_PRECONDITION: rpc_call_fail(ic->call, st, "%s", ic->err); break;
-    case CH_CONFLICT:
-        rpc_call_fail(ic->call, CH_UNAVAILABLE, "stock ledger busy (concurrent writers), retry");
-        break;
-    case CH_TIMEOUT:
-    case CH_UNAVAILABLE:
-        log_warn("stock not confirmed", "sku", call_sku(ic), "status", ch_status_str(st), NULL);
-        service_fail_unconfirmed(
-            ic->call, st, set ? "SetStock" : "AdjustStock",
-            set      ? "retry (it sets an absolute level)"
-            : key[0] ? "retry with the same idempotency_key"
-                     : "read the stock before retrying (an idempotency_key makes retries safe)");
-        break;
-    default: rpc_call_fail(ic->call, st, "stock not written: %s", ch_status_str(st)); break;
-    }
 }
 
 void inventory_call_finish(inventory_service *svc, writer_input *in, ch_status st)
 {
-    inventory_call *ic = in->call;
-    rpc_call *call = ic->call;
+    service_call *sc = in->call;
+    bool set = sc->method == CALL_SET, write = set || sc->method == CALL_ADJUST;
+    const char *key = sc->method == CALL_ADJUST
+                          ? ((const Choreo__Inventory__V1__AdjustStockRequest *)sc->req)->idempotency_key
+                          : "";
+    const char *what = !write ? NULL : set ? "SetStock" : "AdjustStock";
+    const char *retry = set      ? "retry (it sets an absolute level)"
+                        : key[0] ? "retry with the same idempotency_key"
+                                 : "read the stock before retrying (an idempotency_key makes retries safe)";
 
-    if (st != CH_OK && (ic->method == CALL_SET || ic->method == CALL_ADJUST)) {
-        fail_write(ic, st);
-    } else if (st == CH_TIMEOUT || st == CH_UNAVAILABLE) {
-        rpc_call_fail(call, CH_UNAVAILABLE, "state not confirmed current: NATS unavailable (%s); retry",
-                      ch_status_str(st));
-    } else if (st != CH_OK) { /* lost every race, or no memory */
-        rpc_call_fail(call, CH_UNAVAILABLE, "state not confirmed current (%s); retry", ch_status_str(st));
-    } else {
-        rpc_call_send_prepared(call); /* decided, and everything before it stored */
+    if (write && (st == CH_TIMEOUT || st == CH_UNAVAILABLE))
+        log_warn("stock not confirmed", "sku", call_sku(sc), "status", ch_status_str(st), NULL);
+    if (!service_call_answer(sc, st, what, retry)) {
+        if (!write) /* lost every race, or no memory */
+            rpc_call_fail(sc->call, CH_UNAVAILABLE, "state not confirmed current (%s); retry",
+                          ch_status_str(st));
+        else if (st == CH_CONFLICT)
+            rpc_call_fail(sc->call, CH_UNAVAILABLE, "stock ledger busy (concurrent writers), retry");
+        else
+            rpc_call_fail(sc->call, st, "stock not written: %s", ch_status_str(st));
     }
-    free(ic);
+    free(sc);
 }
 
 ch_status inventory_rpc_register(rpc_server *s, inventory_service *svc)

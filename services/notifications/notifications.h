@@ -38,18 +38,18 @@
 #define NOTIFICATIONS_PRODUCER     "notifications"
 
 /* A notification added to the store and emitted, its event not stored yet. */
-typedef struct notif_unstored {
+typedef struct notifications_unstored {
     const writer_input *in; /* the input that emitted it: alive until it is finished */
     uint64_t seq;           /* its place in the store */
     char event_id[EVENT_ID_LEN + 1];
-} notif_unstored;
+} notifications_unstored;
 
 typedef struct notifications_service {
     const service_config *cfg;
     bus *bus;
     writer *writer;
-    notif_store *store;       /* the writer thread's */
-    notif_unstored *unstored; /* ring of WRITER_MAX_IN_FLIGHT: the store's last n_unstored */
+    notif_store *store;               /* the writer thread's */
+    notifications_unstored *unstored; /* ring of WRITER_MAX_IN_FLIGHT: the store's last n_unstored */
     size_t unstored_head, n_unstored;
     uint64_t skipped; /* events of the stream not folded in (logged) */
     pthread_mutex_t mu;

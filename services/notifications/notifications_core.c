@@ -74,7 +74,7 @@ static size_t utf8_cut(const char *s, size_t n, size_t cap)
     return n;
 }
 
-ch_status notif_build(const notif_input *in, notification *out, char *err, size_t errlen)
+ch_status notif_build(const notif_input *in, notif_notification *out, char *err, size_t errlen)
 {
     ch_status st;
 
@@ -112,7 +112,7 @@ ch_status notif_build(const notif_input *in, notification *out, char *err, size_
     return CH_OK;
 }
 
-ch_status notif_validate(const notification *n, char *err, size_t errlen)
+ch_status notif_validate(const notif_notification *n, char *err, size_t errlen)
 {
     char want[NOTIF_ID_MAX + 1];
     ch_status st;
@@ -187,7 +187,7 @@ typedef struct notif_index_entry {
 } notif_index_entry;
 
 struct notif_store {
-    notification *items; /* items[seq - 1] */
+    notif_notification *items; /* items[seq - 1] */
     size_t n, cap;
     strmap by_customer; /* customer id -> notif_index_entry */
     strmap by_order;    /* order id -> notif_index_entry */
@@ -278,18 +278,18 @@ void notif_store_destroy(notif_store *s)
     free(s);
 }
 
-const notification *notif_store_find(const notif_store *s, const char *order_id, notif_kind kind)
+const notif_notification *notif_store_find(const notif_store *s, const char *order_id, notif_kind kind)
 {
     const notif_index_entry *e = index_get(&s->by_order, order_id);
     for (size_t i = 0; e && i < e->n; i++) {
-        const notification *n = &s->items[e->seqs[i] - 1];
+        const notif_notification *n = &s->items[e->seqs[i] - 1];
         if (n->kind == kind)
             return n;
     }
     return NULL;
 }
 
-ch_status notif_store_add(notif_store *s, const notification *n, bool *added)
+ch_status notif_store_add(notif_store *s, const notif_notification *n, bool *added)
 {
     notif_index_entry *by_cust, *by_order;
 
@@ -298,7 +298,7 @@ ch_status notif_store_add(notif_store *s, const notification *n, bool *added)
         return CH_OK;
     if (s->n == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 64;
-        notification *items = realloc(s->items, cap * sizeof *items);
+        notif_notification *items = realloc(s->items, cap * sizeof *items);
         if (!items)
             return CH_NO_MEMORY;
         s->items = items;
@@ -310,7 +310,7 @@ ch_status notif_store_add(notif_store *s, const notification *n, bool *added)
         index_reserve(&s->by_order, n->order_id, &by_order) != CH_OK)
         return CH_NO_MEMORY;
 
-    notification *stored = &s->items[s->n++];
+    notif_notification *stored = &s->items[s->n++];
     *stored = *n;
     stored->seq = s->n;
     by_cust->seqs[by_cust->n++] = stored->seq;
@@ -323,7 +323,7 @@ void notif_store_remove_newest(notif_store *s)
 {
     if (s->n == 0)
         return;
-    const notification *last = &s->items[s->n - 1];
+    const notif_notification *last = &s->items[s->n - 1];
     index_pop(&s->by_customer, last->customer_id);
     index_pop(&s->by_order, last->order_id);
     s->n--;
@@ -334,7 +334,7 @@ uint64_t notif_store_count(const notif_store *s)
     return s->n;
 }
 
-const notification *notif_store_at(const notif_store *s, uint64_t seq)
+const notif_notification *notif_store_at(const notif_store *s, uint64_t seq)
 {
     if (seq == 0 || seq > s->n)
         return NULL;
@@ -342,7 +342,7 @@ const notification *notif_store_at(const notif_store *s, uint64_t seq)
 }
 
 ch_status notif_store_list(const notif_store *s, const char *customer_id, const char *order_id,
-                           const char *page_token, uint64_t upto, const notification **out, size_t cap,
+                           const char *page_token, uint64_t upto, const notif_notification **out, size_t cap,
                            size_t *n, char *next_token)
 {
     const notif_index_entry *e =
@@ -364,7 +364,7 @@ ch_status notif_store_list(const notif_store *s, const char *customer_id, const 
 }
 
 uint64_t notif_store_after(const notif_store *s, const char *customer_id, uint64_t after, uint64_t upto,
-                           const notification **out, size_t cap, size_t *n)
+                           const notif_notification **out, size_t cap, size_t *n)
 {
     *n = 0;
     if (upto > s->n)

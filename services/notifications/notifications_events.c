@@ -60,7 +60,7 @@ static void publish_stored(notifications_service *svc)
     pthread_mutex_unlock(&svc->mu);
 }
 
-static notif_unstored *unstored_at(notifications_service *svc, size_t i)
+static notifications_unstored *unstored_at(notifications_service *svc, size_t i)
 {
     return &svc->unstored[(svc->unstored_head + i) % WRITER_MAX_IN_FLIGHT];
 }
@@ -68,8 +68,8 @@ static notif_unstored *unstored_at(notifications_service *svc, size_t i)
 /* ---- the stream ---- */
 
 /* The notification a notification.sent event records. */
-static ch_status notification_from_envelope(const choreo_events_v1_Envelope *env, notification *n, char *err,
-                                            size_t errlen)
+static ch_status notification_from_envelope(const choreo_events_v1_Envelope *env, notif_notification *n,
+                                            char *err, size_t errlen)
 {
     const choreo_events_v1_NotificationSent *p = &env->payload.notification_sent;
 
@@ -96,7 +96,7 @@ static ch_status fold(void *ctx, const choreo_events_v1_Envelope *env, uint64_t 
 {
     notifications_service *svc = ctx;
     char err[256];
-    notification n;
+    notif_notification n;
     bool added;
 
     if (notification_from_envelope(env, &n, err, sizeof err) != CH_OK) {
@@ -165,7 +165,7 @@ static ch_status on_order_event(notifications_service *svc, writer *w, writer_in
     event_type t = in->source == CONSUME_CONFIRMED ? EVENT_ORDER_CONFIRMED : EVENT_ORDER_CANCELLED;
     choreo_events_v1_Envelope out; /* ~9 KB on the writer's stack: no malloc per event */
     notif_input ni;
-    notification n;
+    notif_notification n;
     char err[BUS_REASON_MAX - NOTIF_KIND_NAME_MAX]; /* the reason is "<kind>.<err>" */
     bool added;
 
@@ -202,7 +202,7 @@ static ch_status on_order_event(notifications_service *svc, writer *w, writer_in
         snprintf(in->reason, sizeof in->reason, "notification.sent not published: %s", ch_status_str(st));
         return st; /* it does not encode: dead-lettered */
     }
-    notif_unstored *u = unstored_at(svc, svc->n_unstored);
+    notifications_unstored *u = unstored_at(svc, svc->n_unstored);
     svc->n_unstored++;
     u->in = in;
     u->seq = seq;
@@ -226,8 +226,8 @@ static void finish(void *ctx, writer_input *in, ch_status st)
     notifications_service *svc = ctx;
 
     if (svc->n_unstored > 0 && unstored_at(svc, 0)->in == in) {
-        notif_unstored *u = unstored_at(svc, 0);
-        const notification *n = notif_store_at(svc->store, u->seq);
+        notifications_unstored *u = unstored_at(svc, 0);
+        const notif_notification *n = notif_store_at(svc->store, u->seq);
         if (st != CH_OK)
             log_error("notification finished unstored yet kept", "status", ch_status_str(st), NULL);
         log_info("notification sent", "notification_id", n->id, "order_id", n->order_id, "customer_id",

@@ -10,6 +10,7 @@
 
 #include "choreo/notifications/v1/notifications.pb-c.h"
 #include "notifications.h"
+#include "service.h"
 #include "utf8.h"
 
 /* An idle watcher reads again this often: what other replicas stored shows
@@ -17,29 +18,27 @@
 #define WATCH_WAIT_MS 250
 #define WATCH_BATCH   16 /* notifications one watch read brings back */
 
-typedef enum notif_method {
+typedef enum notifications_method {
     CALL_LIST = 0,
     CALL_WATCH,
-} notif_method;
+} notifications_method;
 
 /* A ListNotifications call on its way through the writer, which answers it
  * and frees it. */
 typedef struct list_call {
-    notif_method method; /* first: what the writer's call pointer points to */
-    rpc_call *call;
-    const Choreo__Notifications__V1__ListNotificationsRequest *req; /* valid until answered */
-    size_t size;                                                    /* the page size, checked */
+    service_call base; /* first: the writer's call pointer points to both (method CALL_LIST) */
+    size_t size;       /* the page size, checked */
 } list_call;
 
 /* One read of a watch: the stream thread asks (it owns the struct, on its
  * stack) and waits for `done`; the writer answers under svc->mu. */
 typedef struct watch_read {
-    notif_method method;
+    service_call base;    /* first, method CALL_WATCH; no rpc_call: the stream answers */
     const char *customer; /* "": everyone's */
     bool started;         /* false: the first read, which only places the cursor */
     uint64_t after;       /* the cursor: the last seq looked at */
     /* the answer */
-    notification batch[WATCH_BATCH];
+    notif_notification batch[WATCH_BATCH];
     size_t n;
     uint64_t next; /* the cursor after batch */
     ch_status st;
@@ -47,7 +46,7 @@ typedef struct watch_read {
 } watch_read;
 
 /* Points pb at n's fields (borrowed: pack before n can change). */
-static void pb_fill(Choreo__Notifications__V1__Notification *pb, const notification *n)
+static void pb_fill(Choreo__Notifications__V1__Notification *pb, const notif_notification *n)
 {
     *pb = (Choreo__Notifications__V1__Notification)CHOREO__NOTIFICATIONS__V1__NOTIFICATION__INIT;
     pb->notification_id = (char *)n->id;
@@ -74,36 +73,32 @@ static void list_notifications(rpc_call *call, const ProtobufCMessage *msg, void
         rpc_call_fail(call, CH_INVALID_ARGUMENT, "%s", err);
         return;
     }
-    list_call *lc = calloc(1, sizeof *lc);
-    if (!lc) {
-        rpc_call_fail(call, CH_NO_MEMORY, "out of memory");
+    list_call *lc = service_call_new(sizeof *lc, call, CALL_LIST, msg);
+    if (!lc)
         return;
-    }
-    *lc = (list_call){.method = CALL_LIST, .call = call, .req = r, .size = size};
-    if (writer_submit(svc->writer, lc) != CH_OK) {
-        free(lc);
-        rpc_call_fail(call, CH_UNAVAILABLE, "the service is stopping: retry on another replica");
-    }
+    lc->size = size;
+    service_call_submit(svc->writer, &lc->base);
 }
 
 /* ListNotifications' reply, a page of what is stored, cut to fit in one
  * message. Writer thread. */
 static void reply_list(notifications_service *svc, const list_call *lc)
 {
-    const Choreo__Notifications__V1__ListNotificationsRequest *r = lc->req;
-    const notification **page = calloc(lc->size, sizeof *page);
+    const Choreo__Notifications__V1__ListNotificationsRequest *r =
+        (const Choreo__Notifications__V1__ListNotificationsRequest *)lc->base.req;
+    const notif_notification **page = calloc(lc->size, sizeof *page);
     Choreo__Notifications__V1__Notification *pb = calloc(lc->size, sizeof *pb);
     Choreo__Notifications__V1__Notification **ptrs = calloc(lc->size, sizeof *ptrs);
     char next[NOTIF_TOKEN_MAX];
     size_t n = 0;
 
     if (!page || !pb || !ptrs) {
-        rpc_call_fail(lc->call, CH_NO_MEMORY, "out of memory");
+        rpc_call_fail(lc->base.call, CH_NO_MEMORY, "out of memory");
         goto cleanup;
     }
     if (notif_store_list(svc->store, r->customer_id, r->order_id, r->page_token, svc->stored, page, lc->size,
                          &n, next) != CH_OK) {
-        rpc_call_fail(lc->call, CH_INVALID_ARGUMENT, "page_token: not a token this service made");
+        rpc_call_fail(lc->base.call, CH_INVALID_ARGUMENT, "page_token: not a token this service made");
         goto cleanup;
     }
     for (size_t i = 0; i < n; i++) {
@@ -113,14 +108,14 @@ static void reply_list(notifications_service *svc, const list_call *lc)
     Choreo__Notifications__V1__ListNotificationsResponse resp =
         CHOREO__NOTIFICATIONS__V1__LIST_NOTIFICATIONS_RESPONSE__INIT;
     size_t fit =
-        rpc_call_fit_items(lc->call, &resp.base, NOTIF_TOKEN_MAX, (ProtobufCMessage *const *)ptrs, n);
+        rpc_call_fit_items(lc->base.call, &resp.base, NOTIF_TOKEN_MAX, (ProtobufCMessage *const *)ptrs, n);
     if (fit < n) /* the same first `fit`, and the token after them */
         notif_store_list(svc->store, r->customer_id, r->order_id, r->page_token, svc->stored, page, fit, &n,
                          next);
     resp.n_notifications = n;
     resp.notifications = ptrs;
     resp.next_page_token = next;
-    rpc_call_reply(lc->call, &resp.base); /* serialized now, on the thread that owns the store */
+    rpc_call_reply(lc->base.call, &resp.base); /* serialized now, on the thread that owns the store */
 
 cleanup:
     free(page);
@@ -133,7 +128,7 @@ cleanup:
 /* Fills in a watch read's answer and wakes its thread. Writer thread. */
 static void answer_watch(notifications_service *svc, watch_read *wr, ch_status st)
 {
-    const notification *found[WATCH_BATCH];
+    const notif_notification *found[WATCH_BATCH];
     uint64_t next = wr->after;
     size_t n = 0;
 
@@ -159,7 +154,7 @@ static ch_status watch_ask(notifications_service *svc, watch_read *wr)
 {
     wr->done = false;
     wr->n = 0;
-    ch_status st = writer_submit(svc->writer, wr);
+    ch_status st = writer_submit(svc->writer, &wr->base);
     if (st != CH_OK)
         return st;
     pthread_mutex_lock(&svc->mu);
@@ -198,7 +193,7 @@ static ch_status watch_notifications(rpc_stream *st, const ProtobufCMessage *msg
     const Choreo__Notifications__V1__WatchNotificationsRequest *r =
         (const Choreo__Notifications__V1__WatchNotificationsRequest *)msg;
     notifications_service *svc = ctx;
-    watch_read wr = {.method = CALL_WATCH, .customer = r->customer_id};
+    watch_read wr = {.base = {.method = CALL_WATCH, .req = msg}, .customer = r->customer_id};
 
     if (wr.customer[0] && !utf8_valid_token(wr.customer, NOTIF_CUSTOMER_MAX)) {
         rpc_stream_set_error(st, "customer_id: must be 1..%d bytes of UTF-8 with no spaces, '.', '*' or '>'",
@@ -238,9 +233,9 @@ static ch_status watch_notifications(rpc_stream *st, const ProtobufCMessage *msg
 
 void notifications_call_finish(notifications_service *svc, writer_input *in, ch_status st)
 {
-    notif_method method = *(const notif_method *)in->call;
+    const service_call *sc = in->call;
 
-    if (method == CALL_WATCH) {
+    if (sc->method == CALL_WATCH) {
         answer_watch(svc, in->call, st);
         return;
     }
@@ -248,10 +243,10 @@ void notifications_call_finish(notifications_service *svc, writer_input *in, ch_
     if (st == CH_OK)
         reply_list(svc, lc);
     else if (st == CH_TIMEOUT || st == CH_UNAVAILABLE)
-        rpc_call_fail(lc->call, CH_UNAVAILABLE,
+        rpc_call_fail(lc->base.call, CH_UNAVAILABLE,
                       "notifications not confirmed current: NATS unavailable (%s); retry", ch_status_str(st));
     else
-        rpc_call_fail(lc->call, CH_UNAVAILABLE, "notifications not read (%s): retry", ch_status_str(st));
+        rpc_call_fail(lc->base.call, CH_UNAVAILABLE, "notifications not read (%s): retry", ch_status_str(st));
     free(lc);
 }
 

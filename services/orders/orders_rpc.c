@@ -163,54 +163,41 @@ typedef enum orders_method {
 /* One call on its way through the writer: what the gRPC thread checked and
  * prepared, and what the decision found. */
 typedef struct orders_call {
-    rpc_call *call;
-    orders_method method;
-    const ProtobufCMessage *req; /* valid until the call is answered */
-    char id[ORDER_ID_MAX + 1];   /* CREATE: the new order's id; CANCEL: the order's */
+    service_call base;         /* first: the writer's call pointer points to both */
+    char id[ORDER_ID_MAX + 1]; /* CREATE: the new order's id; CANCEL: the order's */
     char traceparent[TRACEPARENT_LEN + 1];
     char causation[40];
     size_t n_items; /* CREATE: the request's items, checked */
     order_item items[ORDER_ITEMS_MAX];
     bool replayed; /* CREATE: the order existed (same idempotency key) */
-    char err[256]; /* why a decision refused it */
 } orders_call;
 
-/* Hands a prepared call to the writer; answers UNAVAILABLE itself when the
- * writer is stopping. gRPC thread. */
+/* Hands a prepared call to the writer (service.h). gRPC thread. */
 static void submit(orders_service *svc, orders_call *oc)
 {
-    if (writer_submit(svc->writer, oc) != CH_OK) {
-        rpc_call_fail(oc->call, CH_UNAVAILABLE, "the service is stopping: retry on another replica");
-        free(oc);
-    }
+    service_call_submit(svc->writer, &oc->base);
 }
 
+/* A call of method m, or NULL (answered: out of memory). gRPC thread. */
 static orders_call *call_new(rpc_call *call, orders_method m, const ProtobufCMessage *req)
 {
-    orders_call *oc = calloc(1, sizeof *oc);
-    if (!oc) {
-        rpc_call_fail(call, CH_NO_MEMORY, "out of memory");
-        return NULL;
-    }
-    oc->call = call;
-    oc->method = m;
-    oc->req = req;
-    return oc;
+    return service_call_new(sizeof(orders_call), call, m, req);
 }
 
 /* The call's trace context (the caller's, or a new trace), also sent back. */
 static void call_trace(orders_call *oc)
 {
-    call_traceparent(oc->call, oc->traceparent);
+    call_traceparent(oc->base.call, oc->traceparent);
     snprintf(oc->causation, sizeof oc->causation, "rpc-%.16s", oc->traceparent + 36);
-    rpc_call_add_metadata(oc->call, "traceparent", oc->traceparent);
+    rpc_call_add_metadata(oc->base.call, "traceparent", oc->traceparent);
 }
 
 /* CreateOrder: the order exists (same key, or another replica's doing once
  * caught up) or order.created is emitted. */
 static ch_status decide_create(orders_service *svc, writer *w, writer_input *in, orders_call *oc)
 {
-    const Choreo__Orders__V1__CreateOrderRequest *r = (const Choreo__Orders__V1__CreateOrderRequest *)oc->req;
+    const Choreo__Orders__V1__CreateOrderRequest *r =
+        (const Choreo__Orders__V1__CreateOrderRequest *)oc->base.req;
     choreo_events_v1_Envelope env;
 
     if ((r->idempotency_key[0] && order_store_by_key(svc->store, r->customer_id, r->idempotency_key)) ||
@@ -241,17 +228,18 @@ static ch_status decide_create(orders_service *svc, writer *w, writer_input *in,
  * one cancelling or cancelled already. */
 static ch_status decide_cancel(orders_service *svc, writer *w, writer_input *in, orders_call *oc)
 {
-    const Choreo__Orders__V1__CancelOrderRequest *r = (const Choreo__Orders__V1__CancelOrderRequest *)oc->req;
+    const Choreo__Orders__V1__CancelOrderRequest *r =
+        (const Choreo__Orders__V1__CancelOrderRequest *)oc->base.req;
     const order *o = order_store_get(svc->store, oc->id);
     choreo_events_v1_Envelope env;
 
     if (!o && !in->caught_up)
         return CH_NOT_FOUND; /* perhaps created on another replica */
     if (!o) {
-        snprintf(oc->err, sizeof oc->err, "order_id: no order %s", oc->id);
+        snprintf(oc->base.err, sizeof oc->base.err, "order_id: no order %s", oc->id);
         return CH_NOT_FOUND;
     }
-    ch_status st = order_check_cancel(o, oc->err, sizeof oc->err);
+    ch_status st = order_check_cancel(o, oc->base.err, sizeof oc->base.err);
     if (st == CH_ALREADY_EXISTS)
         return CH_OK;
     if (st != CH_OK)
@@ -317,18 +305,20 @@ ch_status orders_call_decide(orders_service *svc, writer *w, writer_input *in)
     orders_call *oc = in->call;
     ch_status st = CH_OK;
 
-    if (oc->method == CALL_CREATE)
+    if (oc->base.method == CALL_CREATE)
         st = decide_create(svc, w, in, oc);
-    else if (oc->method == CALL_CANCEL)
+    else if (oc->base.method == CALL_CANCEL)
         st = decide_cancel(svc, w, in, oc);
     if (st != CH_OK)
         return st;
     /* the answer, as the state is here; sent once what came before is stored */
-    switch (oc->method) {
-    case CALL_CREATE: reply_order(oc->call, svc, oc->id, REPLY_CREATE, oc->replayed); break;
-    case CALL_CANCEL: reply_order(oc->call, svc, oc->id, REPLY_CANCEL, false); break;
-    case CALL_GET: reply_order(oc->call, svc, oc->id, REPLY_GET, false); break;
-    case CALL_LIST: reply_list(svc, oc->call, (const Choreo__Orders__V1__ListOrdersRequest *)oc->req); break;
+    switch ((orders_method)oc->base.method) {
+    case CALL_CREATE: reply_order(oc->base.call, svc, oc->id, REPLY_CREATE, oc->replayed); break;
+    case CALL_CANCEL: reply_order(oc->base.call, svc, oc->id, REPLY_CANCEL, false); break;
+    case CALL_GET: reply_order(oc->base.call, svc, oc->id, REPLY_GET, false); break;
+    case CALL_LIST:
+        reply_list(svc, oc->base.call, (const Choreo__Orders__V1__ListOrdersRequest *)oc->base.req);
+        break;
     }
     return CH_OK;
 }
@@ -336,39 +326,31 @@ ch_status orders_call_decide(orders_service *svc, writer *w, writer_input *in)
 void orders_call_finish(orders_service *svc, writer_input *in, ch_status st)
 {
     orders_call *oc = in->call;
-    rpc_call *call = oc->call;
-    bool keyed = oc->method == CALL_CREATE &&
-                 ((const Choreo__Orders__V1__CreateOrderRequest *)oc->req)->idempotency_key[0] != '\0';
+    rpc_call *call = oc->base.call;
+    orders_method m = (orders_method)oc->base.method;
+    bool keyed = m == CALL_CREATE &&
+                 ((const Choreo__Orders__V1__CreateOrderRequest *)oc->base.req)->idempotency_key[0] != '\0';
+    const char *what = m == CALL_CREATE   ? "order.created"
+                       : m == CALL_CANCEL ? "order.cancel_requested"
+                                          : NULL;
+    const char *retry = m == CALL_CANCEL ? "retry (a second cancel changes nothing)"
+                        : keyed          ? "retry with the same idempotency_key"
+                                         : "look for the order before retrying (an idempotency_key makes "
+                                           "retries safe)";
 
-    if (st == CH_OK) {
-        rpc_call_send_prepared(call);
-    } else if ((st == CH_NOT_FOUND || st == CH_FAILED_PRECONDITION || st == CH_INVALID_ARGUMENT) &&
-               oc->err[0]) {
-        rpc_call_fail(call, st, "%s", oc->err);
-    } else if (st == CH_TIMEOUT || st == CH_UNAVAILABLE) {
+    if (st == CH_TIMEOUT || st == CH_UNAVAILABLE) {
         char trace_id[33];
         snprintf(trace_id, sizeof trace_id, "%.32s", oc->traceparent + 3);
         log_warn("call not confirmed", "method", rpc_call_method(call), "order_id", oc->id, "trace_id",
                  trace_id, "status", ch_status_str(st), NULL);
-        if (oc->method == CALL_CREATE)
-            service_fail_unconfirmed(call, st, "order.created",
-                                     keyed ? "retry with the same idempotency_key"
-                                           : "look for the order before retrying (an idempotency_key makes "
-                                             "retries safe)");
-        else if (oc->method == CALL_CANCEL)
-            service_fail_unconfirmed(call, st, "order.cancel_requested",
-                                     "retry (a second cancel changes nothing)");
-        else
-            rpc_call_fail(call, CH_UNAVAILABLE, "state not confirmed current: NATS unavailable (%s); retry",
-                          ch_status_str(st));
-    } else {
+    }
+    if (!service_call_answer(&oc->base, st, what, retry))
         rpc_call_fail(call, st == CH_CONFLICT || st == CH_CANCELLED ? CH_UNAVAILABLE : st,
                       "%s not done: %s; retry",
-                      oc->method == CALL_CREATE   ? "order"
-                      : oc->method == CALL_CANCEL ? "cancel"
-                                                  : "read",
+                      m == CALL_CREATE   ? "order"
+                      : m == CALL_CANCEL ? "cancel"
+                                         : "read",
                       ch_status_str(st));
-    }
     free(oc);
 }
 

@@ -18,7 +18,7 @@ int main(int argc, char **argv)
         return code;
     svc.cfg = &rt.cfg;
 
-    st = payment_state_create(&svc.state);
+    st = pay_state_create(&svc.state);
     if (st == CH_OK)
         st = service_connect(&rt);
     svc.bus = rt.bus;
@@ -33,7 +33,7 @@ int main(int argc, char **argv)
 
     payment_events_stop(&svc); /* the writer before the bus it uses */
     service_shutdown(&rt);
-    payment_state_destroy(svc.state);
+    pay_state_destroy(svc.state);
     if (st != CH_OK && st != CH_CANCELLED) {
         log_error("exiting on error", "status", ch_status_str(st), NULL);
         return 1;

@@ -34,8 +34,8 @@ typedef struct payment_service {
     const service_config *cfg;
     bus *bus;
     writer *writer;
-    payment_state *state; /* the writer thread's */
-    uint64_t skipped;     /* events of the stream the reducer refused (logged) */
+    pay_state *state; /* the writer thread's */
+    uint64_t skipped; /* events of the stream the reducer refused (logged) */
 } payment_service;
 
 /* ---- payment_events.c: the writer, the reactions ---- */

@@ -22,7 +22,7 @@ static ch_status fold(void *ctx, const choreo_events_v1_Envelope *env, uint64_t 
 
     (void)seq;
     if (st == CH_OK)
-        st = payment_apply(svc->state, &e, NULL);
+        st = pay_apply(svc->state, &e, NULL);
     if (st != CH_OK && st != CH_NO_MEMORY)
         svc->skipped++; /* the writer logs it */
     return st;
@@ -31,7 +31,7 @@ static ch_status fold(void *ctx, const choreo_events_v1_Envelope *env, uint64_t 
 static void undo(void *ctx, const void *data, size_t len)
 {
     payment_service *svc = ctx;
-    ch_status st = len == sizeof(pay_entry) ? payment_revert(svc->state, data) : CH_INVALID_ARGUMENT;
+    ch_status st = len == sizeof(pay_entry) ? pay_revert(svc->state, data) : CH_INVALID_ARGUMENT;
 
     if (st != CH_OK)
         log_error("payment decision not undone", "status", ch_status_str(st), NULL);
@@ -45,12 +45,12 @@ ch_status payment_record(payment_service *svc, writer *w, const pay_entry *e, co
     ch_status st = payment_event_of(e, causation_id, traceparent, &env);
 
     if (st == CH_OK)
-        st = payment_apply(svc->state, e, &changed);
+        st = pay_apply(svc->state, e, &changed);
     if (st != CH_OK || !changed)
         return st == CH_OK ? CH_INTERNAL : st; /* decided, so it must change the state */
     st = writer_emit(w, &env, e, sizeof *e);
     if (st != CH_OK)
-        payment_revert(svc->state, e);
+        pay_revert(svc->state, e);
     return st;
 }
 
@@ -62,8 +62,8 @@ static ch_status on_reserved(payment_service *svc, writer *w, writer_input *in)
     const choreo_events_v1_Envelope *env = in->env;
     const choreo_events_v1_InventoryReserved *r = &env->payload.inventory_reserved;
     pay_entry e;
-    ch_status st = payment_decide_charge(svc->state, env->order_id, r->customer_id, r->total_cents,
-                                         env->event_id, &e, in->reason, sizeof in->reason);
+    ch_status st = pay_decide_charge(svc->state, env->order_id, r->customer_id, r->total_cents, env->event_id,
+                                     &e, in->reason, sizeof in->reason);
 
     if (st == CH_ALREADY_EXISTS) {
         snprintf(in->reason, sizeof in->reason, "decided before");
@@ -83,7 +83,7 @@ static ch_status on_cancel(payment_service *svc, writer *w, writer_input *in)
 {
     const choreo_events_v1_Envelope *env = in->env;
     pay_entry e;
-    ch_status st = payment_decide_refund(svc->state, env->order_id, env->event_id, &e);
+    ch_status st = pay_decide_refund(svc->state, env->order_id, env->event_id, &e);
 
     if (st == CH_NOT_FOUND && !in->caught_up)
         return st; /* perhaps another replica charged it: after a catch-up */
@@ -132,8 +132,8 @@ ch_status payment_events_start(payment_service *svc)
     ch_status st = writer_start(svc->bus, &spec, &svc->writer);
     if (st == CH_OK) {
         char accounts[24], payments[24], skipped[24];
-        snprintf(accounts, sizeof accounts, "%zu", payment_account_count(svc->state));
-        snprintf(payments, sizeof payments, "%zu", payment_count(svc->state));
+        snprintf(accounts, sizeof accounts, "%zu", pay_account_count(svc->state));
+        snprintf(payments, sizeof payments, "%zu", pay_payment_count(svc->state));
         snprintf(skipped, sizeof skipped, "%" PRIu64, svc->skipped);
         log_info("payment state folded from its stream", "accounts", accounts, "payments", payments,
                  "skipped", skipped, NULL);

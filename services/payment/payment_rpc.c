@@ -20,28 +20,12 @@ typedef enum payment_method {
     CALL_LIST,
 } payment_method;
 
-/* One call on its way through the writer. */
-typedef struct payment_call {
-    rpc_call *call;
-    payment_method method;
-    const ProtobufCMessage *req; /* valid until the call is answered */
-    char err[256];               /* why a decision refused it */
-} payment_call;
-
-/* Hands a checked request to the writer; answers UNAVAILABLE itself when the
- * writer is stopping. gRPC thread. */
+/* Hands a checked request to the writer (service.h). gRPC thread. */
 static void submit(payment_service *svc, rpc_call *call, payment_method m, const ProtobufCMessage *req)
 {
-    payment_call *pc = calloc(1, sizeof *pc);
-    if (!pc) {
-        rpc_call_fail(call, CH_NO_MEMORY, "out of memory");
-        return;
-    }
-    *pc = (payment_call){.call = call, .method = m, .req = req};
-    if (writer_submit(svc->writer, pc) != CH_OK) {
-        free(pc);
-        rpc_call_fail(call, CH_UNAVAILABLE, "the service is stopping: retry on another replica");
-    }
+    service_call *sc = service_call_new(sizeof *sc, call, m, req);
+    if (sc)
+        service_call_submit(svc->writer, sc);
 }
 
 /* ---- state -> reply ---- */
@@ -70,7 +54,7 @@ static void pb_payment_fill(Choreo__Payment__V1__PaymentRecord *pb, const pay_pa
 /* Replies with the customer's account. Writer thread. */
 static void reply_account(rpc_call *call, payment_service *svc, const char *customer_id, bool credit)
 {
-    const pay_account *a = payment_account_get(svc->state, customer_id);
+    const pay_account *a = pay_account_get(svc->state, customer_id);
     Choreo__Payment__V1__Account pb;
 
     if (!a) {
@@ -97,8 +81,7 @@ static void credit_account(rpc_call *call, const ProtobufCMessage *msg, void *ct
     const Choreo__Payment__V1__CreditAccountRequest *r =
         (const Choreo__Payment__V1__CreditAccountRequest *)msg;
     char err[256];
-    ch_status st =
-        payment_validate_credit(r->customer_id, r->amount_cents, r->idempotency_key, err, sizeof err);
+    ch_status st = pay_validate_credit(r->customer_id, r->amount_cents, r->idempotency_key, err, sizeof err);
 
     if (st != CH_OK) {
         rpc_call_fail(call, st, "%s", err);
@@ -176,7 +159,7 @@ static void reply_list(payment_service *svc, rpc_call *call,
         rpc_call_prepare_fail(call, CH_NO_MEMORY, "out of memory");
         goto cleanup;
     }
-    if (payment_list(svc->state, r->page_token, r->customer_id, page, size, &n, next) != CH_OK) {
+    if (pay_payment_list(svc->state, r->page_token, r->customer_id, page, size, &n, next) != CH_OK) {
         rpc_call_prepare_fail(call, CH_INVALID_ARGUMENT, "page_token: not a token this service made");
         goto cleanup;
     }
@@ -187,7 +170,7 @@ static void reply_list(payment_service *svc, rpc_call *call,
     Choreo__Payment__V1__ListPaymentsResponse resp = CHOREO__PAYMENT__V1__LIST_PAYMENTS_RESPONSE__INIT;
     size_t fit = rpc_call_fit_items(call, &resp.base, PAY_TOKEN_MAX, (ProtobufCMessage *const *)ptrs, n);
     if (fit < n) /* the same first `fit`, and the token after them */
-        payment_list(svc->state, r->page_token, r->customer_id, page, fit, &n, next);
+        pay_payment_list(svc->state, r->page_token, r->customer_id, page, fit, &n, next);
     resp.n_payments = n;
     resp.payments = ptrs;
     resp.next_page_token = next;
@@ -201,7 +184,7 @@ cleanup:
 
 static void reply_payment(payment_service *svc, rpc_call *call, const char *order_id)
 {
-    const pay_payment *p = payment_get(svc->state, order_id);
+    const pay_payment *p = pay_payment_get(svc->state, order_id);
     Choreo__Payment__V1__PaymentRecord pb;
 
     if (!p) {
@@ -216,76 +199,63 @@ static void reply_payment(payment_service *svc, rpc_call *call, const char *orde
 
 /* The answer to a call, as the state is at its place among the decisions:
  * prepared now, sent once everything before it is stored (finish). */
-static void prepare_answer(payment_service *svc, payment_call *pc)
+static void prepare_answer(payment_service *svc, service_call *sc)
 {
-    switch (pc->method) {
+    switch ((payment_method)sc->method) {
     case CALL_CREDIT:
-        reply_account(pc->call, svc,
-                      ((const Choreo__Payment__V1__CreditAccountRequest *)pc->req)->customer_id, true);
+        reply_account(sc->call, svc,
+                      ((const Choreo__Payment__V1__CreditAccountRequest *)sc->req)->customer_id, true);
         break;
     case CALL_GET_ACCOUNT:
-        reply_account(pc->call, svc, ((const Choreo__Payment__V1__GetAccountRequest *)pc->req)->customer_id,
+        reply_account(sc->call, svc, ((const Choreo__Payment__V1__GetAccountRequest *)sc->req)->customer_id,
                       false);
         break;
     case CALL_GET_PAYMENT:
-        reply_payment(svc, pc->call, ((const Choreo__Payment__V1__GetPaymentRequest *)pc->req)->order_id);
+        reply_payment(svc, sc->call, ((const Choreo__Payment__V1__GetPaymentRequest *)sc->req)->order_id);
         break;
     case CALL_LIST:
-        reply_list(svc, pc->call, (const Choreo__Payment__V1__ListPaymentsRequest *)pc->req);
+        reply_list(svc, sc->call, (const Choreo__Payment__V1__ListPaymentsRequest *)sc->req);
         break;
     }
 }
 
 ch_status payment_call_decide(payment_service *svc, writer *w, writer_input *in)
 {
-    payment_call *pc = in->call;
+    service_call *sc = in->call;
     pay_entry e;
     ch_status st = CH_OK;
 
-    if (pc->method == CALL_CREDIT) {
+    if (sc->method == CALL_CREDIT) {
         const Choreo__Payment__V1__CreditAccountRequest *r =
-            (const Choreo__Payment__V1__CreditAccountRequest *)pc->req;
-        st = payment_decide_credit(svc->state, r->customer_id, r->amount_cents, r->idempotency_key, &e,
-                                   pc->err, sizeof pc->err);
+            (const Choreo__Payment__V1__CreditAccountRequest *)sc->req;
+        st = pay_decide_credit(svc->state, r->customer_id, r->amount_cents, r->idempotency_key, &e, sc->err,
+                               sizeof sc->err);
         if (st == CH_ALREADY_EXISTS)
             st = CH_OK; /* a retry with the same key: credited once, answered with the account */
         else if (st == CH_OK)
-            st = payment_record(svc, w, &e, rpc_call_method(pc->call), NULL);
+            st = payment_record(svc, w, &e, rpc_call_method(sc->call), NULL);
     }
     if (st == CH_OK)
-        prepare_answer(svc, pc);
+        prepare_answer(svc, sc);
     return st;
 }
 
 void payment_call_finish(payment_service *svc, writer_input *in, ch_status st)
 {
-    payment_call *pc = in->call;
-    rpc_call *call = pc->call;
+    service_call *sc = in->call;
+    bool credit = sc->method == CALL_CREDIT;
+    const char *key =
+        credit ? ((const Choreo__Payment__V1__CreditAccountRequest *)sc->req)->idempotency_key : "";
+    const char *retry = key[0] ? "retry with the same idempotency_key"
+                               : "read the account before retrying (an idempotency_key makes retries safe)";
 
-    switch (st) {
-    case CH_OK: rpc_call_send_prepared(call); break;
-    case CH_INVALID_ARGUMENT:
-    case CH_FAILED_PRECONDITION: rpc_call_fail(call, st, "%s", pc->err); break;
-    case CH_TIMEOUT:
-    case CH_UNAVAILABLE:
-        if (pc->method == CALL_CREDIT) {
-            const char *key = ((const Choreo__Payment__V1__CreditAccountRequest *)pc->req)->idempotency_key;
-            log_warn("credit not confirmed", "status", ch_status_str(st), NULL);
-            service_fail_unconfirmed(
-                call, st, "credit",
-                key[0] ? "retry with the same idempotency_key"
-                       : "read the account before retrying (an idempotency_key makes retries safe)");
-            break;
-        }
-        rpc_call_fail(call, CH_UNAVAILABLE, "state not confirmed current: NATS unavailable (%s); retry",
+    if (credit && (st == CH_TIMEOUT || st == CH_UNAVAILABLE))
+        log_warn("credit not confirmed", "status", ch_status_str(st), NULL);
+    /* what is left: lost every race, or no memory; nothing was stored */
+    if (!service_call_answer(sc, st, credit ? "credit" : NULL, retry))
+        rpc_call_fail(sc->call, CH_UNAVAILABLE, "%s not stored (%s): retry", credit ? "credit" : "read",
                       ch_status_str(st));
-        break;
-    default: /* lost every race, or no memory: nothing was stored */
-        rpc_call_fail(call, CH_UNAVAILABLE, "%s not stored (%s): retry",
-                      pc->method == CALL_CREDIT ? "credit" : "read", ch_status_str(st));
-        break;
-    }
-    free(pc);
+    free(sc);
 }
 
 ch_status payment_rpc_register(rpc_server *s, payment_service *svc)

@@ -7,11 +7,11 @@
 #include "cu_run.h"
 #include "notifications_core.h"
 
-static notification make(notif_kind kind, const char *order_id, const char *customer_id, int64_t total,
-                         const char *reason)
+static notif_notification make(notif_kind kind, const char *order_id, const char *customer_id, int64_t total,
+                               const char *reason)
 {
     notif_input in = {kind, order_id, customer_id, total, reason, 1700000000000LL};
-    notification n;
+    notif_notification n;
     char err[256] = "";
     ch_status st = notif_build(&in, &n, err, sizeof err);
     CU_ASSERT_EQUAL(st, CH_OK);
@@ -37,7 +37,7 @@ static void test_notifications_core_kind_names_round_trip(void)
 
 static void test_notifications_core_build_writes_id_and_text(void)
 {
-    notification c = make(NOTIF_ORDER_CONFIRMED, "ord-1", "cust-1", 3005, NULL);
+    notif_notification c = make(NOTIF_ORDER_CONFIRMED, "ord-1", "cust-1", 3005, NULL);
     CU_ASSERT_STRING_EQUAL(c.id, "ord-1.order_confirmed");
     CU_ASSERT_STRING_EQUAL(c.order_id, "ord-1");
     CU_ASSERT_STRING_EQUAL(c.customer_id, "cust-1");
@@ -45,12 +45,12 @@ static void test_notifications_core_build_writes_id_and_text(void)
     CU_ASSERT_EQUAL(c.sent_at_ms, 1700000000000LL);
     CU_ASSERT_EQUAL(c.seq, 0);
 
-    notification x = make(NOTIF_ORDER_CANCELLED, "ord-2", "cust-1", 0, "out of stock: sku-9");
+    notif_notification x = make(NOTIF_ORDER_CANCELLED, "ord-2", "cust-1", 0, "out of stock: sku-9");
     CU_ASSERT_STRING_EQUAL(x.id, "ord-2.order_cancelled");
     CU_ASSERT_STRING_EQUAL(x.message, "Your order ord-2 was cancelled: out of stock: sku-9");
-    notification none = make(NOTIF_ORDER_CANCELLED, "ord-3", "cust-1", 0, "");
+    notif_notification none = make(NOTIF_ORDER_CANCELLED, "ord-3", "cust-1", 0, "");
     CU_ASSERT_STRING_EQUAL(none.message, "Your order ord-3 was cancelled: no reason given");
-    notification zero = make(NOTIF_ORDER_CONFIRMED, "ord-4", "cust-1", 7, NULL);
+    notif_notification zero = make(NOTIF_ORDER_CONFIRMED, "ord-4", "cust-1", 7, NULL);
     CU_ASSERT_STRING_EQUAL(zero.message, "Your order ord-4 is confirmed: total 0.07");
 }
 
@@ -64,7 +64,7 @@ static void test_notifications_core_build_cuts_long_reason_at_utf8_boundary(void
         memcpy(reason + 2 * i, "\xc3\xa9", 2);
     reason[NOTIF_REASON_MAX] = '\0';
 
-    notification n = make(NOTIF_ORDER_CANCELLED, order_id, "cust-1", 0, reason);
+    notif_notification n = make(NOTIF_ORDER_CANCELLED, order_id, "cust-1", 0, reason);
     size_t len = strlen(n.message);
     CU_ASSERT_TRUE(len <= NOTIF_MESSAGE_MAX);
     CU_ASSERT_TRUE(len >= NOTIF_MESSAGE_MAX - 1);
@@ -74,7 +74,7 @@ static void test_notifications_core_build_cuts_long_reason_at_utf8_boundary(void
 static void test_notifications_core_build_names_the_field(void)
 {
     char err[256];
-    notification n;
+    notif_notification n;
     char long_reason[NOTIF_REASON_MAX + 2];
     memset(long_reason, 'r', sizeof long_reason - 1);
     long_reason[sizeof long_reason - 1] = '\0';
@@ -103,10 +103,10 @@ static void test_notifications_core_build_names_the_field(void)
 static void test_notifications_core_validate_checks_read_back(void)
 {
     char err[256];
-    notification n = make(NOTIF_ORDER_CONFIRMED, "ord-1", "cust-1", 100, NULL);
+    notif_notification n = make(NOTIF_ORDER_CONFIRMED, "ord-1", "cust-1", 100, NULL);
     CU_ASSERT_EQUAL(notif_validate(&n, err, sizeof err), CH_OK);
 
-    notification bad = n;
+    notif_notification bad = n;
     snprintf(bad.id, sizeof bad.id, "ord-2.order_confirmed");
     CU_ASSERT_EQUAL(notif_validate(&bad, err, sizeof err), CH_INVALID_ARGUMENT);
     CU_ASSERT_PTR_NOT_NULL(strstr(err, "notification_id"));
@@ -163,12 +163,12 @@ static void test_notifications_core_store_keeps_one_per_order_and_kind(void)
     bool added = false;
 
     CU_ASSERT_EQUAL_FATAL(notif_store_create(&s), CH_OK);
-    notification c = make(NOTIF_ORDER_CONFIRMED, "ord-1", "cust-1", 100, NULL);
-    notification x = make(NOTIF_ORDER_CANCELLED, "ord-1", "cust-1", 0, "customer cancelled");
+    notif_notification c = make(NOTIF_ORDER_CONFIRMED, "ord-1", "cust-1", 100, NULL);
+    notif_notification x = make(NOTIF_ORDER_CANCELLED, "ord-1", "cust-1", 0, "customer cancelled");
     CU_ASSERT_EQUAL(notif_store_add(s, &c, &added), CH_OK);
     CU_ASSERT_TRUE(added);
     /* the same (order, kind) again, even with another text or time: kept once */
-    notification again = c;
+    notif_notification again = c;
     again.sent_at_ms += 5000;
     snprintf(again.message, sizeof again.message, "something else");
     CU_ASSERT_EQUAL(notif_store_add(s, &again, &added), CH_OK);
@@ -179,7 +179,7 @@ static void test_notifications_core_store_keeps_one_per_order_and_kind(void)
     CU_ASSERT_TRUE(added);
     CU_ASSERT_EQUAL(notif_store_count(s), 2);
 
-    const notification *f = notif_store_find(s, "ord-1", NOTIF_ORDER_CONFIRMED);
+    const notif_notification *f = notif_store_find(s, "ord-1", NOTIF_ORDER_CONFIRMED);
     CU_ASSERT_PTR_NOT_NULL_FATAL(f);
     CU_ASSERT_STRING_EQUAL(f->message, c.message);
     CU_ASSERT_EQUAL(f->sent_at_ms, c.sent_at_ms);
@@ -197,7 +197,7 @@ static void test_notifications_core_store_keeps_one_per_order_and_kind(void)
 static size_t page_all(const notif_store *s, const char *customer_id, const char *order_id, size_t page,
                        const char **ids, size_t cap)
 {
-    const notification *out[8];
+    const notif_notification *out[8];
     char token[NOTIF_TOKEN_MAX] = "";
     size_t seen = 0, n = 0;
     uint64_t last_seq = 0;
@@ -233,10 +233,11 @@ static void test_notifications_core_store_lists_by_customer_and_order_in_pages(v
         char cust[32];
         snprintf(order_id, sizeof order_id, "ord-%d", i);
         snprintf(cust, sizeof cust, "cust-%d", i % 200);
-        notification n = make(i % 3 ? NOTIF_ORDER_CONFIRMED : NOTIF_ORDER_CANCELLED, order_id, cust, i, "r");
+        notif_notification n =
+            make(i % 3 ? NOTIF_ORDER_CONFIRMED : NOTIF_ORDER_CANCELLED, order_id, cust, i, "r");
         CU_ASSERT_EQUAL(notif_store_add(s, &n, &added), CH_OK);
     }
-    notification late = make(NOTIF_ORDER_CANCELLED, "ord-1", "cust-1", 0, "refunded");
+    notif_notification late = make(NOTIF_ORDER_CANCELLED, "ord-1", "cust-1", 0, "refunded");
     CU_ASSERT_EQUAL(notif_store_add(s, &late, &added), CH_OK);
 
     /* cust-1: ord-1, ord-201, ord-1 cancelled */
@@ -252,7 +253,7 @@ static void test_notifications_core_store_lists_by_customer_and_order_in_pages(v
     CU_ASSERT_EQUAL(page_all(s, "", "ord-400", 2, ids, 16), 0);
 
     /* exact page: no token after the last one */
-    const notification *out[2];
+    const notif_notification *out[2];
     char next[NOTIF_TOKEN_MAX];
     size_t n;
     CU_ASSERT_EQUAL(notif_store_list(s, "cust-2", "", "", notif_store_count(s), out, 2, &n, next), CH_OK);
@@ -273,7 +274,7 @@ static void digest(const notif_store *s, const char *const *keys, size_t n_keys,
     for (size_t k = 0; k < n_keys; k++) {
         for (int by_order = 0; by_order < 2; by_order++) {
             for (size_t page = 1; page <= 3; page += 2) {
-                const notification *out[3];
+                const notif_notification *out[3];
                 char token[NOTIF_TOKEN_MAX] = "", next[NOTIF_TOKEN_MAX];
                 size_t n = 0;
                 int pages = 0;
@@ -310,7 +311,7 @@ static void test_notifications_core_store_remove_newest_undoes_add(void)
     CU_ASSERT_EQUAL_FATAL(notif_store_create(&s), CH_OK);
     notif_store_remove_newest(s); /* nothing to take: nothing happens */
     CU_ASSERT_EQUAL(notif_store_count(s), 0);
-    notification seed[] = {
+    notif_notification seed[] = {
         make(NOTIF_ORDER_CONFIRMED, "ord-1", "cust-1", 100, NULL),
         make(NOTIF_ORDER_CANCELLED, "ord-2", "cust-2", 0, "out of stock"),
         make(NOTIF_ORDER_CONFIRMED, "ord-3", "cust-1", 300, NULL),
@@ -321,7 +322,7 @@ static void test_notifications_core_store_remove_newest_undoes_add(void)
     digest(s, keys, N_KEYS, before, sizeof before);
 
     /* a new customer and a new order: their keys go again */
-    notification fresh = make(NOTIF_ORDER_CONFIRMED, "ord-new", "cust-new", 1, NULL);
+    notif_notification fresh = make(NOTIF_ORDER_CONFIRMED, "ord-new", "cust-new", 1, NULL);
     CU_ASSERT_EQUAL(notif_store_add(s, &fresh, &added), CH_OK);
     CU_ASSERT_TRUE(added);
     notif_store_remove_newest(s);
@@ -329,7 +330,7 @@ static void test_notifications_core_store_remove_newest_undoes_add(void)
     CU_ASSERT_STRING_EQUAL(after, before);
 
     /* a known customer and the other kind of a known order */
-    notification other = make(NOTIF_ORDER_CANCELLED, "ord-1", "cust-1", 0, "customer cancelled");
+    notif_notification other = make(NOTIF_ORDER_CANCELLED, "ord-1", "cust-1", 0, "customer cancelled");
     CU_ASSERT_EQUAL(notif_store_add(s, &other, &added), CH_OK);
     CU_ASSERT_TRUE(added);
     notif_store_remove_newest(s);
@@ -373,7 +374,8 @@ static notif_store *store_of(int count, const char *const *customers, size_t n_c
     for (int i = 0; i < count; i++) {
         char order_id[16];
         snprintf(order_id, sizeof order_id, "ord-%d", i);
-        notification x = make(NOTIF_ORDER_CONFIRMED, order_id, customers[(size_t)i % n_customers], i, NULL);
+        notif_notification x =
+            make(NOTIF_ORDER_CONFIRMED, order_id, customers[(size_t)i % n_customers], i, NULL);
         CU_ASSERT_EQUAL(notif_store_add(s, &x, &added), CH_OK);
     }
     return s;
@@ -383,7 +385,7 @@ static void test_notifications_core_store_list_stops_at_upto(void)
 {
     static const char *const customers[] = {"cust-1"};
     notif_store *s = store_of(4, customers, 1);
-    const notification *out[4];
+    const notif_notification *out[4];
     char next[NOTIF_TOKEN_MAX];
     size_t n;
 
@@ -412,7 +414,7 @@ static void test_notifications_core_store_after_is_a_cursor(void)
 {
     static const char *const customers[] = {"cust-a", "cust-b"};
     notif_store *s = store_of(6, customers, 2); /* seqs 1..6, customers a b a b a b */
-    const notification *out[2];
+    const notif_notification *out[2];
     size_t n;
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(s);

@@ -27,27 +27,27 @@ static void round_trip(const pay_entry *e, pay_entry *back, choreo_events_v1_Env
  * each event's type, order and subject key are the ones its entry means. */
 static void test_payment_codec_events_replay_to_the_same_state(void)
 {
-    payment_state *live = NULL, *replayed = NULL;
+    pay_state *live = NULL, *replayed = NULL;
     pay_entry log[16], e, back;
     choreo_events_v1_Envelope *env = malloc(sizeof *env);
     size_t n = 0;
     char err[256];
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(env);
-    CU_ASSERT_EQUAL_FATAL(payment_state_create(&live), CH_OK);
-    CU_ASSERT_EQUAL_FATAL(payment_state_create(&replayed), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(pay_state_create(&live), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(pay_state_create(&replayed), CH_OK);
 #define RECORD(decide_call)                                                                                  \
     do {                                                                                                     \
         CU_ASSERT_EQUAL_FATAL((decide_call), CH_OK);                                                         \
-        CU_ASSERT_EQUAL(payment_apply(live, &e, NULL), CH_OK);                                               \
+        CU_ASSERT_EQUAL(pay_apply(live, &e, NULL), CH_OK);                                                   \
         log[n++] = e;                                                                                        \
     } while (0)
-    RECORD(payment_decide_credit(live, "c-1", 5000, "first", &e, err, sizeof err));
-    RECORD(payment_decide_credit(live, "c-2", 100, NULL, &e, err, sizeof err));
-    RECORD(payment_decide_charge(live, "ord-1", "c-1", 3000, CAUSE, &e, err, sizeof err));
-    RECORD(payment_decide_charge(live, "ord-2", "c-2", 3000, NULL, &e, err, sizeof err));
-    RECORD(payment_decide_refund(live, "ord-1", NULL, &e));
-    RECORD(payment_decide_charge(live, "ord-3", "c-1", 4500, NULL, &e, err, sizeof err));
+    RECORD(pay_decide_credit(live, "c-1", 5000, "first", &e, err, sizeof err));
+    RECORD(pay_decide_credit(live, "c-2", 100, NULL, &e, err, sizeof err));
+    RECORD(pay_decide_charge(live, "ord-1", "c-1", 3000, CAUSE, &e, err, sizeof err));
+    RECORD(pay_decide_charge(live, "ord-2", "c-2", 3000, NULL, &e, err, sizeof err));
+    RECORD(pay_decide_refund(live, "ord-1", NULL, &e));
+    RECORD(pay_decide_charge(live, "ord-3", "c-1", 4500, NULL, &e, err, sizeof err));
 #undef RECORD
     static const char *const types[] = {"payment.credited", "payment.credited", "payment.processed",
                                         "payment.failed",   "payment.refunded", "payment.processed"};
@@ -64,28 +64,28 @@ static void test_payment_codec_events_replay_to_the_same_state(void)
         }
         snprintf(log[i].cause_event_id, sizeof log[i].cause_event_id, "%s", CAUSE); /* the event's cause */
         CU_ASSERT_EQUAL(memcmp(&back, &log[i], sizeof back), 0);
-        CU_ASSERT_EQUAL(payment_apply(replayed, &back, NULL), CH_OK);
+        CU_ASSERT_EQUAL(pay_apply(replayed, &back, NULL), CH_OK);
     }
     const char *customers[] = {"c-1", "c-2"};
     for (int i = 0; i < 2; i++) {
-        const pay_account *a = payment_account_get(live, customers[i]);
-        const pay_account *b = payment_account_get(replayed, customers[i]);
+        const pay_account *a = pay_account_get(live, customers[i]);
+        const pay_account *b = pay_account_get(replayed, customers[i]);
         CU_ASSERT_PTR_NOT_NULL_FATAL(b);
         CU_ASSERT_EQUAL(memcmp(a, b, sizeof *a), 0);
     }
     const char *orders[] = {"ord-1", "ord-2", "ord-3"};
     for (int i = 0; i < 3; i++) {
-        const pay_payment *a = payment_get(live, orders[i]);
-        const pay_payment *b = payment_get(replayed, orders[i]);
+        const pay_payment *a = pay_payment_get(live, orders[i]);
+        const pay_payment *b = pay_payment_get(replayed, orders[i]);
         CU_ASSERT_PTR_NOT_NULL_FATAL(b);
         CU_ASSERT_EQUAL(memcmp(a, b, sizeof *a), 0);
     }
-    CU_ASSERT_STRING_EQUAL(payment_get(replayed, "ord-2")->reason,
+    CU_ASSERT_STRING_EQUAL(pay_payment_get(replayed, "ord-2")->reason,
                            "insufficient funds: balance 100 < total 3000");
-    CU_ASSERT_TRUE(payment_credit_key_known(replayed, "c-1", "first"));
+    CU_ASSERT_TRUE(pay_credit_key_known(replayed, "c-1", "first"));
     free(env);
-    payment_state_destroy(live);
-    payment_state_destroy(replayed);
+    pay_state_destroy(live);
+    pay_state_destroy(replayed);
 }
 
 /* Only payment's own events are its entries. */
