@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "event_worker.h"
 #include "log.h"
 #include "utf8.h"
 

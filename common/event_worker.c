@@ -2,7 +2,6 @@
  * dispatching to the service's typed handler. */
 #include "event_worker.h"
 
-#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,25 +30,6 @@ struct event_worker {
     event_staged_log *staged;      /* what the log line of each staged event needs, in order */
     size_t nstaged, staged_cap;
 };
-
-void event_trace_id(const char *traceparent, char out[33])
-{
-    /* "00-<32 hex trace id>-<16 hex span id>-<2 hex flags>" */
-    out[0] = '\0';
-    if (!traceparent || strlen(traceparent) != 55 || traceparent[2] != '-' || traceparent[35] != '-')
-        return;
-    for (int i = 3; i < 35; i++)
-        if (!isxdigit((unsigned char)traceparent[i]))
-            return;
-    memcpy(out, traceparent + 3, 32);
-    out[32] = '\0';
-}
-
-ch_status event_init_caused(choreo_events_v1_Envelope *e, event_type t,
-                            const choreo_events_v1_Envelope *cause, const char *producer)
-{
-    return event_init(e, t, cause->order_id, cause->event_id, producer, cause->traceparent);
-}
 
 static const char *verdict_name(bus_verdict v)
 {

@@ -58,13 +58,4 @@ void event_worker_stop(event_worker *w);
  * and frees them; the array entries are set to NULL. Accepts NULL entries. */
 void event_workers_stop(event_worker **ws, size_t n);
 
-/* Fills e as an event of type t caused by `cause`: same order id and
- * traceparent, causation id = cause's event id, producer = producer. The
- * payload is left zeroed for the caller. */
-ch_status event_init_caused(choreo_events_v1_Envelope *e, event_type t,
-                            const choreo_events_v1_Envelope *cause, const char *producer);
-
-/* The 32-hex trace id inside a W3C traceparent ("" when absent). */
-void event_trace_id(const char *traceparent, char out[33]);
-
 #endif

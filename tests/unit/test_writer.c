@@ -17,7 +17,6 @@
 
 #include "cu_run.h"
 #include "event_bus.h"
-#include "event_worker.h"
 #include "log.h"
 #include "natsd.h"
 #include "proc.h"
