@@ -8,6 +8,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <nats/nats.h>
+
 #include "bus.h"
 #include "cu_run.h"
 #include "log.h"
@@ -1277,6 +1279,602 @@ static void test_bus_follow_resumes_after_server_restart(void)
     bus_destroy(b);
 }
 
+/* ---- subscriptions that hand messages over (bus_sub) ---- */
+
+#define SUB_MAX 512 /* messages a sub_log records */
+
+/* What a bus_sub handed over (its thread writes; entries below n are
+ * complete). A durable's messages are settled as their data says: "nak..."
+ * naked on its first delivery (after nak_ms), "term..." termed, the rest
+ * acked. */
+typedef struct sub_log {
+    bool durable;
+    int nak_ms;
+    atomic_int n;
+    atomic_int batches;
+    atomic_int largest; /* most messages in one batch */
+    atomic_int settle_errs;
+    uint64_t seq[SUB_MAX];
+    uint64_t deliveries[SUB_MAX];
+    long long at_ms[SUB_MAX];
+    char subject[SUB_MAX][64];
+    char data[SUB_MAX][32];
+} sub_log;
+
+static sub_log *sub_log_new(void)
+{
+    sub_log *l = calloc(1, sizeof *l);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+    return l;
+}
+
+static bool data_is(const bus_in_msg *m, const char *prefix)
+{
+    return m->len >= strlen(prefix) && memcmp(m->data, prefix, strlen(prefix)) == 0;
+}
+
+/* The subscription's batch (its thread): records, settles, frees. */
+static void sub_take(bus_in_msg *const *msgs, size_t n, void *ctx)
+{
+    sub_log *l = ctx;
+    atomic_fetch_add(&l->batches, 1);
+    if ((int)n > atomic_load(&l->largest))
+        atomic_store(&l->largest, (int)n);
+    for (size_t k = 0; k < n; k++) {
+        bus_in_msg *m = msgs[k];
+        int i = atomic_load(&l->n);
+        if (i < SUB_MAX) {
+            l->seq[i] = m->stream_seq;
+            l->deliveries[i] = m->deliveries;
+            l->at_ms[i] = test_now_ms();
+            snprintf(l->subject[i], sizeof l->subject[i], "%s", m->subject);
+            snprintf(l->data[i], sizeof l->data[i], "%.*s", (int)m->len, (const char *)m->data);
+            atomic_store(&l->n, i + 1);
+        }
+        if (l->durable) {
+            ch_status st;
+            if (data_is(m, "nak") && m->deliveries == 1)
+                st = bus_in_nak(m, l->nak_ms);
+            else if (data_is(m, "term"))
+                st = bus_in_term(m);
+            else
+                st = bus_in_ack(m);
+            if (st != CH_OK)
+                atomic_fetch_add(&l->settle_errs, 1);
+        }
+        bus_in_free(m);
+    }
+}
+
+/* A follower: a bus_sub without a durable. */
+static bus_sub *follow(bus *b, const char *stream, const char *filter, uint64_t start, int batch, sub_log *l)
+{
+    bus_sub_spec sp = {.stream = stream,
+                       .filter_subject = filter,
+                       .start_seq = start,
+                       .batch = batch,
+                       .fn = sub_take,
+                       .ctx = l};
+    bus_sub *x = NULL;
+    CU_ASSERT_EQUAL_FATAL(bus_sub_start(b, &sp, &x), CH_OK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+    return x;
+}
+
+/* A share of the durable consumer `durable` (created when missing). */
+static bus_sub *consume(bus *b, const char *stream, const char *durable, int ack_wait_ms, sub_log *l)
+{
+    bus_sub_spec sp = {
+        .stream = stream, .durable = durable, .ack_wait_ms = ack_wait_ms, .fn = sub_take, .ctx = l};
+    bus_sub *x = NULL;
+    l->durable = true;
+    CU_ASSERT_EQUAL_FATAL(bus_sub_start(b, &sp, &x), CH_OK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+    return x;
+}
+
+/* Stops x and returns how long that took, in ms. */
+static long long timed_sub_stop(bus_sub *x)
+{
+    long long t0 = test_now_ms();
+    bus_sub_stop(x);
+    return test_now_ms() - t0;
+}
+
+/* True when the log holds exactly the payloads want[0..n), in stream order. */
+static bool sub_log_is(const sub_log *l, const char *const *want, int n)
+{
+    if (atomic_load(&l->n) != n)
+        return false;
+    for (int i = 0; i < n; i++)
+        if (strcmp(l->data[i], want[i]) != 0 || (i > 0 && l->seq[i] <= l->seq[i - 1]))
+            return false;
+    return true;
+}
+
+static void test_bus_sub_follows_from_the_start_in_order_with_a_filter(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "SFOLLOW", "sfollow.>");
+    CU_ASSERT_EQUAL(publish(b, "sfollow.a.1", "a1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "sfollow.b.1", "b1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "sfollow.a.2", "a2", NULL, NULL), CH_OK);
+    sub_log *only_a = sub_log_new(), *all = sub_log_new();
+    bus_sub *fa = follow(b, "SFOLLOW", "sfollow.a.*", 1, 0, only_a);
+    bus_sub *fall = follow(b, "SFOLLOW", NULL, 0, 0, all);
+    CU_ASSERT_EQUAL(test_wait_atomic(&only_a->n, 2, 5000), 2);
+
+    /* published while it follows: handed over as stored */
+    CU_ASSERT_EQUAL(publish(b, "sfollow.a.3", "a3", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "sfollow.b.2", "b2", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "sfollow.a.4", "a4", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&only_a->n, 4, 5000), 4);
+    CU_ASSERT_EQUAL(test_wait_atomic(&all->n, 6, 5000), 6);
+    test_sleep_ms(700); /* more than one wait for a message: nothing is handed over twice */
+    const char *const want_a[] = {"a1", "a2", "a3", "a4"};
+    const char *const want_all[] = {"a1", "b1", "a2", "a3", "b2", "a4"};
+    CU_ASSERT_TRUE(sub_log_is(only_a, want_a, 4));
+    CU_ASSERT_TRUE(sub_log_is(all, want_all, 6));
+    for (int i = 0; i < atomic_load(&only_a->n); i++)
+        CU_ASSERT_EQUAL(strncmp(only_a->subject[i], "sfollow.a.", 10), 0);
+    for (int i = 0; i < atomic_load(&all->n); i++) {
+        CU_ASSERT_EQUAL(all->seq[i], (uint64_t)i + 1);
+        CU_ASSERT_EQUAL(all->deliveries[i], 1);
+    }
+
+    /* stopping does not wait out more than the current wait */
+    CU_ASSERT(timed_sub_stop(fa) < 1000);
+    CU_ASSERT(timed_sub_stop(fall) < 1000);
+    bus_sub_stop(NULL);
+    free(only_a);
+    free(all);
+    bus_destroy(b);
+}
+
+static void test_bus_sub_follows_from_a_later_sequence(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "SLATER", "slater.>");
+    char d[16];
+    for (int i = 1; i <= 5; i++) {
+        snprintf(d, sizeof d, "m%d", i);
+        CU_ASSERT_EQUAL(publish(b, "slater.x", d, NULL, NULL), CH_OK);
+    }
+    sub_log *l = sub_log_new();
+    bus_sub *x = follow(b, "SLATER", NULL, 4, 0, l);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, 2, 5000), 2);
+    CU_ASSERT_EQUAL(publish(b, "slater.x", "m6", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, 3, 5000), 3);
+    test_sleep_ms(700);
+    const char *const want[] = {"m4", "m5", "m6"};
+    CU_ASSERT_TRUE(sub_log_is(l, want, 3));
+    CU_ASSERT_EQUAL(l->seq[0], 4);
+    CU_ASSERT(timed_sub_stop(x) < 1000);
+
+    /* bad arguments: nothing started, *out cleared */
+    bus_sub_spec sp = {.stream = "SLATER", .fn = sub_take, .ctx = l};
+    x = (bus_sub *)l;
+    CU_ASSERT_EQUAL(bus_sub_start(NULL, &sp, &x), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NULL(x);
+    CU_ASSERT_EQUAL(bus_sub_start(b, NULL, &x), CH_INVALID_ARGUMENT);
+    sp.stream = NULL;
+    CU_ASSERT_EQUAL(bus_sub_start(b, &sp, &x), CH_INVALID_ARGUMENT);
+    sp.stream = "SLATER";
+    sp.fn = NULL;
+    CU_ASSERT_EQUAL(bus_sub_start(b, &sp, &x), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NULL(x);
+    free(l);
+    bus_destroy(b);
+}
+
+static void test_bus_sub_follower_waits_for_the_stream(void)
+{
+    bus *b = connect_bus();
+    sub_log *l = sub_log_new();
+    /* the stream does not exist yet: the follower retries until it does */
+    bus_sub *x = follow(b, "SWAIT", NULL, 1, 0, l);
+    test_sleep_ms(300);
+    ensure(b, "SWAIT", "swait.>");
+    CU_ASSERT_EQUAL(publish(b, "swait.x", "w1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, 1, 5000), 1);
+    const char *const want[] = {"w1"};
+    CU_ASSERT_TRUE(sub_log_is(l, want, 1));
+    CU_ASSERT(timed_sub_stop(x) < 1500); /* may be in a retry sleep */
+    free(l);
+    bus_destroy(b);
+}
+
+static void test_bus_sub_follower_resumes_after_a_server_restart(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "SRESTART", "srestart.>");
+    CU_ASSERT_EQUAL(publish(b, "srestart.x", "r1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "srestart.y", "not followed", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "srestart.x", "r2", NULL, NULL), CH_OK);
+    sub_log *l = sub_log_new();
+    bus_sub *x = follow(b, "SRESTART", "srestart.x", 1, 0, l);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, 2, 5000), 2);
+
+    CU_ASSERT_EQUAL_FATAL(natsd_restart(server), CH_OK);
+    ch_status st = CH_UNAVAILABLE;
+    for (int i = 0; i < 100 && st != CH_OK; i++) {
+        st = publish(b, "srestart.x", "r3", "sr3-id", NULL); /* an id: a retry stores it once */
+        if (st != CH_OK)
+            test_sleep_ms(100);
+    }
+    CU_ASSERT_EQUAL_FATAL(st, CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "srestart.y", "not followed", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "srestart.x", "r4", "sr4-id", NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, 4, 15000), 4);
+    test_sleep_ms(1000); /* a new subscription must not hand r1..r4 over again */
+    const char *const want[] = {"r1", "r2", "r3", "r4"};
+    CU_ASSERT_TRUE(sub_log_is(l, want, 4));
+    if (!sub_log_is(l, want, 4))
+        for (int i = 0; i < atomic_load(&l->n); i++)
+            fprintf(stderr, "\n  follower got seq %llu %s", (unsigned long long)l->seq[i], l->data[i]);
+    CU_ASSERT(timed_sub_stop(x) < 1000);
+    free(l);
+    bus_destroy(b);
+}
+
+/* What has arrived goes over in one call, up to the batch cap. */
+static void test_bus_sub_hands_over_batches_up_to_its_cap(void)
+{
+    enum { N = 200, CAP = 16 };
+    bus *b = connect_bus();
+    ensure(b, "SBATCH", "sbatch.>");
+    for (int i = 0; i < N; i++) {
+        bus_out_msg m = {.subject = "sbatch.x", .data = "b", .len = 1};
+        CU_ASSERT_EQUAL_FATAL(bus_publish_async(b, &m), CH_OK);
+    }
+    CU_ASSERT_EQUAL_FATAL(bus_publish_async_wait(b, 10000, NULL), CH_OK);
+    sub_log *l = sub_log_new();
+    bus_sub *x = follow(b, "SBATCH", NULL, 1, CAP, l);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, N, 10000), N);
+    bus_sub_stop(x);
+    CU_ASSERT(atomic_load(&l->largest) <= CAP);
+    CU_ASSERT(atomic_load(&l->largest) > 1); /* they were stored before: several per call */
+    CU_ASSERT(atomic_load(&l->batches) >= N / CAP);
+    for (int i = 0; i < N; i++)
+        CU_ASSERT_EQUAL(l->seq[i], (uint64_t)i + 1);
+    free(l);
+    bus_destroy(b);
+}
+
+/* Two subscriptions on one durable (two replicas) share its messages: each
+ * gets some, none gets one the other got, and their acks settle them. */
+static void test_bus_sub_durable_shares_messages_between_subscriptions(void)
+{
+    enum { N = 200 };
+    bus *b1 = connect_bus(), *b2 = connect_bus();
+    ensure(b1, "SSHARE", "sshare.>");
+    sub_log *l1 = sub_log_new(), *l2 = sub_log_new();
+    bus_sub *x1 = consume(b1, "SSHARE", "sshare-c", 2000, l1);
+    bus_sub *x2 = consume(b2, "SSHARE", "sshare-c", 2000, l2);
+    char d[16];
+    for (int i = 0; i < N; i++) {
+        snprintf(d, sizeof d, "m%d", i);
+        CU_ASSERT_EQUAL(publish(b1, "sshare.x", d, NULL, NULL), CH_OK);
+    }
+    long long end = test_now_ms() + 10000;
+    while (atomic_load(&l1->n) + atomic_load(&l2->n) < N && test_now_ms() < end)
+        test_sleep_ms(10);
+    test_sleep_ms(2500); /* past AckWait: nothing acked comes back */
+    bus_sub_stop(x1);
+    bus_sub_stop(x2);
+    int n1 = atomic_load(&l1->n), n2 = atomic_load(&l2->n);
+    CU_ASSERT_EQUAL(n1 + n2, N);
+    CU_ASSERT(n1 > 0 && n2 > 0);
+    uint8_t got[N] = {0};
+    int distinct = 0;
+    for (int k = 0; k < 2; k++) {
+        const sub_log *l = k ? l2 : l1;
+        for (int i = 0; i < (k ? n2 : n1); i++) {
+            int v = atoi(l->data[i] + 1);
+            CU_ASSERT_EQUAL(l->deliveries[i], 1);
+            if (v >= 0 && v < N && !got[v]++)
+                distinct++;
+        }
+    }
+    CU_ASSERT_EQUAL(distinct, N);
+    CU_ASSERT_EQUAL(atomic_load(&l1->settle_errs) + atomic_load(&l2->settle_errs), 0);
+    free(l1);
+    free(l2);
+    bus_destroy(b1);
+    bus_destroy(b2);
+}
+
+/* A durable's messages are settled by whoever holds them: an ack and a term
+ * end them, a nak brings one back after its delay. */
+static void test_bus_sub_durable_ack_and_term_settle_nak_comes_back(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "SSETTLE", "ssettle.>");
+    sub_log *l = sub_log_new();
+    l->nak_ms = 300;
+    bus_sub *x = consume(b, "SSETTLE", "ssettle-c", 1000, l);
+    CU_ASSERT_EQUAL(publish(b, "ssettle.x", "ack1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "ssettle.x", "nak1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "ssettle.x", "term1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, 4, 5000), 4);
+    test_sleep_ms(1500); /* past AckWait: what was settled stays settled */
+    bus_sub_stop(x);
+    CU_ASSERT_EQUAL(atomic_load(&l->n), 4); /* l has room for more: the first 4 are readable */
+    const char *const want[] = {"ack1", "nak1", "term1", "nak1"};
+    for (int i = 0; i < 4; i++)
+        CU_ASSERT_STRING_EQUAL(l->data[i], want[i]);
+    CU_ASSERT_EQUAL(l->deliveries[1], 1);
+    CU_ASSERT_EQUAL(l->deliveries[3], 2);
+    CU_ASSERT_EQUAL(l->seq[3], l->seq[1]);
+    CU_ASSERT(l->at_ms[3] - l->at_ms[1] >= 290); /* not before the nak's delay */
+    CU_ASSERT_EQUAL(atomic_load(&l->settle_errs), 0);
+
+    /* and a new subscription on the durable finds nothing left */
+    sub_log *again = sub_log_new();
+    x = consume(b, "SSETTLE", "ssettle-c", 1000, again);
+    test_sleep_ms(500);
+    CU_ASSERT_EQUAL(atomic_load(&again->n), 0);
+    bus_sub_stop(x);
+    free(again);
+    free(l);
+    bus_destroy(b);
+}
+
+/* ---- pipes ---- */
+
+#define PIPE_MAX 2000
+
+/* What a pipe called back, in the order it did. */
+typedef struct pipe_log {
+    pthread_mutex_t mu;
+    int ids[PIPE_MAX]; /* tokens: &ids[i] is publish i's */
+    int n;             /* callbacks */
+    int order[PIPE_MAX];
+    int calls[PIPE_MAX];
+    ch_status st[PIPE_MAX];
+    bus_pub_ack ack[PIPE_MAX];
+    atomic_int total;
+} pipe_log;
+
+static pipe_log *pipe_log_new(void)
+{
+    pipe_log *l = calloc(1, sizeof *l);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+    pthread_mutex_init(&l->mu, NULL);
+    for (int i = 0; i < PIPE_MAX; i++)
+        l->ids[i] = i;
+    return l;
+}
+
+static void pipe_log_free(pipe_log *l)
+{
+    pthread_mutex_destroy(&l->mu);
+    free(l);
+}
+
+/* The pipe's callback (a cnats thread, or the publishing or destroying one). */
+static void on_piped(void *token, ch_status st, const bus_pub_ack *ack, void *ctx)
+{
+    pipe_log *l = ctx;
+    int i = *(const int *)token;
+    pthread_mutex_lock(&l->mu);
+    if (l->n < PIPE_MAX)
+        l->order[l->n] = i;
+    l->n++;
+    l->calls[i]++;
+    l->st[i] = st;
+    l->ack[i] = *ack;
+    pthread_mutex_unlock(&l->mu);
+    atomic_fetch_add(&l->total, 1);
+}
+
+static ch_status pipe_publish(bus_pipe *p, pipe_log *l, int i, const char *subject, const char *data,
+                              const char *msg_id)
+{
+    bus_out_msg m = {.subject = subject, .data = data, .len = strlen(data), .msg_id = msg_id};
+    return bus_pipe_publish(p, &m, &l->ids[i]);
+}
+
+/* True when the callbacks came once each, for publishes 0..n-1, in that order. */
+static bool pipe_log_in_order(pipe_log *l, int n)
+{
+    bool ok = true;
+    pthread_mutex_lock(&l->mu);
+    ok = l->n == n;
+    for (int i = 0; ok && i < n; i++)
+        ok = l->order[i] == i && l->calls[i] == 1;
+    pthread_mutex_unlock(&l->mu);
+    return ok;
+}
+
+static void test_bus_pipe_calls_back_once_each_in_order(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "PIPE", "pipe.>");
+    pipe_log *l = pipe_log_new();
+    bus_pipe *p = NULL;
+    char d[16];
+    CU_ASSERT_EQUAL_FATAL(bus_pipe_create(b, on_piped, l, 0, &p), CH_OK);
+    for (int i = 0; i < 10; i++) {
+        snprintf(d, sizeof d, "c%d", i);
+        CU_ASSERT_EQUAL(pipe_publish(p, l, i, "pipe.x", d, NULL), CH_OK);
+    }
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->total, 10, 10000), 10);
+    CU_ASSERT_TRUE(pipe_log_in_order(l, 10));
+    for (int i = 0; i < 10; i++) {
+        CU_ASSERT_EQUAL(l->st[i], CH_OK);
+        CU_ASSERT_EQUAL(l->ack[i].seq, (uint64_t)i + 1);
+        CU_ASSERT_FALSE(l->ack[i].duplicate);
+    }
+    CU_ASSERT_EQUAL(bus_pipe_in_flight(p), 0);
+
+    /* the same Msg-Id again: a duplicate, with the first one's sequence */
+    CU_ASSERT_EQUAL(pipe_publish(p, l, 10, "pipe.x", "once", "pipe-dup"), CH_OK);
+    CU_ASSERT_EQUAL(pipe_publish(p, l, 11, "pipe.x", "once", "pipe-dup"), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->total, 12, 10000), 12);
+    CU_ASSERT_EQUAL(l->st[10], CH_OK);
+    CU_ASSERT_FALSE(l->ack[10].duplicate);
+    CU_ASSERT_EQUAL(l->ack[10].seq, 11);
+    CU_ASSERT_EQUAL(l->st[11], CH_OK);
+    CU_ASSERT_TRUE(l->ack[11].duplicate);
+    CU_ASSERT_EQUAL(l->ack[11].seq, 11);
+
+    /* refused at once: the callback too, at once, on this thread */
+    bus_out_msg bad = {.subject = "pipe.x", .data = "x", .len = 1, .nheaders = BUS_MAX_HEADERS + 1};
+    CU_ASSERT_EQUAL(bus_pipe_publish(p, &bad, &l->ids[12]), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(atomic_load(&l->total), 13);
+    CU_ASSERT_EQUAL(l->st[12], CH_INVALID_ARGUMENT);
+    /* no stream captures the subject */
+    CU_ASSERT_EQUAL(pipe_publish(p, l, 13, "nostream.pipe", "x", NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->total, 14, 10000), 14);
+    CU_ASSERT_EQUAL(l->st[13], CH_UNAVAILABLE);
+    test_sleep_ms(300); /* nothing calls back twice, or late */
+    CU_ASSERT_TRUE(pipe_log_in_order(l, 14));
+    uint64_t msgs = 0;
+    CU_ASSERT_EQUAL(bus_stream_info(b, "PIPE", &msgs, NULL), CH_OK);
+    CU_ASSERT_EQUAL(msgs, 11);
+    bus_pipe_destroy(p, 1000);
+    bus_pipe_destroy(NULL, 0);
+    CU_ASSERT_EQUAL(atomic_load(&l->total), 14);
+    pipe_log_free(l);
+    bus_destroy(b);
+}
+
+static void test_bus_pipe_many_in_flight(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "PIPEN", "pipen.>");
+    pipe_log *l = pipe_log_new();
+    bus_pipe *p = NULL;
+    char d[16];
+    int refused = 0;
+    CU_ASSERT_EQUAL_FATAL(bus_pipe_create(b, on_piped, l, 0, &p), CH_OK);
+    for (int i = 0; i < PIPE_MAX; i++) {
+        snprintf(d, sizeof d, "n%d", i);
+        refused += pipe_publish(p, l, i, "pipen.x", d, NULL) != CH_OK;
+    }
+    CU_ASSERT_EQUAL(refused, 0);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->total, PIPE_MAX, 20000), PIPE_MAX);
+    test_sleep_ms(300);
+    CU_ASSERT_TRUE(pipe_log_in_order(l, PIPE_MAX));
+    int ok = 0, in_seq = 0;
+    for (int i = 0; i < PIPE_MAX; i++) {
+        ok += l->st[i] == CH_OK;
+        in_seq += l->ack[i].seq == (uint64_t)i + 1;
+    }
+    CU_ASSERT_EQUAL(ok, PIPE_MAX);
+    CU_ASSERT_EQUAL(in_seq, PIPE_MAX);
+    CU_ASSERT_EQUAL(bus_pipe_in_flight(p), 0);
+    uint64_t msgs = 0;
+    CU_ASSERT_EQUAL(bus_stream_info(b, "PIPEN", &msgs, NULL), CH_OK);
+    CU_ASSERT_EQUAL(msgs, PIPE_MAX);
+    bus_pipe_destroy(p, 0);
+    CU_ASSERT_EQUAL(atomic_load(&l->total), PIPE_MAX);
+    pipe_log_free(l);
+    bus_destroy(b);
+}
+
+/* Pipelined compare-and-set: each publish expects the stream's last
+ * sequence and the message before it. When another writer stored first,
+ * the first expectation fails with CH_CONFLICT and says where the stream
+ * is; the one chained behind it fails too, though its sequence matches. */
+static void test_bus_pipe_lost_expectation_is_a_conflict_with_the_last_sequence(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "PIPECAS", "pipecas.>");
+    pipe_log *l = pipe_log_new();
+    bus_pipe *p = NULL;
+    CU_ASSERT_EQUAL_FATAL(bus_pipe_create(b, on_piped, l, 0, &p), CH_OK);
+    bus_out_msg m = {.subject = "pipecas.a", .data = "x", .len = 1, .expect_seq = true};
+
+    m.msg_id = "p1";
+    m.expect_last_seq = 0;
+    CU_ASSERT_EQUAL(bus_pipe_publish(p, &m, &l->ids[0]), CH_OK);
+    m.msg_id = "p2";
+    m.expect_last_seq = 1;
+    m.expect_last_msg_id = "p1";
+    CU_ASSERT_EQUAL(bus_pipe_publish(p, &m, &l->ids[1]), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->total, 2, 10000), 2);
+    CU_ASSERT_EQUAL(l->st[0], CH_OK);
+    CU_ASSERT_EQUAL(l->st[1], CH_OK);
+    CU_ASSERT_EQUAL(l->ack[1].seq, 2);
+
+    /* another writer */
+    CU_ASSERT_EQUAL(publish(b, "pipecas.b", "other", NULL, NULL), CH_OK);
+    m.msg_id = "q1";
+    m.expect_last_seq = 2;
+    m.expect_last_msg_id = "p2";
+    CU_ASSERT_EQUAL(bus_pipe_publish(p, &m, &l->ids[2]), CH_OK);
+    m.msg_id = "q2";
+    m.expect_last_seq = 3; /* what the stream's last is, by chance */
+    m.expect_last_msg_id = "q1";
+    CU_ASSERT_EQUAL(bus_pipe_publish(p, &m, &l->ids[3]), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->total, 4, 10000), 4);
+    CU_ASSERT_TRUE(pipe_log_in_order(l, 4));
+    CU_ASSERT_EQUAL(l->st[2], CH_CONFLICT);
+    CU_ASSERT_EQUAL(l->ack[2].conflict_last_seq, 3);
+    CU_ASSERT_EQUAL(l->ack[2].seq, 0);
+    CU_ASSERT_EQUAL(l->st[3], CH_CONFLICT);
+    CU_ASSERT_EQUAL(l->ack[3].seq, 0);
+    uint64_t msgs = 0, last = 0;
+    CU_ASSERT_EQUAL(bus_stream_info(b, "PIPECAS", &msgs, &last), CH_OK);
+    CU_ASSERT_EQUAL(msgs, 3);
+    CU_ASSERT_EQUAL(last, 3);
+    bus_pipe_destroy(p, 0);
+    pipe_log_free(l);
+    bus_destroy(b);
+}
+
+/* Publishes nobody answers (a plain NATS subscriber takes them, no stream):
+ * the pipe's timeout reports them as CH_TIMEOUT; destroying the pipe
+ * reports those still in flight as CH_UNAVAILABLE, once each, at once. */
+static void test_bus_pipe_times_out_and_destroy_reports_what_is_in_flight(void)
+{
+    bus *b = connect_bus();
+    natsConnection *nc = NULL;
+    natsSubscription *hole = NULL;
+    CU_ASSERT_EQUAL_FATAL(natsConnection_ConnectTo(&nc, natsd_url(server)), NATS_OK);
+    CU_ASSERT_EQUAL_FATAL(natsConnection_SubscribeSync(&hole, nc, "pipehole.>"), NATS_OK);
+    CU_ASSERT_EQUAL_FATAL(natsConnection_Flush(nc), NATS_OK);
+
+    pipe_log *l = pipe_log_new();
+    bus_pipe *p = NULL;
+    CU_ASSERT_EQUAL_FATAL(bus_pipe_create(b, on_piped, l, 300, &p), CH_OK);
+    long long t0 = test_now_ms();
+    for (int i = 0; i < 3; i++)
+        CU_ASSERT_EQUAL(pipe_publish(p, l, i, "pipehole.x", "lost", NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->total, 3, 10000), 3);
+    long long took = test_now_ms() - t0;
+    CU_ASSERT(took >= 250);
+    CU_ASSERT_TRUE(pipe_log_in_order(l, 3));
+    for (int i = 0; i < 3; i++)
+        CU_ASSERT_EQUAL(l->st[i], CH_TIMEOUT);
+    CU_ASSERT_EQUAL(bus_pipe_in_flight(p), 0);
+    bus_pipe_destroy(p, 0);
+    pipe_log_free(l);
+
+    l = pipe_log_new();
+    CU_ASSERT_EQUAL_FATAL(bus_pipe_create(b, on_piped, l, 30000, &p), CH_OK);
+    for (int i = 0; i < 5; i++)
+        CU_ASSERT_EQUAL(pipe_publish(p, l, i, "pipehole.y", "lost", NULL), CH_OK);
+    test_sleep_ms(200);
+    CU_ASSERT_EQUAL(bus_pipe_in_flight(p), 5);
+    CU_ASSERT_EQUAL(atomic_load(&l->total), 0);
+    t0 = test_now_ms();
+    bus_pipe_destroy(p, 0);
+    CU_ASSERT(test_now_ms() - t0 < 1000);
+    CU_ASSERT_TRUE(pipe_log_in_order(l, 5));
+    for (int i = 0; i < 5; i++)
+        CU_ASSERT_EQUAL(l->st[i], CH_UNAVAILABLE);
+    test_sleep_ms(300); /* and nothing late */
+    CU_ASSERT_EQUAL(atomic_load(&l->total), 5);
+    pipe_log_free(l);
+
+    natsSubscription_Destroy(hole);
+    natsConnection_Destroy(nc);
+    bus_destroy(b);
+}
+
 static void test_bus_connection_state(void)
 {
     bus *b = connect_bus();
@@ -1397,6 +1995,22 @@ int main(void)
         {"follow locked holds the lock", test_bus_follow_locked_holds_the_lock},
         {"follow waits for the stream", test_bus_follow_waits_for_stream},
         {"follow resumes after a server restart", test_bus_follow_resumes_after_server_restart},
+        {"sub follows from the start, in order, with a filter",
+         test_bus_sub_follows_from_the_start_in_order_with_a_filter},
+        {"sub follows from a later sequence", test_bus_sub_follows_from_a_later_sequence},
+        {"sub follower waits for the stream", test_bus_sub_follower_waits_for_the_stream},
+        {"sub follower resumes after a server restart", test_bus_sub_follower_resumes_after_a_server_restart},
+        {"sub hands over batches up to its cap", test_bus_sub_hands_over_batches_up_to_its_cap},
+        {"sub durable shares messages between subscriptions",
+         test_bus_sub_durable_shares_messages_between_subscriptions},
+        {"sub durable: ack and term settle, nak comes back",
+         test_bus_sub_durable_ack_and_term_settle_nak_comes_back},
+        {"pipe calls back once each, in order", test_bus_pipe_calls_back_once_each_in_order},
+        {"pipe many in flight", test_bus_pipe_many_in_flight},
+        {"pipe lost expectation is a conflict with the last sequence",
+         test_bus_pipe_lost_expectation_is_a_conflict_with_the_last_sequence},
+        {"pipe times out, and destroy reports what is in flight",
+         test_bus_pipe_times_out_and_destroy_reports_what_is_in_flight},
         {"connection state", test_bus_connection_state},
         {"create before server", test_bus_create_before_server},
         {NULL, NULL},
