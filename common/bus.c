@@ -6,9 +6,10 @@
  * - Publishing while disconnected fails fast with CH_UNAVAILABLE instead of
  *   filling the reconnect buffer; requests in flight fail on disconnect
  *   (FailRequestsOnDisconnect). Callers retry; Nats-Msg-Id makes it safe.
- * - Worker acks use natsMsg_Ack (no wait for the server's confirmation). An
- *   ack lost in a disconnect means one redelivery after AckWait, which
- *   idempotent handlers absorb; AckSync would cost a round trip per message.
+ * - Acks (bus_in_ack) use natsMsg_Ack (no wait for the server's
+ *   confirmation). An ack lost in a disconnect means one redelivery after
+ *   AckWait, which idempotent receivers absorb; AckSync would cost a round
+ *   trip per message.
  * - Async publishes are tracked with our own counters in the AckHandler (not
  *   ErrHandler + PublishAsyncComplete, whose ordering versus the error
  *   callback is not documented), each with a MaxWait so none stays pending.
@@ -39,10 +40,6 @@
 #define BUS_REPLAY_STALL_MS   10000
 #define BUS_ASYNC_MAX_WAIT_MS 10000
 
-#define BUS_CB_BUCKETS 1024 /* buckets of the table of publishes awaiting their callback */
-
-struct bus_cb_pending;
-
 struct bus {
     natsOptions *opts;
     natsConnection *nc;
@@ -65,20 +62,8 @@ struct bus {
     uint64_t async_failed;
     ch_status async_first_err;
 
-    /* bus_publish_cb: its own JetStream context; the callbacks of the
-     * publishes in flight, by natsMsg address */
-    jsCtx *cb_js;
-    int cb_max_wait_ms; /* the MaxWait of every publish on cb_js */
-    pthread_mutex_t cb_mu;
-    struct bus_cb_pending *cb_pending[BUS_CB_BUCKETS];
+    int pipe_timeout_ms; /* a pipe's PubAck wait unless it names its own */
 };
-
-typedef struct bus_cb_pending {
-    const natsMsg *msg;
-    bus_pub_fn fn;
-    void *arg;
-    struct bus_cb_pending *next;
-} bus_cb_pending;
 
 /* ---- status conversion ---------------------------------------------------- */
 
@@ -235,52 +220,6 @@ static void bus__on_async_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr
     natsMsg_Destroy(msg);
 }
 
-static size_t bus__cb_bucket(const natsMsg *msg)
-{
-    uintptr_t p = (uintptr_t)msg;
-    return (size_t)((p >> 4) ^ (p >> 14)) & (BUS_CB_BUCKETS - 1);
-}
-
-/* Takes the pending callback of msg out of the table; NULL if none. */
-static bus_cb_pending *bus__cb_take(bus *b, const natsMsg *msg)
-{
-    pthread_mutex_lock(&b->cb_mu);
-    bus_cb_pending **pp = &b->cb_pending[bus__cb_bucket(msg)];
-    while (*pp && (*pp)->msg != msg) {
-        pp = &(*pp)->next;
-    }
-    bus_cb_pending *p = *pp;
-    if (p) {
-        *pp = p->next;
-    }
-    pthread_mutex_unlock(&b->cb_mu);
-    return p;
-}
-
-/* bus_publish_cb results; runs on a cnats thread. */
-static void bus__on_cb_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *arg)
-{
-    (void)js;
-    bus *b = arg;
-    bus_cb_pending *p = bus__cb_take(b, msg);
-    bus_pub_ack ack = {0};
-    ch_status st = CH_OK;
-    if (pae) {
-        st = bus__status(pae->Err, pae->ErrCode);
-        st = st == CH_OK ? CH_INTERNAL : st;
-        log_warn("publish failed", "subject", msg ? natsMsg_GetSubject(msg) : NULL, "nats_status",
-                 natsStatus_GetText(pae->Err), "detail", pae->ErrText, NULL);
-    } else if (pa) {
-        ack.seq = pa->Sequence;
-        ack.duplicate = pa->Duplicate;
-    }
-    if (p) {
-        p->fn(st, &ack, p->arg);
-        free(p);
-    }
-    natsMsg_Destroy(msg);
-}
-
 ch_status bus_create(bus **out, const bus_options *o)
 {
     ch_status st = CH_INTERNAL;
@@ -298,7 +237,6 @@ ch_status bus_create(bus **out, const bus_options *o)
         return CH_NO_MEMORY;
     }
     pthread_mutex_init(&b->mu, NULL);
-    pthread_mutex_init(&b->cb_mu, NULL);
     pthread_cond_init(&b->cond, NULL);
     atomic_init(&b->up, false);
     atomic_init(&b->closing, false);
@@ -312,7 +250,7 @@ ch_status bus_create(bus **out, const bus_options *o)
     b->max_pending_msgs = o->max_pending_msgs > 0 ? o->max_pending_msgs : 65536;
     b->max_pending_bytes = o->max_pending_bytes > 0 ? o->max_pending_bytes : 64 * 1024 * 1024;
     b->jitter_seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)b;
-    b->cb_max_wait_ms = o->publish_timeout_ms > 0 ? o->publish_timeout_ms : BUS_ASYNC_MAX_WAIT_MS;
+    b->pipe_timeout_ms = o->publish_timeout_ms > 0 ? o->publish_timeout_ms : BUS_ASYNC_MAX_WAIT_MS;
     int connect_timeout = o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 2000;
     const char *url = o->url && *o->url ? o->url : BUS_DEFAULT_URL;
 
@@ -376,10 +314,6 @@ ch_status bus_create(bus **out, const bus_options *o)
     jo.PublishAsync.AckHandlerClosure = b;
     jo.PublishAsync.StallWait = 2000;
     s = natsConnection_JetStream(&b->js, b->nc, &jo);
-    if (s == NATS_OK) {
-        jo.PublishAsync.AckHandler = bus__on_cb_ack;
-        s = natsConnection_JetStream(&b->cb_js, b->nc, &jo);
-    }
     if (s != NATS_OK) {
         st = bus__fail("jetstream context failed", url, s, 0);
         goto cleanup;
@@ -404,9 +338,6 @@ void bus_destroy(bus *b)
             jsPubOptions_Init(&po);
             po.MaxWait = 2000;
             js_PublishAsyncComplete(b->js, &po);
-            if (b->cb_js) {
-                js_PublishAsyncComplete(b->cb_js, &po);
-            }
         }
     }
     if (b->nc) {
@@ -427,28 +358,6 @@ void bus_destroy(bus *b)
         pthread_mutex_unlock(&b->mu);
     }
     jsCtx_Destroy(b->js);
-    jsCtx_Destroy(b->cb_js);
-    /* Callbacks still owed (NATS went away): they learn it now. Taken out
-     * under the lock, so a late ack handler finds none of them. */
-    bus_cb_pending *owed = NULL;
-    pthread_mutex_lock(&b->cb_mu);
-    for (size_t k = 0; k < BUS_CB_BUCKETS; k++) {
-        while (b->cb_pending[k]) {
-            bus_cb_pending *p = b->cb_pending[k];
-            b->cb_pending[k] = p->next;
-            p->next = owed;
-            owed = p;
-        }
-    }
-    pthread_mutex_unlock(&b->cb_mu);
-    while (owed) {
-        bus_cb_pending *p = owed;
-        owed = p->next;
-        bus_pub_ack none = {0};
-        p->fn(CH_UNAVAILABLE, &none, p->arg);
-        free(p);
-    }
-    pthread_mutex_destroy(&b->cb_mu);
     natsConnection_Destroy(b->nc);
     natsOptions_Destroy(b->opts);
     pthread_cond_destroy(&b->cond);
@@ -641,8 +550,7 @@ ch_status bus_delete_consumer(bus *b, const char *stream, const char *durable)
 }
 
 /* Publishes an already built message synchronously (msg stays the caller's). */
-static ch_status bus__publish_msg(bus *b, natsMsg *msg, const char *msg_id, const bus_out_msg *m,
-                                  int timeout_ms, bus_pub_ack *ack)
+static ch_status bus__publish_msg(bus *b, natsMsg *msg, const char *msg_id, int timeout_ms, bus_pub_ack *ack)
 {
     if (!atomic_load(&b->up)) {
         return CH_UNAVAILABLE;
@@ -682,48 +590,9 @@ ch_status bus_publish(bus *b, const bus_out_msg *m, int timeout_ms, bus_pub_ack 
     if (st != CH_OK) {
         return st;
     }
-    st = bus__publish_msg(b, msg, m->msg_id, m, timeout_ms, ack);
+    st = bus__publish_msg(b, msg, m->msg_id, timeout_ms, ack);
     natsMsg_Destroy(msg);
     return st;
-}
-
-ch_status bus_publish_cb(bus *b, const bus_out_msg *m, bus_pub_fn fn, void *arg)
-{
-    if (!b || !m || !fn) {
-        return CH_INVALID_ARGUMENT;
-    }
-    if (!atomic_load(&b->up)) {
-        return CH_UNAVAILABLE;
-    }
-    bus_cb_pending *p = calloc(1, sizeof *p);
-    natsMsg *msg = NULL;
-    ch_status st = p ? bus__make_msg(&msg, m) : CH_NO_MEMORY;
-    if (st != CH_OK) {
-        free(p);
-        return st;
-    }
-    /* In the table before the publish: the ack may come before it returns. */
-    p->msg = msg;
-    p->fn = fn;
-    p->arg = arg;
-    size_t k = bus__cb_bucket(msg);
-    pthread_mutex_lock(&b->cb_mu);
-    p->next = b->cb_pending[k];
-    b->cb_pending[k] = p;
-    pthread_mutex_unlock(&b->cb_mu);
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MsgId = m->msg_id;
-    po.MaxWait = b->cb_max_wait_ms; /* the same for all: cnats then appends it to its list */
-    natsMsg *keep = msg;
-    natsStatus s = js_PublishMsgAsync(b->cb_js, &msg, &po);
-    if (s != NATS_OK) {
-        /* Not queued: its callback will never run. */
-        free(bus__cb_take(b, keep));
-        natsMsg_Destroy(msg);
-        return bus__fail("publish failed", m->subject, s, 0);
-    }
-    return CH_OK;
 }
 
 /* Queues m on the bus's JetStream context; async_sent counts it until its
@@ -835,183 +704,20 @@ static void bus__in_msg(bus_in_msg *in, natsMsg *msg)
     }
 }
 
-/* ---- followers ---------------------------------------------------------------- */
+/* ---- subscriptions that hand messages over ------------------------------------ */
 
-static char *bus__strdup(const char *s);
-
-struct bus_follower {
-    bus *b;
-    pthread_t thread;
-    atomic_bool stop;
-    char *stream;
-    char *filter;
-    uint64_t next;      /* first sequence not delivered yet */
-    char consumer[128]; /* the current ephemeral consumer, "" when none */
-    bus_replay_fn fn;
-    void *ctx;
-    pthread_mutex_t *lock; /* held around each batch of fn calls; may be NULL */
-};
-
-#define BUS_FOLLOW_BATCH 256 /* messages a follower hands over under one hold of its lock */
-
-/* An ordered push consumer from f->next (cnats recreates it on gaps and
- * after reconnects); NULL on failure. */
-static natsSubscription *bus__follow_subscribe(bus_follower *f)
-{
-    natsSubscription *sub = NULL;
-    jsErrCode ec = 0;
-    jsSubOptions so;
-
-    jsSubOptions_Init(&so);
-    so.Stream = f->stream;
-    so.Ordered = true;
-    so.Config.DeliverPolicy = js_DeliverByStartSequence;
-    so.Config.OptStartSeq = f->next;
-    natsStatus s = js_SubscribeSync(&sub, f->b->js, f->filter ? f->filter : ">", NULL, &so, &ec);
-    if (s != NATS_OK)
-        return NULL;
-    natsSubscription_SetPendingLimits(sub, f->b->max_pending_msgs, f->b->max_pending_bytes);
-    return sub;
-}
-
-static void *bus__follow_main(void *arg)
-{
-    bus_follower *f = arg;
-    natsSubscription *sub = NULL;
-    int errors = 0;
-
-    while (!atomic_load(&f->stop)) {
-        if (!sub && !(sub = bus__follow_subscribe(f))) {
-            if (errors++ == 0) {
-                log_warn("follower cannot subscribe yet, retrying", "stream", f->stream, "detail",
-                         nats_GetLastError(NULL), NULL);
-            }
-            bus__sleep_ms(errors < 10 ? 100 * errors : 1000);
-            continue;
-        }
-        natsMsg *batch[BUS_FOLLOW_BATCH];
-        int n = 0;
-        natsStatus s = natsSubscription_NextMsg(&batch[0], sub, 500);
-        if (s == NATS_OK) {
-            errors = 0;
-            /* What has arrived, up to a batch, under one hold of the lock. */
-            for (n = 1; n < BUS_FOLLOW_BATCH && natsSubscription_NextMsg(&batch[n], sub, 0) == NATS_OK; n++) {
-            }
-            if (f->lock) {
-                pthread_mutex_lock(f->lock);
-            }
-            for (int i = 0; i < n; i++) {
-                bus_in_msg in;
-                bus__in_msg(&in, batch[i]);
-                if (in.stream_seq >= f->next) { /* not seen before a resubscribe */
-                    f->fn(&in, f->ctx);
-                    f->next = in.stream_seq + 1;
-                }
-            }
-            if (f->lock) {
-                pthread_mutex_unlock(f->lock);
-            }
-            for (int i = 0; i < n; i++) {
-                natsMsg_Destroy(batch[i]);
-            }
-            continue;
-        }
-        if (s == NATS_TIMEOUT) {
-            continue;
-        }
-        /* Lost the subscription: start again after the last one delivered. */
-        natsSubscription_Unsubscribe(sub);
-        natsSubscription_Destroy(sub);
-        sub = NULL;
-        bus__sleep_ms(100);
-    }
-    if (sub) {
-        natsSubscription_Unsubscribe(sub);
-        natsSubscription_Destroy(sub);
-    }
-    return NULL;
-}
-
-ch_status bus_follow_start(bus *b, const char *stream, const char *filter_subject, uint64_t start_seq,
-                           bus_replay_fn fn, void *ctx, bus_follower **out)
-{
-    return bus_follow_start_locked(b, stream, filter_subject, start_seq, fn, ctx, NULL, out);
-}
-
-ch_status bus_follow_start_locked(bus *b, const char *stream, const char *filter_subject, uint64_t start_seq,
-                                  bus_replay_fn fn, void *ctx, pthread_mutex_t *lock, bus_follower **out)
-{
-    *out = NULL;
-    if (!b || !stream || !fn) {
-        return CH_INVALID_ARGUMENT;
-    }
-    bus_follower *f = calloc(1, sizeof *f);
-    if (!f) {
-        return CH_NO_MEMORY;
-    }
-    atomic_init(&f->stop, false);
-    f->b = b;
-    f->stream = bus__strdup(stream);
-    f->filter = bus__strdup(filter_subject);
-    f->next = start_seq ? start_seq : 1;
-    f->fn = fn;
-    f->ctx = ctx;
-    f->lock = lock;
-    if (!f->stream || (filter_subject && !f->filter) ||
-        pthread_create(&f->thread, NULL, bus__follow_main, f) != 0) {
-        free(f->stream);
-        free(f->filter);
-        free(f);
-        return CH_NO_MEMORY;
-    }
-    *out = f;
-    return CH_OK;
-}
-
-void bus_follow_stop(bus_follower *f)
-{
-    if (!f) {
-        return;
-    }
-    atomic_store(&f->stop, true);
-    pthread_join(f->thread, NULL);
-    free(f->stream);
-    free(f->filter);
-    free(f);
-}
-
-/* ---- workers ------------------------------------------------------------------ */
-
-struct bus_worker {
+struct bus_sub {
     bus *b;
     pthread_t thread;
     atomic_bool stop;
     natsSubscription *sub;
     char *stream;
-    char *durable;
+    char *durable; /* NULL: a follower */
     char *filter;
-    char *dlq_prefix;
-    char *name;
+    uint64_t next; /* a follower's first sequence not handed over yet */
     int batch;
-    int fetch_wait_ms;
-    int max_deliver;
-    int backoff_ms[BUS_MAX_BACKOFF];
-    int nbackoff;
-    bus_handler_fn handler;
+    bus_batch_fn fn;
     void *ctx;
-    /* deferred acks: the messages of the current batch that wait for its
-     * asynchronous publishes (NULL until the batch publishes one), and how
-     * many such batches are still waiting */
-    bool cur_deferred; /* the current message's handler published deferred */
-    struct bus_inflight *inflight;
-    atomic_int live_inflight;
-    natsMsg **batch_msgs; /* the batch being handled */
-    bus_in_msg *batch_in; /* their views, alive until the batch is settled */
-    bus_flush_fn flush;
-    bus_staged *staged; /* messages staged for the flush, in order */
-    int *staged_idx;    /* their positions in the batch */
-    int nstaged;
-    log_buffer logs; /* the batch's log lines, written together */
 };
 
 static char *bus__strdup(const char *s)
@@ -1076,7 +782,7 @@ static ch_status bus__dead_letter_copy(bus *b, natsMsg *msg, const bus_in_msg *i
     if (s != NATS_OK) {
         st = bus__fail("dead-letter copy failed", subject, s, 0);
     } else {
-        st = bus__publish_msg(b, copy, msg_id, NULL, 5000, NULL);
+        st = bus__publish_msg(b, copy, msg_id, 5000, NULL);
     }
     natsMsg_Destroy(copy);
     if (st == CH_OK) {
@@ -1085,418 +791,6 @@ static ch_status bus__dead_letter_copy(bus *b, natsMsg *msg, const bus_in_msg *i
     }
     return st;
 }
-
-static int bus__backoff(const bus_worker *w, uint64_t deliveries)
-{
-    uint64_t i = deliveries > 0 ? deliveries - 1 : 0;
-    if (i >= (uint64_t)w->nbackoff) {
-        i = (uint64_t)w->nbackoff - 1;
-    }
-    return w->backoff_ms[i];
-}
-
-/* A batch's messages that may be acked only once every publish their
- * handlers made (bus_publish_deferred) is stored. refs counts those
- * publishes still in flight plus one held by the worker until the batch is
- * handled; whoever drops the last reference acks the messages (or naks them
- * with a delay if a publish failed) and frees it. So the worker takes its
- * next batch while the PubAcks are on their way. */
-typedef struct bus_inflight {
-    bus_worker *w;
-    atomic_int refs;
-    atomic_bool failed;
-    int n;           /* messages waiting, in msgs */
-    natsMsg *msgs[]; /* room for a whole batch */
-} bus_inflight;
-
-static void bus__inflight_release(bus_inflight *f)
-{
-    if (atomic_fetch_sub(&f->refs, 1) != 1) {
-        return;
-    }
-    bool ok = !atomic_load(&f->failed);
-    if (!ok && f->n > 0) {
-        log_warn("deferred publishes failed; their messages are redelivered", "worker", f->w->name, NULL);
-    }
-    for (int i = 0; i < f->n; i++) {
-        natsStatus s = ok ? natsMsg_Ack(f->msgs[i], NULL) : natsMsg_NakWithDelay(f->msgs[i], 1000, NULL);
-        if (s != NATS_OK) {
-            bus__fail("ack failed", f->w->name, s, 0);
-        }
-        natsMsg_Destroy(f->msgs[i]);
-    }
-    atomic_fetch_sub(&f->w->live_inflight, 1);
-    free(f);
-}
-
-/* PubAck (or failure) of a deferred publish; on a cnats thread. */
-static void bus__on_deferred_stored(ch_status st, const bus_pub_ack *ack, void *arg)
-{
-    (void)ack;
-    bus_inflight *f = arg;
-    if (st != CH_OK) {
-        atomic_store(&f->failed, true);
-    }
-    bus__inflight_release(f);
-}
-
-ch_status bus_publish_deferred(const bus_in_msg *in, const bus_out_msg *m)
-{
-    bus_worker *w = in ? in->worker_ : NULL;
-    if (!w || !m) {
-        return CH_INVALID_ARGUMENT;
-    }
-    if (!w->inflight) {
-        bus_inflight *f = calloc(1, sizeof *f + (size_t)w->batch * sizeof f->msgs[0]);
-        if (!f) {
-            return CH_NO_MEMORY;
-        }
-        f->w = w;
-        atomic_init(&f->refs, 1);
-        atomic_init(&f->failed, false);
-        atomic_fetch_add(&w->live_inflight, 1);
-        w->inflight = f;
-    }
-    atomic_fetch_add(&w->inflight->refs, 1);
-    ch_status st = bus_publish_cb(w->b, m, bus__on_deferred_stored, w->inflight);
-    if (st != CH_OK) {
-        atomic_fetch_sub(&w->inflight->refs, 1); /* its callback will not run; the worker's ref remains */
-        return st;
-    }
-    w->cur_deferred = true;
-    return CH_OK;
-}
-
-/* Waits (bounded by the async publish timeout) until no batch of w waits
- * for PubAcks; true if none does. Their messages refer to w's subscription. */
-static bool bus__wait_inflight(bus_worker *w)
-{
-    for (int waited = 0; atomic_load(&w->live_inflight) > 0; waited += 5) {
-        if (waited >= BUS_ASYNC_MAX_WAIT_MS + 2000) {
-            return false;
-        }
-        bus__sleep_ms(5);
-    }
-    return true;
-}
-
-/* The batch is handled: its waiting messages are acked as soon as its
- * publishes are stored (perhaps right now). */
-static void bus__seal_inflight(bus_worker *w)
-{
-    bus_inflight *f = w->inflight;
-    w->inflight = NULL;
-    if (f) {
-        bus__inflight_release(f);
-    }
-}
-
-/* Turns a verdict into its effect on msg: ack (or, when `deferred`, ack
- * once the batch's deferred publishes are stored: then msg is kept and true
- * returned), nak with the backoff, or dead-letter and term; a retry at
- * max_deliver becomes a dead-letter. */
-static bool bus__settle(bus_worker *w, natsMsg *msg, const bus_in_msg *in, bus_verdict v, char *reason,
-                        bool deferred)
-{
-    /* true: msg now belongs to the batch's inflight record (acked later) */
-    if (v == BUS_RETRY && in->deliveries >= (uint64_t)w->max_deliver) {
-        char suffix[64];
-        snprintf(suffix, sizeof suffix, " (gave up after %" PRIu64 " deliveries)", in->deliveries);
-        if (!reason[0]) {
-            snprintf(reason, BUS_REASON_MAX, "retry");
-        }
-        size_t used = strlen(reason), add = strlen(suffix);
-        if (used + add >= BUS_REASON_MAX) {
-            used = BUS_REASON_MAX - 1 - add;
-        }
-        memcpy(reason + used, suffix, add + 1);
-        v = BUS_DEAD;
-    }
-    if (v == BUS_ACK && deferred && w->inflight && w->inflight->n < w->batch) {
-        w->inflight->msgs[w->inflight->n++] = msg; /* acked once the batch's publishes are stored */
-        return true;
-    }
-    natsStatus s = NATS_OK;
-    switch (v) {
-    case BUS_ACK: s = natsMsg_Ack(msg, NULL); break;
-    case BUS_RETRY: s = natsMsg_NakWithDelay(msg, bus__backoff(w, in->deliveries), NULL); break;
-    case BUS_DEAD:
-    default:
-        if (bus__dead_letter_copy(w->b, msg, in, w->dlq_prefix, w->stream, w->name,
-                                  reason[0] ? reason : "dead") == CH_OK) {
-            s = natsMsg_Term(msg, NULL);
-        } else {
-            /* Nothing is lost: it comes back after the delay. */
-            log_error("dead-letter publish failed; will retry", "worker", w->name, "subject", in->subject,
-                      "reason", reason, NULL);
-            s = natsMsg_NakWithDelay(msg, 1000, NULL);
-        }
-        break;
-    }
-    if (s != NATS_OK) {
-        bus__fail("ack failed", w->name, s, 0);
-    }
-    return false;
-}
-
-/* Hands message i of the batch to the handler; settles it, or stages it for
- * the flush. */
-static void bus__handle(bus_worker *w, int i)
-{
-    natsMsg *msg = w->batch_msgs[i];
-    bus_in_msg *in = &w->batch_in[i];
-    bus__in_msg(in, msg);
-    in->worker_ = w;
-    w->cur_deferred = false;
-    char reason[BUS_REASON_MAX] = "";
-    bus_verdict v;
-    if (in->deliveries > (uint64_t)w->max_deliver) {
-        /* Redelivered past the limit without a verdict (handler crashed or
-         * overran AckWait): stop the loop here. */
-        v = BUS_DEAD;
-        snprintf(reason, sizeof reason, "no verdict after %" PRIu64 " deliveries", in->deliveries);
-    } else {
-        v = w->handler(in, w->ctx, reason, sizeof reason);
-        reason[sizeof reason - 1] = '\0';
-    }
-    if (v == BUS_STAGED && w->flush) {
-        bus_staged *st = &w->staged[w->nstaged];
-        w->staged_idx[w->nstaged++] = i;
-        st->msg = in;
-        st->verdict = BUS_RETRY;
-        snprintf(st->reason, sizeof st->reason, "staged, not flushed");
-        return;
-    }
-    if (v == BUS_STAGED) {
-        v = BUS_RETRY;
-        snprintf(reason, sizeof reason, "handler staged a message but the worker has no flush");
-    }
-    if (bus__settle(w, msg, in, v, reason, w->cur_deferred)) {
-        w->batch_msgs[i] = NULL; /* the inflight record destroys it */
-    }
-}
-
-/* Lets the flush decide the staged messages of the batch, then settles them;
- * their acks wait for the batch's deferred publishes. */
-static void bus__flush_staged(bus_worker *w)
-{
-    if (w->nstaged == 0) {
-        return;
-    }
-    w->flush(w->staged, (size_t)w->nstaged, w->ctx);
-    for (int k = 0; k < w->nstaged; k++) {
-        bus_staged *st = &w->staged[k];
-        int i = w->staged_idx[k];
-        st->reason[sizeof st->reason - 1] = '\0';
-        bus_verdict v = st->verdict == BUS_STAGED ? BUS_RETRY : st->verdict;
-        if (bus__settle(w, w->batch_msgs[i], &w->batch_in[i], v, st->reason, true)) {
-            w->batch_msgs[i] = NULL;
-        }
-    }
-    w->nstaged = 0;
-}
-
-static ch_status bus__worker_subscribe(bus_worker *w)
-{
-    jsSubOptions so;
-    jsSubOptions_Init(&so);
-    so.Stream = w->stream;
-    so.Consumer = w->durable;
-    so.Queue = w->durable;
-    so.ManualAck = true;
-    jsErrCode ec = 0;
-    natsStatus s = js_SubscribeSync(&w->sub, w->b->js, w->filter ? w->filter : ">", NULL, &so, &ec);
-    if (s != NATS_OK) {
-        w->sub = NULL;
-        return bus__status(s, ec);
-    }
-    natsSubscription_SetPendingLimits(w->sub, w->b->max_pending_msgs, w->b->max_pending_bytes);
-    return CH_OK;
-}
-
-static void *bus__worker_main(void *arg)
-{
-    bus_worker *w = arg;
-    int errors = 0;
-    while (!atomic_load(&w->stop)) {
-        if (!w->sub) {
-            ch_status st = bus__worker_subscribe(w);
-            if (st != CH_OK) {
-                if (errors++ == 0) {
-                    log_warn("worker cannot subscribe yet, retrying", "worker", w->name, "status",
-                             ch_status_str(st), "detail", nats_GetLastError(NULL), NULL);
-                }
-                bus__sleep_ms(errors < 10 ? 100 * errors : 1000);
-                continue;
-            }
-        }
-        /* The server pushes; take what has arrived, up to a batch, waiting
-         * only for the first message. */
-        natsMsg *first = NULL;
-        natsStatus s = natsSubscription_NextMsg(&first, w->sub, w->fetch_wait_ms);
-        if (s == NATS_OK) {
-            if (errors > 0) {
-                log_info("worker receiving again", "worker", w->name, NULL);
-            }
-            errors = 0;
-            int n = 0;
-            w->batch_msgs[n++] = first;
-            while (n < w->batch && natsSubscription_NextMsg(&w->batch_msgs[n], w->sub, 0) == NATS_OK) {
-                n++;
-            }
-            log_hold(&w->logs);
-            for (int i = 0; i < n; i++) {
-                bus__handle(w, i);
-            }
-            bus__flush_staged(w);
-            log_release(&w->logs); /* the batch's lines, before its acks */
-            bus__seal_inflight(w);
-            for (int i = 0; i < n; i++) {
-                if (w->batch_msgs[i]) {
-                    natsMsg_Destroy(w->batch_msgs[i]);
-                }
-            }
-            continue;
-        }
-        if (s == NATS_TIMEOUT) {
-            continue; /* nothing to do */
-        }
-        if (errors++ == 0) {
-            log_warn("worker receive failed, retrying", "worker", w->name, "nats_status",
-                     natsStatus_GetText(s), "detail", nats_GetLastError(NULL), NULL);
-        }
-        if (s == NATS_CONNECTION_CLOSED || s == NATS_INVALID_SUBSCRIPTION || errors % 20 == 0) {
-            bus__wait_inflight(w); /* their acks go through this subscription */
-            natsSubscription_Destroy(w->sub);
-            w->sub = NULL;
-        }
-        bus__sleep_ms(errors < 10 ? 50 * errors : 500);
-    }
-    return NULL;
-}
-
-static void bus__worker_free(bus_worker *w)
-{
-    if (!w) {
-        return;
-    }
-    free(w->batch_msgs);
-    free(w->batch_in);
-    free(w->staged);
-    free(w->staged_idx);
-    if (w->sub) {
-        natsSubscription_Unsubscribe(w->sub);
-        natsSubscription_Destroy(w->sub);
-    }
-    free(w->stream);
-    free(w->durable);
-    free(w->filter);
-    free(w->dlq_prefix);
-    free(w->name);
-    free(w);
-}
-
-ch_status bus_worker_start(bus *b, const bus_worker_spec *ws, bus_worker **out)
-{
-    *out = NULL;
-    if (!b || !ws || !ws->stream || !ws->durable || !ws->handler || ws->nbackoff < 0 ||
-        ws->nbackoff > BUS_MAX_BACKOFF) {
-        return CH_INVALID_ARGUMENT;
-    }
-    bus_worker *w = calloc(1, sizeof *w);
-    if (!w) {
-        return CH_NO_MEMORY;
-    }
-    atomic_init(&w->stop, false);
-    atomic_init(&w->live_inflight, 0);
-    w->b = b;
-    w->stream = bus__strdup(ws->stream);
-    w->durable = bus__strdup(ws->durable);
-    w->filter = bus__strdup(ws->filter_subject);
-    w->dlq_prefix = bus__strdup(ws->dlq_prefix ? ws->dlq_prefix : BUS_DEADLETTER_PREFIX);
-    w->name = bus__strdup(ws->name ? ws->name : ws->durable);
-    if (!w->stream || !w->durable || (ws->filter_subject && !w->filter) || !w->dlq_prefix || !w->name) {
-        bus__worker_free(w);
-        return CH_NO_MEMORY;
-    }
-    w->batch = ws->batch > 0 ? ws->batch : 128;
-    if (w->batch > BUS_MAX_BATCH) {
-        w->batch = BUS_MAX_BATCH;
-    }
-    w->fetch_wait_ms = ws->fetch_wait_ms > 0 ? ws->fetch_wait_ms : 500;
-    w->max_deliver = ws->max_deliver > 0 ? ws->max_deliver : 5;
-    w->handler = ws->handler;
-    w->ctx = ws->ctx;
-    for (int i = 0; i < ws->nbackoff; i++) {
-        if (ws->backoff_ms[i] > 0) {
-            w->backoff_ms[w->nbackoff++] = ws->backoff_ms[i];
-        }
-    }
-    if (w->nbackoff == 0) {
-        w->backoff_ms[0] = 100;
-        w->backoff_ms[1] = 500;
-        w->backoff_ms[2] = 2000;
-        w->nbackoff = 3;
-    }
-    w->batch_msgs = calloc((size_t)w->batch, sizeof *w->batch_msgs);
-    w->batch_in = calloc((size_t)w->batch, sizeof *w->batch_in);
-    if (ws->flush) {
-        w->flush = ws->flush;
-        w->staged = calloc((size_t)w->batch, sizeof *w->staged);
-        w->staged_idx = calloc((size_t)w->batch, sizeof *w->staged_idx);
-    }
-    if (!w->batch_msgs || !w->batch_in || (w->flush && (!w->staged || !w->staged_idx))) {
-        bus__worker_free(w);
-        return CH_NO_MEMORY;
-    }
-    if (pthread_create(&w->thread, NULL, bus__worker_main, w) != 0) {
-        bus__worker_free(w);
-        return CH_INTERNAL;
-    }
-    *out = w;
-    return CH_OK;
-}
-
-void bus_worker_request_stop(bus_worker *w)
-{
-    if (w) {
-        atomic_store(&w->stop, true);
-    }
-}
-
-void bus_worker_stop(bus_worker *w)
-{
-    if (!w) {
-        return;
-    }
-    atomic_store(&w->stop, true);
-    pthread_join(w->thread, NULL);
-    /* Batches still waiting for PubAcks refer to w: let them finish (each
-     * publish answers, times out or fails when the bus is destroyed). */
-    if (!bus__wait_inflight(w)) {
-        log_error("worker stopped with acks still waiting; leaving its memory", "worker", w->name, NULL);
-        return;
-    }
-    bus__worker_free(w);
-}
-
-/* ---- reading back -------------------------------------------------------------- */
-
-/* ---- subscriptions that hand messages over ------------------------------------ */
-
-struct bus_sub {
-    bus *b;
-    pthread_t thread;
-    atomic_bool stop;
-    natsSubscription *sub;
-    char *stream;
-    char *durable; /* NULL: a follower */
-    char *filter;
-    uint64_t next; /* a follower's first sequence not handed over yet */
-    int batch;
-    bus_batch_fn fn;
-    void *ctx;
-};
 
 static natsSubscription *bus__sub_subscribe(bus_sub *x)
 {
@@ -1783,7 +1077,7 @@ ch_status bus_pipe_create(bus *b, bus_pipe_fn fn, void *ctx, int timeout_ms, bus
     p->b = b;
     p->fn = fn;
     p->ctx = ctx;
-    p->timeout_ms = timeout_ms > 0 ? timeout_ms : b->cb_max_wait_ms;
+    p->timeout_ms = timeout_ms > 0 ? timeout_ms : b->pipe_timeout_ms;
     p->cap = 1024;
     p->ring = calloc(p->cap, sizeof *p->ring);
     pthread_mutex_init(&p->mu, NULL);
@@ -1893,6 +1187,8 @@ void bus_pipe_destroy(bus_pipe *p, int wait_ms)
     free(p->ring);
     free(p);
 }
+
+/* ---- reading back -------------------------------------------------------------- */
 
 ch_status bus_get_seq(bus *b, const char *stream, uint64_t seq, bus_replay_fn fn, void *ctx)
 {
