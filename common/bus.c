@@ -730,13 +730,15 @@ static bool bus__is_reserved_header(const char *k)
     return strncasecmp(k, "Nats-Expected-", 14) == 0 || strcasecmp(k, "Nats-Msg-Id") == 0;
 }
 
-/* Copies msg to <prefix>.<subject> with its headers and the dead-letter
- * headers, waits for the PubAck. */
-static ch_status bus__dead_letter_copy(bus *b, natsMsg *msg, const bus_in_msg *in, const char *prefix,
-                                       const char *stream, const char *name, const char *reason)
+/* Copies in to BUS_DEADLETTER_PREFIX.<subject> with its headers and the
+ * dead-letter headers, waits for the PubAck. consumer names the durable in
+ * the log line. */
+static ch_status bus__dead_letter_copy(bus *b, const bus_in_msg *in, const char *stream, const char *consumer,
+                                       const char *reason)
 {
+    natsMsg *msg = in->priv_;
     char subject[BUS_SUBJECT_MAX];
-    int n = snprintf(subject, sizeof subject, "%s.%s", prefix, in->subject);
+    int n = snprintf(subject, sizeof subject, "%s.%s", BUS_DEADLETTER_PREFIX, in->subject);
     if (n < 0 || (size_t)n >= sizeof subject) {
         return CH_RESOURCE_EXHAUSTED;
     }
@@ -786,8 +788,8 @@ static ch_status bus__dead_letter_copy(bus *b, natsMsg *msg, const bus_in_msg *i
     }
     natsMsg_Destroy(copy);
     if (st == CH_OK) {
-        log_warn("message dead-lettered", "consumer", name, "subject", in->subject, "seq", seq, "deliveries",
-                 deliveries, "reason", reason, "dlq_subject", subject, NULL);
+        log_warn("message dead-lettered", "consumer", consumer, "subject", in->subject, "seq", seq,
+                 "deliveries", deliveries, "reason", reason, "dlq_subject", subject, NULL);
     }
     return st;
 }
@@ -864,6 +866,7 @@ static void *bus__sub_main(void *arg)
                 continue;
             }
             bus__in_msg(in, raw[i]);
+            in->sub_ = x;
             if (!x->durable && in->stream_seq < x->next) {
                 bus_in_free(in); /* seen before the subscription was made again */
                 continue;
@@ -979,8 +982,11 @@ ch_status bus_in_term(bus_in_msg *m)
 
 ch_status bus_dead_letter(bus *b, bus_in_msg *m, const char *stream, const char *reason)
 {
-    ch_status st = bus__dead_letter_copy(b, m->priv_, m, BUS_DEADLETTER_PREFIX, stream,
-                                         natsMsg_GetSubject(m->priv_), reason);
+    const bus_sub *x = m->sub_;
+    if (!stream) {
+        stream = x ? x->stream : "";
+    }
+    ch_status st = bus__dead_letter_copy(b, m, stream, x ? x->durable : NULL, reason);
     return st == CH_OK ? bus_in_term(m) : st;
 }
 

@@ -200,6 +200,7 @@ struct bus_in_msg {
     uint64_t deliveries;  /* 1 on the first delivery (replay: 1) */
     int64_t timestamp_ns; /* when the stream stored it, ns since the epoch */
     void *priv_;          /* internal: the natsMsg */
+    void *sub_;           /* internal: the bus_sub that handed it over (NULL in a replay) */
 };
 
 /* The value of header key on m, or NULL. The string lives as long as m. */
@@ -260,9 +261,12 @@ ch_status bus_in_ack(bus_in_msg *m);
 ch_status bus_in_nak(bus_in_msg *m, int delay_ms);
 ch_status bus_in_term(bus_in_msg *m);
 
-/* Copies m to BUS_DEADLETTER_PREFIX.<subject> (with its headers, the
- * Choreo-Dead-* ones and a deterministic message id), waits for the PubAck,
- * then terms m. On failure m is left as it was (nak it). Any thread. */
+/* Copies m, a message a durable bus_sub handed over, to
+ * BUS_DEADLETTER_PREFIX.<subject> (with its headers, the Choreo-Dead-* ones
+ * and the deterministic message id "dlq:<stream>:<sequence>"; stream NULL:
+ * the subscription's), waits for the PubAck, then terms m. Logs a line
+ * naming the durable. On failure m is left as it was (nak it). Any
+ * thread. */
 ch_status bus_dead_letter(bus *b, bus_in_msg *m, const char *stream, const char *reason);
 
 /* Frees a message handed over by a bus_sub. Accepts NULL. */

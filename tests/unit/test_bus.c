@@ -2,11 +2,13 @@
  * temp dir, free port) started by tests/support/natsd. */
 #include <pthread.h>
 #include <CUnit/Basic.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <nats/nats.h>
 
@@ -17,6 +19,23 @@
 #include "proc.h"
 
 static natsd *server;
+
+/* The log goes to a file that tests read back (main; printed to stderr
+ * when a test failed or TEST_LOG is set). */
+static char log_path[] = "/tmp/test_bus_log_XXXXXX";
+
+/* True when a line of the log holds text. */
+static bool log_has(const char *text)
+{
+    char line[2 * LOG_LINE_MAX];
+    bool found = false;
+    FILE *f = fopen(log_path, "r");
+    while (f && !found && fgets(line, sizeof line, f))
+        found = strstr(line, text) != NULL;
+    if (f)
+        fclose(f);
+    return found;
+}
 
 static atomic_int state_ups;
 static atomic_int state_downs;
@@ -61,6 +80,7 @@ typedef struct seen {
     char reason[MAX_SEEN][128];
     char deliveries[MAX_SEEN][16];
     char orig_subject[MAX_SEEN][64];
+    char orig_msg_id[MAX_SEEN][32];
 } seen;
 
 static void copy_hdr(char *dst, size_t cap, const bus_in_msg *m, const char *key)
@@ -85,6 +105,7 @@ static ch_status collect(const bus_in_msg *m, void *ctx)
     copy_hdr(s->reason[i], sizeof s->reason[i], m, BUS_HDR_DEAD_REASON);
     copy_hdr(s->deliveries[i], sizeof s->deliveries[i], m, BUS_HDR_DELIVERIES);
     copy_hdr(s->orig_subject[i], sizeof s->orig_subject[i], m, BUS_HDR_ORIGINAL_SUBJECT);
+    copy_hdr(s->orig_msg_id[i], sizeof s->orig_msg_id[i], m, "Choreo-Original-Msg-Id");
     return CH_OK;
 }
 
@@ -389,8 +410,8 @@ static void test_bus_replay_large(void)
 
 /* What a bus_sub handed over (its thread writes; entries below n are
  * complete). A durable's messages are settled as their data says: "nak..."
- * naked on its first delivery (after nak_ms), "term..." termed, the rest
- * acked. */
+ * naked on its first delivery (after nak_ms), "term..." termed, "keep..."
+ * kept for the test to settle (entries below n_kept), the rest acked. */
 typedef struct sub_log {
     bool durable;
     int nak_ms;
@@ -398,6 +419,8 @@ typedef struct sub_log {
     atomic_int batches;
     atomic_int largest; /* most messages in one batch */
     atomic_int settle_errs;
+    atomic_int n_kept;
+    bus_in_msg *kept[SUB_MAX];
     uint64_t seq[SUB_MAX];
     uint64_t deliveries[SUB_MAX];
     long long at_ms[SUB_MAX];
@@ -434,6 +457,11 @@ static void sub_take(bus_in_msg *const *msgs, size_t n, void *ctx)
             snprintf(l->subject[i], sizeof l->subject[i], "%s", m->subject);
             snprintf(l->data[i], sizeof l->data[i], "%.*s", (int)m->len, (const char *)m->data);
             atomic_store(&l->n, i + 1);
+        }
+        if (l->durable && data_is(m, "keep") && atomic_load(&l->n_kept) < SUB_MAX) {
+            l->kept[atomic_load(&l->n_kept)] = m;
+            atomic_fetch_add(&l->n_kept, 1);
+            continue;
         }
         if (l->durable) {
             ch_status st;
@@ -720,6 +748,52 @@ static void test_bus_sub_durable_ack_and_term_settle_nak_comes_back(void)
     CU_ASSERT_EQUAL(atomic_load(&again->n), 0);
     bus_sub_stop(x);
     free(again);
+    free(l);
+    bus_destroy(b);
+}
+
+/* bus_dead_letter, from another thread than the subscription's: a copy to
+ * deadletter.<subject> with the message's own headers (its Nats-Msg-Id as
+ * Choreo-Original-Msg-Id), the Choreo-Dead-* ones and the message id
+ * dlq:<stream>:<seq> (the subscription's stream when none is given); then a
+ * term: it does not come back. The log line names the durable. */
+static void test_bus_dead_letter_copies_then_terms(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "SDEAD", "sdead.>");
+    sub_log *l = sub_log_new();
+    bus_sub *x = consume(b, "SDEAD", "sdead-c", 1000, l);
+    bus_out_msg m = {.subject = "sdead.x", .data = "keep-1", .len = 6, .msg_id = "sdead-1"};
+    m.headers[0] = (bus_header){"X-A", "alpha"};
+    m.nheaders = 1;
+    CU_ASSERT_EQUAL(bus_publish(b, &m, 2000, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "sdead.y", "keep-2", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(test_wait_atomic(&l->n_kept, 2, 5000), 2);
+    CU_ASSERT_EQUAL(bus_dead_letter(b, l->kept[0], "SDEAD", "bad data"), CH_OK);
+    CU_ASSERT_EQUAL(bus_dead_letter(b, l->kept[1], NULL, "worse data"), CH_OK);
+    bus_in_free(l->kept[0]);
+    bus_in_free(l->kept[1]);
+    test_sleep_ms(1500); /* past AckWait: terminated, not redelivered */
+    bus_sub_stop(x);
+    CU_ASSERT_EQUAL(atomic_load(&l->n), 2);
+
+    seen *s = seen_new();
+    CU_ASSERT_EQUAL(bus_replay(b, BUS_DEADLETTER_STREAM, "deadletter.sdead.>", 1, collect, s, NULL), CH_OK);
+    CU_ASSERT_EQUAL(s->n, 2);
+    CU_ASSERT_STRING_EQUAL(s->subject[0], "deadletter.sdead.x");
+    CU_ASSERT_STRING_EQUAL(s->data[0], "keep-1");
+    CU_ASSERT_STRING_EQUAL(s->hdr_a[0], "alpha");
+    CU_ASSERT_STRING_EQUAL(s->orig_msg_id[0], "sdead-1");
+    CU_ASSERT_STRING_EQUAL(s->msg_id[0], "dlq:SDEAD:1");
+    CU_ASSERT_STRING_EQUAL(s->reason[0], "bad data");
+    CU_ASSERT_STRING_EQUAL(s->deliveries[0], "1");
+    CU_ASSERT_STRING_EQUAL(s->orig_subject[0], "sdead.x");
+    CU_ASSERT_STRING_EQUAL(s->subject[1], "deadletter.sdead.y");
+    CU_ASSERT_STRING_EQUAL(s->msg_id[1], "dlq:SDEAD:2");
+    CU_ASSERT_STRING_EQUAL(s->reason[1], "worse data");
+    CU_ASSERT_TRUE(log_has("msg=\"message dead-lettered\" consumer=sdead-c subject=sdead.x "));
+    CU_ASSERT_TRUE(log_has("msg=\"message dead-lettered\" consumer=sdead-c subject=sdead.y "));
+    free(s);
     free(l);
     bus_destroy(b);
 }
@@ -1096,6 +1170,7 @@ int main(void)
          test_bus_sub_durable_shares_messages_between_subscriptions},
         {"sub durable: ack and term settle, nak comes back",
          test_bus_sub_durable_ack_and_term_settle_nak_comes_back},
+        {"dead letter copies then terms", test_bus_dead_letter_copies_then_terms},
         {"pipe calls back once each, in order", test_bus_pipe_calls_back_once_each_in_order},
         {"pipe many in flight", test_bus_pipe_many_in_flight},
         {"pipe lost expectation is a conflict with the last sequence",
@@ -1107,8 +1182,21 @@ int main(void)
         {NULL, NULL},
     };
 
-    log_configure("test_bus", getenv("TEST_LOG") ? LOG_DEBUG : LOG_ERROR, 2);
+    int fd = mkstemp(log_path);
+    if (fd < 0 || fcntl(fd, F_SETFL, O_APPEND) != 0)
+        return 1;
+    log_configure("test_bus", getenv("TEST_LOG") ? LOG_DEBUG : LOG_WARN, fd);
     int rc = cu_run("bus", suite_init, suite_clean, tests);
     bus_library_shutdown();
+    if (rc != 0 || getenv("TEST_LOG")) {
+        char line[2 * LOG_LINE_MAX];
+        FILE *f = fopen(log_path, "r");
+        while (f && fgets(line, sizeof line, f))
+            fputs(line, stderr);
+        if (f)
+            fclose(f);
+    }
+    close(fd);
+    unlink(log_path);
     return rc;
 }
