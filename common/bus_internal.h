@@ -18,9 +18,10 @@
 
 #include "bus.h"
 
-#define BUS_SUBJECT_MAX       512   /* a subject the bus builds (deliver subjects, dead-letter copies) */
-#define BUS_ASYNC_MAX_WAIT_MS 10000 /* PubAck wait of bus_publish_async; a pipe's unless the bus names one   \
-                                     */
+/* Room for a subject the bus builds (deliver subjects, dead-letter copies). */
+#define BUS_SUBJECT_MAX 512
+/* PubAck wait of bus_publish_async; a pipe's unless the bus names one. */
+#define BUS_ASYNC_MAX_WAIT_MS 10000
 
 /* One NATS connection and its JetStream context (bus.c creates and frees
  * it); the async publish counters belong to bus_pub.c. */
