@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "event_worker.h"
 #include "log.h"
 #include "utf8.h"
 
@@ -248,30 +247,6 @@ ch_status event_publish(bus *b, const choreo_events_v1_Envelope *e, int timeout_
     }
     snprintf(seq, sizeof seq, "%" PRIu64, local.seq);
     event_log_published(e, st, seq, local.duplicate ? "duplicate" : "stored");
-    return st;
-}
-
-ch_status event_publish_deferred(const bus_in_msg *m, const choreo_events_v1_Envelope *e)
-{
-    event_out o;
-    ch_status st = event_prepare(&o, e);
-    if (st != CH_OK) {
-        return st;
-    }
-    st = bus_publish_deferred(m, &o.m);
-    event_log_published(e, st, NULL, "sent");
-    return st;
-}
-
-ch_status event_publish_cb(bus *b, const choreo_events_v1_Envelope *e, bus_pub_fn fn, void *arg)
-{
-    event_out o;
-    ch_status st = event_prepare(&o, e);
-    if (st != CH_OK) {
-        return st;
-    }
-    st = bus_publish_cb(b, &o.m, fn, arg);
-    event_log_published(e, st, NULL, "sent");
     return st;
 }
 

@@ -77,17 +77,6 @@ void event_log_published(const choreo_events_v1_Envelope *e, ch_status st, const
  * as bus_publish. Logs one info line per event published. Any thread. */
 ch_status event_publish(bus *b, const choreo_events_v1_Envelope *e, int timeout_ms, bus_pub_ack *ack);
 
-/* From a worker handler: publishes e with bus_publish_deferred, so the
- * incoming message m is acked only once e (and the rest of its batch's
- * publishes) is stored. Logs one line per event published. */
-ch_status event_publish_deferred(const bus_in_msg *m, const choreo_events_v1_Envelope *e);
-
-/* Like event_publish, without waiting: fn(arg) runs with the outcome once
- * JetStream answers, or with CH_TIMEOUT after the bus's publish timeout
- * (bus_publish_cb). CH_OK means fn will run. Logs one line per event
- * published. Any thread. */
-ch_status event_publish_cb(bus *b, const choreo_events_v1_Envelope *e, bus_pub_fn fn, void *arg);
-
 /* Like event_publish through bus_publish_async (confirm with
  * bus_publish_async_wait). Same thread rules as bus_publish_async. */
 ch_status event_publish_async(bus *b, const choreo_events_v1_Envelope *e);

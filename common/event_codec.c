@@ -1,6 +1,7 @@
 /* event_codec.c: the event envelope, encoded and checked with nanopb. */
 #include "event_codec.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -232,6 +233,25 @@ ch_status event_init(choreo_events_v1_Envelope *e, event_type t, const char *ord
     e->schema_version = EVENT_SCHEMA_VERSION;
     e->which_payload = event_types[t].payload_tag;
     return CH_OK;
+}
+
+ch_status event_init_caused(choreo_events_v1_Envelope *e, event_type t,
+                            const choreo_events_v1_Envelope *cause, const char *producer)
+{
+    return event_init(e, t, cause->order_id, cause->event_id, producer, cause->traceparent);
+}
+
+void event_trace_id(const char *traceparent, char out[33])
+{
+    /* "00-<32 hex trace id>-<16 hex span id>-<2 hex flags>" */
+    out[0] = '\0';
+    if (!traceparent || strlen(traceparent) != 55 || traceparent[2] != '-' || traceparent[35] != '-')
+        return;
+    for (int i = 3; i < 35; i++)
+        if (!isxdigit((unsigned char)traceparent[i]))
+            return;
+    memcpy(out, traceparent + 3, 32);
+    out[32] = '\0';
 }
 
 /* A string member: NUL within its array, valid UTF-8. */

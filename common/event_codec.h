@@ -89,6 +89,16 @@ ch_status event_msg_id(char *buf, size_t cap, event_type t, const char *order_id
 ch_status event_init(choreo_events_v1_Envelope *e, event_type t, const char *order_id,
                      const char *causation_id, const char *producer, const char *traceparent);
 
+/* Fills e as an event of type t caused by `cause`: same order id and
+ * traceparent, causation id = cause's event id, producer = producer (all as
+ * event_init). The payload is left zeroed for the caller. */
+ch_status event_init_caused(choreo_events_v1_Envelope *e, event_type t,
+                            const choreo_events_v1_Envelope *cause, const char *producer);
+
+/* Writes the 32-hex trace id inside a W3C traceparent
+ * ("00-<trace id>-<span id>-<flags>") into out; "" when absent or malformed. */
+void event_trace_id(const char *traceparent, char out[33]);
+
 /* Encodes e into buf[0..cap), *len gets the size. Checks first what decode
  * checks (type known and matching the payload, schema version set, ids
  * present and valid, strings UTF-8, items_count within bounds); on failure

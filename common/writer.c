@@ -12,7 +12,6 @@
 #include <time.h>
 
 #include "event_bus.h"
-#include "event_worker.h"
 #include "log.h"
 
 #define WRITER_CATCH_UP_DIRECT 8  /* events read one by one before a catch-up replays */

@@ -8,7 +8,6 @@
 #include <time.h>
 
 #include "event_bus.h"
-#include "event_worker.h"
 #include "log.h"
 #include "notifications.h"
 

@@ -196,6 +196,64 @@ static void test_event_codec_init(void)
     free(b);
 }
 
+#define TRACEPARENT "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+#define TRACE_ID    "0af7651916cd43dd8448eb211c80319c"
+
+static void test_event_codec_init_caused_copies_context(void)
+{
+    choreo_events_v1_Envelope *cause = env_new(), *e = env_new();
+    CU_ASSERT_EQUAL(event_init(cause, EVENT_ORDER_CREATED, "ord-c1", "req-1", "orders", TRACEPARENT), CH_OK);
+    CU_ASSERT_EQUAL(event_init_caused(e, EVENT_INVENTORY_RESERVED, cause, "inventory"), CH_OK);
+    CU_ASSERT_STRING_EQUAL(e->type, "inventory.reserved");
+    CU_ASSERT_EQUAL(e->which_payload, event_type_payload_tag(EVENT_INVENTORY_RESERVED));
+    CU_ASSERT_STRING_EQUAL(e->order_id, "ord-c1");
+    CU_ASSERT_STRING_EQUAL(e->traceparent, TRACEPARENT);
+    CU_ASSERT_STRING_EQUAL(e->causation_id, cause->event_id);
+    CU_ASSERT_STRING_EQUAL(e->producer, "inventory");
+    CU_ASSERT_EQUAL(strlen(e->event_id), EVENT_ID_LEN);
+    CU_ASSERT_STRING_NOT_EQUAL(e->event_id, cause->event_id);
+    CU_ASSERT_EQUAL(e->schema_version, EVENT_SCHEMA_VERSION);
+
+    /* No traceparent on the cause: none on the effect. */
+    CU_ASSERT_EQUAL(event_init(cause, EVENT_PAYMENT_FAILED, "ord-c2", NULL, "payment", NULL), CH_OK);
+    CU_ASSERT_EQUAL(event_init_caused(e, EVENT_INVENTORY_RELEASED, cause, "inventory"), CH_OK);
+    CU_ASSERT_STRING_EQUAL(e->order_id, "ord-c2");
+    CU_ASSERT_STRING_EQUAL(e->traceparent, "");
+    CU_ASSERT_STRING_EQUAL(e->causation_id, cause->event_id);
+    CU_ASSERT_EQUAL(event_init_caused(e, EVENT_TYPE_COUNT, cause, "inventory"), CH_INVALID_ARGUMENT);
+    free(e);
+    free(cause);
+}
+
+static void test_event_codec_trace_id(void)
+{
+    char out[33];
+    /* out starts as a terminated string of junk, so a missing write shows */
+    memset(out, 'x', sizeof out - 1);
+    out[32] = '\0';
+    event_trace_id(TRACEPARENT, out);
+    CU_ASSERT_STRING_EQUAL(out, TRACE_ID);
+
+    static const char *const malformed[] = {
+        "",
+        "00",
+        "00-0af7651916cd43dd8448eb211c80319c",                      /* no span id */
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0",   /* one short */
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-011", /* one long */
+        "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",  /* bad first dash */
+        "00-0af7651916cd43dd8448eb211c80319cXb7ad6b7169203331-01",  /* bad second dash */
+        "00-0af7651916cd43dd8448eb211c8031zz-b7ad6b7169203331-01",  /* trace id not hex */
+    };
+    for (size_t i = 0; i < sizeof malformed / sizeof malformed[0]; i++) {
+        memset(out, 'x', sizeof out - 1);
+        event_trace_id(malformed[i], out);
+        CU_ASSERT_STRING_EQUAL(out, "");
+    }
+    memset(out, 'x', sizeof out - 1);
+    event_trace_id(NULL, out);
+    CU_ASSERT_STRING_EQUAL(out, "");
+}
+
 static void test_event_codec_round_trip_every_type(void)
 {
     uint8_t *buf = malloc(EVENT_MAX_BYTES);
@@ -423,6 +481,8 @@ int main(void)
         {"type names", test_event_codec_type_names},
         {"subject and msg id", test_event_codec_subject_and_msg_id},
         {"init", test_event_codec_init},
+        {"init caused copies context", test_event_codec_init_caused_copies_context},
+        {"trace id", test_event_codec_trace_id},
         {"round trip every type", test_event_codec_round_trip_every_type},
         {"keyed types", test_event_codec_keyed_types},
         {"rejects truncated and garbage", test_event_codec_rejects_truncated_and_garbage},

@@ -8,16 +8,18 @@
  * "replica" is a writer with its own bus connection and its own state; the
  * replicas share the durable consumer and write the same stream. */
 #include <CUnit/Basic.h>
+#include <fcntl.h>
+#include <pb_encode.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cu_run.h"
 #include "event_bus.h"
-#include "event_worker.h"
 #include "log.h"
 #include "natsd.h"
 #include "proc.h"
@@ -31,6 +33,14 @@ static int stream_replicas = 1;
 /* ---- the toy service ---- */
 
 #define TOY_ORDERS 4096
+#define TOY_CALLS  64
+
+/* One decide() call on an event. */
+typedef struct toy_call {
+    char order_id[EVENT_ORDER_ID_MAX + 1];
+    uint64_t deliveries;
+    long long at_ms;
+} toy_call;
 
 typedef struct toy {
     int64_t budget;
@@ -40,6 +50,9 @@ typedef struct toy {
     int n_ids;
     atomic_int finished_events;
     atomic_int undone;
+    pthread_mutex_t calls_mu;
+    toy_call calls[TOY_CALLS]; /* the first decide() calls on events, in order */
+    int n_calls;
 } toy;
 
 typedef struct toy_undo {
@@ -79,6 +92,33 @@ static ch_status toy_fold(void *ctx, const choreo_events_v1_Envelope *env, uint6
     return toy_apply(ctx, env->order_id, ty == EVENT_PAYMENT_PROCESSED);
 }
 
+static void toy_record_call(toy *t, const char *order_id, uint64_t deliveries)
+{
+    pthread_mutex_lock(&t->calls_mu);
+    if (t->n_calls < TOY_CALLS) {
+        toy_call *c = &t->calls[t->n_calls++];
+        snprintf(c->order_id, sizeof c->order_id, "%s", order_id);
+        c->deliveries = deliveries;
+        c->at_ms = test_now_ms();
+    }
+    pthread_mutex_unlock(&t->calls_mu);
+}
+
+/* How many times decide() saw order_id; the k-th call (from 0) into *out. */
+static int toy_calls_of(toy *t, const char *order_id, int k, toy_call *out)
+{
+    int n = 0;
+    pthread_mutex_lock(&t->calls_mu);
+    for (int i = 0; i < t->n_calls; i++) {
+        if (strcmp(t->calls[i].order_id, order_id) != 0)
+            continue;
+        if (n++ == k && out)
+            *out = t->calls[i];
+    }
+    pthread_mutex_unlock(&t->calls_mu);
+    return n;
+}
+
 /* What a read call asks for and gets. */
 typedef struct toy_read {
     pthread_mutex_t mu;
@@ -96,6 +136,17 @@ static ch_status toy_decide(void *ctx, writer *w, writer_input *in)
     if (in->kind == WRITER_CALL)
         return CH_OK; /* a read: answered in finish, once current */
     const choreo_events_v1_Envelope *e = in->env;
+    toy_record_call(t, e->order_id, in->msg->deliveries);
+    /* orders named for a failure: "down-" fails transiently at every
+     * delivery, "flaky-" at its first two, "bad-" is refused for good */
+    if (strncmp(e->order_id, "down-", 5) == 0 ||
+        (strncmp(e->order_id, "flaky-", 6) == 0 && in->msg->deliveries <= 2))
+        return CH_UNAVAILABLE;
+    if (strncmp(e->order_id, "bad-", 4) == 0) {
+        in->verdict = BUS_DEAD;
+        snprintf(in->reason, sizeof in->reason, "toy refuses it");
+        return CH_OK;
+    }
     if (toy_decided(t, e->order_id)) {
         snprintf(in->reason, sizeof in->reason, "decided before");
         return CH_OK;
@@ -162,6 +213,7 @@ typedef struct node {
     bus *b;
     writer *w;
     toy *t;
+    int max_deliver; /* the writer's; 0: its default */
 } node;
 
 static bus *connect_bus(void)
@@ -182,11 +234,13 @@ static void node_start_as(node *n, int64_t budget, bool consume)
         .ops = &toy_ops,
         .consumers = {{EVENT_INVENTORY_RESERVED}},
         .n_consumers = consume ? 1 : 0,
+        .max_deliver = n->max_deliver,
     };
     n->b = n->b ? n->b : connect_bus();
     n->t = calloc(1, sizeof *n->t);
     CU_ASSERT_PTR_NOT_NULL_FATAL(n->t);
     n->t->budget = budget; /* what the stream folds in is taken from it */
+    pthread_mutex_init(&n->t->calls_mu, NULL);
     spec.ctx = n->t;
     CU_ASSERT_EQUAL_FATAL(writer_start(n->b, &spec, &n->w), CH_OK);
 }
@@ -201,6 +255,7 @@ static void node_stop(node *n)
     writer_destroy(n->w);
     n->w = NULL;
     strmap_free(&n->t->decided);
+    pthread_mutex_destroy(&n->t->calls_mu);
     free(n->t);
     n->t = NULL;
 }
@@ -234,7 +289,8 @@ static ch_status node_read(node *n, toy_read *r, const char *order_id)
     return st;
 }
 
-/* Streams for one test: the producer's and the toy's own, emptied. */
+/* Streams for one test: the producer's, the toy's own and the dead
+ * letters, emptied. */
 static void fresh_streams(bus *b)
 {
     bus_stream_spec inv = {
@@ -246,6 +302,8 @@ static void fresh_streams(bus *b)
     CU_ASSERT_EQUAL_FATAL(bus_ensure_stream(b, &pay), CH_OK);
     CU_ASSERT_EQUAL_FATAL(bus_purge_stream(b, EVENT_STREAM_INVENTORY), CH_OK);
     CU_ASSERT_EQUAL_FATAL(bus_purge_stream(b, EVENT_STREAM_PAYMENT), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(bus_ensure_deadletter_stream(b, stream_replicas), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(bus_purge_stream(b, BUS_DEADLETTER_STREAM), CH_OK);
 }
 
 /* Publishes inventory.reserved for orders prefix-0 .. prefix-(n-1). */
@@ -327,6 +385,111 @@ static bool wait_finished(node *nodes, int n, int want)
     fprintf(stderr, "finished %d of %d events\n", got, want);
     return false;
 }
+
+/* ---- dead letters and log lines ---- */
+
+#define MAX_DEAD 16
+
+/* The DEADLETTER copies read back, with their Choreo-Dead-* headers. */
+typedef struct dead {
+    int n;
+    char subject[MAX_DEAD][96];
+    char orig_subject[MAX_DEAD][96];
+    char orig_seq[MAX_DEAD][24];
+    char deliveries[MAX_DEAD][24];
+    char reason[MAX_DEAD][BUS_REASON_MAX];
+} dead;
+
+static void copy_header(char *dst, size_t cap, const bus_in_msg *m, const char *key)
+{
+    const char *v = bus_in_msg_header(m, key);
+    snprintf(dst, cap, "%s", v ? v : "");
+}
+
+static ch_status dead_one(const bus_in_msg *m, void *ctx)
+{
+    dead *d = ctx;
+    if (d->n == MAX_DEAD)
+        return CH_RESOURCE_EXHAUSTED;
+    int i = d->n++;
+    snprintf(d->subject[i], sizeof d->subject[i], "%s", m->subject);
+    copy_header(d->orig_subject[i], sizeof d->orig_subject[i], m, BUS_HDR_ORIGINAL_SUBJECT);
+    copy_header(d->orig_seq[i], sizeof d->orig_seq[i], m, BUS_HDR_ORIGINAL_SEQ);
+    copy_header(d->deliveries[i], sizeof d->deliveries[i], m, BUS_HDR_DELIVERIES);
+    copy_header(d->reason[i], sizeof d->reason[i], m, BUS_HDR_DEAD_REASON);
+    return CH_OK;
+}
+
+/* Reads the dead letters of inventory.reserved until there are `want` (10 s). */
+static dead *dead_wait(bus *b, int want)
+{
+    dead *d = malloc(sizeof *d);
+    long long end = test_now_ms() + 10000;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(d);
+    do {
+        memset(d, 0, sizeof *d);
+        CU_ASSERT_EQUAL(bus_replay(b, BUS_DEADLETTER_STREAM, "deadletter.events.inventory.reserved.>", 1,
+                                   dead_one, d, NULL),
+                        CH_OK);
+        if (d->n >= want)
+            break;
+        test_sleep_ms(50);
+    } while (test_now_ms() < end);
+    return d;
+}
+
+/* The index of the dead letter of the event first published to subject; -1 if none. */
+static int dead_of(const dead *d, const char *subject)
+{
+    for (int i = 0; i < d->n; i++)
+        if (strcmp(d->orig_subject[i], subject) == 0)
+            return i;
+    return -1;
+}
+
+/* The log goes to a file (suite_init) that the tests read back. */
+static char log_path[] = "/tmp/test_writer_log_XXXXXX";
+static int log_fd = -1;
+
+/* Where the log ends now: what a test writes comes after it. */
+static off_t log_mark(void)
+{
+    return lseek(log_fd, 0, SEEK_END);
+}
+
+/* Lines written since `from` that hold every one of the NULL-terminated needles. */
+static int log_count(off_t from, const char *const *needles)
+{
+    char line[2 * LOG_LINE_MAX];
+    int n = 0;
+    FILE *f = fopen(log_path, "r");
+    if (!f || fseeko(f, from, SEEK_SET) != 0) {
+        if (f)
+            fclose(f);
+        return -1;
+    }
+    while (fgets(line, sizeof line, f)) {
+        bool all = true;
+        for (int i = 0; all && needles[i]; i++)
+            all = strstr(line, needles[i]) != NULL;
+        n += all;
+    }
+    fclose(f);
+    return n;
+}
+
+/* log_count once it reaches want, or after 5 s. */
+static int log_wait(off_t from, const char *const *needles, int want)
+{
+    long long end = test_now_ms() + 5000;
+    int n;
+    while ((n = log_count(from, needles)) < want && test_now_ms() < end)
+        test_sleep_ms(20);
+    return n;
+}
+
+#define HANDLED    "msg=\"event handled\""
+#define LINES(...) ((const char *const[]){HANDLED, __VA_ARGS__, NULL})
 
 /* ---- tests ---- */
 
@@ -465,9 +628,184 @@ static void test_writer_two_replicas_race_on_a_three_node_cluster(void)
     natsd_cluster_destroy(c);
 }
 
+static ch_status publish_raw(bus *b, const char *subject, const void *data, size_t len)
+{
+    bus_out_msg m = {.subject = subject, .data = data, .len = len};
+    return bus_publish(b, &m, 2000, NULL);
+}
+
+/* What the writer cannot decode, or what is not of its consumer's type, is
+ * dead-lettered at once with the reason, without reaching decide(); the
+ * events behind it keep flowing. One "event handled" line each. */
+static void test_writer_dead_letters_what_does_not_decode_or_is_not_its_type(void)
+{
+    node a = {0};
+    uint8_t *buf = malloc(EVENT_MAX_BYTES);
+    choreo_events_v1_Envelope *e = calloc(1, sizeof *e);
+    size_t len = 0;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(e);
+
+    a.b = connect_bus();
+    fresh_streams(a.b);
+    off_t mark = log_mark();
+    /* garbage: a length-delimited field longer than the message */
+    static const uint8_t garbage[] = {0x0a, 0x7f, 'x', 'y', 0xff};
+    CU_ASSERT_EQUAL(publish_raw(a.b, "events.inventory.reserved.garbage-1", garbage, sizeof garbage), CH_OK);
+    /* a valid payment.processed on the inventory.reserved subject */
+    CU_ASSERT_EQUAL(event_init(e, EVENT_PAYMENT_PROCESSED, "mis-1", NULL, "payment", NULL), CH_OK);
+    snprintf(e->payload.payment_processed.customer_id, sizeof e->payload.payment_processed.customer_id, "c");
+    e->payload.payment_processed.amount_cents = 1;
+    CU_ASSERT_EQUAL(event_encode(e, buf, EVENT_MAX_BYTES, &len, NULL, 0), CH_OK);
+    CU_ASSERT_EQUAL(publish_raw(a.b, "events.inventory.reserved.mis-1", buf, len), CH_OK);
+    /* an inventory.reserved from the future, encoded by hand (event_encode refuses it) */
+    CU_ASSERT_EQUAL(event_init(e, EVENT_INVENTORY_RESERVED, "v99-1", NULL, "inventory", NULL), CH_OK);
+    snprintf(e->payload.inventory_reserved.customer_id, sizeof e->payload.inventory_reserved.customer_id,
+             "c");
+    e->schema_version = 99;
+    pb_ostream_t os = pb_ostream_from_buffer(buf, EVENT_MAX_BYTES);
+    CU_ASSERT_FATAL(pb_encode(&os, choreo_events_v1_Envelope_fields, e));
+    CU_ASSERT_EQUAL(publish_raw(a.b, "events.inventory.reserved.v99-1", buf, os.bytes_written), CH_OK);
+    reserve(a.b, "after", 1); /* a good one behind them */
+
+    node_start(&a, 10);
+    CU_ASSERT_TRUE(wait_finished(&a, 1, 4));
+    dead *d = dead_wait(a.b, 3);
+    CU_ASSERT_EQUAL(d->n, 3);
+    int g = dead_of(d, "events.inventory.reserved.garbage-1");
+    int m = dead_of(d, "events.inventory.reserved.mis-1");
+    int v = dead_of(d, "events.inventory.reserved.v99-1");
+    /* not fatal from here on: the writer must be stopped below */
+    CU_ASSERT_TRUE(g >= 0 && m >= 0 && v >= 0);
+    if (g >= 0 && m >= 0 && v >= 0) {
+        CU_ASSERT_STRING_EQUAL(d->subject[g], "deadletter.events.inventory.reserved.garbage-1");
+        CU_ASSERT_PTR_NOT_NULL(strstr(d->reason[g], "undecodable"));
+        CU_ASSERT_STRING_EQUAL(d->reason[m],
+                               "event type payment.processed does not match consumer toy-inventory_reserved");
+        CU_ASSERT_PTR_NOT_NULL(strstr(d->reason[v], "schema version 99 is newer than 1"));
+        /* their sequences in INVENTORY_EVENTS, published one after the other */
+        unsigned long long seq_g = strtoull(d->orig_seq[g], NULL, 10);
+        CU_ASSERT(seq_g > 0);
+        CU_ASSERT_EQUAL(strtoull(d->orig_seq[m], NULL, 10), seq_g + 1);
+        CU_ASSERT_EQUAL(strtoull(d->orig_seq[v], NULL, 10), seq_g + 2);
+    }
+    for (int i = 0; i < d->n; i++)
+        CU_ASSERT_STRING_EQUAL(d->deliveries[i], "1"); /* at once, not after retries */
+
+    /* decide() saw only the good one, which was paid */
+    CU_ASSERT_EQUAL(toy_calls_of(a.t, "mis-1", 0, NULL), 0);
+    CU_ASSERT_EQUAL(toy_calls_of(a.t, "v99-1", 0, NULL), 0);
+    CU_ASSERT_EQUAL(toy_calls_of(a.t, "after-0", 0, NULL), 1);
+    toy_read r;
+    CU_ASSERT_EQUAL(node_read(&a, &r, "after-0"), CH_OK);
+    CU_ASSERT_TRUE(r.decided);
+    CU_ASSERT_EQUAL(r.paid, 1);
+
+    /* one line each, with its outcome and reason */
+    CU_ASSERT_EQUAL(log_wait(mark, LINES("type=? ", "outcome=dead", "reason=\"undecodable"), 1), 1);
+    CU_ASSERT_EQUAL(log_wait(mark, LINES("type=? ", "outcome=dead", "schema version 99"), 1), 1);
+    CU_ASSERT_EQUAL(log_wait(mark, LINES("order_id=mis-1 ", "outcome=dead", "does not match consumer"), 1),
+                    1);
+    CU_ASSERT_EQUAL(log_wait(mark, LINES("order_id=after-0 ", "outcome=ack"), 1), 1);
+    test_sleep_ms(300);
+    CU_ASSERT_EQUAL(log_count(mark, LINES("type=? ")), 2);
+    CU_ASSERT_EQUAL(log_count(mark, LINES("order_id=mis-1 ")), 1);
+    CU_ASSERT_EQUAL(log_count(mark, LINES("order_id=after-0 ")), 1);
+    free(d);
+    free(e);
+    free(buf);
+    node_free(&a);
+}
+
+/* Starts a (its bus connected, its max_deliver set) on fresh streams, then
+ * publishes inventory.reserved for <first>-0 and <second>-0; returns where
+ * the log was before. */
+static off_t start_and_reserve(node *a, const char *first, const char *second)
+{
+    a->b = connect_bus();
+    fresh_streams(a->b);
+    off_t mark = log_mark();
+    node_start(a, 10);
+    reserve(a->b, first, 1);
+    reserve(a->b, second, 1);
+    return mark;
+}
+
+/* A decide() that fails transiently is naked with the backoff (50 ms, then
+ * 200 ms) and dead-lettered at max_deliver; one that recovers in time is
+ * acked and comes no more. One line per delivery handled. */
+static void test_writer_naks_transient_failures_with_backoff_then_dead_letters(void)
+{
+    node a = {.max_deliver = 3};
+    toy_call c[4];
+    off_t mark = start_and_reserve(&a, "down", "flaky");
+
+    CU_ASSERT_TRUE(wait_finished(&a, 1, 6));
+    dead *d = dead_wait(a.b, 1);
+    test_sleep_ms(1000); /* longer than the next backoff: no fourth delivery */
+
+    CU_ASSERT_EQUAL(toy_calls_of(a.t, "down-0", 0, NULL), 3);
+    for (int k = 0; k < 3; k++) {
+        toy_calls_of(a.t, "down-0", k, &c[k]);
+        CU_ASSERT_EQUAL(c[k].deliveries, (uint64_t)k + 1);
+    }
+    CU_ASSERT(c[1].at_ms - c[0].at_ms >= 45);
+    CU_ASSERT(c[2].at_ms - c[1].at_ms >= 190);
+    CU_ASSERT_EQUAL(d->n, 1); /* d has room for more: index 0 is readable */
+    CU_ASSERT_STRING_EQUAL(d->orig_subject[0], "events.inventory.reserved.down-0");
+    CU_ASSERT_STRING_EQUAL(d->reason[0], "UNAVAILABLE (gave up after 3 deliveries)");
+    CU_ASSERT_STRING_EQUAL(d->deliveries[0], "3");
+
+    CU_ASSERT_EQUAL(toy_calls_of(a.t, "flaky-0", 0, NULL), 3);
+    toy_calls_of(a.t, "flaky-0", 2, &c[3]);
+    CU_ASSERT_EQUAL(c[3].deliveries, 3);
+
+    CU_ASSERT_EQUAL(log_count(mark, LINES("order_id=down-0 ")), 3);
+    CU_ASSERT_EQUAL(
+        log_count(mark, LINES("order_id=down-0 ", "deliveries=1 ", "outcome=retry", "reason=UNAVAILABLE")),
+        1);
+    CU_ASSERT_EQUAL(log_count(mark, LINES("order_id=down-0 ", "deliveries=2 ", "outcome=retry")), 1);
+    CU_ASSERT_EQUAL(
+        log_count(mark, LINES("order_id=down-0 ", "deliveries=3 ", "outcome=dead", "gave up after 3")), 1);
+    CU_ASSERT_EQUAL(log_count(mark, LINES("order_id=flaky-0 ")), 3);
+    CU_ASSERT_EQUAL(log_count(mark, LINES("order_id=flaky-0 ", "outcome=retry")), 2);
+    CU_ASSERT_EQUAL(log_count(mark, LINES("order_id=flaky-0 ", "deliveries=3 ", "outcome=ack")), 1);
+    free(d);
+    node_free(&a);
+}
+
+/* decide() saying BUS_DEAD: dead-lettered at its first delivery, with the
+ * reason it gave. */
+static void test_writer_dead_letters_a_dead_verdict(void)
+{
+    node a = {0};
+    off_t mark = start_and_reserve(&a, "bad", "fine");
+
+    CU_ASSERT_TRUE(wait_finished(&a, 1, 2));
+    dead *d = dead_wait(a.b, 1);
+    test_sleep_ms(500);
+    CU_ASSERT_EQUAL(d->n, 1); /* d has room for more: index 0 is readable */
+    CU_ASSERT_STRING_EQUAL(d->orig_subject[0], "events.inventory.reserved.bad-0");
+    CU_ASSERT_STRING_EQUAL(d->reason[0], "toy refuses it");
+    CU_ASSERT_STRING_EQUAL(d->deliveries[0], "1");
+    CU_ASSERT_EQUAL(toy_calls_of(a.t, "bad-0", 0, NULL), 1);
+    CU_ASSERT_EQUAL(toy_calls_of(a.t, "fine-0", 0, NULL), 1);
+    CU_ASSERT_EQUAL(log_wait(mark, LINES("order_id=bad-0 ", "outcome=dead", "reason=\"toy refuses it\""), 1),
+                    1);
+    CU_ASSERT_EQUAL(log_count(mark, LINES("order_id=bad-0 ")), 1);
+    CU_ASSERT_EQUAL(log_wait(mark, LINES("order_id=fine-0 ", "outcome=ack"), 1), 1);
+    free(d);
+    node_free(&a);
+}
+
 static int suite_init(void)
 {
-    log_configure("test_writer", getenv("TEST_LOG_DEBUG") ? LOG_DEBUG : LOG_WARN, 2);
+    /* the log goes to a file the tests read back (suite_clean shows its
+     * warnings when a test failed) */
+    log_fd = mkstemp(log_path);
+    if (log_fd < 0 || fcntl(log_fd, F_SETFL, O_APPEND) != 0)
+        return 1;
+    log_configure("test_writer", getenv("TEST_LOG_DEBUG") ? LOG_DEBUG : LOG_INFO, log_fd);
     if (natsd_start(&server, NULL) != CH_OK)
         return 1;
     server_url = natsd_url(server);
@@ -478,6 +816,17 @@ static int suite_clean(void)
 {
     natsd_destroy(server);
     bus_library_shutdown();
+    if (CU_get_number_of_failures() > 0) {
+        char line[2 * LOG_LINE_MAX];
+        FILE *f = fopen(log_path, "r");
+        while (f && fgets(line, sizeof line, f))
+            if (!strstr(line, "level=info") && !strstr(line, "level=debug"))
+                fputs(line, stderr);
+        if (f)
+            fclose(f);
+    }
+    close(log_fd);
+    unlink(log_path);
     return 0;
 }
 
@@ -488,6 +837,11 @@ int main(void)
         {"two replicas race without lost or doubled decisions",
          test_writer_two_replicas_race_without_lost_or_doubled_decisions},
         {"catches up before a read", test_writer_catches_up_before_a_read},
+        {"dead-letters what does not decode or is not its type",
+         test_writer_dead_letters_what_does_not_decode_or_is_not_its_type},
+        {"naks transient failures with backoff, then dead-letters",
+         test_writer_naks_transient_failures_with_backoff_then_dead_letters},
+        {"dead-letters a dead verdict", test_writer_dead_letters_a_dead_verdict},
         {"two replicas race on a three-node cluster", test_writer_two_replicas_race_on_a_three_node_cluster},
         {NULL, NULL},
     };
