@@ -199,6 +199,7 @@ struct bus_in_msg {
     uint64_t stream_seq;
     uint64_t deliveries;  /* 1 on the first delivery (replay: 1) */
     int64_t timestamp_ns; /* when the stream stored it, ns since the epoch */
+    uint64_t pending;     /* messages its consumer had left to deliver after it (0: the last, for now) */
     void *priv_;          /* internal: the natsMsg */
     void *sub_;           /* internal: the bus_sub that handed it over (NULL in a replay) */
 };

@@ -44,6 +44,7 @@ void bus__in_msg(bus_in_msg *in, natsMsg *msg)
         in->stream_seq = meta->Sequence.Stream;
         in->deliveries = meta->NumDelivered;
         in->timestamp_ns = meta->Timestamp;
+        in->pending = meta->NumPending;
         jsMsgMetaData_Destroy(meta);
     }
 }
@@ -222,13 +223,18 @@ void bus_sub_stop(bus_sub *x)
     atomic_store(&x->stop, true);
     pthread_join(x->thread, NULL);
     if (x->sub) {
-        /* a durable consumer outlives its subscriptions: drain, do not delete */
+        /* A durable consumer outlives its subscriptions (the unsubscribe
+         * does not delete what this one did not create). What arrived and
+         * was never handed over goes back at once, for another replica,
+         * rather than after its AckWait. */
         if (x->durable) {
-            natsSubscription_Drain(x->sub);
-            natsSubscription_WaitForDrainCompletion(x->sub, 1000);
-        } else {
-            natsSubscription_Unsubscribe(x->sub);
+            natsMsg *m = NULL;
+            while (natsSubscription_NextMsg(&m, x->sub, 0) == NATS_OK) {
+                natsMsg_Nak(m, NULL);
+                natsMsg_Destroy(m);
+            }
         }
+        natsSubscription_Unsubscribe(x->sub);
         natsSubscription_Destroy(x->sub);
     }
     free(x->stream);

@@ -34,6 +34,8 @@ typedef struct w_input {
     uint64_t need;    /* emitted nothing: answered once the event of this serial is stored */
     int pending;      /* its events in flight */
     int conflicts;    /* times its own event lost a compare-and-set */
+    bool barrier;     /* writer_start's: decided once everything queued before it is */
+    uint64_t order;   /* when it was taken from the queue: inputs are decided in this order */
     bool emitted;     /* it emitted at least one event in its current decision */
     ch_status status; /* decide()'s error, when it failed */
     w_log log;
@@ -67,10 +69,9 @@ typedef struct w_source {
     struct writer *w;
     int index;
     writer_input_kind kind;
-    /* a follower: the last sequence of its stream when the writer started,
-     * and how far its facts are decided (under qmu) */
-    uint64_t start_end;
-    uint64_t decided_to;
+    /* a follower: it has handed over the last message its stream held
+     * (one with nothing pending after it, or the stream was empty) (under qmu) */
+    bool caught_up;
     bool wanted[EVENT_TYPE_COUNT]; /* a follower: the types it hands in */
 } w_source;
 
@@ -92,9 +93,11 @@ struct writer {
     pthread_t thread;
     bool thread_started;
 
-    pthread_mutex_t qmu; /* guards queue, stopping, the sources' decided_to and every slot's state/st/seq */
-    pthread_cond_t qcv;  /* the writer thread waits on it */
+    pthread_mutex_t
+        qmu; /* guards queue, stopping, the sources' caught_up, barrier_done and every slot's state/st/seq */
+    pthread_cond_t qcv;       /* the writer thread waits on it */
     pthread_cond_t follow_cv; /* writer_start waits on it for the followers */
+    bool barrier_done;        /* writer_start's barrier was decided (under qmu) */
     w_list queue;             /* arrived, not taken yet */
     bool stopping;
     bool resolved; /* a slot's outcome came in since the thread last looked */
@@ -104,6 +107,7 @@ struct writer {
     uint64_t serial;               /* events emitted so far */
     uint64_t batch_first;          /* serial of the first event the current batch emits (or would) */
     uint64_t stored;               /* serial of the last event stored (in order) */
+    uint64_t taken;                /* inputs taken from the queue so far */
     w_slot *slots;                 /* ring of WRITER_MAX_IN_FLIGHT */
     size_t head, n_slots;          /* in flight: head .. head+n_slots-1 */
     w_list redo;                   /* to decide (again) before anything new, in order */
@@ -173,6 +177,30 @@ static void list_remove(w_list *l, w_input *in)
     in->next = NULL;
 }
 
+static int by_order(const void *a, const void *b)
+{
+    const w_input *x = *(w_input *const *)a, *y = *(w_input *const *)b;
+    return x->order < y->order ? -1 : x->order > y->order;
+}
+
+/* Puts l in the order its inputs were taken (a merge of a few lists: a
+ * sort of pointers; on no memory it stays as it is). */
+static void list_sort(w_list *l)
+{
+    w_input **v = l->n > 1 ? malloc(l->n * sizeof *v) : NULL;
+    size_t n = 0;
+
+    if (!v)
+        return;
+    for (w_input *in = l->first; in; in = in->next)
+        v[n++] = in;
+    qsort(v, n, sizeof *v, by_order);
+    *l = (w_list){0};
+    for (size_t i = 0; i < n; i++)
+        list_push(l, v[i]);
+    free(v);
+}
+
 static void stat_add(writer *w, uint64_t *field, uint64_t n)
 {
     pthread_mutex_lock(&w->stats_mu);
@@ -228,11 +256,11 @@ static void on_batch(bus_in_msg *const *msgs, size_t n, void *ctx)
     writer *w = src->w;
     pthread_mutex_lock(&w->qmu);
     for (size_t i = 0; i < n; i++) {
+        if (src->kind == WRITER_FACT && msgs[i]->pending == 0 && !src->caught_up) {
+            src->caught_up = true; /* writer_start may wait for it */
+            pthread_cond_broadcast(&w->follow_cv);
+        }
         if (src->kind == WRITER_FACT && !follow_wants(src, msgs[i]->subject)) {
-            if (msgs[i]->stream_seq > src->decided_to) /* read past it: start-up may wait for it */
-                src->decided_to = msgs[i]->stream_seq;
-            if (src->decided_to >= src->start_end)
-                pthread_cond_broadcast(&w->follow_cv);
             bus_in_free(msgs[i]);
             continue;
         }
@@ -327,10 +355,12 @@ static void settle_event(writer *w, w_input *in, ch_status st)
     }
     char deliveries[24];
     snprintf(deliveries, sizeof deliveries, "%" PRIu64, m->deliveries);
-    log_at(v == BUS_ACK ? LOG_INFO : LOG_WARN, "event handled", "service", w->service, "type", in->log.type,
-           "order_id", in->log.order_id, "event_id", in->log.event_id, "causation_id", in->log.causation_id,
-           "trace_id", in->log.trace_id, "deliveries", deliveries, "outcome", verdict_name(v), "reason",
-           reason[0] ? reason : NULL, NULL);
+    bool unread = in->log.type[0] == '?'; /* undecodable: its subject and consumer say where it came from */
+    log_at(v == BUS_ACK ? LOG_INFO : LOG_WARN, "event handled", "type", in->log.type, "order_id",
+           in->log.order_id, "event_id", in->log.event_id, "causation_id", in->log.causation_id, "trace_id",
+           in->log.trace_id, "deliveries", deliveries, "outcome", verdict_name(v), "reason",
+           reason[0] ? reason : NULL, "subject", unread ? m->subject : NULL, "consumer",
+           unread && in->pub.source >= 0 ? w->durables[in->pub.source] : NULL, NULL);
     if (v == BUS_ACK) {
         bus_in_ack(m);
     } else if (v == BUS_RETRY) {
@@ -346,14 +376,13 @@ static void settle_event(writer *w, w_input *in, ch_status st)
 /* The input is done: the service learns it, the message is settled. */
 static void finish(writer *w, w_input *in, ch_status st)
 {
-    if (in->pub.kind == WRITER_FACT) {
-        w_source *src = &w->sources[w->n_consumers + in->pub.source];
+    if (in->barrier) {
         pthread_mutex_lock(&w->qmu);
-        if (in->msg->stream_seq > src->decided_to)
-            src->decided_to = in->msg->stream_seq;
-        if (src->decided_to >= src->start_end)
-            pthread_cond_broadcast(&w->follow_cv); /* writer_start may wait for it */
+        w->barrier_done = true; /* writer_start waits for it */
+        pthread_cond_broadcast(&w->follow_cv);
         pthread_mutex_unlock(&w->qmu);
+        free(in);
+        return;
     }
     in->pub.env = NULL;
     if (in->pub.kind != WRITER_FACT && w->ops.finish)
@@ -428,8 +457,10 @@ ch_status writer_emit(writer *w, const choreo_events_v1_Envelope *env, const voi
     w_input *in = w->current;
     event_out o;
 
-    if (!in || len > WRITER_UNDO_MAX || w->n_slots >= WRITER_MAX_IN_FLIGHT)
+    if (!in || len > WRITER_UNDO_MAX)
         return CH_INVALID_ARGUMENT;
+    if (w->n_slots >= WRITER_MAX_IN_FLIGHT)
+        return CH_RESOURCE_EXHAUSTED; /* decide() made more than the room it had: retried */
     if (event_prepare(&o, env) != CH_OK)
         return CH_INVALID_ARGUMENT; /* logged */
     w_slot *prev = w->n_slots ? &w->slots[(w->head + w->n_slots - 1) % WRITER_MAX_IN_FLIGHT] : NULL;
@@ -463,6 +494,10 @@ static void decide_one(writer *w, w_input *in)
 {
     char reason[BUS_REASON_MAX] = "";
 
+    if (in->barrier) {
+        finish(w, in, CH_OK);
+        return;
+    }
     in->pub.verdict = BUS_ACK;
     in->pub.reason[0] = '\0';
     in->pub.env = NULL;
@@ -471,8 +506,8 @@ static void decide_one(writer *w, w_input *in)
     if (in->pub.kind != WRITER_CALL) {
         if (event_decode(in->msg->data, in->msg->len, &w->env, reason, sizeof reason) != CH_OK) {
             if (in->pub.kind == WRITER_FACT) {
-                log_warn("fact not folded in: undecodable", "service", w->service, "subject",
-                         in->msg->subject, "reason", reason, NULL);
+                log_warn("fact not folded in: undecodable", "subject", in->msg->subject, "reason", reason,
+                         NULL);
                 finish(w, in, CH_INVALID_ARGUMENT);
                 return;
             }
@@ -498,8 +533,7 @@ static void decide_one(writer *w, w_input *in)
     in->pub.attempt++;
     if (in->emitted) {
         if (st != CH_OK)
-            log_error("decide failed after an emit; its events stand", "service", w->service, "status",
-                      ch_status_str(st), NULL);
+            log_error("decide failed after an emit; its events stand", "status", ch_status_str(st), NULL);
         list_push(&w->emitting, in); /* finished once its events are stored */
         return;
     }
@@ -588,12 +622,11 @@ static void recover(writer *w)
     snprintf(count, sizeof count, "%zu", w->n_slots);
     if (why == CH_CONFLICT) {
         stat_add(w, &w->stats.conflicts, 1);
-        log_info("compare-and-set lost: another writer stored first; deciding again", "service", w->service,
-                 "stream", w->stream, "expected_last_seq", expect, "events_undone", count, NULL);
+        log_info("compare-and-set lost: another writer stored first; deciding again", "stream", w->stream,
+                 "expected_last_seq", expect, "events_undone", count, NULL);
     } else {
-        log_warn("events not confirmed; catching up and deciding again", "service", w->service, "stream",
-                 w->stream, "expected_last_seq", expect, "events_undone", count, "status", ch_status_str(why),
-                 NULL);
+        log_warn("events not confirmed; catching up and deciding again", "stream", w->stream,
+                 "expected_last_seq", expect, "events_undone", count, "status", ch_status_str(why), NULL);
     }
     for (size_t i = 0; i < w->n_slots; i++) {
         w_slot *s = &w->slots[(w->head + i) % WRITER_MAX_IN_FLIGHT];
@@ -617,11 +650,15 @@ static void recover(writer *w)
     }
     w->head = 0;
     w->broken = false;
+    /* Everything decided on the undone state, back in the order it was taken
+     * (those not decided yet, in redo, were all taken after them). */
     w_list again = {0};
     list_append(&again, &w->emitting);
     list_append(&again, &w->waiting);
     list_append(&again, &w->not_found);
+    list_sort(&again);
     ch_status st = catch_up(w, first->st == CH_CONFLICT ? first->conflict_last : 0);
+    w_list decide_again = {0};
     w_input *in;
     while ((in = list_pop(&again))) {
         ch_status was = in->status;
@@ -648,7 +685,8 @@ static void recover(writer *w)
         struct timespec ts = {0, (long)(rand_r(&w->seed) % (unsigned)cap_ms) * 1000000L};
         nanosleep(&ts, NULL);
     }
-    /* the inputs taken meanwhile come after them */
+    list_append(&decide_again, &w->redo); /* the inputs taken meanwhile come after them */
+    w->redo = decide_again;
 }
 
 /* Inputs that emitted nothing: answered once the state is known current
@@ -685,9 +723,13 @@ static void settle_waiting(writer *w)
 
 /* ---- the thread ---- */
 
+/* Something to do now (qmu held): an outcome came in, or there are inputs
+ * and room to decide them (a broken pipeline decides nothing until every
+ * outcome is in, which `resolved` announces). */
 static bool has_work(writer *w)
 {
-    return w->queue.first || w->resolved || (w->redo.first && !w->broken);
+    bool room = !w->broken && w->n_slots + 8 <= WRITER_MAX_IN_FLIGHT;
+    return w->resolved || (room && (w->queue.first || w->redo.first));
 }
 
 /* True when every slot in flight has its outcome (qmu held). */
@@ -722,6 +764,8 @@ static void *writer_main(void *arg)
             taken = w->queue;
             w->queue = (w_list){0};
         }
+        for (w_input *in = taken.first; in; in = in->next)
+            in->order = ++w->taken; /* their order, for deciding again after a lost race */
         bool recoverable = w->broken && all_resolved(w);
         pthread_mutex_unlock(&w->qmu);
 
@@ -811,8 +855,9 @@ ch_status writer_start(bus *b, const writer_spec *spec, writer **out)
                 if ((unsigned)f->types[k] < EVENT_TYPE_COUNT)
                     src->wanted[f->types[k]] = true;
             ss.stream = f->stream;
-            ss.filter_subject = f->filter_subject;
-            st = bus_stream_info(b, f->stream, NULL, &src->start_end);
+            uint64_t msgs = 0;
+            st = bus_stream_info(b, f->stream, &msgs, NULL);
+            src->caught_up = msgs == 0; /* else once the last one is handed over */
         }
         if (st == CH_OK)
             st = bus_sub_start(b, &ss, &w->subs[w->n_subs]);
@@ -820,26 +865,38 @@ ch_status writer_start(bus *b, const writer_spec *spec, writer **out)
             w->n_subs++;
     }
     if (st != CH_OK) {
-        log_error("writer not started", "service", w->service, "stream", w->stream, "status",
-                  ch_status_str(st), NULL);
+        log_error("writer not started", "stream", w->stream, "status", ch_status_str(st), NULL);
         writer_destroy(w);
         return st;
     }
     /* What the followed streams held at start is folded in before anyone
-     * reads (bounded: a stream gone quiet or NATS gone must not hang start-up). */
+     * reads: each follower hands over its stream's last message, then a
+     * barrier queued behind them is decided (bounded: NATS gone must not
+     * hang start-up). */
     struct timespec dl;
     clock_gettime(CLOCK_REALTIME, &dl);
     dl.tv_sec += WRITER_FOLLOW_START_S;
+    bool timed_out = false;
     pthread_mutex_lock(&w->qmu);
-    for (int i = w->n_consumers; i < w->n_subs; i++)
-        while (w->sources[i].decided_to < w->sources[i].start_end &&
-               pthread_cond_timedwait(&w->follow_cv, &w->qmu, &dl) == 0) {
-        }
+    for (int i = w->n_consumers; i < w->n_subs && !timed_out; i++)
+        while (!w->sources[i].caught_up && !timed_out)
+            timed_out = pthread_cond_timedwait(&w->follow_cv, &w->qmu, &dl) != 0;
     pthread_mutex_unlock(&w->qmu);
+    w_input *barrier = w->n_subs > w->n_consumers && !timed_out ? input_new(WRITER_CALL) : NULL;
+    if (barrier) {
+        barrier->barrier = true;
+        pthread_mutex_lock(&w->qmu);
+        list_push(&w->queue, barrier);
+        pthread_cond_signal(&w->qcv);
+        while (!w->barrier_done && !timed_out)
+            timed_out = pthread_cond_timedwait(&w->follow_cv, &w->qmu, &dl) != 0;
+        pthread_mutex_unlock(&w->qmu);
+    }
+    if (timed_out)
+        log_warn("followed streams not folded in at start-up; serving anyway", NULL);
     char last[24];
     snprintf(last, sizeof last, "%" PRIu64, w->last);
-    log_info("state folded from the own stream", "service", w->service, "stream", w->stream, "last_seq", last,
-             NULL);
+    log_info("state folded from the own stream", "stream", w->stream, "last_seq", last, NULL);
     *out = w;
     return CH_OK;
 }

@@ -126,8 +126,7 @@ typedef struct writer_consumer {
 
 /* A follower of another service's stream: every event of it, as facts. */
 typedef struct writer_follow {
-    const char *stream;         /* e.g. "PAYMENT_EVENTS" */
-    const char *filter_subject; /* NULL: all */
+    const char *stream; /* e.g. "PAYMENT_EVENTS": every message of it is read */
     /* The types the service wants (n_types 0: all); the others are dropped
      * by their subject, before anything is decoded. */
     event_type types[WRITER_MAX_FOLLOW_TYPES];

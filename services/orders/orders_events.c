@@ -197,11 +197,9 @@ ch_status orders_events_start(orders_service *svc)
         .ctx = svc,
         /* the steps of an order's saga; stock, credit and commit events are dropped unread */
         .follows = {{EVENT_STREAM_INVENTORY,
-                     NULL,
                      {EVENT_INVENTORY_RESERVED, EVENT_INVENTORY_FAILED, EVENT_INVENTORY_RELEASED},
                      3},
                     {EVENT_STREAM_PAYMENT,
-                     NULL,
                      {EVENT_PAYMENT_PROCESSED, EVENT_PAYMENT_FAILED, EVENT_PAYMENT_REFUNDED},
                      3}},
         .n_follows = 2,

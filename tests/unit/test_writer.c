@@ -798,6 +798,76 @@ static void test_writer_dead_letters_a_dead_verdict(void)
     node_free(&a);
 }
 
+/* ---- a follower: facts of another stream ---- */
+
+static atomic_int facts_seen;
+
+static ch_status facts_fold(void *ctx, const choreo_events_v1_Envelope *env, uint64_t seq)
+{
+    (void)ctx, (void)env, (void)seq;
+    return CH_OK;
+}
+
+static ch_status facts_decide(void *ctx, writer *w, writer_input *in)
+{
+    (void)ctx, (void)w;
+    if (in->kind == WRITER_FACT)
+        atomic_fetch_add(&facts_seen, 1);
+    return CH_OK;
+}
+
+static void facts_undo(void *ctx, const void *undo, size_t len)
+{
+    (void)ctx, (void)undo, (void)len;
+}
+
+/* Starts a writer following INVENTORY_EVENTS (types: n 0 for all) and
+ * returns how long writer_start took, in ms. */
+static long long start_follower(bus *b, writer **w, const event_type *types, int n)
+{
+    static const writer_ops ops = {facts_fold, facts_decide, facts_undo, NULL};
+    writer_spec spec = {.service = "facts", .stream = EVENT_STREAM_PAYMENT, .ops = &ops, .n_follows = 1};
+    spec.follows[0].stream = EVENT_STREAM_INVENTORY;
+    for (int i = 0; i < n; i++)
+        spec.follows[0].types[i] = types[i];
+    spec.follows[0].n_types = n;
+    atomic_store(&facts_seen, 0);
+    long long t0 = test_now_ms();
+    CU_ASSERT_EQUAL_FATAL(writer_start(b, &spec, w), CH_OK);
+    return test_now_ms() - t0;
+}
+
+/* writer_start returns once the followed stream's events at start are
+ * folded in (a read right after sees them), and promptly when the stream
+ * holds nothing, whatever its last sequence, or only types not wanted. */
+static void test_writer_start_folds_what_it_follows(void)
+{
+    bus *b = connect_bus();
+    writer *w = NULL;
+    const event_type failed_only[] = {EVENT_INVENTORY_FAILED};
+
+    fresh_streams(b);
+    reserve(b, "fol", 50);
+    start_follower(b, &w, NULL, 0);
+    CU_ASSERT_EQUAL(atomic_load(&facts_seen), 50); /* all of them, before start returned */
+    writer_destroy(w);
+
+    CU_ASSERT(start_follower(b, &w, failed_only, 1) < 5000); /* the last one is dropped unread */
+    CU_ASSERT_EQUAL(atomic_load(&facts_seen), 0);
+    writer_destroy(w);
+
+    CU_ASSERT_EQUAL(bus_purge_stream(b, EVENT_STREAM_INVENTORY), CH_OK); /* last sequence 50, no message */
+    CU_ASSERT(start_follower(b, &w, NULL, 0) < 5000);
+    CU_ASSERT_EQUAL(atomic_load(&facts_seen), 0);
+    reserve(b, "fol2", 3); /* and it follows on */
+    long long end = test_now_ms() + 5000;
+    while (atomic_load(&facts_seen) < 3 && test_now_ms() < end)
+        test_sleep_ms(10);
+    CU_ASSERT_EQUAL(atomic_load(&facts_seen), 3);
+    writer_destroy(w);
+    bus_destroy(b);
+}
+
 static int suite_init(void)
 {
     /* the log goes to a file the tests read back (suite_clean shows its
@@ -837,6 +907,7 @@ int main(void)
         {"two replicas race without lost or doubled decisions",
          test_writer_two_replicas_race_without_lost_or_doubled_decisions},
         {"catches up before a read", test_writer_catches_up_before_a_read},
+        {"start folds what it follows", test_writer_start_folds_what_it_follows},
         {"dead-letters what does not decode or is not its type",
          test_writer_dead_letters_what_does_not_decode_or_is_not_its_type},
         {"naks transient failures with backoff, then dead-letters",
