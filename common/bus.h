@@ -92,7 +92,7 @@ bool bus_connected(const bus *b);
 typedef enum bus_storage { BUS_STORAGE_FILE = 0, BUS_STORAGE_MEMORY } bus_storage;
 
 typedef struct bus_stream_spec {
-    const char *name;                       /* e.g. "EVENTS" */
+    const char *name;                       /* e.g. "ORDER_EVENTS" */
     const char *subjects[BUS_MAX_SUBJECTS]; /* NULL-terminated if fewer */
     bus_storage storage;                    /* FILE by default (0) */
     int replicas;                           /* 0: 1 */

@@ -54,7 +54,7 @@ ch_status service_serve(service_runtime *rt);
 /* Frees the server, bus and health (each may be NULL). */
 void service_shutdown(service_runtime *rt);
 
-/* Answers a call whose write to NATS (an event or a ledger entry) was not
+/* Answers a call whose write to NATS (its event) was not
  * confirmed, with st from the bus, so that the client knows the write may
  * have happened all the same (NATS may have stored it and its answer was
  * lost or late): CH_TIMEOUT gives DEADLINE_EXCEEDED, "<what> not confirmed

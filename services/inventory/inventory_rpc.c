@@ -274,7 +274,7 @@ void inventory_call_finish(inventory_service *svc, writer_input *in, ch_status s
             rpc_call_fail(sc->call, CH_UNAVAILABLE, "state not confirmed current (%s); retry",
                           ch_status_str(st));
         else if (st == CH_CONFLICT)
-            rpc_call_fail(sc->call, CH_UNAVAILABLE, "stock ledger busy (concurrent writers), retry");
+            rpc_call_fail(sc->call, CH_UNAVAILABLE, "stock busy (other replicas kept writing first), retry");
         else
             rpc_call_fail(sc->call, st, "stock not written: %s", ch_status_str(st));
     }

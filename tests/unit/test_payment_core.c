@@ -134,7 +134,7 @@ static void test_payment_core_credit_key_credits_once(void)
     /* the decision sees the key ... */
     CU_ASSERT_EQUAL(pay_decide_credit(s, "c-1", 1000, "k1", &e, err, sizeof err), CH_ALREADY_EXISTS);
     CU_ASSERT_TRUE(pay_credit_key_known(s, "c-1", "k1"));
-    /* ... and so does the reducer, for an entry that made it to the ledger twice */
+    /* ... and so does the reducer, for an entry that made it to the stream twice */
     CU_ASSERT_EQUAL(pay_decide_credit(s, "c-1", 1000, "k2", &e, err, sizeof err), CH_OK);
     CU_ASSERT_EQUAL(pay_apply(s, &e, &changed), CH_OK);
     CU_ASSERT_TRUE(changed);
