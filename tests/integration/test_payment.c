@@ -476,9 +476,9 @@ static void test_payment_duplicates_charge_once(void)
     publish_env("a-third-msg-id"); /* even a different total: the first decision stands */
 
     int stored = 0;
-    CU_ASSERT_EQUAL(
-        bus_replay(pub, EVENT_STREAM_INVENTORY, "events.inventory.reserved.ord-dup", 1, count_msgs, &stored, NULL),
-        CH_OK);
+    CU_ASSERT_EQUAL(bus_replay(pub, EVENT_STREAM_INVENTORY, "events.inventory.reserved.ord-dup", 1,
+                               count_msgs, &stored, NULL),
+                    CH_OK);
     CU_ASSERT_EQUAL(stored, 3);
     barrier_reserved("ord-dup-marker");
 
