@@ -28,7 +28,7 @@
  * ledger": one stream per producer (floor.order.>, floor.inventory.>, ...),
  * no ledger streams, and one writer thread per role that alone writes its
  * stream, every write with Nats-Expected-Last-Sequence (stream-level
- * compare-and-set) and a batch's writes pipelined (floor_own_* below). The
+ * compare-and-set) and a batch's writes pipelined (own_* below). The
  * driver's CreateOrder is a request to the orders relay, whose writer stores
  * order.created like any other of its events. In `own` orders follows
  * inventory's and payment's streams with ordered consumers; in `own-acked`
@@ -790,9 +790,11 @@ static void *own_writer_main(void *arg)
             pthread_cond_timedwait(&r->cv, &r->mu, &until);
         }
         int k = r->len < FLOOR_BATCH ? (int)r->len : FLOOR_BATCH;
-        memcpy(r->batch, r->queue, (size_t)k * sizeof *r->batch);
-        r->len -= (size_t)k;
-        memmove(r->queue, r->queue + k, r->len * sizeof *r->queue);
+        if (k > 0) { /* the queue is NULL until the first message */
+            memcpy(r->batch, r->queue, (size_t)k * sizeof *r->batch);
+            r->len -= (size_t)k;
+            memmove(r->queue, r->queue + k, r->len * sizeof *r->queue);
+        }
         pthread_mutex_unlock(&r->mu);
         natsStatus s = k > 0 ? own_batch(r, k) : NATS_OK;
         for (int i = 0; i < k; i++)
