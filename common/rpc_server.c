@@ -468,16 +468,27 @@ void rpc_call_prepare_reply(rpc_call *call, const ProtobufCMessage *resp)
     call_prepare(call, GRPC_STATUS_OK, "", bb);
 }
 
+/* The failure of rpc_call_fail and rpc_call_prepare_fail: sent now, or kept
+ * for rpc_call_send_prepared. A failure never means OK (the contract). */
+static void call_vfail(rpc_call *call, bool prepare, ch_status st, const char *fmt, va_list ap)
+{
+    char msg[RPC_DETAILS_MAX];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    grpc_status_code code = (grpc_status_code)ch_status_to_grpc(st == CH_OK ? CH_INTERNAL : st);
+    if (prepare)
+        call_prepare(call, code, msg, NULL);
+    else
+        call_finish(call, code, msg, NULL);
+}
+
 void rpc_call_prepare_fail(rpc_call *call, ch_status st, const char *fmt, ...)
 {
     if (!call)
         return;
-    char msg[RPC_DETAILS_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    call_vfail(call, true, st, fmt, ap);
     va_end(ap);
-    call_prepare(call, (grpc_status_code)ch_status_to_grpc(st == CH_OK ? CH_INTERNAL : st), msg, NULL);
 }
 
 void rpc_call_send_prepared(rpc_call *call)
@@ -1352,14 +1363,10 @@ void rpc_call_fail(rpc_call *call, ch_status st, const char *fmt, ...)
 {
     if (!call)
         return;
-    char msg[RPC_DETAILS_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    call_vfail(call, false, st, fmt, ap);
     va_end(ap);
-    if (st == CH_OK)
-        st = CH_INTERNAL; /* contract: fail never means OK */
-    call_finish(call, (grpc_status_code)ch_status_to_grpc(st), msg, NULL);
 }
 
 const char *rpc_call_metadata(const rpc_call *call, const char *key, size_t *len)
