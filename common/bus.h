@@ -2,30 +2,28 @@
  *
  * One bus is one NATS connection with its JetStream context. It provisions
  * streams and durable consumers at start-up (idempotently), publishes with
- * PubAck (synchronously, or asynchronously in batches), runs workers on
- * durable push consumers (one queue group per durable: the replicas of a
- * service compete for its messages) that call a handler per message (or
- * stage the batch's messages for one flush that decides them together) and
- * turn each verdict into Ack, Nak with backoff or a dead-letter copy followed
- * by Term, follows streams, and reads a stream back in order (event sourcing,
- * order history).
+ * PubAck (synchronously, asynchronously in batches, or through pipes whose
+ * PubAcks come back in order to a callback), hands over what durable push
+ * consumers (one queue group per durable: the replicas of a service compete
+ * for its messages) and followers of a stream receive, a batch at a time, to
+ * be settled later (Ack, Nak with a delay, or a dead-letter copy followed by
+ * Term), and reads a stream back in order (event sourcing, order history).
  *
- * Ownership: the caller owns every bus and bus_worker it creates and frees them
- * with the matching destroy/stop (all accept NULL); everything passed in is
- * copied or only borrowed for the call; everything handed to a callback
- * (bus_in_msg and what it points to) is valid only during that callback.
- * Workers must be stopped before their bus is destroyed.
+ * Ownership: the caller owns every bus, bus_sub and bus_pipe it creates and
+ * frees them with the matching destroy/stop (all accept NULL); everything
+ * passed in is copied or only borrowed for the call; a bus_in_msg handed to
+ * a replay callback is valid only during that callback, one handed over by
+ * a bus_sub is the receiver's until bus_in_free. Subscriptions and pipes
+ * must be stopped before their bus is destroyed.
  *
  * Threads: every function may be called from any thread except that
  * bus_publish_async/bus_publish_async_wait on one bus must come from one
- * thread at a time (they share the pending batch). Handlers and flushes run
- * on the worker's own thread and may block (publish, database); on_state,
- * bus_publish_cb callbacks and the acks that wait for deferred publishes run
- * on cnats threads and must not block. */
+ * thread at a time (they share the pending batch), and bus_pipe_publish on
+ * one pipe likewise. A bus_sub's batches arrive on its own thread; on_state
+ * and pipe callbacks run on cnats threads and must not block. */
 #ifndef CHOREO_BUS_H
 #define CHOREO_BUS_H
 
-#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -34,23 +32,23 @@
 
 #define BUS_MAX_HEADERS       8    /* extra headers on one outgoing message */
 #define BUS_MAX_SUBJECTS      8    /* subjects of one stream */
-#define BUS_MAX_BACKOFF       8    /* entries of a worker's retry backoff */
-#define BUS_MAX_BATCH         1024 /* cap of a worker fetch batch */
+#define BUS_MAX_BATCH         1024 /* cap of a bus_sub batch */
 #define BUS_REASON_MAX        256  /* bytes of a verdict's reason, NUL included */
 #define BUS_DEADLETTER_STREAM "DEADLETTER"
 #define BUS_DEADLETTER_PREFIX "deadletter"
 
-/* Headers set on a dead-letter copy. */
+/* Headers set on a dead-letter copy (bus_dead_letter). */
 #define BUS_HDR_DEAD_REASON      "Choreo-Dead-Reason"
 #define BUS_HDR_ORIGINAL_SUBJECT "Choreo-Original-Subject"
 #define BUS_HDR_ORIGINAL_SEQ     "Choreo-Original-Sequence"
 #define BUS_HDR_DELIVERIES       "Choreo-Deliveries"
-#define BUS_HDR_EXPECTED_LAST_SEQ                                                                            \
-    "Nats-Expected-Last-Sequence" /* JetStream's stream-level compare-and-set                                \
-                                   */
+
+/* JetStream's compare-and-set on a stream (bus_out_msg.expect_seq and
+ * expect_last_msg_id). */
+#define BUS_HDR_EXPECTED_LAST_SEQ    "Nats-Expected-Last-Sequence"
+#define BUS_HDR_EXPECTED_LAST_MSG_ID "Nats-Expected-Last-Msg-Id"
 
 typedef struct bus bus;
-typedef struct bus_worker bus_worker;
 
 /* Called on every connection state change: up=true on (re)connect, false on
  * disconnect or close. Runs on a cnats thread: must not block. */
@@ -66,7 +64,7 @@ typedef struct bus_options {
     int max_pending_msgs;            /* per-subscription pending cap; 0: 65536 */
     int max_pending_bytes;           /* per-subscription pending bytes cap; 0: 64 MiB */
     int async_max_pending;           /* cap of unacknowledged async publishes; 0: 4096 */
-    int publish_timeout_ms;          /* wait for the PubAck of a bus_publish_cb; 0: 10000 */
+    int publish_timeout_ms;          /* a pipe's PubAck wait (bus_pipe_create with 0); 0: 10000 */
     bus_state_fn on_state;           /* may be NULL */
     void *on_state_arg;
 } bus_options;
@@ -78,8 +76,9 @@ typedef struct bus_options {
  * cannot connect and retry is off; CH_INVALID_ARGUMENT for bad options. */
 ch_status bus_create(bus **out, const bus_options *o);
 
-/* Flushes and closes the connection and frees the bus. Stop the bus's workers
- * first. Accepts NULL. Any thread except a bus callback. */
+/* Flushes and closes the connection and frees the bus. Stop the bus's
+ * subscriptions and destroy its pipes first. Accepts NULL. Any thread except
+ * a bus callback. */
 void bus_destroy(bus *b);
 
 /* Releases cnats' process-wide resources (nats_CloseAndWait). Call once at the
@@ -93,7 +92,7 @@ bool bus_connected(const bus *b);
 typedef enum bus_storage { BUS_STORAGE_FILE = 0, BUS_STORAGE_MEMORY } bus_storage;
 
 typedef struct bus_stream_spec {
-    const char *name;                       /* e.g. "EVENTS" */
+    const char *name;                       /* e.g. "ORDER_EVENTS" */
     const char *subjects[BUS_MAX_SUBJECTS]; /* NULL-terminated if fewer */
     bus_storage storage;                    /* FILE by default (0) */
     int replicas;                           /* 0: 1 */
@@ -109,7 +108,8 @@ typedef struct bus_stream_spec {
 ch_status bus_ensure_stream(bus *b, const bus_stream_spec *s);
 
 /* Ensures the "DEADLETTER" stream on "deadletter.>" (file storage, given
- * replicas, 0 means 1) that captures workers' dead-letter copies. */
+ * replicas, 0 means 1) that captures the dead-letter copies
+ * (bus_dead_letter). */
 ch_status bus_ensure_deadletter_stream(bus *b, int replicas);
 
 typedef struct bus_consumer_spec {
@@ -117,8 +117,8 @@ typedef struct bus_consumer_spec {
     const char *durable;        /* durable name, also the consumer name */
     const char *filter_subject; /* e.g. "events.order.created.*"; NULL: all */
     int ack_wait_ms;            /* 0: 30000 */
-    int max_deliver;            /* 0: unlimited at the server; if set, keep it above the worker's max_deliver,
-                                 * or the server stops redelivering before the worker dead-letters */
+    int max_deliver;            /* 0: unlimited at the server; if set, keep it above the receiver's own limit,
+                                 * or the server stops redelivering before the receiver dead-letters */
     int max_ack_pending;        /* 0: 1000 */
 } bus_consumer_spec;
 
@@ -148,17 +148,26 @@ typedef struct bus_out_msg {
      * Nats-Expected-Last-Sequence): with expect_seq set, the stream stores
      * the message only if its last sequence is expect_last_seq (0: the
      * stream is empty); otherwise the publish fails with CH_CONFLICT (for an
-     * asynchronous publish, through its callback or the batch's wait). It is
+     * asynchronous publish, through its pipe's callback or the batch's wait). It is
      * enforced on every replica of a replicated stream by every nats-server
      * version; the per-subject expectation is not before 2.9.21, so the bus
      * does not offer it. */
     bool expect_seq;
     uint64_t expect_last_seq;
+    /* And (header Nats-Expected-Last-Msg-Id) that the stream's last message
+     * is the one with this Nats-Msg-Id; NULL: no such expectation. A writer
+     * that pipelines publishes chains them with it: a sequence alone would
+     * let a later publish in when another writer stored exactly as many
+     * messages as the earlier publishes that failed. */
+    const char *expect_last_msg_id;
 } bus_out_msg;
 
 typedef struct bus_pub_ack {
     uint64_t seq;   /* stream sequence of the stored message */
     bool duplicate; /* true: JetStream had it already (same Nats-Msg-Id) */
+    /* a lost compare-and-set (CH_CONFLICT) on the stream's last sequence:
+     * the last sequence JetStream said the stream had (0: not said) */
+    uint64_t conflict_last_seq;
 } bus_pub_ack;
 
 /* Publishes m and waits up to timeout_ms (0: 5000) for the PubAck; fills ack
@@ -167,19 +176,6 @@ typedef struct bus_pub_ack {
  * message (too many headers, bad subject), CH_RESOURCE_EXHAUSTED when the
  * stream refuses the size. The cnats text goes to the log. Any thread. */
 ch_status bus_publish(bus *b, const bus_out_msg *m, int timeout_ms, bus_pub_ack *ack);
-
-/* Called once with the outcome of a bus_publish_cb: st as bus_publish
- * (CH_OK: stored, ack filled; CH_UNAVAILABLE also when the bus is destroyed
- * first). Runs on a cnats thread: must not block. */
-typedef void (*bus_pub_fn)(ch_status st, const bus_pub_ack *ack, void *arg);
-
-/* Publishes m (copied) without waiting: fn(arg) runs once its PubAck comes,
- * or an error, or CH_TIMEOUT after the bus's publish_timeout_ms without one
- * (one timeout for all: see bus.c). CH_OK means fn will run; any other
- * status means it will not. Lets a handler that must answer only once the
- * message is stored (CreateOrder) leave its thread free meanwhile. Any
- * thread. */
-ch_status bus_publish_cb(bus *b, const bus_out_msg *m, bus_pub_fn fn, void *arg);
 
 /* Queues m for asynchronous publishing (copied). Blocks only when
  * async_max_pending publishes are in flight. Failures are collected and
@@ -192,8 +188,8 @@ ch_status bus_publish_async(bus *b, const bus_out_msg *m);
  * publishes that failed since the previous wait. Resets the failure count. */
 ch_status bus_publish_async_wait(bus *b, int timeout_ms, uint64_t *failed);
 
-/* A message handed to a worker handler or a replay callback; valid only
- * during the callback. */
+/* A message handed over by a bus_sub (the receiver's until bus_in_free) or
+ * to a replay callback (valid during the callback). */
 typedef struct bus_in_msg bus_in_msg;
 
 struct bus_in_msg {
@@ -203,81 +199,106 @@ struct bus_in_msg {
     uint64_t stream_seq;
     uint64_t deliveries;  /* 1 on the first delivery (replay: 1) */
     int64_t timestamp_ns; /* when the stream stored it, ns since the epoch */
+    uint64_t pending;     /* messages its consumer had left to deliver after it (0: the last, for now) */
     void *priv_;          /* internal: the natsMsg */
-    void *worker_;        /* internal: the worker handling it (NULL in a replay) */
+    void *sub_;           /* internal: the bus_sub that handed it over (NULL in a replay) */
 };
-
-/* From a worker handler (or flush): publishes m asynchronously and ties the
- * incoming message's ack to it. If the handler then returns BUS_ACK, the
- * message is acked only once every deferred publish of its batch is stored;
- * if any of them failed, the batch's waiting messages are naked with a delay
- * instead (handlers are idempotent: redelivery re-publishes). The worker does
- * not wait for that: it takes its next batch while the PubAcks are on their
- * way, and they ack on a cnats thread. Any other verdict is applied at once
- * as usual. Worker thread only. */
-ch_status bus_publish_deferred(const bus_in_msg *in, const bus_out_msg *m);
 
 /* The value of header key on m, or NULL. The string lives as long as m. */
 const char *bus_in_msg_header(const bus_in_msg *m, const char *key);
 
+/* What becomes of a message handed over by a durable bus_sub (the receiver
+ * applies it with bus_in_ack, bus_in_nak, bus_dead_letter). */
 typedef enum bus_verdict {
     BUS_ACK = 0, /* processed (or a duplicate): ack */
     BUS_RETRY,   /* transient failure: redeliver after the backoff; dead-letter at max_deliver */
     BUS_DEAD,    /* permanently bad (malformed, unknown): dead-letter now */
-    BUS_STAGED,  /* kept for the worker's flush at the end of the batch (bus_worker_spec.flush) */
 } bus_verdict;
 
-/* A message a handler staged, handed to the flush with the others of its
- * batch; the flush sets verdict (BUS_ACK, BUS_RETRY or BUS_DEAD) and, for the
- * last two, reason. A staged message's ack also waits for every deferred
- * publish of the batch. */
-typedef struct bus_staged {
-    const bus_in_msg *msg; /* valid until the flush returns */
-    bus_verdict verdict;
-    char reason[BUS_REASON_MAX];
-} bus_staged;
+/* ---- subscriptions that hand messages over (a service's one writer) ---- */
 
-/* Decides the staged messages of one batch together (e.g. one ledger write
- * for all of them), in order; may call bus_publish_deferred on any of them.
- * Runs on the worker thread, after the handler saw the whole batch. */
-typedef void (*bus_flush_fn)(bus_staged *items, size_t n, void *ctx);
+typedef struct bus_sub bus_sub;
 
-/* Worker handler: returns the verdict; for BUS_RETRY/BUS_DEAD writes a short
- * reason into reason (NUL-terminated, at most reason_cap bytes). Runs on the
- * worker thread. */
-typedef bus_verdict (*bus_handler_fn)(const bus_in_msg *m, void *ctx, char *reason, size_t reason_cap);
+/* Receives a batch of messages (in stream order within the subscription)
+ * and takes each of them over: it must, sooner or later and from any
+ * thread, settle each with bus_in_ack/bus_in_nak/bus_in_term (durable
+ * consumers; followers need none) and free it with bus_in_free. Runs on the
+ * subscription's thread: must not block for long. */
+typedef void (*bus_batch_fn)(bus_in_msg *const *msgs, size_t n, void *ctx);
 
-typedef struct bus_worker_spec {
+typedef struct bus_sub_spec {
     const char *stream;
-    const char *durable;        /* must exist (bus_ensure_consumer) or is created */
-    const char *filter_subject; /* as in the consumer */
-    int batch;                  /* messages per fetch; 0: 128; capped at BUS_MAX_BATCH */
-    int fetch_wait_ms;          /* how long one fetch waits; 0: 500 */
-    bus_handler_fn handler;
+    /* A durable push consumer (bus_ensure_consumer; created when missing),
+     * shared by the replicas of a service through the queue group of its
+     * name; or NULL: an ordered consumer of this subscription's own (a
+     * follower: every message from start_seq on, no acks; recreated after
+     * the last message handed over when it is lost). */
+    const char *durable;
+    const char *filter_subject;
+    uint64_t start_seq; /* followers: first sequence; 0 or 1: the beginning */
+    int batch;          /* messages per call at most; 0: 256, capped at BUS_MAX_BATCH */
+    int ack_wait_ms;    /* durable: 0: 10000 */
+    bus_batch_fn fn;
     void *ctx;
-    int max_deliver;                 /* dead-letter once deliveries >= this; 0: 5 */
-    int backoff_ms[BUS_MAX_BACKOFF]; /* nak delay for delivery n: backoff_ms[n-1] or the last > 0 entry */
-    int nbackoff;                    /* entries used; 0: {100, 500, 2000} */
-    const char *dlq_prefix;          /* NULL: BUS_DEADLETTER_PREFIX */
-    const char *name;                /* for log lines; NULL: durable */
-    bus_flush_fn flush;              /* required when the handler may return BUS_STAGED; called with ctx */
-} bus_worker_spec;
+} bus_sub_spec;
 
-/* Starts a thread that takes batches from the durable consumer (what has
- * arrived, up to `batch`, waiting up to fetch_wait_ms for the first) and
- * calls the handler for each message, in order within a batch, then the
- * flush (if any) with the messages the handler staged. Survives
- * disconnections (sleeps briefly and retries). *out is owned by the caller
- * (bus_worker_stop). */
-ch_status bus_worker_start(bus *b, const bus_worker_spec *w, bus_worker **out);
+/* Starts a thread that hands over what arrives, a batch at a time (what has
+ * arrived when the first message comes). Survives disconnections. *out is
+ * the caller's (bus_sub_stop). Any thread. */
+ch_status bus_sub_start(bus *b, const bus_sub_spec *s, bus_sub **out);
 
-/* Asks the worker to stop after its current batch, without waiting; lets a
- * service stop all its workers at once before joining them one by one. */
-void bus_worker_request_stop(bus_worker *w);
+/* Asks the thread to stop after its current batch, without waiting. */
+void bus_sub_request_stop(bus_sub *s);
 
-/* Stops the worker after its current batch, joins its thread and frees it.
- * Accepts NULL. Not from the worker's own handler. */
-void bus_worker_stop(bus_worker *w);
+/* Stops the thread, unsubscribes and frees. Messages handed over and not
+ * yet settled must be settled first (their acks go through this
+ * subscription). Accepts NULL. */
+void bus_sub_stop(bus_sub *s);
+
+/* Settling a message handed over by a bus_sub (a durable consumer's). The
+ * ack tells JetStream it is done; a nak asks for it again after delay_ms; a
+ * term drops it for good (after a dead-letter copy). CH_OK when sent. */
+ch_status bus_in_ack(bus_in_msg *m);
+ch_status bus_in_nak(bus_in_msg *m, int delay_ms);
+ch_status bus_in_term(bus_in_msg *m);
+
+/* Copies m, a message a durable bus_sub handed over, to
+ * BUS_DEADLETTER_PREFIX.<subject> (with its headers, the Choreo-Dead-* ones
+ * and the deterministic message id "dlq:<stream>:<sequence>"; stream NULL:
+ * the subscription's), waits for the PubAck, then terms m. Logs a line
+ * naming the durable. On failure m is left as it was (nak it). Any
+ * thread. */
+ch_status bus_dead_letter(bus *b, bus_in_msg *m, const char *stream, const char *reason);
+
+/* Frees a message handed over by a bus_sub. Accepts NULL. */
+void bus_in_free(bus_in_msg *m);
+
+/* ---- pipes: asynchronous publishes whose PubAcks come back in order ---- */
+
+typedef struct bus_pipe bus_pipe;
+
+/* One PubAck (st CH_OK, ack filled) or failure of a bus_pipe_publish, with
+ * the token it was given: CH_CONFLICT when an expectation (expect_seq)
+ * failed, CH_TIMEOUT when no answer came in the pipe's timeout,
+ * CH_UNAVAILABLE when the bus went away first, or another error. Called in
+ * publish order, on a cnats thread (or the destroying one): must not block. */
+typedef void (*bus_pipe_fn)(void *token, ch_status st, const bus_pub_ack *ack, void *ctx);
+
+/* A publisher of its own (a JetStream context with its PubAck handler).
+ * timeout_ms: 0 is the bus's publish timeout. *out is the caller's. */
+ch_status bus_pipe_create(bus *b, bus_pipe_fn fn, void *ctx, int timeout_ms, bus_pipe **out);
+
+/* Publishes m (copied) without waiting; fn(token) runs once with its outcome
+ * (also when this returns an error: then at once, on this thread). One
+ * thread at a time. */
+ch_status bus_pipe_publish(bus_pipe *p, const bus_out_msg *m, void *token);
+
+/* Publishes in flight (sent, outcome not called yet). */
+size_t bus_pipe_in_flight(bus_pipe *p);
+
+/* Calls fn with CH_UNAVAILABLE for every publish still in flight after up to
+ * wait_ms, then frees the pipe. Accepts NULL. */
+void bus_pipe_destroy(bus_pipe *p, int wait_ms);
 
 /* Replay callback: return CH_OK to continue, anything else stops the replay
  * and is returned by bus_replay. Runs on the calling thread. */
@@ -292,32 +313,14 @@ typedef ch_status (*bus_replay_fn)(const bus_in_msg *m, void *ctx);
 ch_status bus_replay(bus *b, const char *stream, const char *filter_subject, uint64_t start_seq,
                      bus_replay_fn fn, void *ctx, uint64_t *last_seq_out);
 
-typedef struct bus_follower bus_follower;
-
-/* Follows a stream: delivers every message matching filter_subject (NULL:
- * all) from start_seq on, in order, as it is stored, to fn on the
- * follower's own thread (fn's return value is ignored; it must not block
- * for long). No acks: an ordered push consumer per follower (the client
- * recreates it on a gap), started again after the last message delivered
- * when the subscription is lost.
- * This is how a replica keeps its read model up to date with what other
- * replicas did. *out is the caller's (bus_follow_stop). */
-ch_status bus_follow_start(bus *b, const char *stream, const char *filter_subject, uint64_t start_seq,
-                           bus_replay_fn fn, void *ctx, bus_follower **out);
-
-/* Like bus_follow_start, and holds lock (the caller's state lock) around
- * each batch of fn calls: what has arrived, up to 256 messages, goes in
- * under one hold instead of one per message. fn runs with lock held. */
-ch_status bus_follow_start_locked(bus *b, const char *stream, const char *filter_subject, uint64_t start_seq,
-                                  bus_replay_fn fn, void *ctx, pthread_mutex_t *lock, bus_follower **out);
-
-/* Stops following (after the current batch), joins and frees. Accepts NULL. */
-void bus_follow_stop(bus_follower *f);
-
 /* Reads the one message at stream sequence seq and hands it to fn (on the
  * calling thread). CH_NOT_FOUND when there is none (yet). One round trip:
  * cheaper than bus_replay for a few messages whose sequences are known. */
 ch_status bus_get_seq(bus *b, const char *stream, uint64_t seq, bus_replay_fn fn, void *ctx);
+
+/* Removes every message of stream (tests; operators). CH_NOT_FOUND if the
+ * stream does not exist. */
+ch_status bus_purge_stream(bus *b, const char *stream);
 
 /* Message count and last sequence of stream (either pointer may be NULL).
  * CH_NOT_FOUND if it does not exist. */

@@ -1,6 +1,7 @@
 /* event_codec.c: the event envelope, encoded and checked with nanopb. */
 #include "event_codec.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -19,6 +20,7 @@
 typedef struct event_type_info {
     const char *name;      /* "order.created" */
     pb_size_t payload_tag; /* choreo_events_v1_Envelope_*_tag */
+    bool no_order;         /* keyed by a SKU or customer in the payload, order_id empty */
 } event_type_info;
 
 static const event_type_info event_types[EVENT_TYPE_COUNT] = {
@@ -34,7 +36,29 @@ static const event_type_info event_types[EVENT_TYPE_COUNT] = {
     [EVENT_PAYMENT_REFUNDED] = {"payment.refunded", choreo_events_v1_Envelope_payment_refunded_tag},
     [EVENT_ORDER_CANCELLED] = {"order.cancelled", choreo_events_v1_Envelope_order_cancelled_tag},
     [EVENT_NOTIFICATION_SENT] = {"notification.sent", choreo_events_v1_Envelope_notification_sent_tag},
+    [EVENT_INVENTORY_COMMITTED] = {"inventory.committed", choreo_events_v1_Envelope_inventory_committed_tag},
+    [EVENT_INVENTORY_STOCK_SET] = {"inventory.stock_set", choreo_events_v1_Envelope_inventory_stock_set_tag,
+                                   true},
+    [EVENT_INVENTORY_STOCK_ADJUSTED] = {"inventory.stock_adjusted",
+                                        choreo_events_v1_Envelope_inventory_stock_adjusted_tag, true},
+    [EVENT_PAYMENT_CREDITED] = {"payment.credited", choreo_events_v1_Envelope_payment_credited_tag, true},
 };
+
+bool event_type_has_order(event_type t)
+{
+    return (unsigned)t < EVENT_TYPE_COUNT && !event_types[t].no_order;
+}
+
+const char *event_key(const choreo_events_v1_Envelope *e)
+{
+    switch (e->which_payload) {
+    case choreo_events_v1_Envelope_inventory_stock_set_tag: return e->payload.inventory_stock_set.sku;
+    case choreo_events_v1_Envelope_inventory_stock_adjusted_tag:
+        return e->payload.inventory_stock_adjusted.sku;
+    case choreo_events_v1_Envelope_payment_credited_tag: return e->payload.payment_credited.customer_id;
+    default: return e->order_id;
+    }
+}
 
 static void event__reason(char *reason, size_t cap, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -97,13 +121,13 @@ ch_status event_type_of(const choreo_events_v1_Envelope *e, event_type *out)
 }
 
 /* The checks event_subject and event_msg_id share. */
-static ch_status event__check(char *buf, size_t cap, event_type t, const char *order_id)
+static ch_status event__check(char *buf, size_t cap, event_type t, const char *key)
 {
     if ((unsigned)t >= EVENT_TYPE_COUNT || !buf || cap == 0) {
         return CH_INVALID_ARGUMENT;
     }
     buf[0] = '\0';
-    if (order_id && !utf8_valid_token(order_id, EVENT_ORDER_ID_MAX)) {
+    if (key && !utf8_valid_token(key, EVENT_KEY_MAX)) {
         return CH_INVALID_ARGUMENT;
     }
     return CH_OK;
@@ -118,14 +142,13 @@ static ch_status event__fits(char *buf, size_t cap, int n)
     return CH_OK;
 }
 
-ch_status event_subject(char *buf, size_t cap, event_type t, const char *order_id)
+ch_status event_subject(char *buf, size_t cap, event_type t, const char *key)
 {
-    ch_status st = event__check(buf, cap, t, order_id);
+    ch_status st = event__check(buf, cap, t, key);
     if (st != CH_OK) {
         return st;
     }
-    return event__fits(buf, cap,
-                       snprintf(buf, cap, "events.%s.%s", event_types[t].name, order_id ? order_id : "*"));
+    return event__fits(buf, cap, snprintf(buf, cap, "events.%s.%s", event_types[t].name, key ? key : "*"));
 }
 
 ch_status event_msg_id(char *buf, size_t cap, event_type t, const char *order_id)
@@ -212,6 +235,25 @@ ch_status event_init(choreo_events_v1_Envelope *e, event_type t, const char *ord
     return CH_OK;
 }
 
+ch_status event_init_caused(choreo_events_v1_Envelope *e, event_type t,
+                            const choreo_events_v1_Envelope *cause, const char *producer)
+{
+    return event_init(e, t, cause->order_id, cause->event_id, producer, cause->traceparent);
+}
+
+void event_trace_id(const char *traceparent, char out[33])
+{
+    /* "00-<32 hex trace id>-<16 hex span id>-<2 hex flags>" */
+    out[0] = '\0';
+    if (!traceparent || strlen(traceparent) != 55 || traceparent[2] != '-' || traceparent[35] != '-')
+        return;
+    for (int i = 3; i < 35; i++)
+        if (!isxdigit((unsigned char)traceparent[i]))
+            return;
+    memcpy(out, traceparent + 3, 32);
+    out[32] = '\0';
+}
+
 /* A string member: NUL within its array, valid UTF-8. */
 static bool event__str_ok(const char *s, size_t cap, const char *field, char *reason, size_t reason_cap)
 {
@@ -252,8 +294,31 @@ static bool event__payload_ok(const choreo_events_v1_Envelope *e, char *reason, 
         }
         return true;
     }
-    case choreo_events_v1_Envelope_inventory_reserved_tag:
-        return EVENT_STR_OK(&e->payload.inventory_reserved, customer_id, "inventory_reserved.customer_id");
+    case choreo_events_v1_Envelope_inventory_reserved_tag: {
+        const choreo_events_v1_InventoryReserved *p = &e->payload.inventory_reserved;
+        if (!EVENT_STR_OK(p, customer_id, "inventory_reserved.customer_id"))
+            return false;
+        if (p->lines_count > sizeof p->lines / sizeof p->lines[0]) {
+            event__reason(reason, reason_cap, "inventory_reserved.lines: %u lines > %zu",
+                          (unsigned)p->lines_count, sizeof p->lines / sizeof p->lines[0]);
+            return false;
+        }
+        for (pb_size_t i = 0; i < p->lines_count; i++)
+            if (!EVENT_STR_OK(&p->lines[i], sku, "inventory_reserved.lines.sku"))
+                return false;
+        return true;
+    }
+    case choreo_events_v1_Envelope_inventory_committed_tag: return true;
+    case choreo_events_v1_Envelope_inventory_stock_set_tag:
+        return EVENT_STR_OK(&e->payload.inventory_stock_set, sku, "inventory_stock_set.sku");
+    case choreo_events_v1_Envelope_inventory_stock_adjusted_tag:
+        return EVENT_STR_OK(&e->payload.inventory_stock_adjusted, sku, "inventory_stock_adjusted.sku") &&
+               EVENT_STR_OK(&e->payload.inventory_stock_adjusted, idempotency_key,
+                            "inventory_stock_adjusted.idempotency_key");
+    case choreo_events_v1_Envelope_payment_credited_tag:
+        return EVENT_STR_OK(&e->payload.payment_credited, customer_id, "payment_credited.customer_id") &&
+               EVENT_STR_OK(&e->payload.payment_credited, idempotency_key,
+                            "payment_credited.idempotency_key");
     case choreo_events_v1_Envelope_inventory_failed_tag:
         return EVENT_STR_OK(&e->payload.inventory_failed, sku, "inventory_failed.sku") &&
                EVENT_STR_OK(&e->payload.inventory_failed, reason, "inventory_failed.reason");
@@ -317,15 +382,23 @@ static ch_status event__validate(const choreo_events_v1_Envelope *e, char *reaso
         event__reason(reason, reason_cap, "event_id missing");
         return CH_INVALID_ARGUMENT;
     }
-    if (e->order_id[0] == '\0') {
+    if (event_types[t].no_order && e->order_id[0] != '\0') {
+        event__reason(reason, reason_cap, "order_id must be empty for %s", e->type);
+        return CH_INVALID_ARGUMENT;
+    }
+    if (!event_types[t].no_order && e->order_id[0] == '\0') {
         event__reason(reason, reason_cap, "order_id missing");
         return CH_INVALID_ARGUMENT;
     }
-    if (!utf8_valid_token(e->order_id, EVENT_ORDER_ID_MAX)) {
+    if (!event_types[t].no_order && !utf8_valid_token(e->order_id, EVENT_ORDER_ID_MAX)) {
         event__reason(reason, reason_cap, "order_id is not a valid token");
         return CH_INVALID_ARGUMENT;
     }
     if (!event__payload_ok(e, reason, reason_cap)) {
+        return CH_INVALID_ARGUMENT;
+    }
+    if (event_types[t].no_order && !utf8_valid_token(event_key(e), EVENT_KEY_MAX)) {
+        event__reason(reason, reason_cap, "%s names no valid SKU or customer (the subject's key)", e->type);
         return CH_INVALID_ARGUMENT;
     }
     return CH_OK;
@@ -412,6 +485,21 @@ void event_summary(const choreo_events_v1_Envelope *env, char *buf, size_t cap)
         break;
     case EVENT_NOTIFICATION_SENT:
         snprintf(buf, cap, "notified %s", env->payload.notification_sent.customer_id);
+        break;
+    case EVENT_INVENTORY_COMMITTED:
+        snprintf(buf, cap, "sold %u units", (unsigned)env->payload.inventory_committed.units);
+        break;
+    case EVENT_INVENTORY_STOCK_SET:
+        snprintf(buf, cap, "%s set to %" PRId64 " available", env->payload.inventory_stock_set.sku,
+                 env->payload.inventory_stock_set.available);
+        break;
+    case EVENT_INVENTORY_STOCK_ADJUSTED:
+        snprintf(buf, cap, "%s adjusted by %" PRId64, env->payload.inventory_stock_adjusted.sku,
+                 env->payload.inventory_stock_adjusted.delta);
+        break;
+    case EVENT_PAYMENT_CREDITED:
+        snprintf(buf, cap, "credited %" PRId64 " cents to %s", env->payload.payment_credited.amount_cents,
+                 env->payload.payment_credited.customer_id);
         break;
     default: buf[0] = '\0';
     }

@@ -125,6 +125,11 @@ struct rpc_call {
     grpc_byte_buffer *send_buf;
     grpc_slice details;
     bool has_details;
+    /* a reply prepared ahead of sending (rpc_call_prepare_*) */
+    bool has_prepared;
+    grpc_status_code prepared_code;
+    grpc_byte_buffer *prepared_buf;
+    char *prepared_details;
     char *path;            /* own copy, so a late reply after destroy can still log */
     size_t max_send;       /* copied from the options for the same reason */
     rpc_call *prev, *next; /* live list, under server mu */
@@ -324,6 +329,9 @@ static void call_free(rpc_call *c)
         grpc_byte_buffer_destroy(c->send_buf);
     if (c->has_details)
         grpc_slice_unref(c->details);
+    if (c->prepared_buf)
+        grpc_byte_buffer_destroy(c->prepared_buf);
+    free(c->prepared_details);
     free(c->path);
     pthread_mutex_destroy(&c->mu);
     free(c);
@@ -430,6 +438,78 @@ void rpc_call_reply(rpc_call *call, const ProtobufCMessage *resp)
         return;
     }
     call_finish(call, GRPC_STATUS_OK, "", bb);
+}
+
+/* Replaces what was prepared for c (owning buf and a copy of details). */
+static void call_prepare(rpc_call *c, grpc_status_code code, const char *details, grpc_byte_buffer *buf)
+{
+    pthread_mutex_lock(&c->mu);
+    if (c->prepared_buf)
+        grpc_byte_buffer_destroy(c->prepared_buf);
+    free(c->prepared_details);
+    c->has_prepared = true;
+    c->prepared_code = code;
+    c->prepared_buf = buf;
+    c->prepared_details = strdup(details ? details : "");
+    pthread_mutex_unlock(&c->mu);
+}
+
+void rpc_call_prepare_reply(rpc_call *call, const ProtobufCMessage *resp)
+{
+    if (!call)
+        return;
+    ch_status why = CH_INTERNAL;
+    grpc_byte_buffer *bb = resp ? pack_message(resp, call->max_send, &why) : NULL;
+    if (!bb) {
+        rpc_call_prepare_fail(call, why, "response %s cannot be sent (%s)",
+                              resp ? resp->descriptor->name : "(none)", ch_status_str(why));
+        return;
+    }
+    call_prepare(call, GRPC_STATUS_OK, "", bb);
+}
+
+/* The failure of rpc_call_fail and rpc_call_prepare_fail: sent now, or kept
+ * for rpc_call_send_prepared. A failure never means OK (the contract). */
+static void call_vfail(rpc_call *call, bool prepare, ch_status st, const char *fmt, va_list ap)
+{
+    char msg[RPC_DETAILS_MAX];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    grpc_status_code code = (grpc_status_code)ch_status_to_grpc(st == CH_OK ? CH_INTERNAL : st);
+    if (prepare)
+        call_prepare(call, code, msg, NULL);
+    else
+        call_finish(call, code, msg, NULL);
+}
+
+void rpc_call_prepare_fail(rpc_call *call, ch_status st, const char *fmt, ...)
+{
+    if (!call)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    call_vfail(call, true, st, fmt, ap);
+    va_end(ap);
+}
+
+void rpc_call_send_prepared(rpc_call *call)
+{
+    if (!call)
+        return;
+    pthread_mutex_lock(&call->mu);
+    bool has = call->has_prepared;
+    grpc_status_code code = call->prepared_code;
+    grpc_byte_buffer *bb = call->prepared_buf;
+    char *details = call->prepared_details;
+    call->has_prepared = false;
+    call->prepared_buf = NULL;
+    call->prepared_details = NULL;
+    pthread_mutex_unlock(&call->mu);
+    if (!has) {
+        rpc_call_fail(call, CH_INTERNAL, "no reply was prepared");
+        return;
+    }
+    call_finish(call, code, details ? details : "", bb);
+    free(details);
 }
 
 static void unary_arrived(rpc_worker *w, rpc_call *c)
@@ -1283,14 +1363,10 @@ void rpc_call_fail(rpc_call *call, ch_status st, const char *fmt, ...)
 {
     if (!call)
         return;
-    char msg[RPC_DETAILS_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    call_vfail(call, false, st, fmt, ap);
     va_end(ap);
-    if (st == CH_OK)
-        st = CH_INTERNAL; /* contract: fail never means OK */
-    call_finish(call, (grpc_status_code)ch_status_to_grpc(st), msg, NULL);
 }
 
 const char *rpc_call_metadata(const rpc_call *call, const char *key, size_t *len)

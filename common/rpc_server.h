@@ -137,6 +137,18 @@ void rpc_call_reply(rpc_call *call, const ProtobufCMessage *resp);
  * wrong (sent as grpc-message, at most 512 bytes). st must not be CH_OK. */
 void rpc_call_fail(rpc_call *call, ch_status st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* A reply decided now and sent later: the service's writer decides a call
+ * (reading the state as it is at its place among the decisions) and sends
+ * the answer only once everything before it is stored. prepare serializes
+ * resp at once (it may change or go after this returns); a later prepare
+ * replaces an earlier one; send sends the latest, once, as reply or fail
+ * would. A prepared reply never sent is freed with the call. Any thread,
+ * one at a time per call. */
+void rpc_call_prepare_reply(rpc_call *call, const ProtobufCMessage *resp);
+void rpc_call_prepare_fail(rpc_call *call, ch_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void rpc_call_send_prepared(rpc_call *call);
+
 /* How many of items[0..n), the elements of one repeated message field
  * numbered 1..15, fit in the reply to call next to `rest` (the reply without
  * them and without its page token) and a page token of up to token_max

@@ -3,6 +3,7 @@
 
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -189,4 +190,49 @@ void service_fail_unconfirmed(rpc_call *call, ch_status st, const char *what, co
     else
         rpc_call_fail(call, CH_UNAVAILABLE, "%s not confirmed: NATS unavailable (%s); %s", what,
                       ch_status_str(st), retry);
+}
+
+void *service_call_new(size_t size, rpc_call *call, int method, const ProtobufCMessage *req)
+{
+    service_call *sc = calloc(1, size < sizeof *sc ? sizeof *sc : size);
+
+    if (!sc) {
+        rpc_call_fail(call, CH_NO_MEMORY, "out of memory");
+        return NULL;
+    }
+    sc->call = call;
+    sc->method = method;
+    sc->req = req;
+    return sc;
+}
+
+void service_call_submit(writer *w, service_call *sc)
+{
+    if (writer_submit(w, sc) != CH_OK) {
+        rpc_call_fail(sc->call, CH_UNAVAILABLE, "the service is stopping: retry on another replica");
+        free(sc);
+    }
+}
+
+bool service_call_answer(const service_call *sc, ch_status st, const char *write, const char *retry)
+{
+    switch (st) {
+    case CH_OK: rpc_call_send_prepared(sc->call); return true;
+    case CH_INVALID_ARGUMENT:
+    case CH_FAILED_PRECONDITION:
+    case CH_NOT_FOUND:
+        if (!sc->err[0])
+            return false; /* not a decision's refusal: nothing to tell but the status */
+        rpc_call_fail(sc->call, st, "%s", sc->err);
+        return true;
+    case CH_TIMEOUT:
+    case CH_UNAVAILABLE:
+        if (write)
+            service_fail_unconfirmed(sc->call, st, write, retry);
+        else
+            rpc_call_fail(sc->call, CH_UNAVAILABLE,
+                          "state not confirmed current: NATS unavailable (%s); retry", ch_status_str(st));
+        return true;
+    default: return false;
+    }
 }

@@ -13,11 +13,13 @@
 #define CHOREO_SERVICE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "bus.h"
 #include "config.h"
 #include "health.h"
 #include "rpc_server.h"
+#include "writer.h"
 
 typedef struct service_runtime {
     const char *name;         /* "orders" */
@@ -52,7 +54,7 @@ ch_status service_serve(service_runtime *rt);
 /* Frees the server, bus and health (each may be NULL). */
 void service_shutdown(service_runtime *rt);
 
-/* Answers a call whose write to NATS (an event or a ledger entry) was not
+/* Answers a call whose write to NATS (its event) was not
  * confirmed, with st from the bus, so that the client knows the write may
  * have happened all the same (NATS may have stored it and its answer was
  * lost or late): CH_TIMEOUT gives DEADLINE_EXCEEDED, "<what> not confirmed
@@ -61,5 +63,53 @@ void service_shutdown(service_runtime *rt);
  * how to retry safely, e.g. "retry with the same idempotency_key". Any
  * thread, once per call. */
 void service_fail_unconfirmed(rpc_call *call, ch_status st, const char *what, const char *retry);
+
+/* ---- a gRPC call carried through the service's writer (writer.h) ----
+ *
+ * A handler checks the request on the gRPC thread, then hands the call to
+ * the writer (service_call_new, service_call_submit); the writer's decide()
+ * prepares the answer and its finish() sends it, or words the failure
+ * (service_call_answer, then the service's own words for the rest).
+ *
+ * Every input a service submits to its writer is a service_call: a service
+ * whose calls carry more embeds it as the first member of its own struct,
+ * so in->call points to both. Ownership: the writer's, from
+ * service_call_submit until finish(), which frees it (free()). */
+
+#define SERVICE_CALL_ERR_MAX 256
+
+typedef struct service_call {
+    rpc_call *call;                 /* NULL for an input that is not a gRPC call */
+    int method;                     /* which call, in the service's own enum */
+    const ProtobufCMessage *req;    /* valid until the call is answered */
+    char err[SERVICE_CALL_ERR_MAX]; /* why a decision refused it ("" if none) */
+} service_call;
+
+/* Allocates size bytes, zeroed (size >= sizeof(service_call): the struct
+ * that embeds it first), with the service_call filled in. When out of
+ * memory answers the call itself (CH_NO_MEMORY, "out of memory") and
+ * returns NULL. The caller owns the result until service_call_submit (or
+ * free()s it). gRPC thread. */
+void *service_call_new(size_t size, rpc_call *call, int method, const ProtobufCMessage *req);
+
+/* Hands sc to the writer (writer_submit), which owns it from then on. When
+ * the writer is stopping, answers UNAVAILABLE "the service is stopping:
+ * retry on another replica" itself and frees sc. gRPC thread. */
+void service_call_submit(writer *w, service_call *sc);
+
+/* The answers every service gives in finish(), for what the writer reports
+ * (st) about a call:
+ *   CH_OK                    the answer decide() prepared (rpc_call_send_prepared)
+ *   CH_INVALID_ARGUMENT, CH_FAILED_PRECONDITION, CH_NOT_FOUND with sc->err
+ *                            set: a decision refused it; st with sc->err
+ *   CH_TIMEOUT, CH_UNAVAILABLE
+ *                            a write (write names it: "credit", "SetStock"):
+ *                            service_fail_unconfirmed(call, st, write, retry);
+ *                            a read (write NULL): UNAVAILABLE "state not
+ *                            confirmed current: NATS unavailable (<st>); retry"
+ * and returns true; for anything else (lost races, the writer stopping, no
+ * memory) answers nothing and returns false: the service words it. Frees
+ * nothing. Writer thread, from finish(). */
+bool service_call_answer(const service_call *sc, ch_status st, const char *write, const char *retry);
 
 #endif

@@ -1,4 +1,5 @@
-/* inventory_core.c: validation, decisions, the reducer and the store. */
+/* inventory_core.c: validation, decisions, the reducer and its inverse, and
+ * the store. */
 #include "inventory_core.h"
 
 #include <inttypes.h>
@@ -286,7 +287,7 @@ static bool key_valid(const char *key)
         return false;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)key[i];
-        if (c < 0x20 || c == 0x7f) /* the key ends up in a NATS header (the ledger msg id) */
+        if (c < 0x20 || c == 0x7f) /* the key is kept in an event and logged */
             return false;
     }
     return true;
@@ -302,6 +303,29 @@ ch_status inv_validate_idempotency_key(const char *key, char *err, size_t errlen
     return CH_OK;
 }
 
+ch_status inv_validate_set(const char *sku, int64_t available, char *err, size_t errlen)
+{
+    if (inv_validate_sku(sku, err, errlen) != CH_OK)
+        return CH_INVALID_ARGUMENT;
+    if (available < 0 || available > INV_SET_MAX) {
+        snprintf(err, errlen, "available: must be 0..%lld, got %" PRId64, INV_SET_MAX, available);
+        return CH_INVALID_ARGUMENT;
+    }
+    return CH_OK;
+}
+
+ch_status inv_validate_adjust(const char *sku, int64_t delta, const char *key, char *err, size_t errlen)
+{
+    if (inv_validate_sku(sku, err, errlen) != CH_OK)
+        return CH_INVALID_ARGUMENT;
+    if (delta == 0 || delta < -INV_DELTA_MAX || delta > INV_DELTA_MAX) {
+        snprintf(err, errlen, "delta: must be -%lld..%lld and not 0, got %" PRId64, INV_DELTA_MAX,
+                 INV_DELTA_MAX, delta);
+        return CH_INVALID_ARGUMENT;
+    }
+    return inv_validate_idempotency_key(key, err, errlen);
+}
+
 /* ---- decisions ---- */
 
 static void decision_init(inv_decision *d, inv_entry_kind kind)
@@ -314,12 +338,8 @@ static void decision_init(inv_decision *d, inv_entry_kind kind)
 ch_status inv_decide_set(const inv_store *s, const char *sku, int64_t available, inv_decision *d, char *err,
                          size_t errlen)
 {
-    if (inv_validate_sku(sku, err, errlen) != CH_OK)
+    if (inv_validate_set(sku, available, err, errlen) != CH_OK)
         return CH_INVALID_ARGUMENT;
-    if (available < 0 || available > INV_SET_MAX) {
-        snprintf(err, errlen, "available: must be 0..%lld, got %" PRId64, INV_SET_MAX, available);
-        return CH_INVALID_ARGUMENT;
-    }
     const inv_stock *st = stock_find(s, sku);
     int64_t before = st ? st->available : 0;
     int64_t total = st ? st->total_in : 0;
@@ -345,14 +365,7 @@ ch_status inv_decide_adjust_key(const inv_store *s, const char *sku, int64_t del
                                 inv_decision *d, inv_outcome *out, char *err, size_t errlen)
 {
     *out = INV_NOOP;
-    if (inv_validate_sku(sku, err, errlen) != CH_OK)
-        return CH_INVALID_ARGUMENT;
-    if (delta == 0 || delta < -INV_DELTA_MAX || delta > INV_DELTA_MAX) {
-        snprintf(err, errlen, "delta: must be -%lld..%lld and not 0, got %" PRId64, INV_DELTA_MAX,
-                 INV_DELTA_MAX, delta);
-        return CH_INVALID_ARGUMENT;
-    }
-    if (inv_validate_idempotency_key(key, err, errlen) != CH_OK)
+    if (inv_validate_adjust(sku, delta, key, err, errlen) != CH_OK)
         return CH_INVALID_ARGUMENT;
     if (inv_store_adjust_key_known(s, sku, key)) {
         *out = INV_DECIDED; /* a retry: adjusted once already */
@@ -456,6 +469,8 @@ ch_status inv_decide_reserve(const inv_store *s, const inv_reserve_req *r, inv_d
     d->entry.total_cents = r->total_cents;
     d->entry.lines = d->lines;
     d->entry.n_lines = n;
+    for (size_t k = 0; k < n; k++)
+        d->entry.units += d->lines[k].quantity; /* at most 100 items of 10000 */
     *out = INV_APPEND;
     return CH_OK;
 }
@@ -474,6 +489,7 @@ ch_status inv_decide_commit(const inv_store *s, const char *order_id, const char
     decision_init(d, INV_ENTRY_COMMITTED);
     d->entry.order_id = order_id;
     d->entry.cause_event_id = cause_event_id;
+    d->entry.units = res->units;
     *out = INV_APPEND;
     return CH_OK;
 }
@@ -505,13 +521,14 @@ ch_status inv_decide_release(const inv_store *s, const char *order_id, bool cust
     d->entry.cause_event_id = cause_event_id;
     d->entry.restocked = customer_cancel;
     d->entry.reason = d->reason;
+    d->entry.units = res->units;
     *out = INV_APPEND;
     return CH_OK;
 }
 
 /* ---- the reducer ---- */
 
-static ch_status apply_stock(inv_store *s, const inv_entry *e, bool *changed)
+static ch_status apply_stock(inv_store *s, const inv_entry *e, bool *changed, inv_undo *u)
 {
     if (!valid_token(e->sku, INV_SKU_MAX))
         return CH_INVALID_ARGUMENT;
@@ -550,14 +567,19 @@ static ch_status apply_stock(inv_store *s, const inv_entry *e, bool *changed)
             return rc;
         }
         *changed = true;
+        u->created = true;
     }
     if (key) {
         strmap_put(&s->keys, key, key);
+        snprintf(u->key, sizeof u->key, "%s", e->idempotency_key);
+        *changed = true;
     }
     if (delta != 0)
         *changed = true;
     st->available += delta;
     st->total_in += delta;
+    snprintf(u->sku, sizeof u->sku, "%s", e->sku);
+    u->delta = delta;
     return CH_OK;
 }
 
@@ -728,15 +750,11 @@ static ch_status apply_released(inv_store *s, const inv_entry *e, bool *changed)
     return CH_OK;
 }
 
-ch_status inv_apply(inv_store *s, const inv_entry *e, bool *changed)
+static ch_status apply(inv_store *s, const inv_entry *e, bool *changed, inv_undo *u)
 {
-    bool dummy;
-
-    changed = changed ? changed : &dummy;
-    *changed = false;
     switch (e->kind) {
     case INV_ENTRY_STOCK_SET:
-    case INV_ENTRY_STOCK_ADJUSTED: return apply_stock(s, e, changed);
+    case INV_ENTRY_STOCK_ADJUSTED: return apply_stock(s, e, changed, u);
     case INV_ENTRY_RESERVED:
     case INV_ENTRY_REJECTED:
     case INV_ENTRY_COMMITTED:
@@ -745,6 +763,8 @@ ch_status inv_apply(inv_store *s, const inv_entry *e, bool *changed)
     }
     if (!valid_token(e->order_id, INV_ORDER_ID_MAX) || !valid_text(e->reason, INV_REASON_MAX))
         return CH_INVALID_ARGUMENT;
+    snprintf(u->order_id, sizeof u->order_id, "%s", e->order_id);
+    u->restocked = e->restocked;
     switch (e->kind) {
     case INV_ENTRY_RESERVED: return apply_reserved(s, e, changed);
     case INV_ENTRY_REJECTED: return apply_rejected(s, e, changed);
@@ -753,51 +773,80 @@ ch_status inv_apply(inv_store *s, const inv_entry *e, bool *changed)
     }
 }
 
+ch_status inv_apply_undoable(inv_store *s, const inv_entry *e, bool *changed, inv_undo *undo)
+{
+    bool dummy;
+    inv_undo scratch;
+
+    changed = changed ? changed : &dummy;
+    undo = undo ? undo : &scratch;
+    *changed = false;
+    memset(undo, 0, sizeof *undo);
+    ch_status st = apply(s, e, changed, undo);
+    if (st == CH_OK && *changed)
+        undo->kind = e->kind;
+    else
+        memset(undo, 0, sizeof *undo);
+    return st;
+}
+
+ch_status inv_apply(inv_store *s, const inv_entry *e, bool *changed)
+{
+    return inv_apply_undoable(s, e, changed, NULL);
+}
+
 /* ---- undoing the reducer ---- */
 
-static bool same_text(const char *stored, const char *given)
+/* Takes back a stock entry: the delta, the key it remembered, the SKU it
+ * added. */
+static ch_status revert_stock(inv_store *s, const inv_undo *u)
 {
-    if (!given || !given[0])
-        return stored == NULL;
-    return stored && strcmp(stored, given) == 0;
-}
+    char key[INV_SKU_MAX + INV_KEY_MAX + 2];
+    size_t i = sku_bound(s, u->sku, false);
 
-/* True when r is the reservation a RESERVED entry e made. */
-static bool res_made_by(const inv_reservation *r, const inv_entry *e)
-{
-    if (r->n_lines != e->n_lines || strcmp(r->customer_id, e->customer_id) != 0 ||
-        r->total_cents != e->total_cents)
-        return false;
-    for (uint32_t k = 0; k < r->n_lines; k++)
-        if (r->lines[k].quantity != e->lines[k].quantity || strcmp(r->lines[k].sku, e->lines[k].sku) != 0)
-            return false;
-    return true;
-}
-
-static ch_status revert_reserved(inv_store *s, inv_reservation *r, const inv_entry *e)
-{
-    if (!e->customer_id || !e->lines)
+    if (u->delta < -INV_UNITS_MAX || u->delta > INV_UNITS_MAX ||
+        (u->key[0] && u->kind != INV_ENTRY_STOCK_ADJUSTED))
         return CH_INVALID_ARGUMENT;
-    if (r->status != INV_RES_RESERVED || !res_made_by(r, e))
+    if (i >= s->n_skus || strcmp(s->skus[i]->sku, u->sku) != 0)
+        return CH_NOT_FOUND;
+    inv_stock *st = s->skus[i];
+    int64_t available = st->available - u->delta, total = st->total_in - u->delta;
+    if (available < 0 || total < 0 || total > INV_UNITS_MAX)
+        return CH_FAILED_PRECONDITION;
+    if (u->created && (available != 0 || st->reserved != 0 || st->sold != 0))
+        return CH_FAILED_PRECONDITION; /* units came in since: not the SKU the entry added */
+    if (u->key[0]) {
+        /* the index key, built without allocating (strmap_pair_key's form) */
+        snprintf(key, sizeof key, "%s\x1f%s", u->sku, u->key);
+        if (!strmap_get(&s->keys, key))
+            return CH_FAILED_PRECONDITION;
+        free(strmap_remove(&s->keys, key));
+    }
+    if (u->created) {
+        memmove(&s->skus[i], &s->skus[i + 1], (s->n_skus - i - 1) * sizeof *s->skus);
+        s->n_skus--;
+        free(st);
+        return CH_OK;
+    }
+    st->available = available;
+    st->total_in = total;
+    return CH_OK;
+}
+
+static void res_remove(inv_store *s, inv_reservation *r)
+{
+    strmap_remove(&s->res, r->order_id);
+    res_free(r);
+}
+
+static ch_status revert_reserved(inv_store *s, inv_reservation *r)
+{
+    if (r->status != INV_RES_RESERVED)
         return CH_FAILED_PRECONDITION;
     ch_status st = move_lines(s, r, COUNT_RESERVED, COUNT_AVAILABLE);
-    if (st != CH_OK)
-        return st;
-    strmap_remove(&s->res, r->order_id);
-    res_free(r);
-    return CH_OK;
-}
-
-static ch_status revert_rejected(inv_store *s, inv_reservation *r, const inv_entry *e)
-{
-    if (!e->sku)
-        return CH_INVALID_ARGUMENT;
-    if (r->status != INV_RES_REJECTED || !r->short_sku || strcmp(r->short_sku, e->sku) != 0 ||
-        r->requested != e->requested || r->available != e->available || !same_text(r->reason, e->reason))
-        return CH_FAILED_PRECONDITION;
-    strmap_remove(&s->res, r->order_id);
-    res_free(r);
-    return CH_OK;
+    if (st == CH_OK)
+        res_remove(s, r);
+    return st;
 }
 
 static ch_status revert_committed(inv_store *s, inv_reservation *r)
@@ -811,9 +860,9 @@ static ch_status revert_committed(inv_store *s, inv_reservation *r)
     return CH_OK;
 }
 
-static ch_status revert_released(inv_store *s, inv_reservation *r, const inv_entry *e)
+static ch_status revert_released(inv_store *s, inv_reservation *r, const inv_undo *u)
 {
-    if (r->status != INV_RES_RELEASED || r->restocked != e->restocked || !same_text(r->reason, e->reason))
+    if (r->status != INV_RES_RELEASED || r->restocked != u->restocked)
         return CH_FAILED_PRECONDITION;
     ch_status st = move_lines(s, r, COUNT_AVAILABLE, r->was_committed ? COUNT_SOLD : COUNT_RESERVED);
     if (st != CH_OK)
@@ -829,24 +878,33 @@ static ch_status revert_released(inv_store *s, inv_reservation *r, const inv_ent
     return CH_OK;
 }
 
-ch_status inv_revert(inv_store *s, const inv_entry *e)
+/* True when the string field f holds its terminating NUL. */
+#define FIELD_OK(f) (memchr((f), '\0', sizeof(f)) != NULL)
+
+ch_status inv_revert(inv_store *s, const inv_undo *u)
 {
-    switch (e->kind) {
+    if (!FIELD_OK(u->sku) || !FIELD_OK(u->order_id) || !FIELD_OK(u->key))
+        return CH_INVALID_ARGUMENT;
+    switch (u->kind) {
+    case INV_ENTRY_STOCK_SET:
+    case INV_ENTRY_STOCK_ADJUSTED: return revert_stock(s, u);
     case INV_ENTRY_RESERVED:
     case INV_ENTRY_REJECTED:
     case INV_ENTRY_COMMITTED:
     case INV_ENTRY_RELEASED: break;
-    default: return CH_INVALID_ARGUMENT; /* stock entries, unknown kinds */
+    default: return CH_INVALID_ARGUMENT; /* nothing to undo, or an unknown kind */
     }
-    if (!e->order_id)
-        return CH_INVALID_ARGUMENT;
-    inv_reservation *r = res_find(s, e->order_id);
+    inv_reservation *r = res_find(s, u->order_id);
     if (!r)
         return CH_NOT_FOUND;
-    switch (e->kind) {
-    case INV_ENTRY_RESERVED: return revert_reserved(s, r, e);
-    case INV_ENTRY_REJECTED: return revert_rejected(s, r, e);
+    switch (u->kind) {
+    case INV_ENTRY_RESERVED: return revert_reserved(s, r);
+    case INV_ENTRY_REJECTED:
+        if (r->status != INV_RES_REJECTED)
+            return CH_FAILED_PRECONDITION;
+        res_remove(s, r);
+        return CH_OK;
     case INV_ENTRY_COMMITTED: return revert_committed(s, r);
-    default: return revert_released(s, r, e);
+    default: return revert_released(s, r, u);
     }
 }

@@ -1,13 +1,15 @@
 /* inventory_core.h: the inventory domain, pure (no gRPC, no NATS, no clock).
  *
  * The state is stock per SKU and one reservation per order. It is a fold of
- * ledger entries: inv_apply() is the reducer and the only code that changes
- * the state. Every change is first decided by an inv_decide_*() function,
- * which reads the state and fills an inv_decision (the entry to append)
- * without touching anything; the service appends the entry to its ledger and
- * the ledger applies it. On start-up the ledger replays every entry, so
- * memory is a cache of the ledger. Entries record decisions already taken, so
- * folding them never decides anything again.
+ * entries: inv_apply() is the reducer and the only code that changes the
+ * state, inv_revert() its inverse. Each entry is one of the service's events
+ * (inventory.stock_set, .stock_adjusted, .reserved, .failed, .committed,
+ * .released; the adapter converts). Every change is first decided by an
+ * inv_decide_*() function, which reads the state and fills an inv_decision
+ * (the entry to record) without touching anything; the service applies the
+ * entry and publishes its event. On start-up every event is applied again,
+ * so memory is a cache of the service's stream. Entries record decisions
+ * already taken, so folding them never decides anything again.
  *
  * Per SKU, always: available + reserved + sold == total_in, every counter
  * >= 0, and total_in <= INV_UNITS_MAX. total_in changes only through
@@ -22,8 +24,9 @@
  *
  * Ownership: an inv_store owns its stock levels and reservations; pointers it
  * returns stay valid until the store is destroyed, except that inv_revert()
- * of a RESERVED or REJECTED entry frees that order's reservation (nothing
- * else is ever removed).
+ * of a RESERVED or REJECTED entry frees that order's reservation, and of a
+ * stock entry that created its SKU frees that SKU's stock (nothing else is
+ * ever removed).
  * Entries and requests passed in are borrowed; an inv_decision is the
  * caller's and its entry points into itself and into the request it was
  * decided from. Not thread-safe: the service serialises access. */
@@ -90,7 +93,7 @@ typedef struct inv_reservation {
     int64_t available;  /* REJECTED: units of short_sku that were available */
 } inv_reservation;
 
-/* ---- ledger entries, as the reducer sees them ---- */
+/* ---- entries, as the reducer sees them ---- */
 
 typedef enum inv_entry_kind {
     INV_ENTRY_STOCK_SET = 1,
@@ -117,13 +120,15 @@ typedef struct inv_entry {
     uint32_t requested;          /* REJECTED */
     const char *reason;          /* REJECTED, RELEASED */
     bool restocked;              /* RELEASED: by a customer cancel */
+    uint32_t units;              /* RESERVED, COMMITTED, RELEASED: units moved (informative: the
+                                  * fold takes them from the lines) */
 } inv_entry;
 
 /* What a decision concluded. */
 typedef enum inv_outcome {
-    INV_APPEND,  /* new: append d->entry to the ledger, then publish what it implies */
-    INV_DECIDED, /* decided before (a redelivery or duplicate): re-publish what the state records */
-    INV_NOOP,    /* nothing to record and nothing to publish */
+    INV_APPEND,  /* new: apply d->entry and record it (publish its event) */
+    INV_DECIDED, /* decided before (a redelivery or a retry): the state holds it, nothing to record */
+    INV_NOOP,    /* nothing to record */
 } inv_outcome;
 
 /* A decision and the room its entry points into (about 7 KB: keep it off
@@ -154,9 +159,18 @@ ch_status inv_validate_sku(const char *sku, char *err, size_t errlen);
  * with "order_id: ..." in err. */
 ch_status inv_validate_order_id(const char *order_id, char *err, size_t errlen);
 
+/* Checks a SetStock request as it comes (no state): CH_INVALID_ARGUMENT
+ * with err naming sku or available. */
+ch_status inv_validate_set(const char *sku, int64_t available, char *err, size_t errlen);
+
+/* Checks an AdjustStock request as it comes (no state): CH_INVALID_ARGUMENT
+ * with err naming sku, delta or idempotency_key (NULL or "": none). */
+ch_status inv_validate_adjust(const char *sku, int64_t delta, const char *key, char *err, size_t errlen);
+
 /* SetStock: d->entry sets sku's available units to `available`.
  * CH_INVALID_ARGUMENT (err names sku or available) or
- * CH_FAILED_PRECONDITION when total_in would pass INV_UNITS_MAX. */
+ * CH_FAILED_PRECONDITION when total_in would pass INV_UNITS_MAX. An entry
+ * for the level the SKU has changes nothing when applied. */
 ch_status inv_decide_set(const inv_store *s, const char *sku, int64_t available, inv_decision *d, char *err,
                          size_t errlen);
 
@@ -188,18 +202,20 @@ ch_status inv_decide_adjust_key(const inv_store *s, const char *sku, int64_t del
 ch_status inv_decide_reserve(const inv_store *s, const inv_reserve_req *r, inv_decision *d, inv_outcome *out,
                              char *err, size_t errlen);
 
-/* payment.processed: INV_APPEND (COMMITTED) for a RESERVED reservation,
- * INV_NOOP otherwise (committed already, released first by a cancel, or
- * rejected). CH_NOT_FOUND when the order has no reservation. */
+/* payment.processed: INV_APPEND (COMMITTED, with the reservation's units)
+ * for a RESERVED reservation, INV_NOOP otherwise (committed already,
+ * released first by a cancel, or rejected). CH_NOT_FOUND when the order has
+ * no reservation. */
 ch_status inv_decide_commit(const inv_store *s, const char *order_id, const char *cause_event_id,
                             inv_decision *d, inv_outcome *out);
 
 /* payment.failed (customer_cancel false) or order.cancel_requested (true):
- * INV_APPEND (RELEASED) for a RESERVED reservation, and for a COMMITTED one
- * when the customer cancels; INV_DECIDED when it is RELEASED already; INV_NOOP
- * otherwise (rejected: nothing held; committed and then payment.failed: a
- * contradiction nobody should send). `why` (may be NULL or "") becomes part
- * of the reason. CH_NOT_FOUND when the order has no reservation. */
+ * INV_APPEND (RELEASED, with the reservation's units) for a RESERVED
+ * reservation, and for a COMMITTED one when the customer cancels;
+ * INV_DECIDED when it is RELEASED already; INV_NOOP otherwise (rejected:
+ * nothing held; committed and then payment.failed: a contradiction nobody
+ * should send). `why` (may be NULL or "") becomes part of the reason.
+ * CH_NOT_FOUND when the order has no reservation. */
 ch_status inv_decide_release(const inv_store *s, const char *order_id, bool customer_cancel, const char *why,
                              const char *cause_event_id, inv_decision *d, inv_outcome *out);
 
@@ -218,12 +234,34 @@ void inv_store_destroy(inv_store *s); /* accepts NULL */
  * CH_NO_MEMORY changes nothing either. */
 ch_status inv_apply(inv_store *s, const inv_entry *e, bool *changed);
 
-/* The inverse of inv_apply for reservation entries, for a batch of decisions
- * applied one by one before a single ledger append that then failed or lost
- * its race: undoes e, which must be the most recent entry applied to s that
- * changed it (inv_apply said *changed true). Revert a batch newest first and
- * s is exactly as before the batch (re-applying the entries gives the same
- * state again).
+/* What inv_revert needs to take back one entry that changed the store:
+ * small and flat (the service's writer keeps a copy of it per event in
+ * flight, at most 512 bytes). It names the SKU or the order and keeps what
+ * the entry itself does not say (whether a SKU was new, the delta a SetStock
+ * made); the lines of a reservation are the store's, so it holds none. */
+typedef struct inv_undo {
+    inv_entry_kind kind;                 /* 0: nothing to undo */
+    char sku[INV_SKU_MAX + 1];           /* STOCK_SET, STOCK_ADJUSTED */
+    char order_id[INV_ORDER_ID_MAX + 1]; /* the reservation entries */
+    int64_t delta;                       /* stock entries: what available and total_in gained */
+    bool created;                        /* stock entries: the entry added the SKU */
+    bool restocked;                      /* RELEASED: as applied (checked when undone) */
+    char key[INV_KEY_MAX + 1];           /* STOCK_ADJUSTED: the idempotency key it remembered, or "" */
+} inv_undo;
+
+/* inv_apply, and when the entry changed s (*changed true), *undo (may be
+ * NULL) gets what inv_revert needs to take it back; otherwise undo->kind is
+ * 0. */
+ch_status inv_apply_undoable(inv_store *s, const inv_entry *e, bool *changed, inv_undo *undo);
+
+/* The inverse of inv_apply, for decisions applied one by one and published
+ * together that were then not stored (another replica was first): undoes
+ * the entry u was made for, which must be the most recent entry applied to s
+ * that changed it. Revert a batch newest first and s is exactly as before
+ * the batch (re-applying the entries gives the same state again).
+ *   STOCK_SET, STOCK_ADJUSTED  available and total_in -= delta; the
+ *              idempotency key is forgotten; a SKU the entry created is
+ *              removed and freed (pointers to it dangle)
  *   RESERVED   lines back reserved -> available; the reservation is removed
  *              and freed (pointers to it dangle)
  *   REJECTED   the reservation is removed and freed
@@ -231,13 +269,14 @@ ch_status inv_apply(inv_store *s, const inv_entry *e, bool *changed);
  *   RELEASED   lines back to sold (was_committed) or reserved; COMMITTED or
  *              RESERVED again, with no reason (a reservation has none before
  *              its release) and was_committed/restocked false
- * CH_INVALID_ARGUMENT for a STOCK_SET/STOCK_ADJUSTED entry (not revertible)
- * or a malformed one; CH_NOT_FOUND when the order has no reservation;
- * CH_FAILED_PRECONDITION when the reservation or the stock is not as e left
- * it (another status, other lines/reason/restocked, a counter that would go
- * negative). Everything is checked first: on error nothing changed. Never
- * allocates. Not thread-safe, like inv_apply. */
-ch_status inv_revert(inv_store *s, const inv_entry *e);
+ * CH_INVALID_ARGUMENT for an unknown kind or a malformed record;
+ * CH_NOT_FOUND when the SKU or the order is not in the store;
+ * CH_FAILED_PRECONDITION when the stock or the reservation is not as the
+ * entry left it (another status or restocked, a key not remembered, a
+ * counter that would go negative, a created SKU that holds units).
+ * Everything is checked first: on error nothing changed. Never allocates.
+ * Not thread-safe, like inv_apply. */
+ch_status inv_revert(inv_store *s, const inv_undo *u);
 
 /* True when an AdjustStock of sku with key (not NULL or "") was applied. */
 bool inv_store_adjust_key_known(const inv_store *s, const char *sku, const char *key);

@@ -1,7 +1,6 @@
-/* choreo-inventory: the inventory service. Reads its configuration, replays
- * its ledger, reacts to the saga's events and serves gRPC until SIGTERM. */
-#include <pthread.h>
-
+/* choreo-inventory: the inventory service. Reads its configuration, folds
+ * its stock and reservations from its stream, reacts to the saga's events,
+ * serves gRPC until SIGTERM. */
 #include "inventory.h"
 #include "log.h"
 #include "service.h"
@@ -16,16 +15,13 @@ int main(int argc, char **argv)
     if (code >= 0)
         return code;
     svc.cfg = &rt.cfg;
-    pthread_mutex_init(&svc.mu, NULL);
 
     st = inv_store_create(&svc.store);
     if (st == CH_OK)
         st = service_connect(&rt);
     svc.bus = rt.bus;
     if (st == CH_OK)
-        st = inventory_ledger_open(&svc);
-    if (st == CH_OK)
-        st = inventory_workers_start(&svc);
+        st = inventory_events_start(&svc);
     if (st == CH_OK)
         st = service_create_server(&rt);
     if (st == CH_OK)
@@ -33,11 +29,9 @@ int main(int argc, char **argv)
     if (st == CH_OK)
         st = service_serve(&rt);
 
-    inventory_workers_stop(&svc); /* before the bus goes */
-    inventory_ledger_close(&svc);
+    inventory_events_stop(&svc); /* the writer before the bus it uses */
     service_shutdown(&rt);
     inv_store_destroy(svc.store);
-    pthread_mutex_destroy(&svc.mu);
     if (st != CH_OK && st != CH_CANCELLED) {
         log_error("exiting on error", "status", ch_status_str(st), NULL);
         return 1;

@@ -1,6 +1,6 @@
 /* choreo-notifications: the notifications service. Reads its configuration,
- * rebuilds its notifications from the event stream, consumes order.confirmed
- * and order.cancelled, serves gRPC until SIGTERM. */
+ * folds its notifications from its stream, reacts to order.confirmed and
+ * order.cancelled, serves gRPC until SIGTERM. */
 #include <stdlib.h>
 
 #include "log.h"
@@ -10,7 +10,7 @@
 int main(int argc, char **argv)
 {
     service_runtime rt;
-    notifications_service svc;
+    notifications_service svc = {0};
     ch_status st;
 
     int code = service_boot(&rt, argc, argv, "notifications", NOTIFICATIONS_SERVICE_NAME, "0.0.0.0:50054");
@@ -22,9 +22,7 @@ int main(int argc, char **argv)
         st = service_connect(&rt);
     svc.bus = rt.bus;
     if (st == CH_OK)
-        st = notifications_rebuild(&svc, NULL);
-    if (st == CH_OK)
-        st = notifications_workers_start(&svc);
+        st = notifications_events_start(&svc);
     if (st == CH_OK)
         st = service_create_server(&rt);
     if (st == CH_OK)
@@ -32,9 +30,7 @@ int main(int argc, char **argv)
     if (st == CH_OK)
         st = service_serve(&rt);
 
-    /* gRPC is down once service_serve returns; the workers must stop before
-     * the bus they use is destroyed. */
-    notifications_workers_stop(&svc);
+    notifications_events_stop(&svc); /* the writer before the bus it uses; the watchers are gone */
     service_shutdown(&rt);
     notifications_service_cleanup(&svc);
     if (st != CH_OK && st != CH_CANCELLED) {

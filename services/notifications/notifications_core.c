@@ -74,7 +74,7 @@ static size_t utf8_cut(const char *s, size_t n, size_t cap)
     return n;
 }
 
-ch_status notif_build(const notif_input *in, notification *out, char *err, size_t errlen)
+ch_status notif_build(const notif_input *in, notif_notification *out, char *err, size_t errlen)
 {
     ch_status st;
 
@@ -112,7 +112,7 @@ ch_status notif_build(const notif_input *in, notification *out, char *err, size_
     return CH_OK;
 }
 
-ch_status notif_validate(const notification *n, char *err, size_t errlen)
+ch_status notif_validate(const notif_notification *n, char *err, size_t errlen)
 {
     char want[NOTIF_ID_MAX + 1];
     ch_status st;
@@ -187,7 +187,7 @@ typedef struct notif_index_entry {
 } notif_index_entry;
 
 struct notif_store {
-    notification *items; /* items[seq - 1] */
+    notif_notification *items; /* items[seq - 1] */
     size_t n, cap;
     strmap by_customer; /* customer id -> notif_index_entry */
     strmap by_order;    /* order id -> notif_index_entry */
@@ -222,6 +222,34 @@ static ch_status index_reserve(strmap *ix, const char *key, notif_index_entry **
     return CH_OK;
 }
 
+/* Takes the newest seq off key's entry (the one the last add appended), and
+ * the key itself once it has none left, as if the add had never been. */
+static void index_pop(strmap *ix, const char *key)
+{
+    notif_index_entry *e = strmap_get(ix, key);
+    if (!e || e->n == 0)
+        return;
+    if (--e->n == 0) {
+        strmap_remove(ix, e->key);
+        free(e->seqs);
+        free(e);
+    }
+}
+
+/* Index in e->seqs of the first seq >= from (e->n when none). */
+static size_t index_first_from(const notif_index_entry *e, uint64_t from)
+{
+    size_t lo = 0, hi = e->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (e->seqs[mid] < from)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 static void index_free(strmap *ix)
 {
     for (size_t i = 0; i < ix->cap; i++) {
@@ -250,18 +278,18 @@ void notif_store_destroy(notif_store *s)
     free(s);
 }
 
-const notification *notif_store_find(const notif_store *s, const char *order_id, notif_kind kind)
+const notif_notification *notif_store_find(const notif_store *s, const char *order_id, notif_kind kind)
 {
     const notif_index_entry *e = index_get(&s->by_order, order_id);
     for (size_t i = 0; e && i < e->n; i++) {
-        const notification *n = &s->items[e->seqs[i] - 1];
+        const notif_notification *n = &s->items[e->seqs[i] - 1];
         if (n->kind == kind)
             return n;
     }
     return NULL;
 }
 
-ch_status notif_store_add(notif_store *s, const notification *n, bool *added)
+ch_status notif_store_add(notif_store *s, const notif_notification *n, bool *added)
 {
     notif_index_entry *by_cust, *by_order;
 
@@ -270,7 +298,7 @@ ch_status notif_store_add(notif_store *s, const notification *n, bool *added)
         return CH_OK;
     if (s->n == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 64;
-        notification *items = realloc(s->items, cap * sizeof *items);
+        notif_notification *items = realloc(s->items, cap * sizeof *items);
         if (!items)
             return CH_NO_MEMORY;
         s->items = items;
@@ -282,7 +310,7 @@ ch_status notif_store_add(notif_store *s, const notification *n, bool *added)
         index_reserve(&s->by_order, n->order_id, &by_order) != CH_OK)
         return CH_NO_MEMORY;
 
-    notification *stored = &s->items[s->n++];
+    notif_notification *stored = &s->items[s->n++];
     *stored = *n;
     stored->seq = s->n;
     by_cust->seqs[by_cust->n++] = stored->seq;
@@ -291,12 +319,22 @@ ch_status notif_store_add(notif_store *s, const notification *n, bool *added)
     return CH_OK;
 }
 
+void notif_store_remove_newest(notif_store *s)
+{
+    if (s->n == 0)
+        return;
+    const notif_notification *last = &s->items[s->n - 1];
+    index_pop(&s->by_customer, last->customer_id);
+    index_pop(&s->by_order, last->order_id);
+    s->n--;
+}
+
 uint64_t notif_store_count(const notif_store *s)
 {
     return s->n;
 }
 
-const notification *notif_store_at(const notif_store *s, uint64_t seq)
+const notif_notification *notif_store_at(const notif_store *s, uint64_t seq)
 {
     if (seq == 0 || seq > s->n)
         return NULL;
@@ -304,13 +342,12 @@ const notification *notif_store_at(const notif_store *s, uint64_t seq)
 }
 
 ch_status notif_store_list(const notif_store *s, const char *customer_id, const char *order_id,
-                           const char *page_token, const notification **out, size_t cap, size_t *n,
-                           char *next_token)
+                           const char *page_token, uint64_t upto, const notif_notification **out, size_t cap,
+                           size_t *n, char *next_token)
 {
     const notif_index_entry *e =
         order_id && order_id[0] ? index_get(&s->by_order, order_id) : index_get(&s->by_customer, customer_id);
     uint64_t from = 1;
-    size_t lo = 0, hi;
 
     *n = 0;
     next_token[0] = '\0';
@@ -318,18 +355,31 @@ ch_status notif_store_list(const notif_store *s, const char *customer_id, const 
         return CH_INVALID_ARGUMENT;
     if (!e)
         return CH_OK;
-    /* the first seq >= from */
-    hi = e->n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (e->seqs[mid] < from)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    for (; lo < e->n && *n < cap; lo++)
-        out[(*n)++] = &s->items[e->seqs[lo] - 1];
-    if (lo < e->n)
-        snprintf(next_token, NOTIF_TOKEN_MAX, NOTIF_TOKEN_PREFIX "%" PRIu64, e->seqs[lo]);
+    size_t i = index_first_from(e, from);
+    for (; i < e->n && e->seqs[i] <= upto && *n < cap; i++)
+        out[(*n)++] = &s->items[e->seqs[i] - 1];
+    if (i < e->n && e->seqs[i] <= upto)
+        snprintf(next_token, NOTIF_TOKEN_MAX, NOTIF_TOKEN_PREFIX "%" PRIu64, e->seqs[i]);
     return CH_OK;
+}
+
+uint64_t notif_store_after(const notif_store *s, const char *customer_id, uint64_t after, uint64_t upto,
+                           const notif_notification **out, size_t cap, size_t *n)
+{
+    *n = 0;
+    if (upto > s->n)
+        upto = s->n;
+    if (after >= upto || cap == 0)
+        return after;
+    if (!customer_id || !customer_id[0]) {
+        for (uint64_t seq = after + 1; seq <= upto && *n < cap; seq++)
+            out[(*n)++] = &s->items[seq - 1];
+    } else {
+        const notif_index_entry *e = index_get(&s->by_customer, customer_id);
+        if (!e)
+            return upto;
+        for (size_t i = index_first_from(e, after + 1); i < e->n && e->seqs[i] <= upto && *n < cap; i++)
+            out[(*n)++] = &s->items[e->seqs[i] - 1];
+    }
+    return *n == cap ? out[cap - 1]->seq : upto;
 }

@@ -9,10 +9,14 @@
  * so a second notification of the same (order, kind) is refused and lists
  * page cheaply.
  *
+ * Readers may be shown a prefix of the store only (`upto`, a seq): the
+ * service keeps the notifications it recorded but has not confirmed yet at
+ * the end, where notif_store_remove_newest takes them back.
+ *
  * Ownership: a notif_store owns copies of its notifications; pointers it
- * returns stay valid until the next notif_store_add or the destroy (the array
- * may move). Inputs are borrowed. Not thread-safe: the service serialises
- * access. */
+ * returns stay valid until the next notif_store_add, notif_store_remove_newest
+ * or the destroy (the array may move). Inputs are borrowed. Not thread-safe:
+ * the service serialises access. */
 #ifndef CHOREO_NOTIFICATIONS_CORE_H
 #define CHOREO_NOTIFICATIONS_CORE_H
 
@@ -39,7 +43,7 @@ typedef enum notif_kind {
     NOTIF_ORDER_CANCELLED = 2, /* "order_cancelled": the saga ended without a sale */
 } notif_kind;
 
-typedef struct notification {
+typedef struct notif_notification {
     char id[NOTIF_ID_MAX + 1]; /* "<order_id>.<kind name>" */
     char order_id[NOTIF_ORDER_ID_MAX + 1];
     char customer_id[NOTIF_CUSTOMER_MAX + 1];
@@ -47,7 +51,7 @@ typedef struct notification {
     char message[NOTIF_MESSAGE_MAX + 1];
     int64_t sent_at_ms; /* when it was recorded, ms since the epoch */
     uint64_t seq;       /* 1-based position in its store; 0 until added */
-} notification;
+} notif_notification;
 
 /* The facts an order event gives (borrowed from the decoded event). */
 typedef struct notif_input {
@@ -70,12 +74,12 @@ ch_status notif_kind_parse(const char *name, notif_kind *out);
  * cancelled: out of stock"; a long reason is cut at a UTF-8 boundary so the
  * text fits NOTIF_MESSAGE_MAX). On bad input writes a message naming the
  * field ("customer_id: required") and returns CH_INVALID_ARGUMENT. */
-ch_status notif_build(const notif_input *in, notification *out, char *err, size_t errlen);
+ch_status notif_build(const notif_input *in, notif_notification *out, char *err, size_t errlen);
 
 /* Checks a notification read back from outside (the event stream): ids are
  * tokens, the id matches order and kind, the text is 1..NOTIF_MESSAGE_MAX
  * bytes of UTF-8. CH_INVALID_ARGUMENT with the field named in err. */
-ch_status notif_validate(const notification *n, char *err, size_t errlen);
+ch_status notif_validate(const notif_notification *n, char *err, size_t errlen);
 
 /* Checks a list request: exactly one of customer_id / order_id (the other ""),
  * each a valid id; page_size 0..NOTIF_PAGE_MAX; the token shape. Writes the
@@ -94,24 +98,37 @@ void notif_store_destroy(notif_store *s); /* accepts NULL */
 /* Records a copy of n (its seq is assigned). A notification of the same
  * (order, kind) already there is kept and *added is false (CH_OK): one per
  * order and kind. CH_NO_MEMORY leaves the store unchanged. */
-ch_status notif_store_add(notif_store *s, const notification *n, bool *added);
+ch_status notif_store_add(notif_store *s, const notif_notification *n, bool *added);
+
+/* Takes the newest notification out again (the undo of the last add that
+ * added one): the store is then exactly as before that add, its lists, pages
+ * and tokens included. Nothing on an empty store. Cannot fail. */
+void notif_store_remove_newest(notif_store *s);
 
 /* The notification of (order_id, kind), or NULL. */
-const notification *notif_store_find(const notif_store *s, const char *order_id, notif_kind kind);
+const notif_notification *notif_store_find(const notif_store *s, const char *order_id, notif_kind kind);
 
 /* Notifications recorded so far; also the seq of the newest. */
 uint64_t notif_store_count(const notif_store *s);
 
 /* The notification with this seq (1..count), or NULL. */
-const notification *notif_store_at(const notif_store *s, uint64_t seq);
+const notif_notification *notif_store_at(const notif_store *s, uint64_t seq);
 
 /* One page, oldest first, of the notifications of customer_id (order_id "")
- * or of order_id (customer_id ""). page_token is "" for the first page or a
+ * or of order_id (customer_id ""), among those with seq <= upto
+ * (notif_store_count(s) for all). page_token is "" for the first page or a
  * next_token from an earlier page. Fills out[0..*n) (at most cap) with
  * borrowed pointers and next_token (NOTIF_TOKEN_MAX bytes) with "" on the
  * last page. CH_INVALID_ARGUMENT for a token this store did not make. */
 ch_status notif_store_list(const notif_store *s, const char *customer_id, const char *order_id,
-                           const char *page_token, const notification **out, size_t cap, size_t *n,
-                           char *next_token);
+                           const char *page_token, uint64_t upto, const notif_notification **out, size_t cap,
+                           size_t *n, char *next_token);
+
+/* The notifications with after < seq <= upto, oldest first, of customer_id
+ * ("" or NULL: of everyone): fills out[0..*n) (at most cap) with borrowed
+ * pointers and returns the seq to go on after (the last one looked at: upto
+ * when fewer than cap came back). A watcher's cursor. */
+uint64_t notif_store_after(const notif_store *s, const char *customer_id, uint64_t after, uint64_t upto,
+                           const notif_notification **out, size_t cap, size_t *n);
 
 #endif

@@ -1,5 +1,6 @@
-/* notifications_events.c: the notifications service's event adapter: order
- * events in, notification.sent out (the durable record), rebuild from it. */
+/* notifications_events.c: the notifications service's writer: its stream
+ * folded into the store, and its reactions: order.confirmed and
+ * order.cancelled -> notification.sent, once per (order, kind). */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,8 @@
 #include "log.h"
 #include "notifications.h"
 
+enum { CONSUME_CONFIRMED = 0, CONSUME_CANCELLED, CONSUMED };
+
 ch_status notifications_service_init(notifications_service *svc, const service_config *cfg)
 {
     pthread_condattr_t ca;
@@ -19,8 +22,11 @@ ch_status notifications_service_init(notifications_service *svc, const service_c
     pthread_mutex_init(&svc->mu, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* watchers wait with timeouts */
-    pthread_cond_init(&svc->recorded, &ca);
+    pthread_cond_init(&svc->changed, &ca);
     pthread_condattr_destroy(&ca);
+    svc->unstored = calloc(WRITER_MAX_IN_FLIGHT, sizeof *svc->unstored);
+    if (!svc->unstored)
+        return CH_NO_MEMORY;
     return notif_store_create(&svc->store);
 }
 
@@ -30,142 +36,39 @@ void notifications_service_cleanup(notifications_service *svc)
         return; /* never initialised */
     notif_store_destroy(svc->store);
     svc->store = NULL;
-    pthread_cond_destroy(&svc->recorded);
+    free(svc->unstored);
+    svc->unstored = NULL;
+    pthread_cond_destroy(&svc->changed);
     pthread_mutex_destroy(&svc->mu);
 }
 
-/* Records n (already durable as notification.sent) and wakes the watchers.
- * *added is false when the store had (order, kind) already. */
-static ch_status record(notifications_service *svc, const notification *n, bool *added)
+/* ---- what readers are shown ---- */
+
+/* The store is its stored prefix and then the unstored: moves `stored` to
+ * the end of that prefix and wakes the watchers when it grew. Writer thread
+ * (or main, during the start-up replay). */
+static void publish_stored(notifications_service *svc)
 {
+    uint64_t stored = notif_store_count(svc->store) - svc->n_unstored;
+
+    if (stored == svc->stored)
+        return;
     pthread_mutex_lock(&svc->mu);
-    ch_status st = notif_store_add(svc->store, n, added);
-    if (st == CH_OK && *added)
-        pthread_cond_broadcast(&svc->recorded);
+    svc->stored = stored;
+    pthread_cond_broadcast(&svc->changed);
     pthread_mutex_unlock(&svc->mu);
-    return st;
 }
 
-/* The core's input from an order.confirmed / order.cancelled envelope. */
-static void input_from_envelope(const choreo_events_v1_Envelope *e, event_type t, notif_input *in)
+static notifications_unstored *unstored_at(notifications_service *svc, size_t i)
 {
-    memset(in, 0, sizeof *in);
-    in->order_id = e->order_id;
-    if (t == EVENT_ORDER_CONFIRMED) {
-        in->kind = NOTIF_ORDER_CONFIRMED;
-        in->customer_id = e->payload.order_confirmed.customer_id;
-        in->total_cents = e->payload.order_confirmed.total_cents;
-    } else {
-        in->kind = NOTIF_ORDER_CANCELLED;
-        in->customer_id = e->payload.order_cancelled.customer_id;
-        in->reason = e->payload.order_cancelled.reason;
-    }
+    return &svc->unstored[(svc->unstored_head + i) % WRITER_MAX_IN_FLIGHT];
 }
 
-/* Handles order.confirmed and order.cancelled (worker threads, one per
- * type). The notification.sent event is the record: it is published
- * (deferred), "sent" (the log line), and the worker acks the incoming event
- * once it is stored; the follower then puts it in the store and wakes the
- * watchers. A failed publish or a crash before it is durable leads to
- * redelivery and a fresh attempt; after it, the store holds (order, kind)
- * and a redelivered event is only acked. */
-static bus_verdict on_order_event(const choreo_events_v1_Envelope *e, const bus_in_msg *m, void *ctx,
-                                  char *reason, size_t reason_cap)
-{
-    notifications_service *svc = ctx;
-    choreo_events_v1_Envelope envelope; /* ~9 KB on the worker's stack: no malloc per event */
-    choreo_events_v1_Envelope *out = &envelope;
-    notif_input in;
-    notification n;
-    event_type t;
-    char err[256];
-    ch_status st;
-
-    if (event_type_of(e, &t) != CH_OK || (t != EVENT_ORDER_CONFIRMED && t != EVENT_ORDER_CANCELLED)) {
-        snprintf(reason, reason_cap, "not an order.confirmed or order.cancelled event");
-        return BUS_DEAD;
-    }
-    input_from_envelope(e, t, &in);
-
-    pthread_mutex_lock(&svc->mu);
-    bool known = notif_store_find(svc->store, e->order_id, in.kind) != NULL;
-    pthread_mutex_unlock(&svc->mu);
-    if (known) {
-        snprintf(reason, reason_cap, "already notified");
-        return BUS_ACK;
-    }
-
-    st = event_init_caused(out, EVENT_NOTIFICATION_SENT, e, NOTIFICATIONS_PRODUCER);
-    if (st != CH_OK) {
-        snprintf(reason, reason_cap, "cannot make notification.sent: %s", ch_status_str(st));
-        return BUS_DEAD;
-    }
-    in.sent_at_ms = out->occurred_at_unix_ns / 1000000;
-    if (notif_build(&in, &n, err, sizeof err) != CH_OK) {
-        snprintf(reason, reason_cap, "%s.%s",
-                 t == EVENT_ORDER_CONFIRMED ? "order_confirmed" : "order_cancelled", err);
-        return BUS_DEAD;
-    }
-    choreo_events_v1_NotificationSent *p = &out->payload.notification_sent;
-    snprintf(p->customer_id, sizeof p->customer_id, "%s", n.customer_id);
-    snprintf(p->kind, sizeof p->kind, "%s", notif_kind_name(n.kind));
-    snprintf(p->notification_id, sizeof p->notification_id, "%s", n.id);
-    snprintf(p->message, sizeof p->message, "%s", n.message);
-
-    /* notification.sent is the record: the incoming event is acked once it is
-     * stored, and the store gets it from the follower, which reads the stream
-     * (so a failed publish is redelivered, never half-recorded). */
-    st = event_publish_deferred(m, out);
-    if (st != CH_OK) {
-        snprintf(reason, reason_cap, "notification.sent not published: %s", ch_status_str(st));
-        return st == CH_INVALID_ARGUMENT ? BUS_DEAD : BUS_RETRY;
-    }
-    log_info("notification sent", "notification_id", n.id, "order_id", n.order_id, "customer_id",
-             n.customer_id, "kind", notif_kind_name(n.kind), "event_id", out->event_id, NULL);
-    return BUS_ACK;
-}
-
-static ch_status follow_start(notifications_service *svc);
-static void follow_stop(notifications_service *svc);
-
-ch_status notifications_workers_start(notifications_service *svc)
-{
-    ch_status fst = follow_start(svc);
-    if (fst != CH_OK)
-        return fst;
-    event_worker_spec spec = {
-        .service = NOTIFICATIONS_PRODUCER,
-        .type = EVENT_ORDER_CONFIRMED,
-        .handler = on_order_event,
-        .ctx = svc,
-    };
-    ch_status st = event_worker_start(svc->bus, &spec, &svc->on_confirmed);
-    if (st != CH_OK)
-        return st;
-    spec.type = EVENT_ORDER_CANCELLED;
-    return event_worker_start(svc->bus, &spec, &svc->on_cancelled);
-}
-
-void notifications_workers_stop(notifications_service *svc)
-{
-    event_worker *ws[] = {svc->on_confirmed, svc->on_cancelled};
-    event_workers_stop(ws, 2);
-    svc->on_confirmed = NULL;
-    svc->on_cancelled = NULL;
-    follow_stop(svc);
-}
-
-/* ---- rebuild ---- */
-
-typedef struct rebuild_ctx {
-    notifications_service *svc;
-    uint64_t events, skipped;
-    choreo_events_v1_Envelope env; /* big: kept off the stack */
-} rebuild_ctx;
+/* ---- the stream ---- */
 
 /* The notification a notification.sent event records. */
-static ch_status notification_from_envelope(const choreo_events_v1_Envelope *env, notification *n, char *err,
-                                            size_t errlen)
+static ch_status notification_from_envelope(const choreo_events_v1_Envelope *env, notif_notification *n,
+                                            char *err, size_t errlen)
 {
     const choreo_events_v1_NotificationSent *p = &env->payload.notification_sent;
 
@@ -186,94 +89,181 @@ static ch_status notification_from_envelope(const choreo_events_v1_Envelope *env
     return notif_validate(n, err, errlen);
 }
 
-static ch_status rebuild_one(const bus_in_msg *m, void *arg)
+/* Folds a stored notification.sent into the store. Nothing is in flight
+ * when the writer folds, so it is stored and shown at once. */
+static ch_status fold(void *ctx, const choreo_events_v1_Envelope *env, uint64_t seq)
 {
-    rebuild_ctx *rc = arg;
-    char reason[256] = "";
-    notification n;
+    notifications_service *svc = ctx;
+    char err[256];
+    notif_notification n;
     bool added;
 
-    rc->events++;
-    if (event_decode(m->data, m->len, &rc->env, reason, sizeof reason) != CH_OK ||
-        notification_from_envelope(&rc->env, &n, reason, sizeof reason) != CH_OK) {
-        char seq[24];
-        snprintf(seq, sizeof seq, "%" PRIu64, m->stream_seq);
-        log_warn("rebuild: event skipped", "subject", m->subject, "seq", seq, "reason", reason, NULL);
-        rc->skipped++;
+    if (notification_from_envelope(env, &n, err, sizeof err) != CH_OK) {
+        /* skipped, and logged here where the reason is known (the writer's
+         * line would name a status only) */
+        char at[24];
+        snprintf(at, sizeof at, "%" PRIu64, seq);
+        log_warn("notification.sent not folded in", "seq", at, "event_id", env->event_id, "reason", err,
+                 NULL);
+        svc->skipped++;
         return CH_OK;
     }
-    ch_status st = notif_store_add(rc->svc->store, &n, &added);
+    ch_status st = notif_store_add(svc->store, &n, &added);
     if (st != CH_OK)
         return st;
     if (!added)
-        rc->skipped++; /* a second record of one (order, kind), e.g. past the dedup window */
+        svc->skipped++; /* a second record of one (order, kind), e.g. past the dedup window */
+    publish_stored(svc);
     return CH_OK;
 }
 
-ch_status notifications_rebuild(notifications_service *svc, uint64_t *events_read)
+static void undo(void *ctx, const void *data, size_t len)
 {
-    rebuild_ctx *rc = calloc(1, sizeof *rc);
-    char filter[EVENT_SUBJECT_MAX];
-    ch_status st;
+    notifications_service *svc = ctx;
+    uint64_t seq = 0;
 
-    if (!rc)
-        return CH_NO_MEMORY;
-    rc->svc = svc;
-    st = event_subject(filter, sizeof filter, EVENT_NOTIFICATION_SENT, NULL);
-    if (st == CH_OK) {
-        pthread_mutex_lock(&svc->mu);
-        st = bus_replay(svc->bus, EVENT_STREAM, filter, 1, rebuild_one, rc, &svc->rebuilt_to);
-        pthread_mutex_unlock(&svc->mu);
+    if (len == sizeof seq)
+        memcpy(&seq, data, sizeof seq);
+    if (svc->n_unstored == 0 || seq != notif_store_count(svc->store) ||
+        unstored_at(svc, svc->n_unstored - 1)->seq != seq) {
+        char want[24];
+        snprintf(want, sizeof want, "%" PRIu64, seq);
+        log_error("notification not undone: not the newest", "seq", want, NULL);
+        return;
     }
-    if (events_read)
-        *events_read = rc->events;
-    if (st == CH_OK) {
-        char events[24], count[24], skipped[24];
-        snprintf(events, sizeof events, "%" PRIu64, rc->events);
-        snprintf(count, sizeof count, "%" PRIu64, notif_store_count(svc->store));
-        snprintf(skipped, sizeof skipped, "%" PRIu64, rc->skipped);
-        log_info("notifications rebuilt from the event stream", "events", events, "notifications", count,
-                 "skipped", skipped, NULL);
-    }
-    free(rc);
-    return st;
+    notif_store_remove_newest(svc->store);
+    svc->n_unstored--;
 }
 
-/* ---- following what other replicas record ---- */
+/* ---- the reactions ---- */
 
-static ch_status follow_one(const bus_in_msg *m, void *arg)
+/* The core's input from an order.confirmed / order.cancelled envelope. */
+static void input_from_envelope(const choreo_events_v1_Envelope *e, event_type t, notif_input *in)
 {
-    rebuild_ctx *fc = arg;
-    char reason[256] = "";
-    notification n;
+    memset(in, 0, sizeof *in);
+    in->order_id = e->order_id;
+    if (t == EVENT_ORDER_CONFIRMED) {
+        in->kind = NOTIF_ORDER_CONFIRMED;
+        in->customer_id = e->payload.order_confirmed.customer_id;
+        in->total_cents = e->payload.order_confirmed.total_cents;
+    } else {
+        in->kind = NOTIF_ORDER_CANCELLED;
+        in->customer_id = e->payload.order_cancelled.customer_id;
+        in->reason = e->payload.order_cancelled.reason;
+    }
+}
+
+/* order.confirmed, order.cancelled: one notification per (order, kind). The
+ * notification.sent event is the record: the notification goes into the
+ * store at once (so the next input sees it), is emitted, and is "sent" once
+ * the event is stored (finish); a lost race takes it out again (undo) and
+ * decides again on what the other replica stored. */
+static ch_status on_order_event(notifications_service *svc, writer *w, writer_input *in)
+{
+    const choreo_events_v1_Envelope *e = in->env;
+    event_type t = in->source == CONSUME_CONFIRMED ? EVENT_ORDER_CONFIRMED : EVENT_ORDER_CANCELLED;
+    choreo_events_v1_Envelope out; /* ~9 KB on the writer's stack: no malloc per event */
+    notif_input ni;
+    notif_notification n;
+    char err[BUS_REASON_MAX - NOTIF_KIND_NAME_MAX]; /* the reason is "<kind>.<err>" */
     bool added;
 
-    if (event_decode(m->data, m->len, &fc->env, reason, sizeof reason) != CH_OK ||
-        notification_from_envelope(&fc->env, &n, reason, sizeof reason) != CH_OK)
-        return CH_OK; /* logged by whoever handled it; nothing to record */
-    return record(fc->svc, &n, &added);
+    input_from_envelope(e, t, &ni);
+    if (notif_store_find(svc->store, e->order_id, ni.kind)) {
+        snprintf(in->reason, sizeof in->reason, "already notified");
+        return CH_OK;
+    }
+    ch_status st = event_init_caused(&out, EVENT_NOTIFICATION_SENT, e, NOTIFICATIONS_PRODUCER);
+    if (st != CH_OK) {
+        snprintf(in->reason, sizeof in->reason, "cannot make notification.sent: %s", ch_status_str(st));
+        in->verdict = BUS_DEAD;
+        return CH_OK;
+    }
+    ni.sent_at_ms = out.occurred_at_unix_ns / 1000000;
+    if (notif_build(&ni, &n, err, sizeof err) != CH_OK) {
+        snprintf(in->reason, sizeof in->reason, "%s.%s", notif_kind_name(ni.kind), err);
+        in->verdict = BUS_DEAD;
+        return CH_OK;
+    }
+    choreo_events_v1_NotificationSent *p = &out.payload.notification_sent;
+    snprintf(p->customer_id, sizeof p->customer_id, "%s", n.customer_id);
+    snprintf(p->kind, sizeof p->kind, "%s", notif_kind_name(n.kind));
+    snprintf(p->notification_id, sizeof p->notification_id, "%s", n.id);
+    snprintf(p->message, sizeof p->message, "%s", n.message);
+
+    st = notif_store_add(svc->store, &n, &added);
+    if (st != CH_OK)
+        return st; /* no memory: naked, it comes back */
+    uint64_t seq = notif_store_count(svc->store);
+    st = writer_emit(w, &out, &seq, sizeof seq);
+    if (st != CH_OK) {
+        notif_store_remove_newest(svc->store);
+        snprintf(in->reason, sizeof in->reason, "notification.sent not published: %s", ch_status_str(st));
+        return st; /* it does not encode: dead-lettered */
+    }
+    notifications_unstored *u = unstored_at(svc, svc->n_unstored);
+    svc->n_unstored++;
+    u->in = in;
+    u->seq = seq;
+    snprintf(u->event_id, sizeof u->event_id, "%s", out.event_id);
+    return CH_OK;
 }
 
-static ch_status follow_start(notifications_service *svc)
+static ch_status decide(void *ctx, writer *w, writer_input *in)
 {
-    char filter[EVENT_SUBJECT_MAX];
-    rebuild_ctx *fc = calloc(1, sizeof *fc);
+    if (in->kind == WRITER_CALL)
+        return CH_OK; /* a read: answered in finish, once current */
+    return on_order_event(ctx, w, in);
+}
 
-    if (!fc)
-        return CH_NO_MEMORY;
-    fc->svc = svc;
-    svc->follow_ctx = fc;
-    ch_status st = event_subject(filter, sizeof filter, EVENT_NOTIFICATION_SENT, NULL);
-    if (st == CH_OK)
-        st = bus_follow_start(svc->bus, EVENT_STREAM, filter, svc->rebuilt_to + 1, follow_one, fc,
-                              &svc->follower);
+/* An input is done. The writer finishes the inputs that emitted in the order
+ * of their events, each when its event is stored, so the oldest unstored
+ * notification is the one of the input finished here, if any: it is sent,
+ * and readers see it from now on. */
+static void finish(void *ctx, writer_input *in, ch_status st)
+{
+    notifications_service *svc = ctx;
+
+    if (svc->n_unstored > 0 && unstored_at(svc, 0)->in == in) {
+        notifications_unstored *u = unstored_at(svc, 0);
+        const notif_notification *n = notif_store_at(svc->store, u->seq);
+        if (st != CH_OK)
+            log_error("notification finished unstored yet kept", "status", ch_status_str(st), NULL);
+        log_info("notification sent", "notification_id", n->id, "order_id", n->order_id, "customer_id",
+                 n->customer_id, "kind", notif_kind_name(n->kind), "event_id", u->event_id, NULL);
+        svc->unstored_head = (svc->unstored_head + 1) % WRITER_MAX_IN_FLIGHT;
+        svc->n_unstored--;
+        publish_stored(svc);
+    }
+    if (in->kind == WRITER_CALL)
+        notifications_call_finish(svc, in, st);
+}
+
+ch_status notifications_events_start(notifications_service *svc)
+{
+    static const writer_ops ops = {fold, decide, undo, finish};
+    writer_spec spec = {
+        .service = NOTIFICATIONS_PRODUCER,
+        .stream = EVENT_STREAM_NOTIFICATION,
+        .ops = &ops,
+        .ctx = svc,
+        .consumers =
+            {[CONSUME_CONFIRMED] = {EVENT_ORDER_CONFIRMED}, [CONSUME_CANCELLED] = {EVENT_ORDER_CANCELLED}},
+        .n_consumers = CONSUMED,
+        .publish_timeout_ms = svc->cfg->publish_timeout_ms,
+    };
+    ch_status st = writer_start(svc->bus, &spec, &svc->writer);
+    if (st == CH_OK) {
+        char count[24], skipped[24];
+        snprintf(count, sizeof count, "%" PRIu64, notif_store_count(svc->store));
+        snprintf(skipped, sizeof skipped, "%" PRIu64, svc->skipped);
+        log_info("notifications folded from their stream", "notifications", count, "skipped", skipped, NULL);
+    }
     return st;
 }
 
-static void follow_stop(notifications_service *svc)
+void notifications_events_stop(notifications_service *svc)
 {
-    bus_follow_stop(svc->follower);
-    svc->follower = NULL;
-    free(svc->follow_ctx);
-    svc->follow_ctx = NULL;
+    writer_destroy(svc->writer);
+    svc->writer = NULL;
 }

@@ -1,6 +1,5 @@
 /* choreo-orders: the orders service. Reads its configuration, rebuilds its
- * orders from the event stream, serves gRPC until SIGTERM. */
-#include <pthread.h>
+ * orders from the streams, serves gRPC until SIGTERM. */
 #include <stdlib.h>
 
 #include "log.h"
@@ -17,16 +16,13 @@ int main(int argc, char **argv)
     if (code >= 0)
         return code;
     svc.cfg = &rt.cfg;
-    pthread_mutex_init(&svc.mu, NULL);
 
     st = order_store_create(&svc.store);
     if (st == CH_OK)
         st = service_connect(&rt);
     svc.bus = rt.bus;
     if (st == CH_OK)
-        st = orders_rebuild(&svc, NULL);
-    if (st == CH_OK)
-        st = orders_events_start(&svc);
+        st = orders_events_start(&svc); /* folds the streams before serving */
     if (st == CH_OK)
         st = service_create_server(&rt);
     if (st == CH_OK)
@@ -37,7 +33,6 @@ int main(int argc, char **argv)
     orders_events_stop(&svc); /* service_serve has drained the calls; the bus goes last */
     service_shutdown(&rt);
     order_store_destroy(svc.store);
-    pthread_mutex_destroy(&svc.mu);
     if (st != CH_OK && st != CH_CANCELLED) {
         log_error("exiting on error", "status", ch_status_str(st), NULL);
         return 1;

@@ -101,9 +101,11 @@ bool order_saga_running(const order *o)
 
 order_reaction order_next_reaction(const order *o)
 {
-    if (o->status == ORDER_CONFIRMED && !o->confirmed_seen)
+    if (!o->created)
+        return ORDER_REACT_NONE;
+    if (o->status == ORDER_CONFIRMED && !(o->facts & ORDER_FACT_CONFIRMED_SEEN))
         return ORDER_REACT_CONFIRM;
-    if (o->status == ORDER_CANCELLED && !o->cancelled_seen)
+    if (o->status == ORDER_CANCELLED && !(o->facts & ORDER_FACT_CANCELLED_SEEN))
         return ORDER_REACT_CANCEL;
     return ORDER_REACT_NONE;
 }
@@ -142,15 +144,15 @@ void order_clear(order *o)
     memset(o, 0, sizeof *o);
 }
 
+/* A reason is kept in a buffer of the largest size, so that one replaced
+ * can be put back in place (order_store_undo never allocates). */
 static ch_status set_reason(order *o, const char *reason)
 {
     if (!reason || !reason[0])
         return CH_OK;
-    char *copy = strndup(reason, ORDER_REASON_MAX);
-    if (!copy)
+    if (!o->reason && !(o->reason = malloc(ORDER_REASON_MAX + 1)))
         return CH_NO_MEMORY;
-    free(o->reason);
-    o->reason = copy;
+    snprintf(o->reason, ORDER_REASON_MAX + 1, "%.*s", ORDER_REASON_MAX, reason);
     return CH_OK;
 }
 
@@ -183,166 +185,119 @@ static ch_status apply_created(order *o, const order_event *e)
     o->total_cents = order_total(items, e->n_items);
     o->idempotency_key = key;
     o->key_index = key_index;
-    o->status = ORDER_PENDING;
     o->created_ms = e->time_ms;
+    snprintf(o->traceparent, sizeof o->traceparent, "%s", e->traceparent ? e->traceparent : "");
     return CH_OK;
 }
 
-/* Decides the transition for e in o's state. Returns CH_OK with *next set (or
- * *noop true for an event already reflected), CH_FAILED_PRECONDITION for an
- * event that cannot happen in this state. Touches nothing. */
-static ch_status transition(const order *o, const order_event *e, order_status *next, bool *noop)
+/* The fact an event records (0: none, for order.created and notification.sent). */
+static unsigned fact_of(order_event_kind k)
 {
-    order_status s = o->status;
-
-    *next = s;
-    *noop = false;
-    switch (e->kind) {
-    case ORDER_EV_CREATED: *noop = true; return CH_OK; /* a repeat */
-    case ORDER_EV_INVENTORY_RESERVED:
-        if (s == ORDER_PENDING) {
-            *next = ORDER_RESERVED;
-            return CH_OK;
-        }
-        *noop = true;
-        return CH_OK;
-    case ORDER_EV_INVENTORY_FAILED:
-        if (s == ORDER_PENDING) {
-            *next = ORDER_CANCELLED;
-            return CH_OK;
-        }
-        if (s == ORDER_CANCELLED) {
-            *noop = true;
-            return CH_OK;
-        }
-        return CH_FAILED_PRECONDITION;
-    case ORDER_EV_PAYMENT_PROCESSED:
-    case ORDER_EV_CONFIRMED:
-        /* Payment acts only on a reservation, so a payment seen while still
-         * PENDING means inventory.reserved is merely late (each event type
-         * has its own consumer): no need to wait for it. */
-        if ((s == ORDER_RESERVED || s == ORDER_PENDING) && !o->payment_failed) {
-            *next = ORDER_CONFIRMED;
-            return CH_OK;
-        }
-        if (s == ORDER_CONFIRMED || s == ORDER_CANCELLING || s == ORDER_CANCELLED) {
-            *noop = true;
-            return CH_OK;
-        }
-        return CH_FAILED_PRECONDITION;
-    case ORDER_EV_PAYMENT_FAILED:
-        if ((s == ORDER_RESERVED || s == ORDER_PENDING) && !o->payment_failed) {
-            *next = ORDER_RESERVED; /* implied, as above; stays until inventory.released */
-            return CH_OK;
-        }
-        if (s == ORDER_RESERVED || s == ORDER_CANCELLED) {
-            *noop = true;
-            return CH_OK;
-        }
-        return CH_FAILED_PRECONDITION;
-    case ORDER_EV_INVENTORY_RELEASED:
-        if (s == ORDER_RESERVED && o->payment_failed) {
-            *next = ORDER_CANCELLED;
-            return CH_OK;
-        }
-        if (s == ORDER_CANCELLING && !o->restocked) {
-            *next = o->refunded ? ORDER_CANCELLED : ORDER_CANCELLING;
-            return CH_OK;
-        }
-        if (s == ORDER_CANCELLED || s == ORDER_CANCELLING) {
-            *noop = true;
-            return CH_OK;
-        }
-        return CH_FAILED_PRECONDITION;
-    case ORDER_EV_CANCEL_REQUESTED:
-        if (s == ORDER_CONFIRMED) {
-            *next = ORDER_CANCELLING;
-            return CH_OK;
-        }
-        if (s == ORDER_CANCELLING || s == ORDER_CANCELLED) {
-            *noop = true;
-            return CH_OK;
-        }
-        return CH_FAILED_PRECONDITION;
-    case ORDER_EV_PAYMENT_REFUNDED:
-        if (s == ORDER_CANCELLING && !o->refunded) {
-            *next = o->restocked ? ORDER_CANCELLED : ORDER_CANCELLING;
-            return CH_OK;
-        }
-        if (s == ORDER_CANCELLING || s == ORDER_CANCELLED) {
-            *noop = true;
-            return CH_OK;
-        }
-        return CH_FAILED_PRECONDITION;
-    case ORDER_EV_CANCELLED:
-        if (s == ORDER_CANCELLED) {
-            *noop = true;
-            return CH_OK;
-        }
-        *next = ORDER_CANCELLED;
-        return CH_OK;
-    case ORDER_EV_OTHER: *noop = true; return CH_OK;
+    switch (k) {
+    case ORDER_EV_INVENTORY_RESERVED: return ORDER_FACT_RESERVED;
+    case ORDER_EV_INVENTORY_FAILED: return ORDER_FACT_OUT_OF_STOCK;
+    case ORDER_EV_PAYMENT_PROCESSED: return ORDER_FACT_PAID;
+    case ORDER_EV_PAYMENT_FAILED: return ORDER_FACT_DECLINED;
+    case ORDER_EV_INVENTORY_RELEASED: return ORDER_FACT_RELEASED;
+    case ORDER_EV_CONFIRMED: return ORDER_FACT_CONFIRMED_SEEN;
+    case ORDER_EV_CANCEL_REQUESTED: return ORDER_FACT_CANCEL_REQUESTED;
+    case ORDER_EV_PAYMENT_REFUNDED: return ORDER_FACT_REFUNDED;
+    case ORDER_EV_CANCELLED: return ORDER_FACT_CANCELLED_SEEN;
+    default: return 0;
     }
-    return CH_INVALID_ARGUMENT;
+}
+
+/* The status a set of facts means (order_core.h). */
+static order_status status_of(unsigned f)
+{
+    if (f & (ORDER_FACT_CANCELLED_SEEN | ORDER_FACT_OUT_OF_STOCK))
+        return ORDER_CANCELLED;
+    if (f & ORDER_FACT_DECLINED)
+        return f & ORDER_FACT_RELEASED ? ORDER_CANCELLED : ORDER_RESERVED;
+    if (f & ORDER_FACT_CANCEL_REQUESTED)
+        return (f & ORDER_FACT_REFUNDED) && (f & ORDER_FACT_RELEASED) ? ORDER_CANCELLED : ORDER_CANCELLING;
+    if (f & (ORDER_FACT_PAID | ORDER_FACT_CONFIRMED_SEEN))
+        return ORDER_CONFIRMED;
+    if (f & ORDER_FACT_RESERVED)
+        return ORDER_RESERVED;
+    return ORDER_PENDING;
+}
+
+/* Facts that cannot both hold: one participant said two different things. */
+static bool contradicts(unsigned have, unsigned f)
+{
+    static const unsigned pairs[][2] = {
+        {ORDER_FACT_PAID, ORDER_FACT_DECLINED},
+        {ORDER_FACT_RESERVED, ORDER_FACT_OUT_OF_STOCK},
+    };
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++)
+        if ((f == pairs[i][0] && (have & pairs[i][1])) || (f == pairs[i][1] && (have & pairs[i][0])))
+            return true;
+    return false;
+}
+
+/* Facts counted in version: the saga's steps, not the outcome events orders
+ * itself publishes (they restate what the steps say). */
+#define ORDER_VERSION_FACTS (~(ORDER_FACT_CONFIRMED_SEEN | ORDER_FACT_CANCELLED_SEEN))
+
+/* The reason an event gives, by precedence: a cancel's, then a failure's, then
+ * order.cancelled's (a restatement of one of them). */
+static int reason_rank(order_event_kind k)
+{
+    switch (k) {
+    case ORDER_EV_CANCEL_REQUESTED: return 3;
+    case ORDER_EV_INVENTORY_FAILED:
+    case ORDER_EV_PAYMENT_FAILED: return 2;
+    case ORDER_EV_CANCELLED: return 1;
+    default: return 0;
+    }
 }
 
 ch_status order_apply(order *o, const order_event *e, bool *changed)
 {
-    order_status next;
-    bool noop;
+    unsigned f = fact_of(e->kind);
+    int rank = reason_rank(e->kind);
     ch_status st;
 
     *changed = false;
     if (!e->order_id || !e->order_id[0])
         return CH_INVALID_ARGUMENT;
-    if (o->version == 0) {
-        if (e->kind != ORDER_EV_CREATED)
-            return CH_NOT_FOUND;
+    if (e->kind == ORDER_EV_CREATED) {
+        if (o->created)
+            return CH_OK; /* a repeat */
         st = apply_created(o, e);
         if (st != CH_OK)
             return st;
-        o->version = 1;
-        o->updated_ms = e->time_ms;
-        o->last_seq = e->seq;
-        *changed = true;
-        return CH_OK;
+        o->created = true;
+        o->version++;
+    } else {
+        if (!o->id[0])
+            snprintf(o->id, sizeof o->id, "%s", e->order_id);
+        if (!f || (o->facts & f))
+            return CH_OK; /* no fact, or a repeat */
+        if (contradicts(o->facts, f))
+            return CH_FAILED_PRECONDITION;
+        /* A reason of higher rank replaces a lower one; same rank: the
+         * first stands (equal ranks only come from a contradiction). */
+        if (rank > 0 && e->reason && e->reason[0] && rank > o->reason_rank) {
+            if ((st = set_reason(o, e->reason)) != CH_OK)
+                return st;
+            o->reason_rank = rank;
+        }
+        order_status before = status_of(o->facts);
+        o->facts |= f;
+        if (f & ORDER_VERSION_FACTS)
+            o->version++;
+        order_status after = status_of(o->facts);
+        /* the step that made an outcome due names its cause */
+        if ((after == ORDER_CONFIRMED || after == ORDER_CANCELLED) && after != before)
+            snprintf(o->outcome_cause, sizeof o->outcome_cause, "%s", e->event_id ? e->event_id : "");
     }
-    /* No skipping by sequence: each service consumes each event type on its
-     * own consumer, so events of one order may arrive out of stream order.
-     * Every transition is idempotent on the order's own state instead. */
-    st = transition(o, e, &next, &noop);
-    if (st != CH_OK)
-        return st;
     if (e->seq > o->last_seq)
         o->last_seq = e->seq;
-    /* The service's own outcome events, once seen, are never published again. */
-    if (e->kind == ORDER_EV_CONFIRMED && !o->confirmed_seen) {
-        o->confirmed_seen = true;
-        *changed = true;
-    }
-    if (e->kind == ORDER_EV_CANCELLED && !o->cancelled_seen) {
-        o->cancelled_seen = true;
-        *changed = true;
-    }
-    if (noop)
-        return CH_OK;
-    if (e->kind == ORDER_EV_INVENTORY_FAILED || e->kind == ORDER_EV_PAYMENT_FAILED ||
-        e->kind == ORDER_EV_CANCEL_REQUESTED || (e->kind == ORDER_EV_CANCELLED && !o->reason)) {
-        st = set_reason(o, e->reason);
-        if (st != CH_OK)
-            return st;
-    }
-    if (e->kind == ORDER_EV_PAYMENT_FAILED)
-        o->payment_failed = true;
-    if (e->kind == ORDER_EV_PAYMENT_REFUNDED)
-        o->refunded = true;
-    if (e->kind == ORDER_EV_INVENTORY_RELEASED && o->status == ORDER_CANCELLING)
-        o->restocked = true;
-    if ((next == ORDER_CONFIRMED || next == ORDER_CANCELLED) && next != o->status)
-        snprintf(o->outcome_cause, sizeof o->outcome_cause, "%s", e->event_id ? e->event_id : "");
-    o->status = next;
-    o->version++;
-    o->updated_ms = e->time_ms;
+    if (e->time_ms > o->updated_ms)
+        o->updated_ms = e->time_ms;
+    o->status = o->created ? status_of(o->facts) : ORDER_UNSPECIFIED;
     *changed = true;
     return CH_OK;
 }
@@ -351,6 +306,7 @@ ch_status order_apply(order *o, const order_event *e, bool *changed)
 
 struct order_store {
     strmap by_id;  /* id -> order */
+    strmap stubs;  /* id -> order not created yet: facts that came before its order.created */
     strmap by_key; /* key_index -> order, for the orders created with an idempotency key */
     order **all;   /* creation order */
     size_t n, cap;
@@ -374,6 +330,14 @@ void order_store_destroy(order_store *s)
         free(s->all[i]);
     }
     free(s->all);
+    for (size_t i = 0; i < s->stubs.cap; i++) {
+        order *o = s->stubs.slots[i].key ? s->stubs.slots[i].val : NULL;
+        if (o) {
+            order_clear(o);
+            free(o);
+        }
+    }
+    strmap_free(&s->stubs);
     strmap_free(&s->by_id);
     strmap_free(&s->by_key);
     free(s);
@@ -382,6 +346,11 @@ void order_store_destroy(order_store *s)
 const order *order_store_get(const order_store *s, const char *id)
 {
     return strmap_get(&s->by_id, id);
+}
+
+bool order_store_has_stub(const order_store *s, const char *id)
+{
+    return strmap_get(&s->stubs, id) != NULL;
 }
 
 const order *order_store_by_key(const order_store *s, const char *customer_id, const char *key)
@@ -402,8 +371,8 @@ size_t order_store_count(const order_store *s)
     return s->n;
 }
 
-/* Adds a newly created order to every index; on failure nothing is added. */
-static ch_status store_insert(order_store *s, order *o)
+/* Makes room for one more order in every index, so store_put cannot fail. */
+static ch_status store_room(order_store *s)
 {
     ch_status st;
 
@@ -415,22 +384,26 @@ static ch_status store_insert(order_store *s, order *o)
         s->all = all;
         s->cap = cap;
     }
-    /* Room in both tables first so the puts below cannot fail half-way. */
     if ((st = strmap_reserve(&s->by_id)) != CH_OK)
         return st;
-    if (o->key_index && (st = strmap_reserve(&s->by_key)) != CH_OK)
-        return st;
+    return strmap_reserve(&s->by_key);
+}
+
+/* Adds a newly created order to every index (room made by store_room). */
+static void store_put(order_store *s, order *o)
+{
     strmap_put(&s->by_id, o->id, o);
     if (o->key_index)
         strmap_put(&s->by_key, o->key_index, o);
     o->list_pos = s->n;
     s->all[s->n++] = o;
-    return CH_OK;
 }
 
 ch_status order_store_apply(order_store *s, const order_event *e, const order **out, bool *changed)
 {
-    order *o = strmap_get(&s->by_id, e->order_id ? e->order_id : "");
+    const char *id = e->order_id ? e->order_id : "";
+    order *o = strmap_get(&s->by_id, id);
+    bool creates = e->kind == ORDER_EV_CREATED;
     ch_status st;
 
     *changed = false;
@@ -442,24 +415,93 @@ ch_status order_store_apply(order_store *s, const order_event *e, const order **
             *out = o;
         return st;
     }
-    if (e->kind != ORDER_EV_CREATED)
-        return CH_NOT_FOUND;
-    if (!e->order_id || strlen(e->order_id) > ORDER_ID_MAX)
+    if (!id[0] || strlen(id) > ORDER_ID_MAX)
         return CH_INVALID_ARGUMENT;
-    o = calloc(1, sizeof *o);
+    /* Room first: once order_apply succeeds nothing may fail. */
+    order *stub = strmap_get(&s->stubs, id);
+    if (creates)
+        st = store_room(s);
+    else if (stub)
+        st = CH_OK;
+    else if (s->stubs.used >= ORDER_STUBS_MAX)
+        st = CH_RESOURCE_EXHAUSTED;
+    else
+        st = strmap_reserve(&s->stubs);
+    if (st != CH_OK)
+        return st;
+    o = stub ? stub : calloc(1, sizeof *o);
     if (!o)
         return CH_NO_MEMORY;
     st = order_apply(o, e, changed);
-    if (st == CH_OK)
-        st = store_insert(s, o);
     if (st != CH_OK) {
+        if (!stub) {
+            order_clear(o);
+            free(o);
+        }
+        return st; /* a stub stays as it was: order_apply changes nothing on failure */
+    }
+    if (creates) {
+        if (stub)
+            strmap_remove(&s->stubs, id);
+        store_put(s, o); /* from now on an order like any other */
+        if (out)
+            *out = o;
+        return CH_OK;
+    }
+    if (!stub)
+        strmap_put(&s->stubs, o->id, o);
+    return CH_NOT_FOUND; /* the fact is kept until the order.created comes */
+}
+
+void order_undo_record(order_undo *u, const order *o, const char *id, bool creation)
+{
+    memset(u, 0, sizeof *u);
+    snprintf(u->id, sizeof u->id, "%s", o ? o->id : id);
+    u->creation = creation;
+    if (creation || !o)
+        return;
+    u->facts = o->facts;
+    u->reason_rank = o->reason_rank;
+    u->had_reason = o->reason != NULL;
+    snprintf(u->reason, sizeof u->reason, "%s", o->reason ? o->reason : "");
+    u->status = o->status;
+    u->version = o->version;
+    u->last_seq = o->last_seq;
+    u->updated_ms = o->updated_ms;
+    snprintf(u->outcome_cause, sizeof u->outcome_cause, "%s", o->outcome_cause);
+}
+
+ch_status order_store_undo(order_store *s, const order_undo *u)
+{
+    order *o = strmap_get(&s->by_id, u->id);
+
+    if (!o)
+        return CH_NOT_FOUND;
+    if (u->creation) {
+        if (s->n == 0 || s->all[s->n - 1] != o)
+            return CH_FAILED_PRECONDITION;
+        strmap_remove(&s->by_id, o->id);
+        if (o->key_index)
+            strmap_remove(&s->by_key, o->key_index);
+        s->all[--s->n] = NULL;
         order_clear(o);
         free(o);
-        *changed = false;
-        return st;
+        return CH_OK;
     }
-    if (out)
-        *out = o;
+    /* a reason never goes away once set: the one before goes back in place */
+    if (!u->had_reason) {
+        free(o->reason);
+        o->reason = NULL;
+    } else if (o->reason) {
+        snprintf(o->reason, ORDER_REASON_MAX + 1, "%s", u->reason);
+    }
+    o->facts = u->facts;
+    o->reason_rank = u->reason_rank;
+    o->status = u->status;
+    o->version = u->version;
+    o->last_seq = u->last_seq;
+    o->updated_ms = u->updated_ms;
+    snprintf(o->outcome_cause, sizeof o->outcome_cause, "%s", u->outcome_cause);
     return CH_OK;
 }
 

@@ -3,14 +3,25 @@
  * An order's state is a fold of its events: order_apply() is the reducer, the
  * only code that changes an order. The service appends an event to the stream
  * first and applies it after, and on restart it rebuilds every order by
- * applying the stream's events again, so memory is a cache of the stream.
+ * applying the streams' events again, so memory is a cache of the streams.
  *
- * Status machine (SAGA.md):
- *   PENDING     created; waiting for inventory
+ * The events of one order come from several streams (orders', inventory's,
+ * payment's) and reach a replica in any interleaving, so the reducer does not
+ * depend on their order: each event records a fact (reserved, paid,
+ * declined, released, ...), and the status is derived from the set of facts.
+ * Any order of the same events gives the same order. Two facts contradict
+ * each other only when a participant misbehaves (paid and declined); then
+ * the first one folded in stands and the second is refused.
+ *
+ * Status (derived, SAGA.md), first rule that holds:
+ *   CANCELLED   order.cancelled seen; or out of stock; or declined and its
+ *               reservation released; or cancel requested, refunded and
+ *               restocked
+ *   RESERVED    declined, its reservation not released yet
+ *   CANCELLING  cancel requested; refund and restock under way
+ *   CONFIRMED   paid (or order.confirmed seen); terminal unless cancelled
  *   RESERVED    every item held; waiting for payment
- *   CONFIRMED   paid; terminal unless the customer cancels
- *   CANCELLING  customer cancel accepted; refund and restock under way
- *   CANCELLED   terminal; reason says why
+ *   PENDING     created; waiting for inventory
  *
  * Ownership: an order_store owns its orders; pointers it returns stay valid
  * until the store is destroyed (orders are never removed). Requests and events
@@ -34,8 +45,10 @@
 #define ORDER_IDEMPOTENCY_KEY_MAX 128
 #define ORDER_REASON_MAX          200
 #define ORDER_EVENT_ID_MAX        32 /* bytes of an event id (32 hex digits) */
+#define ORDER_TRACEPARENT_MAX     55 /* bytes of a W3C traceparent */
 #define ORDER_PAGE_DEFAULT        50
 #define ORDER_PAGE_MAX            500
+#define ORDER_STUBS_MAX           65536 /* orders known by their later events only, waiting for their creation */
 
 /* Same numbers as choreo.orders.v1.OrderStatus. */
 typedef enum order_status {
@@ -61,23 +74,33 @@ typedef struct order {
     int64_t total_cents;
     order_status status;
     char *reason;          /* NULL when none */
+    int reason_rank;       /* which kind of event gave it (order_core.c) */
     char *idempotency_key; /* NULL when none */
     char *key_index;       /* customer_id "\x1f" idempotency_key, the store's index key; NULL when none */
-    uint64_t version;      /* events applied */
+    uint64_t version;      /* facts recorded: 1 (created) + the saga's steps seen */
     int64_t created_ms;
-    int64_t updated_ms;
-    uint64_t last_seq;   /* stream sequence of the last event applied */
-    bool payment_failed; /* payment declined; waiting for the release */
-    bool refunded;       /* customer cancel: refund done */
-    bool restocked;      /* customer cancel: restock done */
-    bool confirmed_seen; /* order.confirmed is in the stream */
-    bool cancelled_seen; /* order.cancelled is in the stream */
+    int64_t updated_ms; /* time of the latest event folded in */
+    uint64_t last_seq;  /* highest stream sequence folded in (of any stream) */
+    bool created;       /* order.created folded in (false: a stub holding facts that came first) */
+    unsigned facts;     /* ORDER_FACT_* seen */
     /* The event whose step made the outcome due (the payment.processed of a
      * confirmation, the last compensation of a cancel): the cause its outcome
      * event names, whichever thread folds it in first. "" when not known. */
     char outcome_cause[ORDER_EVENT_ID_MAX + 1];
-    uint64_t list_pos; /* position in creation order, for paging */
+    char traceparent[ORDER_TRACEPARENT_MAX + 1]; /* the saga's trace, from order.created ("" when none) */
+    uint64_t list_pos;                           /* position in creation order, for paging */
 } order;
+
+/* The facts an order's events record (order.facts). */
+#define ORDER_FACT_RESERVED         (1u << 0) /* inventory.reserved */
+#define ORDER_FACT_OUT_OF_STOCK     (1u << 1) /* inventory.failed */
+#define ORDER_FACT_PAID             (1u << 2) /* payment.processed */
+#define ORDER_FACT_DECLINED         (1u << 3) /* payment.failed */
+#define ORDER_FACT_RELEASED         (1u << 4) /* inventory.released */
+#define ORDER_FACT_CANCEL_REQUESTED (1u << 5) /* order.cancel_requested */
+#define ORDER_FACT_REFUNDED         (1u << 6) /* payment.refunded */
+#define ORDER_FACT_CONFIRMED_SEEN   (1u << 7) /* order.confirmed is in the stream */
+#define ORDER_FACT_CANCELLED_SEEN   (1u << 8) /* order.cancelled is in the stream */
 
 /* What CreateOrder asks for, borrowed from the request. */
 typedef struct order_create_req {
@@ -114,6 +137,7 @@ typedef struct order_event {
     const order_item *items;
     size_t n_items;
     const char *idempotency_key;
+    const char *traceparent; /* may be NULL */
     /* failures and cancels: why */
     const char *reason;
 } order_event;
@@ -126,11 +150,14 @@ ch_status order_validate_create(const order_create_req *r, char *err, size_t err
 /* Sum of quantity * unit price; valid requests cannot overflow it. */
 int64_t order_total(const order_item *items, size_t n);
 
-/* The reducer. Applies e to o (o zeroed for a new order and e CREATED).
- * Events already reflected (a repeat of a step already taken, whatever its
- * sequence) change nothing and return CH_OK with *changed false.
- * An event that makes no sense in o's state returns CH_FAILED_PRECONDITION
- * and changes nothing. Pure: no I/O, no clock. */
+/* The reducer. Records e's fact in o (o zeroed for a new order); any order
+ * of the same events gives the same o. An event before the order's
+ * order.created is kept in o as a stub (o->created false, status
+ * UNSPECIFIED) until it comes. A repeat (the same fact, whatever its
+ * sequence) changes nothing and returns CH_OK with *changed false. An event
+ * that contradicts a fact already recorded (payment.failed after
+ * payment.processed, inventory.failed after inventory.reserved) returns
+ * CH_FAILED_PRECONDITION and changes nothing. Pure: no I/O, no clock. */
 ch_status order_apply(order *o, const order_event *e, bool *changed);
 
 /* True while the saga runs (PENDING, RESERVED, CANCELLING). */
@@ -173,15 +200,49 @@ void order_store_destroy(order_store *s); /* accepts NULL */
 /* The order with this id, or NULL. */
 const order *order_store_get(const order_store *s, const char *id);
 
+/* True when steps of order id wait for its order.created (folded in before
+ * it: order_store_apply said CH_NOT_FOUND). */
+bool order_store_has_stub(const order_store *s, const char *id);
+
 /* The order created with this customer and idempotency key, or NULL. */
 const order *order_store_by_key(const order_store *s, const char *customer_id, const char *key);
 
 /* Applies e to its order, creating the order on CREATED. *changed tells
- * whether anything changed. Events for unknown orders (other than CREATED)
- * are CH_NOT_FOUND. */
+ * whether anything changed. An event of an order not created yet is kept
+ * (folded into it when its order.created comes, whichever stream is read
+ * first) and returns CH_NOT_FOUND; CH_RESOURCE_EXHAUSTED when
+ * ORDER_STUBS_MAX such orders are waiting already. */
 ch_status order_store_apply(order_store *s, const order_event *e, const order **out, bool *changed);
 
 size_t order_store_count(const order_store *s);
+
+/* What order_store_undo needs to take back one event applied to an order
+ * (an event the service decided and published, not stored in the end).
+ * Fits in the service writer's undo room. */
+typedef struct order_undo {
+    char id[ORDER_ID_MAX + 1];
+    bool creation; /* the event created the order: it goes again */
+    /* otherwise the order's state before the event */
+    unsigned facts;
+    int reason_rank;
+    bool had_reason;
+    char reason[ORDER_REASON_MAX + 1];
+    order_status status;
+    uint64_t version, last_seq;
+    int64_t updated_ms;
+    char outcome_cause[ORDER_EVENT_ID_MAX + 1];
+} order_undo;
+
+/* Records in *u what o is now, before the service applies one more event of
+ * its own to it; creation: the event creates o (o is NULL then and id
+ * names it). */
+void order_undo_record(order_undo *u, const order *o, const char *id, bool creation);
+
+/* Takes back the event u was recorded for, which must be the newest applied
+ * (undo newest first): the order is as before it, or, for a creation, gone
+ * (it must be the newest order). Never allocates; CH_NOT_FOUND when there is
+ * no such order, CH_FAILED_PRECONDITION when a creation is not the newest. */
+ch_status order_store_undo(order_store *s, const order_undo *u);
 
 /* One page of orders, newest first. page_token is "" for the first page or
  * a token from a previous page; filters: customer_id ("" = any) and status

@@ -1,91 +1,75 @@
 /* orders.h: the orders service's adapters around its pure core.
  *
- * Data flows one way: gRPC request -> orders_rpc.c (decode, validate through
- * the core) -> orders_events.c (append the event to JetStream) -> core
- * (apply the event to the store) -> orders_rpc.c (reply). On start-up,
- * orders_events.c replays the stream into the store (event sourcing).
+ * An order is the fold of its events: orders' own (order.created,
+ * .cancel_requested, .confirmed, .cancelled, in its stream ORDER_EVENTS) and
+ * the other services' steps (inventory's and payment's streams, which orders
+ * follows: every event, no acks). One writer (common/writer.h) owns the
+ * store: calls and followed events go through its queue and are decided on
+ * its thread.
  *
- * Ownership: main owns the orders_service and everything it points to. The
- * store is guarded by `mu`; the adapters hold it only around store calls and
- * reply packing, never across a publish. */
+ *   CreateOrder   -> order.created (the reply once it is stored)
+ *   CancelOrder   -> order.cancel_requested
+ *   a step folded in (reserved, paid, declined, released, refunded) that
+ *                    makes the order's outcome due -> order.confirmed or
+ *                    order.cancelled, caused by that step
+ *   GetOrder, ListOrders: read once the state is current
+ *   GetOrderHistory: read from the streams themselves (every producer's)
+ *
+ * Outcomes are derived from the state, not from a consumer's delivery: any
+ * replica that folds the step publishes, and the compare-and-set on the
+ * stream lets one of them through (the other learns it by catching up).
+ *
+ * Ownership: main owns the orders_service; the writer's thread owns the
+ * store while the writer runs. */
 #ifndef CHOREO_ORDERS_H
 #define CHOREO_ORDERS_H
-
-#include <pthread.h>
 
 #include "bus.h"
 #include "config.h"
 #include "event_codec.h"
-#include "event_worker.h"
 #include "order_core.h"
 #include "rpc_server.h"
+#include "writer.h"
 
 #define ORDERS_SERVICE_NAME "choreo.orders.v1.Orders"
 #define ORDERS_PRODUCER     "orders"
 #define ORDERS_HISTORY_MAX  64
-#define ORDERS_CONSUMED     6 /* event types the saga makes orders react to */
 
 typedef struct orders_service {
     const service_config *cfg;
     bus *bus;
-    order_store *store;
-    pthread_mutex_t mu;
-    event_worker *workers[ORDERS_CONSUMED];
-    bus_follower *follower; /* keeps the store up to date with other replicas */
-    void *follow_ctx;
-    uint64_t rebuilt_to; /* last stream sequence folded in at start-up */
+    writer *writer;
+    order_store *store;                /* the writer thread's */
+    uint64_t skipped;                  /* events folded in that the reducer refused (logged) */
+    order_item items[ORDER_ITEMS_MAX]; /* the writer thread's: a decoded event's items */
 } orders_service;
 
-/* A request to create, checked by the core and given its id. */
-typedef struct orders_new {
-    order_create_req req;
-    char id[ORDER_ID_MAX + 1];
-    const char *traceparent; /* the call's W3C trace context */
-    const char *causation_id;
-} orders_new;
-
-/* ---- orders_events.c: wire events <-> core events ---- */
+/* ---- orders_events.c: events <-> the core; the writer ---- */
 
 /* Converts a decoded envelope into a core event (pointing into env and
- * items_buf, which must hold ORDER_ITEMS_MAX items). CH_INVALID_ARGUMENT for
- * a payload the core cannot take. */
+ * items_buf, which must hold ORDER_ITEMS_MAX items; NULL for other types).
+ * CH_INVALID_ARGUMENT for a payload the core cannot take; CH_NOT_FOUND for
+ * an event that concerns no order step (inventory.committed, stock and
+ * credit events). */
 ch_status orders_event_from_envelope(const choreo_events_v1_Envelope *env, uint64_t seq, order_event *out,
                                      order_item *items_buf);
 
-/* Told once whether an order.created reached the stream: st CH_OK once it
- * is stored and folded into the store, replayed when the stream had it
- * already (a retry under the same idempotency key); otherwise the publish
- * error. Runs on a NATS thread: must not block. */
-typedef void (*orders_created_fn)(ch_status st, bool replayed, void *arg);
-
-/* Appends order.created for n to the stream without waiting (n is copied):
- * fn(arg) runs once JetStream answers, or with CH_TIMEOUT after the
- * configured publish timeout without an answer. CH_OK means fn will run;
- * any other status means nothing was sent and fn will not run. Any
- * thread. */
-ch_status orders_append_created(orders_service *svc, const orders_new *n, orders_created_fn fn, void *arg);
-
-/* Appends order.cancel_requested for a CONFIRMED order and applies it.
- * CH_FAILED_PRECONDITION (err says why) while the saga runs; CH_OK without
- * publishing when the order is already CANCELLING or CANCELLED. */
-ch_status orders_append_cancel(orders_service *svc, const char *order_id, const char *reason,
-                               const char *traceparent, const char *causation_id, int timeout_ms, char *err,
-                               size_t errlen);
-
-/* Follows the stream from where the rebuild stopped (so the store also
- * learns what other replicas did) and starts one event worker per consumed
- * type (the saga reactions). */
+/* Folds orders' stream into svc->store, then starts the writer and its
+ * followers; returns once the followers have folded in what the other
+ * streams held at start (so the first reads see it). Main thread. */
 ch_status orders_events_start(orders_service *svc);
 
-/* Stops the workers (before the bus goes). */
+/* Stops the writer. Accepts a service that never started. */
 void orders_events_stop(orders_service *svc);
 
-/* Rebuilds the store from every event in the stream (start-up). */
-ch_status orders_rebuild(orders_service *svc, uint64_t *events_read);
+/* From a decide: applies the event of type t that orders decided to o (or,
+ * for order.created, creates the order) and emits env. On failure nothing is
+ * applied. Writer thread. */
+ch_status orders_record(orders_service *svc, writer *w, const choreo_events_v1_Envelope *env);
 
-/* One entry of an order's timeline, read back from the stream. */
+/* One entry of an order's timeline, read back from the streams. */
 typedef struct orders_history_entry {
-    uint64_t seq;
+    uint64_t seq; /* in its producer's stream */
     char event_id[EVENT_ID_LEN + 1];
     char type[33];
     char causation_id[81];
@@ -95,8 +79,9 @@ typedef struct orders_history_entry {
     char summary[256];
 } orders_history_entry;
 
-/* Reads every event of one order (events.*.*.<id>) and folds it with the
- * reducer. *n gets the count (at most cap). CH_NOT_FOUND when there is none. */
+/* Reads every event of one order from every producer's stream in the order
+ * they happened and folds them with the reducer. *n gets the count (at most
+ * cap). CH_NOT_FOUND when there is none. Any thread; blocks on NATS. */
 ch_status orders_history(orders_service *svc, const char *order_id, orders_history_entry *out, size_t cap,
                          size_t *n);
 
@@ -104,5 +89,9 @@ ch_status orders_history(orders_service *svc, const char *order_id, orders_histo
 
 /* Registers every choreo.orders.v1.Orders method on s. */
 ch_status orders_rpc_register(rpc_server *s, orders_service *svc);
+
+/* A call in the writer: decided and answered on its thread. */
+ch_status orders_call_decide(orders_service *svc, writer *w, writer_input *in);
+void orders_call_finish(orders_service *svc, writer_input *in, ch_status st);
 
 #endif

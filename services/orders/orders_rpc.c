@@ -1,5 +1,8 @@
-/* orders_rpc.c: the choreo.orders.v1.Orders gRPC API, a thin adapter: it
- * turns requests into core calls and core results into replies. */
+/* orders_rpc.c: the choreo.orders.v1.Orders gRPC API, a thin adapter: a
+ * request is checked on the gRPC thread, then decided (CreateOrder,
+ * CancelOrder) or read (GetOrder, ListOrders) by the writer on its thread,
+ * which answers once the state is current (writer.h). GetOrderHistory reads
+ * the streams on the gRPC thread. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,23 +77,20 @@ static Choreo__Orders__V1__Order *pb_order_fill(pb_orders *p, size_t i, const or
 
 typedef enum reply_kind { REPLY_GET, REPLY_CREATE, REPLY_CANCEL } reply_kind;
 
-/* Replies with one order (looked up and packed under the lock) in the
- * response message of the call's kind. */
+/* Prepares the reply with one order in the response message of the call's
+ * kind. Writer thread. */
 static void reply_order(rpc_call *call, orders_service *svc, const char *id, reply_kind kind, bool replayed)
 {
     pb_orders p;
 
-    pthread_mutex_lock(&svc->mu);
     const order *o = order_store_get(svc->store, id);
     if (!o) {
-        pthread_mutex_unlock(&svc->mu);
-        rpc_call_fail(call, CH_NOT_FOUND, "order_id: no order %s", id);
+        rpc_call_prepare_fail(call, CH_NOT_FOUND, "order_id: no order %s", id);
         return;
     }
     if (pb_orders_init(&p, 1, o->n_items) != CH_OK) {
-        pthread_mutex_unlock(&svc->mu);
         pb_orders_free(&p);
-        rpc_call_fail(call, CH_NO_MEMORY, "out of memory");
+        rpc_call_prepare_fail(call, CH_NO_MEMORY, "out of memory");
         return;
     }
     Choreo__Orders__V1__Order *pb = pb_order_fill(&p, 0, o);
@@ -98,17 +98,16 @@ static void reply_order(rpc_call *call, orders_service *svc, const char *id, rep
         Choreo__Orders__V1__CreateOrderResponse resp = CHOREO__ORDERS__V1__CREATE_ORDER_RESPONSE__INIT;
         resp.order = pb;
         resp.replayed = replayed;
-        rpc_call_reply(call, &resp.base);
+        rpc_call_prepare_reply(call, &resp.base);
     } else if (kind == REPLY_CANCEL) {
         Choreo__Orders__V1__CancelOrderResponse resp = CHOREO__ORDERS__V1__CANCEL_ORDER_RESPONSE__INIT;
         resp.order = pb;
-        rpc_call_reply(call, &resp.base);
+        rpc_call_prepare_reply(call, &resp.base);
     } else {
         Choreo__Orders__V1__GetOrderResponse resp = CHOREO__ORDERS__V1__GET_ORDER_RESPONSE__INIT;
         resp.order = pb;
-        rpc_call_reply(call, &resp.base);
+        rpc_call_prepare_reply(call, &resp.base);
     }
-    pthread_mutex_unlock(&svc->mu);
     pb_orders_free(&p);
 }
 
@@ -147,129 +146,261 @@ static void call_traceparent(const rpc_call *call, char out[TRACEPARENT_LEN + 1]
     sprintf(p, "-01");
 }
 
-/* How long a publish may wait: the configured cap, or less if the client's
- * deadline is nearer. */
-static int call_timeout(const rpc_call *call, const orders_service *svc)
-{
-    int64_t timeout = svc->cfg->publish_timeout_ms;
-    int64_t left = rpc_call_remaining_ms(call);
-    if (left < timeout)
-        timeout = left > 1 ? left : 1;
-    return (int)timeout;
-}
-
 static bool valid_order_id(const char *id)
 {
     return utf8_valid_token(id, ORDER_ID_MAX);
 }
 
-/* ---- handlers ---- */
+/* ---- calls in the writer ---- */
 
-/* A CreateOrder waiting for its order.created to be stored. */
-typedef struct created_call {
-    rpc_call *call;
-    orders_service *svc;
-    char id[ORDER_ID_MAX + 1];
-    char trace_id[33];
-    bool keyed; /* the request had an idempotency key */
-} created_call;
+typedef enum orders_method {
+    CALL_CREATE = 0,
+    CALL_CANCEL,
+    CALL_GET,
+    CALL_LIST,
+} orders_method;
 
-static void create_failed(rpc_call *call, const char *id, const char *trace_id, bool keyed, ch_status st)
+/* One call on its way through the writer: what the gRPC thread checked and
+ * prepared, and what the decision found. */
+typedef struct orders_call {
+    service_call base;         /* first: the writer's call pointer points to both */
+    char id[ORDER_ID_MAX + 1]; /* CREATE: the new order's id; CANCEL: the order's */
+    char traceparent[TRACEPARENT_LEN + 1];
+    char causation[40];
+    size_t n_items; /* CREATE: the request's items, checked */
+    order_item items[ORDER_ITEMS_MAX];
+    bool replayed; /* CREATE: the order existed (same idempotency key) */
+} orders_call;
+
+/* Hands a prepared call to the writer (service.h). gRPC thread. */
+static void submit(orders_service *svc, orders_call *oc)
 {
-    log_warn("order not created", "order_id", id, "trace_id", trace_id, "status", ch_status_str(st), NULL);
-    if (st == CH_TIMEOUT || st == CH_UNAVAILABLE)
-        service_fail_unconfirmed(call, st, "order.created",
-                                 keyed
-                                     ? "retry with the same idempotency_key"
-                                     : "look for the order before retrying (an idempotency_key makes retries "
-                                       "safe)");
-    else
-        rpc_call_fail(call, st, "order not created: %s", ch_status_str(st));
+    service_call_submit(svc->writer, &oc->base);
 }
 
-/* orders_created_fn of CreateOrder: replies now that the order is stored. */
-static void on_created(ch_status st, bool replayed, void *arg)
+/* A call of method m, or NULL (answered: out of memory). gRPC thread. */
+static orders_call *call_new(rpc_call *call, orders_method m, const ProtobufCMessage *req)
 {
-    created_call *cc = arg;
-
-    if (st == CH_OK)
-        reply_order(cc->call, cc->svc, cc->id, REPLY_CREATE, replayed);
-    else
-        create_failed(cc->call, cc->id, cc->trace_id, cc->keyed, st);
-    free(cc);
+    return service_call_new(sizeof(orders_call), call, m, req);
 }
+
+/* The call's trace context (the caller's, or a new trace), also sent back. */
+static void call_trace(orders_call *oc)
+{
+    call_traceparent(oc->base.call, oc->traceparent);
+    snprintf(oc->causation, sizeof oc->causation, "rpc-%.16s", oc->traceparent + 36);
+    rpc_call_add_metadata(oc->base.call, "traceparent", oc->traceparent);
+}
+
+/* CreateOrder: the order exists (same key, or another replica's doing once
+ * caught up) or order.created is emitted. */
+static ch_status decide_create(orders_service *svc, writer *w, writer_input *in, orders_call *oc)
+{
+    const Choreo__Orders__V1__CreateOrderRequest *r =
+        (const Choreo__Orders__V1__CreateOrderRequest *)oc->base.req;
+    choreo_events_v1_Envelope env;
+
+    if ((r->idempotency_key[0] && order_store_by_key(svc->store, r->customer_id, r->idempotency_key)) ||
+        order_store_get(svc->store, oc->id)) {
+        oc->replayed = true;
+        return CH_OK;
+    }
+    if (order_store_has_stub(svc->store, oc->id) && !in->caught_up)
+        return CH_NOT_FOUND; /* its steps are known, so it was created: catch up */
+    ch_status st =
+        event_init(&env, EVENT_ORDER_CREATED, oc->id, oc->causation, ORDERS_PRODUCER, oc->traceparent);
+    if (st != CH_OK)
+        return st;
+    choreo_events_v1_OrderCreated *c = &env.payload.order_created;
+    snprintf(c->customer_id, sizeof c->customer_id, "%s", r->customer_id);
+    snprintf(c->idempotency_key, sizeof c->idempotency_key, "%s", r->idempotency_key);
+    c->items_count = (pb_size_t)oc->n_items;
+    for (size_t i = 0; i < oc->n_items; i++) {
+        snprintf(c->items[i].sku, sizeof c->items[i].sku, "%s", oc->items[i].sku);
+        c->items[i].quantity = oc->items[i].quantity;
+        c->items[i].unit_price_cents = oc->items[i].unit_price_cents;
+    }
+    c->total_cents = order_total(oc->items, oc->n_items);
+    return orders_record(svc, w, &env);
+}
+
+/* CancelOrder: order.cancel_requested for a CONFIRMED order; nothing for
+ * one cancelling or cancelled already. */
+static ch_status decide_cancel(orders_service *svc, writer *w, writer_input *in, orders_call *oc)
+{
+    const Choreo__Orders__V1__CancelOrderRequest *r =
+        (const Choreo__Orders__V1__CancelOrderRequest *)oc->base.req;
+    const order *o = order_store_get(svc->store, oc->id);
+    choreo_events_v1_Envelope env;
+
+    if (!o && !in->caught_up)
+        return CH_NOT_FOUND; /* perhaps created on another replica */
+    if (!o) {
+        snprintf(oc->base.err, sizeof oc->base.err, "order_id: no order %s", oc->id);
+        return CH_NOT_FOUND;
+    }
+    ch_status st = order_check_cancel(o, oc->base.err, sizeof oc->base.err);
+    if (st == CH_ALREADY_EXISTS)
+        return CH_OK;
+    if (st != CH_OK)
+        return st;
+    st = event_init(&env, EVENT_ORDER_CANCEL_REQUESTED, oc->id, oc->causation, ORDERS_PRODUCER,
+                    oc->traceparent);
+    if (st != CH_OK)
+        return st;
+    choreo_events_v1_OrderCancelRequested *c = &env.payload.order_cancel_requested;
+    snprintf(c->customer_id, sizeof c->customer_id, "%s", o->customer_id);
+    c->total_cents = o->total_cents;
+    snprintf(c->reason, sizeof c->reason, "%s", r->reason[0] ? r->reason : "cancelled by the customer");
+    return orders_record(svc, w, &env);
+}
+
+/* Prepares ListOrders' reply, a page cut to fit in one message. Writer
+ * thread. */
+static void reply_list(orders_service *svc, rpc_call *call, const Choreo__Orders__V1__ListOrdersRequest *r)
+{
+    size_t size = r->page_size ? r->page_size : ORDER_PAGE_DEFAULT;
+    const order **page = calloc(size, sizeof *page);
+    char next[32];
+    size_t n = 0, n_items = 0;
+    pb_orders p;
+
+    memset(&p, 0, sizeof p);
+    if (!page) {
+        rpc_call_prepare_fail(call, CH_NO_MEMORY, "out of memory");
+        return;
+    }
+    ch_status st = order_store_list(svc->store, r->page_token, r->customer_id, (order_status)r->status, page,
+                                    size, &n, next);
+    if (st != CH_OK) {
+        rpc_call_prepare_fail(call, CH_INVALID_ARGUMENT, "page_token: not a token this service made");
+        goto cleanup;
+    }
+    for (size_t i = 0; i < n; i++)
+        n_items += page[i]->n_items;
+    if (pb_orders_init(&p, n, n_items) != CH_OK) {
+        rpc_call_prepare_fail(call, CH_NO_MEMORY, "out of memory");
+        goto cleanup;
+    }
+    for (size_t i = 0; i < n; i++)
+        pb_order_fill(&p, i, page[i]);
+    Choreo__Orders__V1__ListOrdersResponse resp = CHOREO__ORDERS__V1__LIST_ORDERS_RESPONSE__INIT;
+    size_t fit =
+        rpc_call_fit_items(call, &resp.base, sizeof next, (ProtobufCMessage *const *)p.order_ptrs, n);
+    if (fit < n) /* the same first `fit`, and the token after them */
+        order_store_list(svc->store, r->page_token, r->customer_id, (order_status)r->status, page, fit, &n,
+                         next);
+    resp.n_orders = n;
+    resp.orders = p.order_ptrs;
+    resp.next_page_token = next;
+    rpc_call_prepare_reply(call, &resp.base);
+
+cleanup:
+    pb_orders_free(&p);
+    free(page);
+}
+
+ch_status orders_call_decide(orders_service *svc, writer *w, writer_input *in)
+{
+    orders_call *oc = in->call;
+    ch_status st = CH_OK;
+
+    if (oc->base.method == CALL_CREATE)
+        st = decide_create(svc, w, in, oc);
+    else if (oc->base.method == CALL_CANCEL)
+        st = decide_cancel(svc, w, in, oc);
+    if (st != CH_OK)
+        return st;
+    /* the answer, as the state is here; sent once what came before is stored */
+    switch ((orders_method)oc->base.method) {
+    case CALL_CREATE: reply_order(oc->base.call, svc, oc->id, REPLY_CREATE, oc->replayed); break;
+    case CALL_CANCEL: reply_order(oc->base.call, svc, oc->id, REPLY_CANCEL, false); break;
+    case CALL_GET: reply_order(oc->base.call, svc, oc->id, REPLY_GET, false); break;
+    case CALL_LIST:
+        reply_list(svc, oc->base.call, (const Choreo__Orders__V1__ListOrdersRequest *)oc->base.req);
+        break;
+    }
+    return CH_OK;
+}
+
+void orders_call_finish(orders_service *svc, writer_input *in, ch_status st)
+{
+    orders_call *oc = in->call;
+    rpc_call *call = oc->base.call;
+    orders_method m = (orders_method)oc->base.method;
+    bool keyed = m == CALL_CREATE &&
+                 ((const Choreo__Orders__V1__CreateOrderRequest *)oc->base.req)->idempotency_key[0] != '\0';
+    const char *what = m == CALL_CREATE   ? "order.created"
+                       : m == CALL_CANCEL ? "order.cancel_requested"
+                                          : NULL;
+    const char *retry = m == CALL_CANCEL ? "retry (a second cancel changes nothing)"
+                        : keyed          ? "retry with the same idempotency_key"
+                                         : "look for the order before retrying (an idempotency_key makes "
+                                           "retries safe)";
+
+    if (st == CH_TIMEOUT || st == CH_UNAVAILABLE) {
+        char trace_id[33];
+        snprintf(trace_id, sizeof trace_id, "%.32s", oc->traceparent + 3);
+        log_warn("call not confirmed", "method", rpc_call_method(call), "order_id", oc->id, "trace_id",
+                 trace_id, "status", ch_status_str(st), NULL);
+    }
+    if (!service_call_answer(&oc->base, st, what, retry))
+        rpc_call_fail(call, st == CH_CONFLICT || st == CH_CANCELLED ? CH_UNAVAILABLE : st,
+                      "%s not done: %s; retry",
+                      m == CALL_CREATE   ? "order"
+                      : m == CALL_CANCEL ? "cancel"
+                                         : "read",
+                      ch_status_str(st));
+    free(oc);
+}
+
+/* ---- handlers (gRPC threads): check, then hand to the writer ---- */
 
 static void create_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
 {
     const Choreo__Orders__V1__CreateOrderRequest *r = (const Choreo__Orders__V1__CreateOrderRequest *)msg;
     orders_service *svc = ctx;
-    order_item items[ORDER_ITEMS_MAX];
-    char err[256], traceparent[TRACEPARENT_LEN + 1], causation[40];
-    orders_new n;
+    char err[256];
 
     if (r->n_items == 0 || r->n_items > ORDER_ITEMS_MAX) {
         rpc_call_fail(call, CH_INVALID_ARGUMENT, "items: must hold 1..%d items, got %zu", ORDER_ITEMS_MAX,
                       r->n_items);
         return;
     }
+    orders_call *oc = call_new(call, CALL_CREATE, msg);
+    if (!oc)
+        return;
     for (size_t i = 0; i < r->n_items; i++) {
         const Choreo__Orders__V1__LineItem *li = r->items[i];
         if (strlen(li->sku) > ORDER_SKU_MAX) {
             rpc_call_fail(call, CH_INVALID_ARGUMENT, "items[%zu].sku: at most %d bytes", i, ORDER_SKU_MAX);
+            free(oc);
             return;
         }
-        memcpy(items[i].sku, li->sku, strlen(li->sku) + 1);
-        items[i].quantity = li->quantity;
-        items[i].unit_price_cents = li->unit_price_cents;
+        memcpy(oc->items[i].sku, li->sku, strlen(li->sku) + 1);
+        oc->items[i].quantity = li->quantity;
+        oc->items[i].unit_price_cents = li->unit_price_cents;
     }
-    memset(&n, 0, sizeof n);
-    n.req = (order_create_req){r->customer_id, items, r->n_items, r->idempotency_key};
-    if (order_validate_create(&n.req, err, sizeof err) != CH_OK) {
+    oc->n_items = r->n_items;
+    order_create_req req = {r->customer_id, oc->items, r->n_items, r->idempotency_key};
+    if (order_validate_create(&req, err, sizeof err) != CH_OK) {
         rpc_call_fail(call, CH_INVALID_ARGUMENT, "%s", err);
+        free(oc);
         return;
     }
-
     if (r->idempotency_key[0]) {
-        order_id_from_key(n.id, r->customer_id, r->idempotency_key);
-        pthread_mutex_lock(&svc->mu);
-        bool known = order_store_by_key(svc->store, r->customer_id, r->idempotency_key) != NULL;
-        pthread_mutex_unlock(&svc->mu);
-        if (known) {
-            reply_order(call, svc, n.id, REPLY_CREATE, true);
-            return;
-        }
+        order_id_from_key(oc->id, r->customer_id, r->idempotency_key);
     } else {
         uint64_t bits;
         if (getrandom(&bits, sizeof bits, 0) != (ssize_t)sizeof bits) {
             rpc_call_fail(call, CH_INTERNAL, "no randomness for an order id");
+            free(oc);
             return;
         }
-        order_id_from_bits(n.id, bits);
+        order_id_from_bits(oc->id, bits);
     }
-
-    call_traceparent(call, traceparent);
-    snprintf(causation, sizeof causation, "rpc-%.16s", traceparent + 36);
-    n.traceparent = traceparent;
-    n.causation_id = causation;
-    rpc_call_add_metadata(call, "traceparent", traceparent);
-
-    created_call *cc = malloc(sizeof *cc);
-    ch_status st = cc ? CH_OK : CH_NO_MEMORY;
-    if (cc) {
-        *cc = (created_call){.call = call, .svc = svc, .keyed = r->idempotency_key[0] != '\0'};
-        snprintf(cc->id, sizeof cc->id, "%s", n.id);
-        snprintf(cc->trace_id, sizeof cc->trace_id, "%.32s", n.traceparent + 3);
-        /* The reply comes with the PubAck, or after CHOREO_PUBLISH_TIMEOUT_MS
-         * without one. A nearer client deadline ends the call on the
-         * client's side; the bus waits as long for every publish (bus.c). */
-        st = orders_append_created(svc, &n, on_created, cc);
-    }
-    if (st != CH_OK) {
-        char trace_id[33];
-        snprintf(trace_id, sizeof trace_id, "%.32s", n.traceparent + 3);
-        free(cc);
-        create_failed(call, n.id, trace_id, r->idempotency_key[0] != '\0', st);
-    }
+    call_trace(oc);
+    submit(svc, oc);
 }
 
 static void get_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
@@ -285,20 +416,18 @@ static void get_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
                       ORDER_ID_MAX);
         return;
     }
-    reply_order(call, ctx, r->order_id, REPLY_GET, false);
+    orders_call *oc = call_new(call, CALL_GET, msg);
+    if (oc) {
+        snprintf(oc->id, sizeof oc->id, "%s", r->order_id);
+        submit(ctx, oc);
+    }
 }
 
 static void list_orders(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
 {
     const Choreo__Orders__V1__ListOrdersRequest *r = (const Choreo__Orders__V1__ListOrdersRequest *)msg;
-    orders_service *svc = ctx;
     size_t size = r->page_size ? r->page_size : ORDER_PAGE_DEFAULT;
-    const order **page = NULL;
-    char next[32];
-    size_t n = 0, n_items = 0;
-    pb_orders p;
 
-    memset(&p, 0, sizeof p);
     if (size > ORDER_PAGE_MAX) {
         rpc_call_fail(call, CH_INVALID_ARGUMENT, "page_size: must be 0..%d, got %u", ORDER_PAGE_MAX,
                       r->page_size);
@@ -317,50 +446,14 @@ static void list_orders(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
         rpc_call_fail(call, CH_INVALID_ARGUMENT, "status: unknown value %d", (int)r->status);
         return;
     }
-    page = calloc(size, sizeof *page);
-    if (!page) {
-        rpc_call_fail(call, CH_NO_MEMORY, "out of memory");
-        return;
-    }
-    pthread_mutex_lock(&svc->mu);
-    ch_status st = order_store_list(svc->store, r->page_token, r->customer_id, (order_status)r->status, page,
-                                    size, &n, next);
-    if (st != CH_OK) {
-        pthread_mutex_unlock(&svc->mu);
-        rpc_call_fail(call, CH_INVALID_ARGUMENT, "page_token: not a token this service made");
-        goto cleanup;
-    }
-    for (size_t i = 0; i < n; i++)
-        n_items += page[i]->n_items;
-    if (pb_orders_init(&p, n, n_items) != CH_OK) {
-        pthread_mutex_unlock(&svc->mu);
-        rpc_call_fail(call, CH_NO_MEMORY, "out of memory");
-        goto cleanup;
-    }
-    for (size_t i = 0; i < n; i++)
-        pb_order_fill(&p, i, page[i]);
-    Choreo__Orders__V1__ListOrdersResponse resp = CHOREO__ORDERS__V1__LIST_ORDERS_RESPONSE__INIT;
-    size_t fit =
-        rpc_call_fit_items(call, &resp.base, sizeof next, (ProtobufCMessage *const *)p.order_ptrs, n);
-    if (fit < n) /* the same first `fit`, and the token after them */
-        order_store_list(svc->store, r->page_token, r->customer_id, (order_status)r->status, page, fit, &n,
-                         next);
-    resp.n_orders = n;
-    resp.orders = p.order_ptrs;
-    resp.next_page_token = next;
-    rpc_call_reply(call, &resp.base);
-    pthread_mutex_unlock(&svc->mu);
-
-cleanup:
-    pb_orders_free(&p);
-    free(page);
+    orders_call *oc = call_new(call, CALL_LIST, msg);
+    if (oc)
+        submit(ctx, oc);
 }
 
 static void cancel_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
 {
     const Choreo__Orders__V1__CancelOrderRequest *r = (const Choreo__Orders__V1__CancelOrderRequest *)msg;
-    orders_service *svc = ctx;
-    char traceparent[TRACEPARENT_LEN + 1], causation[40], err[256];
 
     if (!valid_order_id(r->order_id)) {
         rpc_call_fail(call, CH_INVALID_ARGUMENT, "order_id: %s",
@@ -373,25 +466,12 @@ static void cancel_order(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
                       ORDER_REASON_MAX);
         return;
     }
-    call_traceparent(call, traceparent);
-    snprintf(causation, sizeof causation, "rpc-%.16s", traceparent + 36);
-    rpc_call_add_metadata(call, "traceparent", traceparent);
-    ch_status st = orders_append_cancel(svc, r->order_id, r->reason, traceparent, causation,
-                                        call_timeout(call, svc), err, sizeof err);
-    if (st == CH_NOT_FOUND || st == CH_FAILED_PRECONDITION) {
-        rpc_call_fail(call, st, "%s", err);
+    orders_call *oc = call_new(call, CALL_CANCEL, msg);
+    if (!oc)
         return;
-    }
-    if (st == CH_TIMEOUT || st == CH_UNAVAILABLE) {
-        service_fail_unconfirmed(call, st, "order.cancel_requested",
-                                 "retry (a second cancel changes nothing)");
-        return;
-    }
-    if (st != CH_OK) {
-        rpc_call_fail(call, st, "order not cancelled: %s", ch_status_str(st));
-        return;
-    }
-    reply_order(call, svc, r->order_id, REPLY_CANCEL, false);
+    snprintf(oc->id, sizeof oc->id, "%s", r->order_id);
+    call_trace(oc);
+    submit(ctx, oc);
 }
 
 static void get_order_history(rpc_call *call, const ProtobufCMessage *msg, void *ctx)

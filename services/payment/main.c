@@ -1,7 +1,6 @@
-/* choreo-payment: the payment service. Reads its configuration, rebuilds its
- * accounts and payments from its ledger, reacts to inventory.reserved and
+/* choreo-payment: the payment service. Reads its configuration, folds its
+ * accounts and payments from its stream, reacts to inventory.reserved and
  * order.cancel_requested, serves gRPC until SIGTERM. */
-#include <pthread.h>
 #include <stdlib.h>
 
 #include "log.h"
@@ -18,14 +17,11 @@ int main(int argc, char **argv)
     if (code >= 0)
         return code;
     svc.cfg = &rt.cfg;
-    pthread_mutex_init(&svc.mu, NULL);
 
-    st = payment_state_create(&svc.state);
+    st = pay_state_create(&svc.state);
     if (st == CH_OK)
         st = service_connect(&rt);
     svc.bus = rt.bus;
-    if (st == CH_OK)
-        st = payment_ledger_open(&svc);
     if (st == CH_OK)
         st = payment_events_start(&svc);
     if (st == CH_OK)
@@ -35,10 +31,9 @@ int main(int argc, char **argv)
     if (st == CH_OK)
         st = service_serve(&rt);
 
-    payment_events_stop(&svc); /* workers and ledger before the bus they use */
+    payment_events_stop(&svc); /* the writer before the bus it uses */
     service_shutdown(&rt);
-    payment_state_destroy(svc.state);
-    pthread_mutex_destroy(&svc.mu);
+    pay_state_destroy(svc.state);
     if (st != CH_OK && st != CH_CANCELLED) {
         log_error("exiting on error", "status", ch_status_str(st), NULL);
         return 1;

@@ -1,5 +1,5 @@
-/* payment_core.c: validation, decisions, the reducer over ledger entries, the
- * in-memory indexes, and the ledger entry codec. */
+/* payment_core.c: validation, decisions, the reducer over its entries and its
+ * inverse, and the in-memory indexes. */
 #include "payment_core.h"
 
 #include <inttypes.h>
@@ -7,10 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <pb_decode.h>
-#include <pb_encode.h>
-
-#include "choreo/ledger/v1/payment_ledger.pb.h"
 #include "strmap.h"
 #include "utf8.h"
 
@@ -25,7 +21,7 @@ typedef struct pay_customer {
     size_t n_payments, cap_payments;
 } pay_customer;
 
-struct payment_state {
+struct pay_state {
     strmap customers;   /* customer_id -> pay_customer */
     strmap payments;    /* order_id -> pay_payment */
     strmap credit_keys; /* "<customer>\x1f<key>" -> the same malloc'd string */
@@ -34,16 +30,16 @@ struct payment_state {
     size_t n_accounts;
 };
 
-ch_status payment_state_create(payment_state **out)
+ch_status pay_state_create(pay_state **out)
 {
-    payment_state *s = calloc(1, sizeof *s);
+    pay_state *s = calloc(1, sizeof *s);
     if (!s)
         return CH_NO_MEMORY;
     *out = s;
     return CH_OK;
 }
 
-void payment_state_destroy(payment_state *s)
+void pay_state_destroy(pay_state *s)
 {
     if (!s)
         return;
@@ -65,7 +61,7 @@ void payment_state_destroy(payment_state *s)
     free(s);
 }
 
-bool payment_credit_key_known(const payment_state *s, const char *customer_id, const char *key)
+bool pay_credit_key_known(const pay_state *s, const char *customer_id, const char *key)
 {
     char *k;
     bool known;
@@ -80,28 +76,28 @@ bool payment_credit_key_known(const payment_state *s, const char *customer_id, c
     return known;
 }
 
-const pay_account *payment_account_get(const payment_state *s, const char *customer_id)
+const pay_account *pay_account_get(const pay_state *s, const char *customer_id)
 {
     const pay_customer *c = strmap_get(&s->customers, customer_id ? customer_id : "");
     return c && c->has_account ? &c->acct : NULL;
 }
 
-const pay_payment *payment_get(const payment_state *s, const char *order_id)
+const pay_payment *pay_payment_get(const pay_state *s, const char *order_id)
 {
     return strmap_get(&s->payments, order_id ? order_id : "");
 }
 
-size_t payment_count(const payment_state *s)
+size_t pay_payment_count(const pay_state *s)
 {
     return s->n;
 }
 
-size_t payment_account_count(const payment_state *s)
+size_t pay_account_count(const pay_state *s)
 {
     return s->n_accounts;
 }
 
-const char *payment_status_name(pay_status st)
+const char *pay_status_name(pay_status st)
 {
     switch (st) {
     case PAY_CHARGED: return "CHARGED";
@@ -111,14 +107,14 @@ const char *payment_status_name(pay_status st)
     }
 }
 
-bool payment_account_balanced(const pay_account *a)
+bool pay_account_balanced(const pay_account *a)
 {
     return a->balance_cents >= 0 && a->credited_cents >= 0 && a->charged_cents >= 0 &&
            a->refunded_cents >= 0 && a->refunded_cents <= a->charged_cents &&
            a->balance_cents + a->charged_cents - a->refunded_cents == a->credited_cents;
 }
 
-bool payment_state_consistent(const payment_state *s)
+bool pay_state_consistent(const pay_state *s)
 {
     size_t payments_seen = 0;
 
@@ -127,7 +123,7 @@ bool payment_state_consistent(const payment_state *s)
         int64_t charged = 0, refunded = 0;
         if (!c)
             continue;
-        if (!payment_account_balanced(&c->acct))
+        if (!pay_account_balanced(&c->acct))
             return false;
         for (size_t k = 0; k < c->n_payments; k++) {
             const pay_payment *p = s->all[c->payments[k]];
@@ -182,8 +178,8 @@ static ch_status check_id(const char *field, const char *v, size_t max, char *er
     return CH_OK;
 }
 
-ch_status payment_validate_credit(const char *customer_id, int64_t amount_cents, const char *key, char *err,
-                                  size_t errlen)
+ch_status pay_validate_credit(const char *customer_id, int64_t amount_cents, const char *key, char *err,
+                              size_t errlen)
 {
     ch_status st = check_id("customer_id", customer_id, PAY_CUSTOMER_MAX, err, errlen);
     if (st != CH_OK)
@@ -202,17 +198,17 @@ ch_status payment_validate_credit(const char *customer_id, int64_t amount_cents,
 
 /* ---- decisions ---- */
 
-ch_status payment_decide_credit(const payment_state *s, const char *customer_id, int64_t amount_cents,
-                                const char *key, pay_entry *out, char *err, size_t errlen)
+ch_status pay_decide_credit(const pay_state *s, const char *customer_id, int64_t amount_cents,
+                            const char *key, pay_entry *out, char *err, size_t errlen)
 {
-    ch_status st = payment_validate_credit(customer_id, amount_cents, key, err, errlen);
+    ch_status st = pay_validate_credit(customer_id, amount_cents, key, err, errlen);
     if (st != CH_OK)
         return st;
-    if (key && key[0] && payment_credit_key_known(s, customer_id, key)) {
+    if (key && key[0] && pay_credit_key_known(s, customer_id, key)) {
         snprintf(err, errlen, "idempotency_key: already credited");
         return CH_ALREADY_EXISTS;
     }
-    const pay_account *a = payment_account_get(s, customer_id);
+    const pay_account *a = pay_account_get(s, customer_id);
     if (a && a->credited_cents > PAY_ACCOUNT_TOTAL_MAX - amount_cents) {
         snprintf(err, errlen, "amount_cents: the account's credit would pass %lld cents",
                  PAY_ACCOUNT_TOTAL_MAX);
@@ -232,9 +228,9 @@ static void set_cause(pay_entry *out, const char *cause_event_id)
         snprintf(out->cause_event_id, sizeof out->cause_event_id, "%s", cause_event_id);
 }
 
-ch_status payment_decide_charge(const payment_state *s, const char *order_id, const char *customer_id,
-                                int64_t amount_cents, const char *cause_event_id, pay_entry *out, char *err,
-                                size_t errlen)
+ch_status pay_decide_charge(const pay_state *s, const char *order_id, const char *customer_id,
+                            int64_t amount_cents, const char *cause_event_id, pay_entry *out, char *err,
+                            size_t errlen)
 {
     ch_status st = check_id("order_id", order_id, PAY_ORDER_ID_MAX, err, errlen);
     if (st == CH_OK)
@@ -245,7 +241,7 @@ ch_status payment_decide_charge(const payment_state *s, const char *order_id, co
         snprintf(err, errlen, "total_cents: must be 0..%lld, got %" PRId64, PAY_CHARGE_MAX, amount_cents);
         return CH_INVALID_ARGUMENT;
     }
-    if (payment_get(s, order_id)) {
+    if (pay_payment_get(s, order_id)) {
         snprintf(err, errlen, "order_id: payment of %s already decided", order_id);
         return CH_ALREADY_EXISTS;
     }
@@ -273,10 +269,10 @@ ch_status payment_decide_charge(const payment_state *s, const char *order_id, co
     return CH_OK;
 }
 
-ch_status payment_decide_refund(const payment_state *s, const char *order_id, const char *cause_event_id,
-                                pay_entry *out)
+ch_status pay_decide_refund(const pay_state *s, const char *order_id, const char *cause_event_id,
+                            pay_entry *out)
 {
-    const pay_payment *p = payment_get(s, order_id);
+    const pay_payment *p = pay_payment_get(s, order_id);
 
     if (!p)
         return CH_NOT_FOUND;
@@ -310,7 +306,7 @@ static ch_status customer_reserve_payment(pay_customer *c)
 
 /* The customer record for id, creating one (not yet inserted: *fresh) when
  * it does not exist. NULL when out of memory. */
-static pay_customer *customer_for(payment_state *s, const char *id, bool *fresh)
+static pay_customer *customer_for(pay_state *s, const char *id, bool *fresh)
 {
     pay_customer *c = strmap_get(&s->customers, id);
     *fresh = false;
@@ -324,18 +320,17 @@ static pay_customer *customer_for(payment_state *s, const char *id, bool *fresh)
     return c;
 }
 
-static ch_status apply_credit(payment_state *s, const pay_entry *e, bool *changed)
+static ch_status apply_credit(pay_state *s, const pay_entry *e, bool *changed)
 {
     char err[160];
     char *k = NULL;
     bool fresh = false;
     pay_customer *c = NULL;
-    ch_status st =
-        payment_validate_credit(e->customer_id, e->amount_cents, e->idempotency_key, err, sizeof err);
+    ch_status st = pay_validate_credit(e->customer_id, e->amount_cents, e->idempotency_key, err, sizeof err);
 
     if (st != CH_OK)
         return st;
-    if (e->idempotency_key[0] && payment_credit_key_known(s, e->customer_id, e->idempotency_key))
+    if (e->idempotency_key[0] && pay_credit_key_known(s, e->customer_id, e->idempotency_key))
         return CH_OK; /* a retry: credited once */
     c = customer_for(s, e->customer_id, &fresh);
     if (!c)
@@ -376,7 +371,7 @@ cleanup:
 }
 
 /* Records a new payment (charge or decline) for e's order. */
-static ch_status apply_decision(payment_state *s, const pay_entry *e, bool *changed)
+static ch_status apply_decision(pay_state *s, const pay_entry *e, bool *changed)
 {
     char err[160];
     bool fresh = false;
@@ -391,7 +386,7 @@ static ch_status apply_decision(payment_state *s, const pay_entry *e, bool *chan
         return st;
     if (e->amount_cents < 0 || e->amount_cents > PAY_CHARGE_MAX || strlen(e->reason) > PAY_REASON_MAX)
         return CH_INVALID_ARGUMENT;
-    if (payment_get(s, e->order_id))
+    if (pay_payment_get(s, e->order_id))
         return CH_OK; /* decided once: the first decision stands */
     c = customer_for(s, e->customer_id, &fresh);
     if (!c)
@@ -453,7 +448,7 @@ cleanup:
     return st;
 }
 
-static ch_status apply_refund(payment_state *s, const pay_entry *e, bool *changed)
+static ch_status apply_refund(pay_state *s, const pay_entry *e, bool *changed)
 {
     pay_payment *p = strmap_get(&s->payments, e->order_id);
     pay_customer *c;
@@ -476,7 +471,7 @@ static ch_status apply_refund(payment_state *s, const pay_entry *e, bool *change
     return CH_OK;
 }
 
-ch_status payment_apply(payment_state *s, const pay_entry *e, bool *changed)
+ch_status pay_apply(pay_state *s, const pay_entry *e, bool *changed)
 {
     bool dummy;
 
@@ -495,7 +490,7 @@ ch_status payment_apply(payment_state *s, const pay_entry *e, bool *changed)
 /* ---- undoing the reducer ---- */
 
 /* Undoes a CHARGE or DECLINE entry, whose payment must be the newest. */
-static ch_status revert_decision(payment_state *s, const pay_entry *e)
+static ch_status revert_decision(pay_state *s, const pay_entry *e)
 {
     pay_payment *p = strmap_get(&s->payments, e->order_id);
     pay_customer *c;
@@ -535,7 +530,7 @@ static ch_status revert_decision(payment_state *s, const pay_entry *e)
     return CH_OK;
 }
 
-static ch_status revert_refund(payment_state *s, const pay_entry *e)
+static ch_status revert_refund(pay_state *s, const pay_entry *e)
 {
     pay_payment *p = strmap_get(&s->payments, e->order_id);
     pay_customer *c;
@@ -555,21 +550,52 @@ static ch_status revert_refund(payment_state *s, const pay_entry *e)
     return CH_OK;
 }
 
-ch_status payment_revert(payment_state *s, const pay_entry *e)
+/* Undoes a CREDIT: the account loses the amount (and the key); an account
+ * this credit opened is closed again, a record with nothing left dropped. */
+static ch_status revert_credit(pay_state *s, const pay_entry *e)
+{
+    pay_customer *c = strmap_get(&s->customers, e->customer_id);
+    char key[PAY_CUSTOMER_MAX + PAY_KEY_MAX + 2];
+
+    if (!c || !c->has_account)
+        return CH_NOT_FOUND;
+    if (c->acct.credited_cents < e->amount_cents || c->acct.balance_cents < e->amount_cents ||
+        strlen(e->customer_id) > PAY_CUSTOMER_MAX || strlen(e->idempotency_key) > PAY_KEY_MAX)
+        return CH_FAILED_PRECONDITION; /* not credited here, or spent since */
+    if (e->idempotency_key[0]) {
+        /* the index key, built without allocating (strmap_pair_key's form) */
+        snprintf(key, sizeof key, "%s\x1f%s", e->customer_id, e->idempotency_key);
+        free(strmap_remove(&s->credit_keys, key));
+    }
+    c->acct.credited_cents -= e->amount_cents;
+    c->acct.balance_cents -= e->amount_cents;
+    if (c->acct.credited_cents == 0) {
+        c->has_account = false; /* credits are positive: this one opened it */
+        s->n_accounts--;
+    }
+    if (!c->has_account && c->n_payments == 0) {
+        strmap_remove(&s->customers, c->acct.customer_id);
+        free(c->payments);
+        free(c);
+    }
+    return CH_OK;
+}
+
+ch_status pay_revert(pay_state *s, const pay_entry *e)
 {
     switch (e->kind) {
     case PAY_ENTRY_CHARGE:
     case PAY_ENTRY_DECLINE: return revert_decision(s, e);
     case PAY_ENTRY_REFUND: return revert_refund(s, e);
-    case PAY_ENTRY_CREDIT: break; /* from the API, never batched */
+    case PAY_ENTRY_CREDIT: return revert_credit(s, e);
     }
     return CH_INVALID_ARGUMENT;
 }
 
 /* ---- paging ---- */
 
-ch_status payment_list(const payment_state *s, const char *page_token, const char *customer_id,
-                       const pay_payment **out, size_t cap, size_t *n, char *next_token)
+ch_status pay_payment_list(const pay_state *s, const char *page_token, const char *customer_id,
+                           const pay_payment **out, size_t cap, size_t *n, char *next_token)
 {
     size_t pos = s->n; /* walk backwards from here (exclusive) */
 
@@ -613,118 +639,4 @@ ch_status payment_list(const payment_state *s, const char *page_token, const cha
     if (k > 0)
         snprintf(next_token, PAY_TOKEN_MAX, "p%zu", c->payments[k - 1] + 1);
     return CH_OK;
-}
-
-/* ---- the ledger entry codec ---- */
-
-#define COPY_STR(dst, src) snprintf((dst), sizeof(dst), "%s", (src))
-
-static bool fits(const char *src, size_t dst_size)
-{
-    return strlen(src) < dst_size;
-}
-
-ch_status payment_entry_encode(const pay_entry *e, uint8_t *buf, size_t cap, size_t *len)
-{
-    choreo_ledger_v1_PaymentEntry pe = choreo_ledger_v1_PaymentEntry_init_zero;
-
-    switch (e->kind) {
-    case PAY_ENTRY_CREDIT:
-        pe.which_entry = choreo_ledger_v1_PaymentEntry_credit_tag;
-        COPY_STR(pe.entry.credit.customer_id, e->customer_id);
-        COPY_STR(pe.entry.credit.idempotency_key, e->idempotency_key);
-        pe.entry.credit.amount_cents = e->amount_cents;
-        break;
-    case PAY_ENTRY_CHARGE:
-        pe.which_entry = choreo_ledger_v1_PaymentEntry_charge_tag;
-        COPY_STR(pe.entry.charge.order_id, e->order_id);
-        COPY_STR(pe.entry.charge.customer_id, e->customer_id);
-        COPY_STR(pe.entry.charge.cause_event_id, e->cause_event_id);
-        pe.entry.charge.amount_cents = e->amount_cents;
-        break;
-    case PAY_ENTRY_DECLINE:
-        pe.which_entry = choreo_ledger_v1_PaymentEntry_decline_tag;
-        COPY_STR(pe.entry.decline.order_id, e->order_id);
-        COPY_STR(pe.entry.decline.customer_id, e->customer_id);
-        COPY_STR(pe.entry.decline.reason, e->reason);
-        COPY_STR(pe.entry.decline.cause_event_id, e->cause_event_id);
-        pe.entry.decline.amount_cents = e->amount_cents;
-        pe.entry.decline.balance_cents = e->balance_cents;
-        break;
-    case PAY_ENTRY_REFUND:
-        pe.which_entry = choreo_ledger_v1_PaymentEntry_refund_tag;
-        COPY_STR(pe.entry.refund.order_id, e->order_id);
-        COPY_STR(pe.entry.refund.customer_id, e->customer_id);
-        COPY_STR(pe.entry.refund.cause_event_id, e->cause_event_id);
-        pe.entry.refund.amount_cents = e->amount_cents;
-        break;
-    default: return CH_INVALID_ARGUMENT;
-    }
-    pb_ostream_t os = pb_ostream_from_buffer(buf, cap);
-    if (!pb_encode(&os, choreo_ledger_v1_PaymentEntry_fields, &pe))
-        return CH_RESOURCE_EXHAUSTED;
-    *len = os.bytes_written;
-    return CH_OK;
-}
-
-ch_status payment_entry_decode(const uint8_t *buf, size_t len, pay_entry *out)
-{
-    choreo_ledger_v1_PaymentEntry pe = choreo_ledger_v1_PaymentEntry_init_zero;
-    pb_istream_t is = pb_istream_from_buffer(buf, len);
-
-    memset(out, 0, sizeof *out);
-    if (len > PAY_ENTRY_MAX_BYTES || !pb_decode(&is, choreo_ledger_v1_PaymentEntry_fields, &pe))
-        return CH_INVALID_ARGUMENT;
-    switch (pe.which_entry) {
-    case choreo_ledger_v1_PaymentEntry_credit_tag: {
-        const choreo_ledger_v1_PaymentCredit *c = &pe.entry.credit;
-        if (!fits(c->customer_id, sizeof out->customer_id) ||
-            !fits(c->idempotency_key, sizeof out->idempotency_key))
-            return CH_INVALID_ARGUMENT;
-        out->kind = PAY_ENTRY_CREDIT;
-        COPY_STR(out->customer_id, c->customer_id);
-        COPY_STR(out->idempotency_key, c->idempotency_key);
-        out->amount_cents = c->amount_cents;
-        return CH_OK;
-    }
-    case choreo_ledger_v1_PaymentEntry_charge_tag: {
-        const choreo_ledger_v1_PaymentCharge *c = &pe.entry.charge;
-        if (!fits(c->order_id, sizeof out->order_id) || !fits(c->customer_id, sizeof out->customer_id) ||
-            !fits(c->cause_event_id, sizeof out->cause_event_id))
-            return CH_INVALID_ARGUMENT;
-        out->kind = PAY_ENTRY_CHARGE;
-        COPY_STR(out->order_id, c->order_id);
-        COPY_STR(out->customer_id, c->customer_id);
-        COPY_STR(out->cause_event_id, c->cause_event_id);
-        out->amount_cents = c->amount_cents;
-        return CH_OK;
-    }
-    case choreo_ledger_v1_PaymentEntry_decline_tag: {
-        const choreo_ledger_v1_PaymentDecline *d = &pe.entry.decline;
-        if (!fits(d->order_id, sizeof out->order_id) || !fits(d->customer_id, sizeof out->customer_id) ||
-            !fits(d->reason, sizeof out->reason) || !fits(d->cause_event_id, sizeof out->cause_event_id))
-            return CH_INVALID_ARGUMENT;
-        out->kind = PAY_ENTRY_DECLINE;
-        COPY_STR(out->order_id, d->order_id);
-        COPY_STR(out->customer_id, d->customer_id);
-        COPY_STR(out->reason, d->reason);
-        COPY_STR(out->cause_event_id, d->cause_event_id);
-        out->amount_cents = d->amount_cents;
-        out->balance_cents = d->balance_cents;
-        return CH_OK;
-    }
-    case choreo_ledger_v1_PaymentEntry_refund_tag: {
-        const choreo_ledger_v1_PaymentRefund *r = &pe.entry.refund;
-        if (!fits(r->order_id, sizeof out->order_id) || !fits(r->customer_id, sizeof out->customer_id) ||
-            !fits(r->cause_event_id, sizeof out->cause_event_id))
-            return CH_INVALID_ARGUMENT;
-        out->kind = PAY_ENTRY_REFUND;
-        COPY_STR(out->order_id, r->order_id);
-        COPY_STR(out->customer_id, r->customer_id);
-        COPY_STR(out->cause_event_id, r->cause_event_id);
-        out->amount_cents = r->amount_cents;
-        return CH_OK;
-    }
-    default: return CH_INVALID_ARGUMENT;
-    }
 }

@@ -1,6 +1,7 @@
-/* payment_rpc.c: the choreo.payment.v1.Payment gRPC API, a thin adapter: it
- * turns requests into core decisions and ledger entries, and the state into
- * replies. */
+/* payment_rpc.c: the choreo.payment.v1.Payment gRPC API, a thin adapter: a
+ * request is checked on the gRPC thread, then decided (CreditAccount) or read
+ * (the rest) by the writer on its thread, which answers once the state is
+ * current (writer.h). */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,21 @@
 #include "payment.h"
 #include "service.h"
 #include "utf8.h"
+
+typedef enum payment_method {
+    CALL_CREDIT = 0,
+    CALL_GET_ACCOUNT,
+    CALL_GET_PAYMENT,
+    CALL_LIST,
+} payment_method;
+
+/* Hands a checked request to the writer (service.h). gRPC thread. */
+static void submit(payment_service *svc, rpc_call *call, payment_method m, const ProtobufCMessage *req)
+{
+    service_call *sc = service_call_new(sizeof *sc, call, m, req);
+    if (sc)
+        service_call_submit(svc->writer, sc);
+}
 
 /* ---- state -> reply ---- */
 
@@ -35,88 +51,48 @@ static void pb_payment_fill(Choreo__Payment__V1__PaymentRecord *pb, const pay_pa
     pb->reason = (char *)p->reason;
 }
 
-/* Replies with the customer's account; under mu (the caller holds it). */
-static void reply_account_locked(rpc_call *call, payment_service *svc, const char *customer_id, bool credit)
+/* Replies with the customer's account. Writer thread. */
+static void reply_account(rpc_call *call, payment_service *svc, const char *customer_id, bool credit)
 {
-    const pay_account *a = payment_account_get(svc->state, customer_id);
+    const pay_account *a = pay_account_get(svc->state, customer_id);
     Choreo__Payment__V1__Account pb;
 
     if (!a) {
-        rpc_call_fail(call, CH_NOT_FOUND, "customer_id: no account for %s (never credited)", customer_id);
+        rpc_call_prepare_fail(call, CH_NOT_FOUND, "customer_id: no account for %s (never credited)",
+                              customer_id);
         return;
     }
     pb_account_fill(&pb, a);
     if (credit) {
         Choreo__Payment__V1__CreditAccountResponse resp = CHOREO__PAYMENT__V1__CREDIT_ACCOUNT_RESPONSE__INIT;
         resp.account = &pb;
-        rpc_call_reply(call, &resp.base);
+        rpc_call_prepare_reply(call, &resp.base);
     } else {
         Choreo__Payment__V1__GetAccountResponse resp = CHOREO__PAYMENT__V1__GET_ACCOUNT_RESPONSE__INIT;
         resp.account = &pb;
-        rpc_call_reply(call, &resp.base);
+        rpc_call_prepare_reply(call, &resp.base);
     }
 }
 
-/* ---- handlers ---- */
+/* ---- handlers (gRPC threads): check, then hand to the writer ---- */
 
 static void credit_account(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
 {
     const Choreo__Payment__V1__CreditAccountRequest *r =
         (const Choreo__Payment__V1__CreditAccountRequest *)msg;
-    payment_service *svc = ctx;
-    char err[256], msg_id[PAY_CUSTOMER_MAX + PAY_KEY_MAX + 16];
-    const char *key = r->idempotency_key;
-    pay_entry e;
-    ch_status st;
+    char err[256];
+    ch_status st = pay_validate_credit(r->customer_id, r->amount_cents, r->idempotency_key, err, sizeof err);
 
-    st = payment_validate_credit(r->customer_id, r->amount_cents, key, err, sizeof err);
     if (st != CH_OK) {
         rpc_call_fail(call, st, "%s", err);
         return;
     }
-    if (key[0])
-        /* the id's length keeps "a:b"+"c" apart from "a"+"b:c" */
-        snprintf(msg_id, sizeof msg_id, "credit:%zu:%s:%s", strlen(r->customer_id), r->customer_id, key);
-
-    pthread_mutex_lock(&svc->mu);
-    for (int attempt = 0; attempt < PAYMENT_APPEND_TRIES; attempt++) {
-        st = payment_decide_credit(svc->state, r->customer_id, r->amount_cents, key, &e, err, sizeof err);
-        if (st != CH_OK)
-            break;
-        st = payment_ledger_append(svc, &e, key[0] ? msg_id : NULL);
-        if (st != CH_CONFLICT)
-            break;
-    }
-    /* A retry whose first try was stored by another replica (or before a
-     * restart, within the dedup window) comes back as a duplicate: catch up
-     * so the reply shows the credit. */
-    if (st == CH_OK && key[0] && !payment_credit_key_known(svc->state, r->customer_id, key))
-        ledger_catch_up(svc->ledger);
-    if (st == CH_OK || st == CH_ALREADY_EXISTS) {
-        reply_account_locked(call, svc, r->customer_id, true);
-        pthread_mutex_unlock(&svc->mu);
-        return;
-    }
-    pthread_mutex_unlock(&svc->mu);
-
-    if (st == CH_INVALID_ARGUMENT || st == CH_FAILED_PRECONDITION) {
-        rpc_call_fail(call, st, "%s", err);
-        return;
-    }
-    log_warn("credit not confirmed", "customer_id", r->customer_id, "status", ch_status_str(st), NULL);
-    if (st == CH_TIMEOUT || st == CH_UNAVAILABLE)
-        service_fail_unconfirmed(
-            call, st, "credit",
-            key[0] ? "retry with the same idempotency_key"
-                   : "read the account before retrying (an idempotency_key makes retries safe)");
-    else /* CH_CONFLICT after every try, or no memory: nothing was stored */
-        rpc_call_fail(call, CH_UNAVAILABLE, "credit not stored (%s): retry", ch_status_str(st));
+    submit(ctx, call, CALL_CREDIT, msg);
 }
 
 static void get_account(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
 {
     const Choreo__Payment__V1__GetAccountRequest *r = (const Choreo__Payment__V1__GetAccountRequest *)msg;
-    payment_service *svc = ctx;
 
     if (!r->customer_id[0]) {
         rpc_call_fail(call, CH_INVALID_ARGUMENT, "customer_id: required");
@@ -127,16 +103,12 @@ static void get_account(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
                       PAY_CUSTOMER_MAX);
         return;
     }
-    pthread_mutex_lock(&svc->mu);
-    reply_account_locked(call, svc, r->customer_id, false);
-    pthread_mutex_unlock(&svc->mu);
+    submit(ctx, call, CALL_GET_ACCOUNT, msg);
 }
 
 static void get_payment(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
 {
     const Choreo__Payment__V1__GetPaymentRequest *r = (const Choreo__Payment__V1__GetPaymentRequest *)msg;
-    payment_service *svc = ctx;
-    Choreo__Payment__V1__PaymentRecord pb;
 
     if (!r->order_id[0]) {
         rpc_call_fail(call, CH_INVALID_ARGUMENT, "order_id: required");
@@ -147,29 +119,12 @@ static void get_payment(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
                       PAY_ORDER_ID_MAX);
         return;
     }
-    pthread_mutex_lock(&svc->mu);
-    const pay_payment *p = payment_get(svc->state, r->order_id);
-    if (!p) {
-        pthread_mutex_unlock(&svc->mu);
-        rpc_call_fail(call, CH_NOT_FOUND, "order_id: no payment for order %s", r->order_id);
-        return;
-    }
-    pb_payment_fill(&pb, p);
-    Choreo__Payment__V1__GetPaymentResponse resp = CHOREO__PAYMENT__V1__GET_PAYMENT_RESPONSE__INIT;
-    resp.payment = &pb;
-    rpc_call_reply(call, &resp.base);
-    pthread_mutex_unlock(&svc->mu);
+    submit(ctx, call, CALL_GET_PAYMENT, msg);
 }
 
 static void list_payments(rpc_call *call, const ProtobufCMessage *msg, void *ctx)
 {
     const Choreo__Payment__V1__ListPaymentsRequest *r = (const Choreo__Payment__V1__ListPaymentsRequest *)msg;
-    payment_service *svc = ctx;
-    size_t size = r->page_size ? r->page_size : PAY_PAGE_DEFAULT;
-    const pay_payment **page = NULL;
-    Choreo__Payment__V1__PaymentRecord *pbs = NULL, **ptrs = NULL;
-    char next[PAY_TOKEN_MAX];
-    size_t n = 0;
 
     if (r->page_size > PAY_PAGE_MAX) {
         rpc_call_fail(call, CH_INVALID_ARGUMENT, "page_size: must be 0..%d, got %u", PAY_PAGE_MAX,
@@ -185,17 +140,27 @@ static void list_payments(rpc_call *call, const ProtobufCMessage *msg, void *ctx
                       PAY_CUSTOMER_MAX);
         return;
     }
-    page = calloc(size, sizeof *page);
-    pbs = calloc(size, sizeof *pbs);
-    ptrs = calloc(size, sizeof *ptrs);
+    submit(ctx, call, CALL_LIST, msg);
+}
+
+/* ---- in the writer ---- */
+
+/* ListPayments' reply, a page cut to fit in one message. */
+static void reply_list(payment_service *svc, rpc_call *call,
+                       const Choreo__Payment__V1__ListPaymentsRequest *r)
+{
+    size_t size = r->page_size ? r->page_size : PAY_PAGE_DEFAULT;
+    const pay_payment **page = calloc(size, sizeof *page);
+    Choreo__Payment__V1__PaymentRecord *pbs = calloc(size, sizeof *pbs), **ptrs = calloc(size, sizeof *ptrs);
+    char next[PAY_TOKEN_MAX];
+    size_t n = 0;
+
     if (!page || !pbs || !ptrs) {
-        rpc_call_fail(call, CH_NO_MEMORY, "out of memory");
+        rpc_call_prepare_fail(call, CH_NO_MEMORY, "out of memory");
         goto cleanup;
     }
-    pthread_mutex_lock(&svc->mu);
-    if (payment_list(svc->state, r->page_token, r->customer_id, page, size, &n, next) != CH_OK) {
-        pthread_mutex_unlock(&svc->mu);
-        rpc_call_fail(call, CH_INVALID_ARGUMENT, "page_token: not a token this service made");
+    if (pay_payment_list(svc->state, r->page_token, r->customer_id, page, size, &n, next) != CH_OK) {
+        rpc_call_prepare_fail(call, CH_INVALID_ARGUMENT, "page_token: not a token this service made");
         goto cleanup;
     }
     for (size_t i = 0; i < n; i++) {
@@ -205,17 +170,92 @@ static void list_payments(rpc_call *call, const ProtobufCMessage *msg, void *ctx
     Choreo__Payment__V1__ListPaymentsResponse resp = CHOREO__PAYMENT__V1__LIST_PAYMENTS_RESPONSE__INIT;
     size_t fit = rpc_call_fit_items(call, &resp.base, PAY_TOKEN_MAX, (ProtobufCMessage *const *)ptrs, n);
     if (fit < n) /* the same first `fit`, and the token after them */
-        payment_list(svc->state, r->page_token, r->customer_id, page, fit, &n, next);
+        pay_payment_list(svc->state, r->page_token, r->customer_id, page, fit, &n, next);
     resp.n_payments = n;
     resp.payments = ptrs;
     resp.next_page_token = next;
-    rpc_call_reply(call, &resp.base);
-    pthread_mutex_unlock(&svc->mu);
+    rpc_call_prepare_reply(call, &resp.base);
 
 cleanup:
     free(page);
     free(pbs);
     free(ptrs);
+}
+
+static void reply_payment(payment_service *svc, rpc_call *call, const char *order_id)
+{
+    const pay_payment *p = pay_payment_get(svc->state, order_id);
+    Choreo__Payment__V1__PaymentRecord pb;
+
+    if (!p) {
+        rpc_call_prepare_fail(call, CH_NOT_FOUND, "order_id: no payment for order %s", order_id);
+        return;
+    }
+    pb_payment_fill(&pb, p);
+    Choreo__Payment__V1__GetPaymentResponse resp = CHOREO__PAYMENT__V1__GET_PAYMENT_RESPONSE__INIT;
+    resp.payment = &pb;
+    rpc_call_prepare_reply(call, &resp.base);
+}
+
+/* The answer to a call, as the state is at its place among the decisions:
+ * prepared now, sent once everything before it is stored (finish). */
+static void prepare_answer(payment_service *svc, service_call *sc)
+{
+    switch ((payment_method)sc->method) {
+    case CALL_CREDIT:
+        reply_account(sc->call, svc,
+                      ((const Choreo__Payment__V1__CreditAccountRequest *)sc->req)->customer_id, true);
+        break;
+    case CALL_GET_ACCOUNT:
+        reply_account(sc->call, svc, ((const Choreo__Payment__V1__GetAccountRequest *)sc->req)->customer_id,
+                      false);
+        break;
+    case CALL_GET_PAYMENT:
+        reply_payment(svc, sc->call, ((const Choreo__Payment__V1__GetPaymentRequest *)sc->req)->order_id);
+        break;
+    case CALL_LIST:
+        reply_list(svc, sc->call, (const Choreo__Payment__V1__ListPaymentsRequest *)sc->req);
+        break;
+    }
+}
+
+ch_status payment_call_decide(payment_service *svc, writer *w, writer_input *in)
+{
+    service_call *sc = in->call;
+    pay_entry e;
+    ch_status st = CH_OK;
+
+    if (sc->method == CALL_CREDIT) {
+        const Choreo__Payment__V1__CreditAccountRequest *r =
+            (const Choreo__Payment__V1__CreditAccountRequest *)sc->req;
+        st = pay_decide_credit(svc->state, r->customer_id, r->amount_cents, r->idempotency_key, &e, sc->err,
+                               sizeof sc->err);
+        if (st == CH_ALREADY_EXISTS)
+            st = CH_OK; /* a retry with the same key: credited once, answered with the account */
+        else if (st == CH_OK)
+            st = payment_record(svc, w, &e, rpc_call_method(sc->call), NULL);
+    }
+    if (st == CH_OK)
+        prepare_answer(svc, sc);
+    return st;
+}
+
+void payment_call_finish(payment_service *svc, writer_input *in, ch_status st)
+{
+    service_call *sc = in->call;
+    bool credit = sc->method == CALL_CREDIT;
+    const char *key =
+        credit ? ((const Choreo__Payment__V1__CreditAccountRequest *)sc->req)->idempotency_key : "";
+    const char *retry = key[0] ? "retry with the same idempotency_key"
+                               : "read the account before retrying (an idempotency_key makes retries safe)";
+
+    if (credit && (st == CH_TIMEOUT || st == CH_UNAVAILABLE))
+        log_warn("credit not confirmed", "status", ch_status_str(st), NULL);
+    /* what is left: lost every race, or no memory; nothing was stored */
+    if (!service_call_answer(sc, st, credit ? "credit" : NULL, retry))
+        rpc_call_fail(sc->call, CH_UNAVAILABLE, "%s not stored (%s): retry", credit ? "credit" : "read",
+                      ch_status_str(st));
+    free(sc);
 }
 
 ch_status payment_rpc_register(rpc_server *s, payment_service *svc)

@@ -1,10 +1,11 @@
 /* test_inventory.c: the inventory service end to end, against a real
  * nats-server (JetStream, file storage, temp dir, free port) and the real
  * binary. Events are driven by publishing envelopes as the other services
- * would, and read back from the EVENTS stream. */
+ * would (to their streams), and inventory's are read back from its own
+ * stream, INVENTORY_EVENTS, which is also its record. */
 #include <CUnit/CUnit.h>
 #include <nats/nats.h>
-#include <pb_encode.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +13,6 @@
 
 #include "bus.h"
 #include "choreo/inventory/v1/inventory.pb-c.h"
-#include "choreo/ledger/v1/inventory_ledger.pb.h"
 #include "cu_run.h"
 #include "event_bus.h"
 #include "event_codec.h"
@@ -273,13 +273,14 @@ static ch_status collect(const bus_in_msg *m, void *arg)
     return event_decode(m->data, m->len, &f->env, NULL, 0);
 }
 
+/* key: the order id, or the SKU of a stock event */
 static ch_status read_events(event_type t, const char *order_id, found *f)
 {
     char subject[EVENT_SUBJECT_MAX];
     memset(f, 0, sizeof *f);
     if (event_subject(subject, sizeof subject, t, order_id) != CH_OK)
         return CH_INVALID_ARGUMENT;
-    return bus_replay(pub, EVENT_STREAM, subject, 1, collect, f, NULL);
+    return bus_replay(pub, event_stream_of(t), subject, 1, collect, f, NULL);
 }
 
 /* Waits until the stream holds at least one event of type t for order_id. */
@@ -295,6 +296,20 @@ static bool wait_event(event_type t, const char *order_id, found *f)
     return false;
 }
 
+/* Waits for the one event of type t inventory recorded for order_id, caused
+ * by the event cause and carrying the saga's trace, into *f. */
+static void expect_recorded(event_type t, const char *order_id, const char *cause, found *f)
+{
+    char msg_id[EVENT_MSG_ID_MAX];
+    CU_ASSERT_TRUE_FATAL(wait_event(t, order_id, f));
+    CU_ASSERT_EQUAL(f->count, 1);
+    snprintf(msg_id, sizeof msg_id, "%s:%s", order_id, event_type_name(t));
+    CU_ASSERT_STRING_EQUAL(f->msg_id, msg_id);
+    CU_ASSERT_STRING_EQUAL(f->env.producer, "inventory");
+    CU_ASSERT_STRING_EQUAL(f->env.causation_id, cause);
+    CU_ASSERT_STRING_EQUAL(f->env.traceparent, TRACEPARENT);
+}
+
 /* Waits until inventory's consumer of type t has handled and acked
  * everything published so far. */
 static bool wait_idle(event_type t)
@@ -305,7 +320,7 @@ static bool wait_idle(event_type t)
         *p = '_';
     for (int waited = 0; waited < WAIT_MS; waited += 20) {
         jsConsumerInfo *ci = NULL;
-        if (js_GetConsumerInfo(&ci, js, EVENT_STREAM, durable, NULL, NULL) == NATS_OK) {
+        if (js_GetConsumerInfo(&ci, js, event_stream_of(t), durable, NULL, NULL) == NATS_OK) {
             bool idle = ci->NumPending == 0 && ci->NumAckPending == 0;
             jsConsumerInfo_Destroy(ci);
             if (idle)
@@ -394,6 +409,62 @@ static void test_inventory_stock_api_and_validation(void)
                     CH_INVALID_ARGUMENT);
     free(raw);
     expect_level("sku-api", 0, 0, 0, 0); /* nothing changed, still serving */
+}
+
+/* SetStock and AdjustStock are recorded as events of their SKU in
+ * inventory's stream; a write that changes nothing, or is refused, records
+ * nothing. */
+static void test_inventory_stock_writes_are_events(void)
+{
+    char want[EVENT_MSG_ID_MAX];
+    rpc_client_result res;
+    level l;
+    found f;
+
+    CU_ASSERT_EQUAL_FATAL(set_stock("sku-ev", 8, NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(read_events(EVENT_INVENTORY_STOCK_SET, "sku-ev", &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 1);
+    CU_ASSERT_STRING_EQUAL(f.env.order_id, ""); /* keyed by its SKU */
+    CU_ASSERT_STRING_EQUAL(f.env.producer, "inventory");
+    CU_ASSERT_STRING_EQUAL(f.env.causation_id, SVC "SetStock");
+    CU_ASSERT_STRING_EQUAL(f.env.payload.inventory_stock_set.sku, "sku-ev");
+    CU_ASSERT_EQUAL(f.env.payload.inventory_stock_set.available, 8);
+    CU_ASSERT_EQUAL(f.env.payload.inventory_stock_set.delta, 8);
+    snprintf(want, sizeof want, "sku-ev:inventory.stock_set:%s", f.env.event_id);
+    CU_ASSERT_STRING_EQUAL(f.msg_id, want);
+    CU_ASSERT_EQUAL_FATAL(set_stock("sku-ev", 3, NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_STOCK_SET, "sku-ev", &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 2);
+    CU_ASSERT_EQUAL(f.env.payload.inventory_stock_set.available, 3);
+    CU_ASSERT_EQUAL(f.env.payload.inventory_stock_set.delta, -5);
+    /* the level it has already: answered, nothing recorded */
+    CU_ASSERT_EQUAL_FATAL(set_stock("sku-ev", 3, &l, NULL), CH_OK);
+    CU_ASSERT_EQUAL(l.available, 3);
+    CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_STOCK_SET, "sku-ev", &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 2);
+
+    CU_ASSERT_EQUAL_FATAL(adjust_stock_key("sku-ev", 4, "ev-1", &l, NULL), CH_OK);
+    CU_ASSERT_EQUAL(l.available, 7);
+    CU_ASSERT_EQUAL_FATAL(read_events(EVENT_INVENTORY_STOCK_ADJUSTED, "sku-ev", &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 1);
+    CU_ASSERT_STRING_EQUAL(f.env.order_id, "");
+    CU_ASSERT_STRING_EQUAL(f.env.causation_id, SVC "AdjustStock");
+    CU_ASSERT_STRING_EQUAL(f.env.payload.inventory_stock_adjusted.sku, "sku-ev");
+    CU_ASSERT_EQUAL(f.env.payload.inventory_stock_adjusted.delta, 4);
+    CU_ASSERT_STRING_EQUAL(f.env.payload.inventory_stock_adjusted.idempotency_key, "ev-1");
+    /* a retry with the same key, and a refused adjustment: nothing recorded */
+    CU_ASSERT_EQUAL_FATAL(adjust_stock_key("sku-ev", 4, "ev-1", &l, NULL), CH_OK);
+    CU_ASSERT_EQUAL(l.available, 7);
+    expect_invalid(adjust_stock("sku-ev", -100, NULL, &res), &res, CH_FAILED_PRECONDITION, "delta");
+    CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_STOCK_ADJUSTED, "sku-ev", &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 1);
+    /* without a key, every call is one */
+    CU_ASSERT_EQUAL_FATAL(adjust_stock("sku-ev", -2, NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_STOCK_ADJUSTED, "sku-ev", &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 2);
+    CU_ASSERT_EQUAL(f.env.payload.inventory_stock_adjusted.delta, -2);
+    CU_ASSERT_STRING_EQUAL(f.env.payload.inventory_stock_adjusted.idempotency_key, "");
+    expect_level("sku-ev", 5, 0, 0, 5);
 }
 
 static void test_inventory_list_pages_in_byte_order(void)
@@ -497,12 +568,7 @@ static void test_inventory_reserves_all_or_nothing(void)
     char cause[EVENT_ID_LEN + 1];
     snprintf(cause, sizeof cause, "%s", env->event_id);
     publish(NULL);
-    CU_ASSERT_TRUE_FATAL(wait_event(EVENT_INVENTORY_RESERVED, "ord-r1", &f));
-    CU_ASSERT_EQUAL(f.count, 1);
-    CU_ASSERT_STRING_EQUAL(f.msg_id, "ord-r1:inventory.reserved");
-    CU_ASSERT_STRING_EQUAL(f.env.producer, "inventory");
-    CU_ASSERT_STRING_EQUAL(f.env.causation_id, cause);
-    CU_ASSERT_STRING_EQUAL(f.env.traceparent, TRACEPARENT);
+    expect_recorded(EVENT_INVENTORY_RESERVED, "ord-r1", cause, &f); /* "ord-r1:inventory.reserved" */
     CU_ASSERT_STRING_EQUAL(f.env.payload.inventory_reserved.customer_id, "cust-9");
     CU_ASSERT_EQUAL(f.env.payload.inventory_reserved.total_cents, 999);
     CU_ASSERT_EQUAL(f.env.payload.inventory_reserved.units, 4);
@@ -593,17 +659,24 @@ static void test_inventory_payment_processed_commits_once(void)
     found f;
 
     saga_event(EVENT_PAYMENT_PROCESSED, "ord-r1", NULL);
+    char cause[EVENT_ID_LEN + 1];
+    snprintf(cause, sizeof cause, "%s", env->event_id);
     publish(NULL);
     CU_ASSERT_TRUE_FATAL(wait_reservation_status(
         "ord-r1", CHOREO__INVENTORY__V1__RESERVATION_STATUS__RESERVATION_STATUS_COMMITTED));
     expect_level("sku-r1", 2, 0, 3, 5);
     expect_level("sku-r2", 4, 0, 1, 5);
+    /* the commit is inventory's record: inventory.committed, once */
+    expect_recorded(EVENT_INVENTORY_COMMITTED, "ord-r1", cause, &f);
+    CU_ASSERT_EQUAL(f.env.payload.inventory_committed.units, 4);
     /* again, under another msg id */
     publish_again_under_new_msg_id("d");
     CU_ASSERT_TRUE_FATAL(wait_idle(EVENT_PAYMENT_PROCESSED));
     expect_level("sku-r1", 2, 0, 3, 5);
     expect_level("sku-r2", 4, 0, 1, 5);
-    /* a commit publishes nothing */
+    CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_COMMITTED, "ord-r1", &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 1);
+    /* a commit releases nothing */
     CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_RELEASED, "ord-r1", &f), CH_OK);
     CU_ASSERT_EQUAL(f.count, 0);
     /* payment.failed after the commit contradicts it: nothing released */
@@ -787,7 +860,7 @@ static void test_inventory_state_survives_kill_and_restart(void)
 
     size_t n = list_all(before, skus_before, CAP);
     CU_ASSERT_TRUE_FATAL(n >= 10);
-    svc_kill(&inv); /* no goodbye: the state must come from the ledger */
+    svc_kill(&inv); /* no goodbye: the state must come from its stream */
 
     /* events that arrive while it is down wait in its durable consumers */
     const char *skus[] = {"sku-k"};
@@ -825,39 +898,48 @@ static void test_inventory_state_survives_kill_and_restart(void)
     CU_ASSERT_EQUAL(f.count, 1);
 }
 
-/* Appends one entry to the service's ledger, as the service would have
- * before a crash. */
-static void ledger_put(const choreo_ledger_v1_InventoryEntry *e)
+/* Publishes the shared envelope to the service's own stream with the
+ * compare-and-set it uses, as the service would have before a crash. */
+static void record_as_inventory(void)
 {
-    uint8_t buf[choreo_ledger_v1_InventoryEntry_size];
-    pb_ostream_t out = pb_ostream_from_buffer(buf, sizeof buf);
-    CU_ASSERT_TRUE_FATAL(pb_encode(&out, choreo_ledger_v1_InventoryEntry_fields, e));
-    bus_out_msg m = {.subject = "inventory.ledger", .data = buf, .len = out.bytes_written};
-    CU_ASSERT_EQUAL_FATAL(bus_publish(pub, &m, 5000, NULL), CH_OK);
+    uint64_t last = 0;
+    event_out *o = malloc(sizeof *o); /* ~16 KB */
+    bus_pub_ack ack = {0};
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(o);
+    CU_ASSERT_EQUAL_FATAL(event_prepare(o, env), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(bus_stream_info(pub, EVENT_STREAM_INVENTORY, NULL, &last), CH_OK);
+    o->m.expect_seq = true;
+    o->m.expect_last_seq = last;
+    CU_ASSERT_EQUAL(bus_publish(pub, &o->m, 5000, &ack), CH_OK);
+    CU_ASSERT_FALSE(ack.duplicate);
+    free(o);
 }
 
 static void test_inventory_decision_recorded_before_a_crash_is_published(void)
 {
-    choreo_ledger_v1_InventoryEntry *e = calloc(1, sizeof *e);
     found f;
 
-    CU_ASSERT_PTR_NOT_NULL_FATAL(e);
-    /* the service decided and recorded, then died before publishing */
+    /* the service decided and recorded its decisions (the record is the
+     * event), then died before acking what caused them */
     svc_kill(&inv);
-    e->which_entry = choreo_ledger_v1_InventoryEntry_stock_set_tag;
-    snprintf(e->entry.stock_set.sku, sizeof e->entry.stock_set.sku, "sku-crash");
-    e->entry.stock_set.available = 5;
-    ledger_put(e);
-    memset(e, 0, sizeof *e);
-    e->which_entry = choreo_ledger_v1_InventoryEntry_reserved_tag;
-    snprintf(e->entry.reserved.order_id, sizeof e->entry.reserved.order_id, "ord-crash");
-    snprintf(e->entry.reserved.customer_id, sizeof e->entry.reserved.customer_id, "cust-x");
-    e->entry.reserved.total_cents = 42;
-    e->entry.reserved.lines_count = 1;
-    snprintf(e->entry.reserved.lines[0].sku, sizeof e->entry.reserved.lines[0].sku, "sku-crash");
-    e->entry.reserved.lines[0].quantity = 2;
-    ledger_put(e);
-    free(e);
+    CU_ASSERT_EQUAL_FATAL(event_init(env, EVENT_INVENTORY_STOCK_SET, NULL, SVC "SetStock", "inventory", NULL),
+                          CH_OK);
+    snprintf(env->payload.inventory_stock_set.sku, sizeof env->payload.inventory_stock_set.sku, "sku-crash");
+    env->payload.inventory_stock_set.available = 5;
+    env->payload.inventory_stock_set.delta = 5;
+    record_as_inventory();
+    CU_ASSERT_EQUAL_FATAL(event_init(env, EVENT_INVENTORY_RESERVED, "ord-crash",
+                                     "feed0000000000000000000000000000", "inventory", TRACEPARENT),
+                          CH_OK);
+    choreo_events_v1_InventoryReserved *r = &env->payload.inventory_reserved;
+    snprintf(r->customer_id, sizeof r->customer_id, "cust-x");
+    r->total_cents = 42;
+    r->units = 2;
+    r->lines_count = 1;
+    snprintf(r->lines[0].sku, sizeof r->lines[0].sku, "sku-crash");
+    r->lines[0].quantity = 2;
+    record_as_inventory();
     /* the order.created it had not acked comes again */
     const char *skus[] = {"sku-crash"};
     const uint32_t two[] = {2};
@@ -872,6 +954,8 @@ static void test_inventory_decision_recorded_before_a_crash_is_published(void)
     CU_ASSERT_EQUAL(f.env.payload.inventory_reserved.units, 2);
     CU_ASSERT_TRUE_FATAL(wait_idle(EVENT_ORDER_CREATED));
     expect_level("sku-crash", 3, 2, 0, 5); /* reserved once, not twice */
+    CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_RESERVED, "ord-crash", &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 1); /* and recorded once */
 }
 
 static void test_inventory_adjust_key_adjusts_once_across_restart(void)
@@ -902,7 +986,7 @@ static void test_inventory_adjust_key_adjusts_once_across_restart(void)
                    "idempotency_key");
     expect_level("sku-idem", 12, 0, 0, 12);
 
-    /* after kill -9 and a restart the ledger remembers the keys */
+    /* after kill -9 and a restart the stream remembers the keys */
     svc_kill(&inv);
     CU_ASSERT_EQUAL_FATAL(svc_restart(&inv, 15000), CH_OK);
     expect_level("sku-idem", 12, 0, 0, 12);
@@ -948,16 +1032,16 @@ static void test_inventory_unconfirmed_writes_are_reported_as_such(void)
         svc_restart_against(&inv, relay_url(r), n_extra, "CHOREO_PUBLISH_TIMEOUT_MS=500", 15000, NULL),
         CH_OK);
 
-    relay_hold_replies_after(r, "inventory.ledger", 2000);
+    relay_hold_replies_after(r, "events.inventory.stock_adjusted.sku-late", 2000);
     CU_ASSERT_EQUAL(adjust_stock_key("sku-late", 5, "late-adj", NULL, &res), CH_TIMEOUT);
     CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "may have happened"));
     CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "retry with the same idempotency_key"));
-    CU_ASSERT_TRUE(wait_total_in("sku-late", 15)); /* it had: the ledger's follower brings it in */
+    CU_ASSERT_TRUE(wait_total_in("sku-late", 15)); /* it had: a read catches up with the stream */
     CU_ASSERT_EQUAL(adjust_stock_key("sku-late", 5, "late-adj", &l, NULL), CH_OK);
     CU_ASSERT_EQUAL(l.available, 15);
 
     /* SetStock the same way: the retry it advises sets the same level again */
-    relay_hold_replies_after(r, "inventory.ledger", 2000);
+    relay_hold_replies_after(r, "events.inventory.stock_set.sku-late", 2000);
     CU_ASSERT_EQUAL(set_stock("sku-late", 40, NULL, &res), CH_TIMEOUT);
     CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "may have happened"));
     CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "it sets an absolute level"));
@@ -967,7 +1051,123 @@ static void test_inventory_unconfirmed_writes_are_reported_as_such(void)
 
     CU_ASSERT_EQUAL_FATAL(svc_restart_against(&inv, natsd_url(nats), n_extra, NULL, 15000, NULL), CH_OK);
     relay_destroy(r);
-    expect_level("sku-late", 40, 0, 0, 40); /* the ledger replays each change once */
+    expect_level("sku-late", 40, 0, 0, 40); /* the stream replays each change once */
+}
+
+/* One replica's share of a race: n AdjustStocks of +1, each with its own
+ * key, retried with that key until one answer says it is done. */
+typedef struct racer {
+    svc_proc *svc;
+    char tag;
+    int n, done, retries;
+} racer;
+
+static ch_status adjust_on(svc_proc *s, const char *sku, int64_t delta, const char *key)
+{
+    Choreo__Inventory__V1__AdjustStockRequest req = CHOREO__INVENTORY__V1__ADJUST_STOCK_REQUEST__INIT;
+    Choreo__Inventory__V1__AdjustStockResponse *resp = NULL;
+    req.sku = (char *)sku;
+    req.delta = delta;
+    req.idempotency_key = (char *)key;
+    ch_status st = rpc_client_call(s->client, SVC "AdjustStock", NULL, 0, &req.base,
+                                   &choreo__inventory__v1__adjust_stock_response__descriptor,
+                                   (ProtobufCMessage **)&resp, 10000, NULL);
+    if (st == CH_OK)
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return st;
+}
+
+static void *race_adjust(void *arg)
+{
+    racer *r = arg;
+    char key[32];
+    for (int i = 0; i < r->n; i++) {
+        snprintf(key, sizeof key, "race-%c-%d", r->tag, i);
+        for (int tries = 0; tries < 10; tries++) {
+            if (adjust_on(r->svc, "sku-race", 1, key) == CH_OK) {
+                r->done++;
+                break;
+            }
+            r->retries++;
+        }
+    }
+    return NULL;
+}
+
+static level stock_on(svc_proc *s, const char *sku)
+{
+    Choreo__Inventory__V1__GetStockRequest req = CHOREO__INVENTORY__V1__GET_STOCK_REQUEST__INIT;
+    Choreo__Inventory__V1__GetStockResponse *resp = NULL;
+    level l = {-1, -1, -1, -1};
+    req.sku = (char *)sku;
+    if (rpc_client_call(s->client, SVC "GetStock", NULL, 0, &req.base,
+                        &choreo__inventory__v1__get_stock_response__descriptor, (ProtobufCMessage **)&resp,
+                        5000, NULL) == CH_OK) {
+        l = level_of(resp->stock);
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    }
+    return l;
+}
+
+/* Two replicas write one stream: API calls on both, and the orders of a
+ * shared consumer, at once. Each replica decides on the state it has and
+ * loses a compare-and-set when the other wrote first (undo, catch up,
+ * decide again): every write counts once, no unit is held twice, and both
+ * replicas read the same state. */
+static void test_inventory_two_replicas_count_each_write_once(void)
+{
+    enum { ADJUSTS = 150, ORDERS = 40, UNITS = 30 };
+    svc_proc second;
+    racer r[2] = {{.svc = &inv, .tag = 'a', .n = ADJUSTS}, {.svc = &second, .tag = 'b', .n = ADJUSTS}};
+    pthread_t t[2];
+    const char *skus[] = {"sku-race2"};
+    const uint32_t one[] = {1};
+    char order_id[32];
+    found f;
+
+    memset(&second, 0, sizeof second);
+    CU_ASSERT_EQUAL_FATAL(svc_start(&second, "inventory-2", INVENTORY_BIN, natsd_url(nats), NULL, 15000),
+                          CH_OK);
+    CU_ASSERT_EQUAL_FATAL(set_stock("sku-race2", UNITS, NULL, NULL), CH_OK);
+    for (int i = 0; i < 2; i++)
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&t[i], NULL, race_adjust, &r[i]), 0);
+    for (int i = 0; i < ORDERS; i++) {
+        snprintf(order_id, sizeof order_id, "ord-race-%d", i);
+        created(order_id, "cust-race", skus, one, 1, 1);
+        publish(NULL);
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    CU_ASSERT_EQUAL(r[0].done, ADJUSTS);
+    CU_ASSERT_EQUAL(r[1].done, ADJUSTS);
+    CU_ASSERT_TRUE_FATAL(wait_idle(EVENT_ORDER_CREATED));
+
+    for (int k = 0; k < 2; k++) {
+        svc_proc *s = k == 0 ? &inv : &second;
+        level a = stock_on(s, "sku-race"), b = stock_on(s, "sku-race2");
+        CU_ASSERT_EQUAL(a.available, 2 * ADJUSTS);
+        CU_ASSERT_EQUAL(a.total_in, 2 * ADJUSTS);
+        CU_ASSERT_EQUAL(b.available, 0);
+        CU_ASSERT_EQUAL(b.reserved, UNITS);
+        CU_ASSERT_EQUAL(b.total_in, UNITS);
+    }
+    CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_STOCK_ADJUSTED, "sku-race", &f), CH_OK);
+    CU_ASSERT_EQUAL(f.count, 2 * ADJUSTS);
+    int reserved = 0, failed = 0;
+    for (int i = 0; i < ORDERS; i++) {
+        snprintf(order_id, sizeof order_id, "ord-race-%d", i);
+        CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_RESERVED, order_id, &f), CH_OK);
+        reserved += f.count;
+        int one_event = f.count;
+        CU_ASSERT_EQUAL(read_events(EVENT_INVENTORY_FAILED, order_id, &f), CH_OK);
+        failed += f.count;
+        CU_ASSERT_EQUAL(one_event + f.count, 1); /* one decision per order */
+    }
+    CU_ASSERT_EQUAL(reserved, UNITS);
+    CU_ASSERT_EQUAL(failed, ORDERS - UNITS);
+    if (r[0].retries || r[1].retries)
+        fprintf(stderr, "\n(race: %d and %d retries)\n", r[0].retries, r[1].retries);
+    svc_destroy(&second);
 }
 
 static void test_inventory_sigterm_exits_zero(void)
@@ -981,6 +1181,7 @@ int main(void)
 {
     static const cu_test tests[] = {
         {"stock API and validation", test_inventory_stock_api_and_validation},
+        {"stock writes are events", test_inventory_stock_writes_are_events},
         {"list pages in byte order", test_inventory_list_pages_in_byte_order},
         {"list page too big for one reply is cut", test_inventory_list_page_too_big_for_one_reply_is_cut},
         {"reserves all or nothing", test_inventory_reserves_all_or_nothing},
@@ -997,6 +1198,7 @@ int main(void)
          test_inventory_adjust_key_adjusts_once_across_restart},
         {"unconfirmed AdjustStock and SetStock are reported as such",
          test_inventory_unconfirmed_writes_are_reported_as_such},
+        {"two replicas count each write once", test_inventory_two_replicas_count_each_write_once},
         {"SIGTERM exits 0", test_inventory_sigterm_exits_zero},
         {NULL, NULL},
     };

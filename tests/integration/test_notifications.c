@@ -109,8 +109,9 @@ static void publish_env_with_msg_id(const char *msg_id)
 
 /* ---- reading back ---- */
 
-static ch_status list(const char *customer_id, const char *order_id, uint32_t page_size, const char *token,
-                      pb_list **out, rpc_client_result *res)
+/* ListNotifications on one replica. */
+static ch_status list_at(rpc_client *client, const char *customer_id, const char *order_id,
+                         uint32_t page_size, const char *token, pb_list **out, rpc_client_result *res)
 {
     Choreo__Notifications__V1__ListNotificationsRequest req =
         CHOREO__NOTIFICATIONS__V1__LIST_NOTIFICATIONS_REQUEST__INIT;
@@ -119,20 +120,32 @@ static ch_status list(const char *customer_id, const char *order_id, uint32_t pa
     req.page_size = page_size;
     req.page_token = (char *)token;
     *out = NULL;
-    return rpc_client_call(notif.client, SVC "ListNotifications", NULL, 0, &req.base,
+    return rpc_client_call(client, SVC "ListNotifications", NULL, 0, &req.base,
                            &choreo__notifications__v1__list_notifications_response__descriptor,
                            (ProtobufCMessage **)out, 5000, res);
 }
 
-/* Notifications (first page of 500) of a customer or an order; -1 on error. */
-static int count_of(const char *customer_id, const char *order_id)
+static ch_status list(const char *customer_id, const char *order_id, uint32_t page_size, const char *token,
+                      pb_list **out, rpc_client_result *res)
+{
+    return list_at(notif.client, customer_id, order_id, page_size, token, out, res);
+}
+
+/* Notifications (first page of 500) of a customer or an order on one
+ * replica; -1 on error. */
+static int count_at(rpc_client *client, const char *customer_id, const char *order_id)
 {
     pb_list *l = NULL;
-    if (list(customer_id, order_id, 500, "", &l, NULL) != CH_OK)
+    if (list_at(client, customer_id, order_id, 500, "", &l, NULL) != CH_OK)
         return -1;
     int n = (int)l->n_notifications;
     protobuf_c_message_free_unpacked(&l->base, NULL);
     return n;
+}
+
+static int count_of(const char *customer_id, const char *order_id)
+{
+    return count_at(notif.client, customer_id, order_id);
 }
 
 /* Polls until order_id has `want` notifications (the worker is asynchronous). */
@@ -179,13 +192,13 @@ static ch_status collect_sent(const bus_in_msg *m, void *arg)
     return CH_OK;
 }
 
-/* Every notification.sent of one order in the EVENTS stream. */
+/* Every notification.sent of one order in the service's own stream. */
 static void read_sent(const char *order_id, sent_events *s)
 {
     char subject[EVENT_SUBJECT_MAX];
     memset(s, 0, sizeof *s);
     CU_ASSERT_EQUAL_FATAL(event_subject(subject, sizeof subject, EVENT_NOTIFICATION_SENT, order_id), CH_OK);
-    CU_ASSERT_EQUAL(bus_replay(pub, EVENT_STREAM, subject, 1, collect_sent, s, NULL), CH_OK);
+    CU_ASSERT_EQUAL(bus_replay(pub, EVENT_STREAM_NOTIFICATION, subject, 1, collect_sent, s, NULL), CH_OK);
 }
 
 static ch_status count_msgs(const bus_in_msg *m, void *arg)
@@ -518,8 +531,103 @@ static void test_notifications_watchers_are_capped(void)
     rpc_client_stream_close(st[0]);
 }
 
-/* Deletes a durable consumer, so that the service's next start recreates it
- * and JetStream delivers every event of its type again. */
+/* Opens a watch of customer_id's notifications (60 s at most) and waits
+ * until the server has taken it: a client's calls move on only while it
+ * waits on one of them. NULL on failure. */
+static rpc_client_stream *watch_started(rpc_client *client, const char *customer_id)
+{
+    Choreo__Notifications__V1__WatchNotificationsRequest req =
+        CHOREO__NOTIFICATIONS__V1__WATCH_NOTIFICATIONS_REQUEST__INIT;
+    rpc_client_stream *st = NULL;
+    ProtobufCMessage *none = NULL;
+
+    req.customer_id = (char *)customer_id;
+    if (rpc_client_stream_open(client, SVC "WatchNotifications", NULL, 0, &req.base, 60000, &st) != CH_OK)
+        return NULL;
+    CU_ASSERT_EQUAL(
+        rpc_client_stream_next(st, &choreo__notifications__v1__notification__descriptor, &none, 300),
+        CH_TIMEOUT);
+    return st;
+}
+
+/* Reads one watch until it has sent `want` notifications of the orders
+ * "<prefix><i>", i < want, each once, each as its stored notification.sent
+ * says; then nothing more. */
+static void expect_watched(rpc_client_stream *st, const char *prefix, int want)
+{
+    bool seen[64] = {false};
+    int got = 0;
+
+    CU_ASSERT_FATAL(want <= 64);
+    while (got < want) {
+        pb_notification *msg = NULL;
+        sent_events s;
+        if (rpc_client_stream_next(st, &choreo__notifications__v1__notification__descriptor,
+                                   (ProtobufCMessage **)&msg, WAIT_MS) != CH_OK ||
+            !msg)
+            break;
+        int i = -1;
+        if (strncmp(msg->order_id, prefix, strlen(prefix)) == 0)
+            i = atoi(msg->order_id + strlen(prefix));
+        CU_ASSERT_TRUE(i >= 0 && i < want && !seen[i]);
+        if (i >= 0 && i < want)
+            seen[i] = true;
+        read_sent(msg->order_id, &s);
+        CU_ASSERT_EQUAL(s.count, 1);
+        CU_ASSERT_EQUAL(s.env[0].occurred_at_unix_ns / 1000000, msg->sent_at_unix_ms);
+        CU_ASSERT_STRING_EQUAL(s.env[0].payload.notification_sent.message, msg->message);
+        protobuf_c_message_free_unpacked(&msg->base, NULL);
+        got++;
+    }
+    CU_ASSERT_EQUAL(got, want);
+    pb_notification *more = NULL;
+    CU_ASSERT_EQUAL(rpc_client_stream_next(st, &choreo__notifications__v1__notification__descriptor,
+                                           (ProtobufCMessage **)&more, 600),
+                    CH_TIMEOUT);
+}
+
+/* Two replicas share the consumers and the stream, and race to write it:
+ * whichever stored a notification, a watcher on either replica sends it,
+ * once, as it was stored; and either replica lists it. */
+static void test_notifications_watch_sees_what_another_replica_stored(void)
+{
+    enum { N = 40 };
+    const char *extra[] = {"CHOREO_MAX_STREAMS=4", NULL};
+    svc_proc other = {0};
+    char order_id[32];
+    int exit_status = -1;
+
+    CU_ASSERT_EQUAL_FATAL(
+        svc_start(&other, "notifications-b", NOTIFICATIONS_BIN, natsd_url(nats), extra, 15000), CH_OK);
+    rpc_client_stream *st_a = watch_started(notif.client, "cust-r");
+    rpc_client_stream *st_b = watch_started(other.client, "cust-r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(st_a);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(st_b);
+    sleep_ms(300);
+
+    for (int i = 0; i < N; i++) {
+        snprintf(order_id, sizeof order_id, "ord-r%d", i);
+        if (i % 2)
+            make_confirmed(order_id, "cust-r", i);
+        else
+            make_cancelled(order_id, "cust-r", "out of stock");
+        publish_env(NULL);
+    }
+    expect_watched(st_a, "ord-r", N);
+    expect_watched(st_b, "ord-r", N);
+    CU_ASSERT_EQUAL(count_at(notif.client, "cust-r", ""), N);
+    CU_ASSERT_EQUAL(count_at(other.client, "cust-r", ""), N);
+
+    rpc_client_stream_close(st_a);
+    rpc_client_stream_close(st_b);
+    CU_ASSERT_EQUAL(svc_stop(&other, 15000, &exit_status), CH_OK);
+    CU_ASSERT_EQUAL(exit_status, 0);
+    svc_destroy(&other);
+}
+
+/* Deletes a durable consumer of the orders' stream, so that the service's
+ * next start recreates it and JetStream delivers every event of its type
+ * again. */
 static ch_status delete_consumer(const char *durable)
 {
     natsConnection *nc = NULL;
@@ -531,7 +639,7 @@ static ch_status delete_consumer(const char *durable)
         goto cleanup;
     if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK)
         goto cleanup;
-    if (js_DeleteConsumer(js, EVENT_STREAM, durable, NULL, &jerr) == NATS_OK)
+    if (js_DeleteConsumer(js, EVENT_STREAM_ORDER, durable, NULL, &jerr) == NATS_OK)
         st = CH_OK;
 
 cleanup:
@@ -547,9 +655,9 @@ static void test_notifications_survive_kill_and_replayed_events(void)
 
     CU_ASSERT_EQUAL_FATAL(list("cust-n1", "", 0, "", &before, NULL), CH_OK);
     CU_ASSERT_EQUAL_FATAL(before->n_notifications, 2);
-    CU_ASSERT_EQUAL(
-        bus_replay(pub, EVENT_STREAM, "events.notification.sent.*", 1, count_msgs, &sent_before, NULL),
-        CH_OK);
+    CU_ASSERT_EQUAL(bus_replay(pub, EVENT_STREAM_NOTIFICATION, "events.notification.sent.*", 1, count_msgs,
+                               &sent_before, NULL),
+                    CH_OK);
 
     svc_kill(&notif); /* no goodbye: the store must come back from the stream */
     /* while it is down: every order event is to be delivered again from the start */
@@ -577,8 +685,9 @@ static void test_notifications_survive_kill_and_replayed_events(void)
     CU_ASSERT_EQUAL(count_of("", "ord-n3"), 2);
     CU_ASSERT_EQUAL(count_of("", "ord-d1"), 1);
     /* no second record either: only the barrier's own notification.sent is new */
-    CU_ASSERT_EQUAL(
-        bus_replay(pub, EVENT_STREAM, "events.notification.sent.*", 1, count_msgs, &sent_after, NULL), CH_OK);
+    CU_ASSERT_EQUAL(bus_replay(pub, EVENT_STREAM_NOTIFICATION, "events.notification.sent.*", 1, count_msgs,
+                               &sent_after, NULL),
+                    CH_OK);
     CU_ASSERT_EQUAL(sent_after, sent_before + 1);
 }
 
@@ -622,6 +731,7 @@ int main(void)
         {"bad input is refused, not fatal", test_notifications_bad_input_is_refused_not_fatal},
         {"watch streams new notifications", test_notifications_watch_streams_new_notifications},
         {"watchers are capped", test_notifications_watchers_are_capped},
+        {"watch sees what another replica stored", test_notifications_watch_sees_what_another_replica_stored},
         {"survive kill -9 and replayed events", test_notifications_survive_kill_and_replayed_events},
         {"SIGTERM ends watchers and exits 0", test_notifications_sigterm_ends_watchers_and_exits_zero},
         {NULL, NULL},

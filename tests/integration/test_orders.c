@@ -127,7 +127,7 @@ static ch_status read_created(const char *order_id, found *f)
     char subject[128];
     memset(f, 0, sizeof *f);
     snprintf(subject, sizeof subject, "events.order.created.%s", order_id);
-    return bus_replay(reader, EVENT_STREAM, subject, 1, collect, f, NULL);
+    return bus_replay(reader, EVENT_STREAM_ORDER, subject, 1, collect, f, NULL);
 }
 
 /* ---- tests ---- */

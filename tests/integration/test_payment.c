@@ -224,7 +224,7 @@ static seen *published_for(const char *order)
     char subject[128];
     memset(&s, 0, sizeof s);
     snprintf(subject, sizeof subject, "events.payment.*.%s", order);
-    CU_ASSERT_EQUAL(bus_replay(pub, EVENT_STREAM, subject, 1, collect, &s, NULL), CH_OK);
+    CU_ASSERT_EQUAL(bus_replay(pub, event_stream_of_subject(subject), subject, 1, collect, &s, NULL), CH_OK);
     return &s;
 }
 
@@ -261,9 +261,9 @@ static void test_payment_credit_and_get_account(void)
     CU_ASSERT_EQUAL_FATAL(credit("cust-a", 250, NULL, NULL, NULL), CH_OK);
     assert_account("cust-a", 5250, 5250, 0, 0);
 
-    /* the credits are ledger entries */
+    /* the credits are payment's events, in its stream */
     uint64_t msgs = 0;
-    CU_ASSERT_EQUAL(bus_stream_info(pub, "PAYMENT", &msgs, NULL), CH_OK);
+    CU_ASSERT_EQUAL(bus_stream_info(pub, EVENT_STREAM_PAYMENT, &msgs, NULL), CH_OK);
     CU_ASSERT_TRUE(msgs >= 2);
 
     CU_ASSERT_PTR_NULL(get_account("cust-never", &st, &res));
@@ -374,16 +374,16 @@ static void test_payment_unconfirmed_credit_is_reported_as_such(void)
         svc_restart_against(&pay, relay_url(r), n_extra, "CHOREO_PUBLISH_TIMEOUT_MS=500", 15000, NULL),
         CH_OK);
 
-    relay_hold_replies_after(r, "payment.ledger", 2000);
+    relay_hold_replies_after(r, "events.payment.credited", 2000);
     CU_ASSERT_EQUAL(credit("cust-late", 700, "late-1", NULL, &res), CH_TIMEOUT);
     CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "may have happened"));
     CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "retry with the same idempotency_key"));
-    CU_ASSERT_TRUE(wait_credited("cust-late", 700)); /* it had: the ledger's follower brings it in */
+    CU_ASSERT_TRUE(wait_credited("cust-late", 700)); /* it had: the read catches up with the stream */
     CU_ASSERT_EQUAL_FATAL(credit("cust-late", 700, "late-1", &a, NULL), CH_OK);
     CU_ASSERT_EQUAL(a->credited_cents, 700);
     protobuf_c_message_free_unpacked(&a->base, NULL);
 
-    relay_hold_replies_after(r, "payment.ledger", 2000);
+    relay_hold_replies_after(r, "events.payment.credited", 2000);
     CU_ASSERT_EQUAL(credit("cust-late", 300, NULL, NULL, &res), CH_TIMEOUT);
     CU_ASSERT_PTR_NOT_NULL(strstr(res.details, "read the account before retrying"));
     CU_ASSERT_TRUE(wait_credited("cust-late", 1000));
@@ -391,7 +391,7 @@ static void test_payment_unconfirmed_credit_is_reported_as_such(void)
 
     CU_ASSERT_EQUAL_FATAL(svc_restart_against(&pay, natsd_url(nats), n_extra, NULL, 15000, NULL), CH_OK);
     relay_destroy(r);
-    assert_account("cust-late", 1000, 1000, 0, 0); /* the ledger replays each credit once */
+    assert_account("cust-late", 1000, 1000, 0, 0); /* the stream folds each credit once */
 }
 
 static void test_payment_charge_publishes_processed(void)
@@ -413,7 +413,7 @@ static void test_payment_charge_publishes_processed(void)
 
     /* payment.processed is durable by the time the payment is visible: the
      * handler publishes before it acks, and GetPayment reads the state that
-     * the ledger entry made; allow the publish a moment */
+     * its event made; allow the publish a moment */
     seen *s = NULL;
     for (int i = 0; i < 100 && (!s || s->processed == 0); i++, sleep_ms(20))
         s = published_for("ord-c1");
@@ -476,9 +476,9 @@ static void test_payment_duplicates_charge_once(void)
     publish_env("a-third-msg-id"); /* even a different total: the first decision stands */
 
     int stored = 0;
-    CU_ASSERT_EQUAL(
-        bus_replay(pub, EVENT_STREAM, "events.inventory.reserved.ord-dup", 1, count_msgs, &stored, NULL),
-        CH_OK);
+    CU_ASSERT_EQUAL(bus_replay(pub, EVENT_STREAM_INVENTORY, "events.inventory.reserved.ord-dup", 1,
+                               count_msgs, &stored, NULL),
+                    CH_OK);
     CU_ASSERT_EQUAL(stored, 3);
     barrier_reserved("ord-dup-marker");
 
@@ -689,7 +689,7 @@ static void test_payment_state_survives_kill_and_restart(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(p);
     protobuf_c_message_free_unpacked(&p->base, NULL);
 
-    svc_kill(&pay); /* no goodbye: the state must come back from the ledger */
+    svc_kill(&pay); /* no goodbye: the state must come back from the stream */
     /* events published while it is down wait in the stream */
     make_reserved("ord-s2", "cust-s", 9000); /* above the balance before and after the refund */
     publish_env(NULL);

@@ -2,11 +2,15 @@
  * temp dir, free port) started by tests/support/natsd. */
 #include <pthread.h>
 #include <CUnit/Basic.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <nats/nats.h>
 
 #include "bus.h"
 #include "cu_run.h"
@@ -15,6 +19,23 @@
 #include "proc.h"
 
 static natsd *server;
+
+/* The log goes to a file that tests read back (main; printed to stderr
+ * when a test failed or TEST_LOG is set). */
+static char log_path[] = "/tmp/test_bus_log_XXXXXX";
+
+/* True when a line of the log holds text. */
+static bool log_has(const char *text)
+{
+    char line[2 * LOG_LINE_MAX];
+    bool found = false;
+    FILE *f = fopen(log_path, "r");
+    while (f && !found && fgets(line, sizeof line, f))
+        found = strstr(line, text) != NULL;
+    if (f)
+        fclose(f);
+    return found;
+}
 
 static atomic_int state_ups;
 static atomic_int state_downs;
@@ -59,6 +80,7 @@ typedef struct seen {
     char reason[MAX_SEEN][128];
     char deliveries[MAX_SEEN][16];
     char orig_subject[MAX_SEEN][64];
+    char orig_msg_id[MAX_SEEN][32];
 } seen;
 
 static void copy_hdr(char *dst, size_t cap, const bus_in_msg *m, const char *key)
@@ -83,6 +105,7 @@ static ch_status collect(const bus_in_msg *m, void *ctx)
     copy_hdr(s->reason[i], sizeof s->reason[i], m, BUS_HDR_DEAD_REASON);
     copy_hdr(s->deliveries[i], sizeof s->deliveries[i], m, BUS_HDR_DELIVERIES);
     copy_hdr(s->orig_subject[i], sizeof s->orig_subject[i], m, BUS_HDR_ORIGINAL_SUBJECT);
+    copy_hdr(s->orig_msg_id[i], sizeof s->orig_msg_id[i], m, "Choreo-Original-Msg-Id");
     return CH_OK;
 }
 
@@ -381,899 +404,652 @@ static void test_bus_replay_large(void)
     bus_destroy(b);
 }
 
-/* ---- workers ---- */
+/* ---- subscriptions that hand messages over (bus_sub) ---- */
 
-#define MAX_EVENTS 256
-typedef struct worker_log {
+#define SUB_MAX 512 /* messages a sub_log records */
+
+/* What a bus_sub handed over (its thread writes; entries below n are
+ * complete). A durable's messages are settled as their data says: "nak..."
+ * naked on its first delivery (after nak_ms), "term..." termed, "keep..."
+ * kept for the test to settle (entries below n_kept), the rest acked. */
+typedef struct sub_log {
+    bool durable;
+    int nak_ms;
     atomic_int n;
-    atomic_int good;
-    char data[MAX_EVENTS][32];
-    uint64_t deliveries[MAX_EVENTS];
-    long long at_ms[MAX_EVENTS];
-    int fail_first; /* BUS_RETRY for the first N deliveries of every message */
-} worker_log;
+    atomic_int batches;
+    atomic_int largest; /* most messages in one batch */
+    atomic_int settle_errs;
+    atomic_int n_kept;
+    bus_in_msg *kept[SUB_MAX];
+    uint64_t seq[SUB_MAX];
+    uint64_t deliveries[SUB_MAX];
+    long long at_ms[SUB_MAX];
+    char subject[SUB_MAX][64];
+    char data[SUB_MAX][32];
+} sub_log;
 
-/* Records every delivery; "poison" always retries, "dead" is dead now,
- * anything else acks after fail_first retries. */
-static bus_verdict record(const bus_in_msg *m, void *ctx, char *reason, size_t cap)
+static sub_log *sub_log_new(void)
 {
-    worker_log *w = ctx;
-    int i = atomic_load(&w->n);
-    if (i < MAX_EVENTS) {
-        snprintf(w->data[i], sizeof w->data[i], "%.*s", (int)m->len, (const char *)m->data);
-        w->deliveries[i] = m->deliveries;
-        w->at_ms[i] = test_now_ms();
-        atomic_store(&w->n, i + 1);
-    }
-    if (m->len == 6 && memcmp(m->data, "poison", 6) == 0) {
-        snprintf(reason, cap, "boom");
-        return BUS_RETRY;
-    }
-    if (m->len == 4 && memcmp(m->data, "dead", 4) == 0) {
-        snprintf(reason, cap, "malformed event");
-        return BUS_DEAD;
-    }
-    if (m->deliveries <= (uint64_t)w->fail_first) {
-        snprintf(reason, cap, "transient");
-        return BUS_RETRY;
-    }
-    atomic_fetch_add(&w->good, 1);
-    return BUS_ACK;
+    sub_log *l = calloc(1, sizeof *l);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+    return l;
 }
 
-static bus_worker *start_worker(bus *b, const char *stream, const char *durable, const char *filter,
-                                worker_log *log, int max_deliver, int b0, int b1)
+static bool data_is(const bus_in_msg *m, const char *prefix)
 {
-    bus_consumer_spec c = {
-        .stream = stream, .durable = durable, .filter_subject = filter, .ack_wait_ms = 2000};
-    CU_ASSERT_EQUAL_FATAL(bus_ensure_consumer(b, &c), CH_OK);
-    CU_ASSERT_EQUAL_FATAL(bus_ensure_consumer(b, &c), CH_OK);
-    bus_worker_spec ws = {.stream = stream,
-                          .durable = durable,
-                          .filter_subject = filter,
-                          .batch = 64,
-                          .fetch_wait_ms = 200,
-                          .handler = record,
-                          .ctx = log,
-                          .max_deliver = max_deliver,
-                          .backoff_ms = {b0, b1},
-                          .nbackoff = 2};
-    bus_worker *w = NULL;
-    CU_ASSERT_EQUAL_FATAL(bus_worker_start(b, &ws, &w), CH_OK);
-    return w;
+    return m->len >= strlen(prefix) && memcmp(m->data, prefix, strlen(prefix)) == 0;
 }
 
-static void test_bus_worker_acks(void)
+/* The subscription's batch (its thread): records, settles, frees. */
+static void sub_take(bus_in_msg *const *msgs, size_t n, void *ctx)
 {
-    bus *b = connect_bus();
-    ensure(b, "WACK", "wack.>");
-    worker_log *log = calloc(1, sizeof *log);
-    bus_worker *w = start_worker(b, "WACK", "wack-c", "wack.>", log, 5, 100, 100);
-    for (int i = 0; i < 10; i++) {
-        char d[16];
-        snprintf(d, sizeof d, "m%d", i);
-        CU_ASSERT_EQUAL(publish(b, "wack.x", d, NULL, NULL), CH_OK);
-    }
-    CU_ASSERT_EQUAL(test_wait_atomic(&log->good, 10, 5000), 10);
-    bus_worker_stop(w);
-    for (int i = 0; i < 10; i++) {
-        char d[16];
-        snprintf(d, sizeof d, "m%d", i);
-        CU_ASSERT_STRING_EQUAL(log->data[i], d);
-        CU_ASSERT_EQUAL(log->deliveries[i], 1);
-    }
-    /* Acked means gone: a new worker on the durable, after AckWait (2 s), gets nothing. */
-    test_sleep_ms(2200);
-    worker_log *again = calloc(1, sizeof *again);
-    w = start_worker(b, "WACK", "wack-c", "wack.>", again, 5, 100, 100);
-    test_sleep_ms(500);
-    CU_ASSERT_EQUAL(atomic_load(&again->n), 0);
-    bus_worker_stop(w);
-    bus_worker_stop(NULL);
-    free(again);
-    free(log);
-    bus_destroy(b);
-}
-
-static void test_bus_worker_retry_backoff(void)
-{
-    bus *b = connect_bus();
-    ensure(b, "WRETRY", "wretry.>");
-    worker_log *log = calloc(1, sizeof *log);
-    log->fail_first = 2;
-    bus_worker *w = start_worker(b, "WRETRY", "wretry-c", "wretry.>", log, 5, 300, 600);
-    CU_ASSERT_EQUAL(publish(b, "wretry.x", "flaky", NULL, NULL), CH_OK);
-    CU_ASSERT_EQUAL(test_wait_atomic(&log->good, 1, 5000), 1);
-    bus_worker_stop(w);
-    CU_ASSERT_EQUAL_FATAL(atomic_load(&log->n), 3);
-    CU_ASSERT_EQUAL(log->deliveries[0], 1);
-    CU_ASSERT_EQUAL(log->deliveries[1], 2);
-    CU_ASSERT_EQUAL(log->deliveries[2], 3);
-    long long gap1 = log->at_ms[1] - log->at_ms[0], gap2 = log->at_ms[2] - log->at_ms[1];
-    CU_ASSERT(gap1 >= 290);
-    CU_ASSERT(gap2 >= 590);
-    if (gap1 < 290 || gap2 < 590) {
-        fprintf(stderr, "\n  gaps %lld ms and %lld ms\n", gap1, gap2);
-    }
-    free(log);
-    bus_destroy(b);
-}
-
-static void test_bus_worker_dead_letters_after_max_deliver(void)
-{
-    bus *b = connect_bus();
-    ensure(b, "WDLQ", "wdlq.>");
-    worker_log *log = calloc(1, sizeof *log);
-    bus_worker *w = start_worker(b, "WDLQ", "wdlq-c", "wdlq.>", log, 3, 50, 50);
-    CU_ASSERT_EQUAL(publish(b, "wdlq.p", "poison", "poison-id", NULL), CH_OK);
-    CU_ASSERT_EQUAL(publish(b, "wdlq.g", "good", NULL, NULL), CH_OK);
-    CU_ASSERT_EQUAL(test_wait_atomic(&log->good, 1, 5000), 1);
-    CU_ASSERT_EQUAL(test_wait_atomic(&log->n, 4, 5000), 4);
-    test_sleep_ms(500); /* no fourth delivery of the poison */
-    bus_worker_stop(w);
-    int poison = 0;
-    for (int i = 0; i < atomic_load(&log->n); i++) {
-        poison += strcmp(log->data[i], "poison") == 0;
-    }
-    CU_ASSERT_EQUAL(poison, 3);
-    seen *s = seen_new();
-    uint64_t last = 0;
-    CU_ASSERT_EQUAL(bus_replay(b, BUS_DEADLETTER_STREAM, "deadletter.wdlq.p", 1, collect, s, &last), CH_OK);
-    CU_ASSERT_EQUAL_FATAL(s->n, 1);
-    CU_ASSERT_STRING_EQUAL(s->data[0], "poison");
-    CU_ASSERT_PTR_NOT_NULL(strstr(s->reason[0], "boom"));
-    CU_ASSERT_PTR_NOT_NULL(strstr(s->reason[0], "after 3 deliveries"));
-    CU_ASSERT_STRING_EQUAL(s->deliveries[0], "3");
-    CU_ASSERT_STRING_EQUAL(s->orig_subject[0], "wdlq.p");
-    free(s);
-    free(log);
-    bus_destroy(b);
-}
-
-static void test_bus_worker_dead_now(void)
-{
-    bus *b = connect_bus();
-    ensure(b, "WDEAD", "wdead.>");
-    worker_log *log = calloc(1, sizeof *log);
-    bus_worker *w = start_worker(b, "WDEAD", "wdead-c", "wdead.>", log, 5, 50, 50);
-    CU_ASSERT_EQUAL(publish(b, "wdead.d", "dead", NULL, NULL), CH_OK);
-    CU_ASSERT_EQUAL(publish(b, "wdead.g", "fine", NULL, NULL), CH_OK);
-    CU_ASSERT_EQUAL(test_wait_atomic(&log->good, 1, 5000), 1);
-    test_sleep_ms(300);
-    bus_worker_stop(w);
-    CU_ASSERT_EQUAL(atomic_load(&log->n), 2);
-    seen *s = seen_new();
-    CU_ASSERT_EQUAL(bus_replay(b, BUS_DEADLETTER_STREAM, "deadletter.wdead.>", 1, collect, s, NULL), CH_OK);
-    CU_ASSERT_EQUAL_FATAL(s->n, 1);
-    CU_ASSERT_STRING_EQUAL(s->data[0], "dead");
-    CU_ASSERT_STRING_EQUAL(s->reason[0], "malformed event");
-    CU_ASSERT_STRING_EQUAL(s->deliveries[0], "1");
-    free(s);
-    free(log);
-    bus_destroy(b);
-}
-
-/* ---- staging workers: handler stages, flush decides ---- */
-
-#define MAX_STAGE 256
-
-typedef enum flush_mode {
-    FLUSH_EVEN_ODD,       /* "m<i>": even acks, odd retries on its first delivery */
-    FLUSH_DEAD_OR_RETRY,  /* "d..." dead now, anything else retries forever */
-    FLUSH_DEFERRED,       /* publishes "wsout.<data>" deferred for each, acks */
-    FLUSH_DEFERRED_FIRST, /* first delivery publishes where no stream captures, then to wsout */
-} flush_mode;
-
-typedef struct stage_log {
-    flush_mode mode;
-    atomic_int handled; /* handler calls; entries below it are complete */
-    char data[MAX_STAGE][32];
-    uint64_t deliveries[MAX_STAGE];
-    long long at_ms[MAX_STAGE];
-    /* the flush's view (worker thread) */
-    atomic_int flushes;
-    atomic_int flushed;  /* items over every flush */
-    atomic_int bad;      /* flushes whose items were not the staged messages in order */
-    atomic_int pub_errs; /* bus_publish_deferred calls that failed */
-    int sizes[MAX_STAGE];
-} stage_log;
-
-static stage_log *stage_log_new(flush_mode mode)
-{
-    stage_log *s = calloc(1, sizeof *s);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
-    s->mode = mode;
-    return s;
-}
-
-static void stage_record(stage_log *s, const bus_in_msg *m)
-{
-    int i = atomic_load(&s->handled);
-    if (i < MAX_STAGE) {
-        snprintf(s->data[i], sizeof s->data[i], "%.*s", (int)m->len, (const char *)m->data);
-        s->deliveries[i] = m->deliveries;
-        s->at_ms[i] = test_now_ms();
-        atomic_store(&s->handled, i + 1);
-    }
-}
-
-/* Stages every message. */
-static bus_verdict stage_all(const bus_in_msg *m, void *ctx, char *reason, size_t cap)
-{
-    (void)reason;
-    (void)cap;
-    stage_record(ctx, m);
-    return BUS_STAGED;
-}
-
-/* Stages a first delivery (on a worker without flush), acks the others. */
-static bus_verdict stage_first(const bus_in_msg *m, void *ctx, char *reason, size_t cap)
-{
-    (void)reason;
-    (void)cap;
-    stage_record(ctx, m);
-    return m->deliveries == 1 ? BUS_STAGED : BUS_ACK;
-}
-
-static void deferred_to(bus_staged *it, stage_log *s, const char *prefix)
-{
-    char subject[64], id[64];
-    const bus_in_msg *m = it->msg;
-    snprintf(subject, sizeof subject, "%s%.*s", prefix, (int)m->len, (const char *)m->data);
-    snprintf(id, sizeof id, "out-%s-%.*s", prefix, (int)m->len, (const char *)m->data);
-    bus_out_msg out = {.subject = subject, .data = m->data, .len = m->len, .msg_id = id};
-    if (bus_publish_deferred(m, &out) != CH_OK) {
-        atomic_fetch_add(&s->pub_errs, 1);
-    }
-}
-
-static void stage_flush(bus_staged *items, size_t n, void *ctx)
-{
-    stage_log *s = ctx;
-    int first = atomic_load(&s->flushed), handled = atomic_load(&s->handled);
-    int f = atomic_load(&s->flushes);
-    if (f < MAX_STAGE) {
-        s->sizes[f] = (int)n;
-    }
-    /* n is what was staged since the last flush, in the order handled */
-    bool good = (int)n == handled - first;
-    for (size_t k = 0; good && k < n; k++) {
-        const bus_in_msg *m = items[k].msg;
-        good = first + (int)k < MAX_STAGE && m->len == strlen(s->data[first + k]) &&
-               memcmp(m->data, s->data[first + k], m->len) == 0 && m->deliveries == s->deliveries[first + k];
-    }
-    if (!good) {
-        atomic_fetch_add(&s->bad, 1);
-    }
+    sub_log *l = ctx;
+    atomic_fetch_add(&l->batches, 1);
+    if ((int)n > atomic_load(&l->largest))
+        atomic_store(&l->largest, (int)n);
     for (size_t k = 0; k < n; k++) {
-        bus_staged *it = &items[k];
-        const bus_in_msg *m = it->msg;
-        switch (s->mode) {
-        case FLUSH_EVEN_ODD: {
-            int i = m->len > 1 ? atoi((const char *)m->data + 1) : 0;
-            it->verdict = i % 2 == 0 || m->deliveries > 1 ? BUS_ACK : BUS_RETRY;
-            snprintf(it->reason, sizeof it->reason, "odd");
-            break;
+        bus_in_msg *m = msgs[k];
+        int i = atomic_load(&l->n);
+        if (i < SUB_MAX) {
+            l->seq[i] = m->stream_seq;
+            l->deliveries[i] = m->deliveries;
+            l->at_ms[i] = test_now_ms();
+            snprintf(l->subject[i], sizeof l->subject[i], "%s", m->subject);
+            snprintf(l->data[i], sizeof l->data[i], "%.*s", (int)m->len, (const char *)m->data);
+            atomic_store(&l->n, i + 1);
         }
-        case FLUSH_DEAD_OR_RETRY:
-            it->verdict = m->len > 0 && m->data[0] == 'd' ? BUS_DEAD : BUS_RETRY;
-            snprintf(it->reason, sizeof it->reason, "%s",
-                     it->verdict == BUS_DEAD ? "flush says no" : "still not");
-            break;
-        case FLUSH_DEFERRED:
-            deferred_to(it, s, "wsout.");
-            it->verdict = BUS_ACK;
-            break;
-        case FLUSH_DEFERRED_FIRST:
-            deferred_to(it, s, m->deliveries == 1 ? "nostream.wsf." : "wsout.f.");
-            it->verdict = BUS_ACK;
-            break;
-        }
-    }
-    atomic_fetch_add(&s->flushed, (int)n);
-    atomic_fetch_add(&s->flushes, 1);
-}
-
-static bus_worker *start_stage_worker(bus *b, const char *stream, const char *durable, stage_log *s,
-                                      bus_handler_fn handler, bool with_flush, int max_deliver, int backoff)
-{
-    bus_consumer_spec c = {.stream = stream, .durable = durable, .ack_wait_ms = 2000};
-    CU_ASSERT_EQUAL_FATAL(bus_ensure_consumer(b, &c), CH_OK);
-    bus_worker_spec ws = {.stream = stream,
-                          .durable = durable,
-                          .batch = 64,
-                          .fetch_wait_ms = 200,
-                          .handler = handler,
-                          .ctx = s,
-                          .max_deliver = max_deliver,
-                          .backoff_ms = {backoff},
-                          .nbackoff = 1,
-                          .flush = with_flush ? stage_flush : NULL};
-    bus_worker *w = NULL;
-    CU_ASSERT_EQUAL_FATAL(bus_worker_start(b, &ws, &w), CH_OK);
-    return w;
-}
-
-/* How many times data was handled, and the deliveries of its k-th time. */
-static int stage_count(const stage_log *s, const char *data, int k, uint64_t *deliveries, long long *at)
-{
-    int n = 0;
-    for (int i = 0; i < atomic_load(&s->handled); i++) {
-        if (strcmp(s->data[i], data) != 0) {
+        if (l->durable && data_is(m, "keep") && atomic_load(&l->n_kept) < SUB_MAX) {
+            l->kept[atomic_load(&l->n_kept)] = m;
+            atomic_fetch_add(&l->n_kept, 1);
             continue;
         }
-        if (n == k && deliveries) {
-            *deliveries = s->deliveries[i];
+        if (l->durable) {
+            ch_status st;
+            if (data_is(m, "nak") && m->deliveries == 1)
+                st = bus_in_nak(m, l->nak_ms);
+            else if (data_is(m, "term"))
+                st = bus_in_term(m);
+            else
+                st = bus_in_ack(m);
+            if (st != CH_OK)
+                atomic_fetch_add(&l->settle_errs, 1);
         }
-        if (n == k && at) {
-            *at = s->at_ms[i];
-        }
-        n++;
+        bus_in_free(m);
     }
-    return n;
 }
 
-/* Polls until a replay of stream/filter finds at least want messages (10 s). */
-static seen *wait_replay(bus *b, const char *stream, const char *filter, int want)
+/* A follower: a bus_sub without a durable. */
+static bus_sub *follow(bus *b, const char *stream, const char *filter, uint64_t start, int batch, sub_log *l)
 {
-    seen *s = seen_new();
-    long long end = test_now_ms() + 10000;
-    for (;;) {
-        memset(s, 0, sizeof *s);
-        ch_status st = bus_replay(b, stream, filter, 1, collect, s, NULL);
-        if ((st == CH_OK && s->n >= want) || test_now_ms() > end) {
-            return s;
-        }
-        test_sleep_ms(50);
-    }
+    bus_sub_spec sp = {.stream = stream,
+                       .filter_subject = filter,
+                       .start_seq = start,
+                       .batch = batch,
+                       .fn = sub_take,
+                       .ctx = l};
+    bus_sub *x = NULL;
+    CU_ASSERT_EQUAL_FATAL(bus_sub_start(b, &sp, &x), CH_OK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+    return x;
 }
 
-static uint64_t wait_stream_msgs(bus *b, const char *stream, uint64_t want)
+/* A share of the durable consumer `durable` (created when missing). */
+static bus_sub *consume(bus *b, const char *stream, const char *durable, int ack_wait_ms, sub_log *l)
 {
-    uint64_t msgs = 0;
-    long long end = test_now_ms() + 10000;
-    while (bus_stream_info(b, stream, &msgs, NULL) == CH_OK && msgs < want && test_now_ms() < end) {
-        test_sleep_ms(20);
-    }
-    return msgs;
+    bus_sub_spec sp = {
+        .stream = stream, .durable = durable, .ack_wait_ms = ack_wait_ms, .fn = sub_take, .ctx = l};
+    bus_sub *x = NULL;
+    l->durable = true;
+    CU_ASSERT_EQUAL_FATAL(bus_sub_start(b, &sp, &x), CH_OK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+    return x;
 }
 
-static void test_bus_worker_flush_acks_even_retries_odd(void)
-{
-    enum { N = 10 };
-    bus *b = connect_bus();
-    ensure(b, "WSTAGE", "wstage.>");
-    char d[16];
-    for (int i = 0; i < N; i++) {
-        snprintf(d, sizeof d, "m%d", i);
-        CU_ASSERT_EQUAL(publish(b, "wstage.x", d, NULL, NULL), CH_OK);
-    }
-    stage_log *s = stage_log_new(FLUSH_EVEN_ODD);
-    bus_worker *w = start_stage_worker(b, "WSTAGE", "wstage-c", s, stage_all, true, 5, 300);
-    CU_ASSERT_EQUAL(test_wait_atomic(&s->handled, N + N / 2, 10000), N + N / 2);
-    test_sleep_ms(2500); /* past AckWait: nothing acked comes back, nothing more retried */
-    bus_worker_stop(w);
-    CU_ASSERT_EQUAL(atomic_load(&s->handled), N + N / 2);
-    CU_ASSERT_EQUAL(atomic_load(&s->bad), 0);
-    CU_ASSERT_EQUAL(atomic_load(&s->flushed), N + N / 2);
-    int flushes = atomic_load(&s->flushes), total = 0;
-    CU_ASSERT(flushes >= 2); /* the retries come in a later batch */
-    for (int f = 0; f < flushes && f < MAX_STAGE; f++) {
-        CU_ASSERT(s->sizes[f] > 0);
-        total += s->sizes[f];
-    }
-    CU_ASSERT_EQUAL(total, N + N / 2);
-    /* first deliveries in stream order */
-    int next = 0;
-    for (int i = 0; i < atomic_load(&s->handled); i++) {
-        if (s->deliveries[i] == 1) {
-            snprintf(d, sizeof d, "m%d", next++);
-            CU_ASSERT_STRING_EQUAL(s->data[i], d);
-        }
-    }
-    CU_ASSERT_EQUAL(next, N);
-    for (int i = 0; i < N; i++) {
-        snprintf(d, sizeof d, "m%d", i);
-        uint64_t first = 0, second = 0;
-        long long t1 = 0, t2 = 0;
-        int times = stage_count(s, d, 0, &first, &t1);
-        stage_count(s, d, 1, &second, &t2);
-        CU_ASSERT_EQUAL(times, i % 2 ? 2 : 1);
-        CU_ASSERT_EQUAL(first, 1);
-        if (i % 2) {
-            CU_ASSERT_EQUAL(second, 2);
-            CU_ASSERT(t2 - t1 >= 250); /* not before the 300 ms backoff */
-        }
-    }
-    free(s);
-    bus_destroy(b);
-}
-
-static void test_bus_worker_flush_dead_letters(void)
-{
-    bus *b = connect_bus();
-    ensure(b, "WSDEAD", "wsdead.>");
-    stage_log *s = stage_log_new(FLUSH_DEAD_OR_RETRY);
-    bus_worker *w = start_stage_worker(b, "WSDEAD", "wsdead-c", s, stage_all, true, 2, 50);
-    CU_ASSERT_EQUAL(publish(b, "wsdead.a", "d1", "wsdead-1", NULL), CH_OK);
-    CU_ASSERT_EQUAL(publish(b, "wsdead.b", "r1", "wsdead-2", NULL), CH_OK);
-    seen *dl = wait_replay(b, BUS_DEADLETTER_STREAM, "deadletter.wsdead.>", 2);
-    test_sleep_ms(500); /* no third delivery of r1 */
-    bus_worker_stop(w);
-    CU_ASSERT_EQUAL(dl->n, 2); /* not fatal: the bus below must be destroyed */
-    int d = strcmp(dl->data[0], "d1") == 0 ? 0 : 1, r = 1 - d;
-    CU_ASSERT_STRING_EQUAL(dl->data[d], "d1");
-    CU_ASSERT_STRING_EQUAL(dl->reason[d], "flush says no");
-    CU_ASSERT_STRING_EQUAL(dl->deliveries[d], "1");
-    CU_ASSERT_STRING_EQUAL(dl->orig_subject[d], "wsdead.a");
-    CU_ASSERT_STRING_EQUAL(dl->data[r], "r1");
-    CU_ASSERT_PTR_NOT_NULL(strstr(dl->reason[r], "still not"));
-    CU_ASSERT_PTR_NOT_NULL(strstr(dl->reason[r], "after 2 deliveries"));
-    CU_ASSERT_STRING_EQUAL(dl->deliveries[r], "2");
-    CU_ASSERT_STRING_EQUAL(dl->orig_subject[r], "wsdead.b");
-    CU_ASSERT_EQUAL(stage_count(s, "d1", 0, NULL, NULL), 1);
-    CU_ASSERT_EQUAL(stage_count(s, "r1", 0, NULL, NULL), 2);
-    CU_ASSERT_EQUAL(atomic_load(&s->bad), 0);
-    free(dl);
-    free(s);
-    bus_destroy(b);
-}
-
-static void test_bus_worker_flush_deferred_publishes_then_acks(void)
-{
-    enum { N = 20 };
-    bus *b = connect_bus();
-    ensure(b, "WSIN", "wsin.>");
-    ensure(b, "WSOUT", "wsout.>");
-    stage_log *s = stage_log_new(FLUSH_DEFERRED);
-    bus_worker *w = start_stage_worker(b, "WSIN", "wsin-c", s, stage_all, true, 5, 100);
-    char d[16];
-    for (int i = 0; i < N; i++) {
-        snprintf(d, sizeof d, "p%d", i);
-        CU_ASSERT_EQUAL(publish(b, "wsin.x", d, NULL, NULL), CH_OK);
-    }
-    CU_ASSERT_EQUAL(wait_stream_msgs(b, "WSOUT", N), N);
-    CU_ASSERT_EQUAL(test_wait_atomic(&s->handled, N, 10000), N);
-    test_sleep_ms(2500); /* past AckWait: every incoming one was acked */
-    CU_ASSERT_EQUAL(atomic_load(&s->handled), N);
-    CU_ASSERT_EQUAL(atomic_load(&s->pub_errs), 0);
-    CU_ASSERT_EQUAL(atomic_load(&s->bad), 0);
-    seen *out = wait_replay(b, "WSOUT", "wsout.>", N);
-    CU_ASSERT_EQUAL(out->n, N);
-    CU_ASSERT_STRING_EQUAL(out->subject[0], "wsout.p0");
-    CU_ASSERT_STRING_EQUAL(out->data[0], "p0");
-    free(out);
-
-    /* The acks wait for the batch's deferred publishes: when they fail, the
-     * incoming messages come back and the second try's publishes stick. */
-    s->mode = FLUSH_DEFERRED_FIRST; /* the worker is idle: nothing in flight */
-    for (int i = 0; i < 3; i++) {
-        snprintf(d, sizeof d, "f%d", i);
-        CU_ASSERT_EQUAL(publish(b, "wsin.f", d, NULL, NULL), CH_OK);
-    }
-    CU_ASSERT_EQUAL(wait_stream_msgs(b, "WSOUT", N + 3), N + 3);
-    CU_ASSERT_EQUAL(test_wait_atomic(&s->handled, N + 6, 10000), N + 6);
-    test_sleep_ms(2500);
-    bus_worker_stop(w);
-    CU_ASSERT_EQUAL(atomic_load(&s->handled), N + 6);
-    for (int i = 0; i < 3; i++) {
-        snprintf(d, sizeof d, "f%d", i);
-        uint64_t second = 0;
-        CU_ASSERT_EQUAL(stage_count(s, d, 1, &second, NULL), 2);
-        CU_ASSERT_EQUAL(second, 2);
-    }
-    uint64_t msgs = 0;
-    CU_ASSERT_EQUAL(bus_stream_info(b, "WSOUT", &msgs, NULL), CH_OK);
-    CU_ASSERT_EQUAL(msgs, N + 3);
-    free(s);
-    bus_destroy(b);
-}
-
-static void test_bus_worker_staged_without_flush_is_retried(void)
-{
-    bus *b = connect_bus();
-    ensure(b, "WSNOF", "wsnof.>");
-    stage_log *s = stage_log_new(FLUSH_EVEN_ODD);
-    bus_worker *w = start_stage_worker(b, "WSNOF", "wsnof-c", s, stage_first, false, 5, 100);
-    CU_ASSERT_EQUAL(publish(b, "wsnof.x", "s1", NULL, NULL), CH_OK);
-    CU_ASSERT_EQUAL(test_wait_atomic(&s->handled, 2, 10000), 2);
-    test_sleep_ms(2500); /* acked on the second delivery: no third */
-    bus_worker_stop(w);
-    CU_ASSERT_EQUAL(atomic_load(&s->handled), 2);
-    CU_ASSERT_EQUAL(s->deliveries[0], 1);
-    CU_ASSERT_EQUAL(s->deliveries[1], 2);
-    CU_ASSERT_EQUAL(atomic_load(&s->flushes), 0);
-    seen *dl = seen_new();
-    CU_ASSERT_EQUAL(bus_replay(b, BUS_DEADLETTER_STREAM, "deadletter.wsnof.>", 1, collect, dl, NULL), CH_OK);
-    CU_ASSERT_EQUAL(dl->n, 0);
-    free(dl);
-    free(s);
-    bus_destroy(b);
-}
-
-/* ---- bus_publish_cb ---- */
-
-#define CB_MAX 2000
-
-typedef struct cb_slot {
-    atomic_int *total;
-    atomic_int calls;
-    ch_status st;
-    uint64_t seq;
-    bool duplicate;
-} cb_slot;
-
-typedef struct cb_log {
-    atomic_int total;
-    cb_slot slot[CB_MAX];
-} cb_log;
-
-static cb_log *cb_log_new(void)
-{
-    cb_log *c = calloc(1, sizeof *c);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
-    for (int i = 0; i < CB_MAX; i++) {
-        c->slot[i].total = &c->total;
-    }
-    return c;
-}
-
-/* The callback (a cnats thread): records, then counts. */
-static void on_pub(ch_status st, const bus_pub_ack *ack, void *arg)
-{
-    cb_slot *s = arg;
-    s->st = st;
-    s->seq = ack ? ack->seq : 0;
-    s->duplicate = ack ? ack->duplicate : false;
-    atomic_fetch_add(&s->calls, 1);
-    atomic_fetch_add(s->total, 1);
-}
-
-static ch_status publish_cb(bus *b, const char *subject, const char *data, const char *msg_id, cb_slot *slot)
-{
-    bus_out_msg m = {.subject = subject, .data = data, .len = strlen(data), .msg_id = msg_id};
-    return bus_publish_cb(b, &m, on_pub, slot);
-}
-
-static void test_bus_publish_cb_calls_back_once_with_the_ack(void)
-{
-    bus *b = connect_bus();
-    ensure(b, "PUBCB", "pubcb.>");
-    cb_log *c = cb_log_new();
-    char d[16];
-    for (int i = 0; i < 10; i++) {
-        snprintf(d, sizeof d, "c%d", i);
-        CU_ASSERT_EQUAL(publish_cb(b, "pubcb.x", d, NULL, &c->slot[i]), CH_OK);
-    }
-    CU_ASSERT_EQUAL(test_wait_atomic(&c->total, 10, 10000), 10);
-    for (int i = 0; i < 10; i++) {
-        CU_ASSERT_EQUAL(atomic_load(&c->slot[i].calls), 1);
-        CU_ASSERT_EQUAL(c->slot[i].st, CH_OK);
-        CU_ASSERT_FALSE(c->slot[i].duplicate);
-        CU_ASSERT_EQUAL(c->slot[i].seq, (uint64_t)i + 1); /* one connection: stored in order */
-    }
-
-    /* The same Msg-Id again: a duplicate, with the first one's sequence. */
-    CU_ASSERT_EQUAL(publish_cb(b, "pubcb.x", "once", "cb-dup", &c->slot[10]), CH_OK);
-    CU_ASSERT_EQUAL(test_wait_atomic(&c->total, 11, 10000), 11);
-    CU_ASSERT_EQUAL(publish_cb(b, "pubcb.x", "once", "cb-dup", &c->slot[11]), CH_OK);
-    CU_ASSERT_EQUAL(test_wait_atomic(&c->total, 12, 10000), 12);
-    CU_ASSERT_EQUAL(c->slot[10].st, CH_OK);
-    CU_ASSERT_FALSE(c->slot[10].duplicate);
-    CU_ASSERT_EQUAL(c->slot[10].seq, 11);
-    CU_ASSERT_EQUAL(c->slot[11].st, CH_OK);
-    CU_ASSERT_TRUE(c->slot[11].duplicate);
-    CU_ASSERT_EQUAL(c->slot[11].seq, 11);
-    uint64_t msgs = 0;
-    CU_ASSERT_EQUAL(bus_stream_info(b, "PUBCB", &msgs, NULL), CH_OK);
-    CU_ASSERT_EQUAL(msgs, 11);
-
-    /* Refused at once: no callback. */
-    bus_out_msg bad = {.subject = "pubcb.x", .data = "x", .len = 1, .nheaders = BUS_MAX_HEADERS + 1};
-    CU_ASSERT_EQUAL(bus_publish_cb(b, &bad, on_pub, &c->slot[12]), CH_INVALID_ARGUMENT);
-    CU_ASSERT_EQUAL(bus_publish_cb(b, &bad, NULL, NULL), CH_INVALID_ARGUMENT);
-    CU_ASSERT_EQUAL(bus_publish_cb(NULL, &bad, on_pub, &c->slot[12]), CH_INVALID_ARGUMENT);
-
-    /* No stream captures the subject: an error in the callback or from the
-     * call, never both (observed: the callback, with CH_UNAVAILABLE). */
-    ch_status rc = publish_cb(b, "nostream.cb", "x", NULL, &c->slot[13]);
-    if (rc == CH_OK) {
-        CU_ASSERT_EQUAL(test_wait_atomic(&c->slot[13].calls, 1, 15000), 1);
-        CU_ASSERT_NOT_EQUAL(c->slot[13].st, CH_OK);
-        CU_ASSERT_EQUAL(c->slot[13].st, CH_UNAVAILABLE);
-    } else {
-        fprintf(stderr, "\n  publish_cb to no stream returned %s\n", ch_status_str(rc));
-    }
-    test_sleep_ms(300); /* nothing calls back twice, or late */
-    CU_ASSERT_EQUAL(atomic_load(&c->slot[12].calls), 0);
-    CU_ASSERT_EQUAL(atomic_load(&c->slot[13].calls), rc == CH_OK ? 1 : 0);
-    CU_ASSERT_EQUAL(atomic_load(&c->total), rc == CH_OK ? 13 : 12);
-    free(c);
-    bus_destroy(b);
-}
-
-static void test_bus_publish_cb_many_in_flight(void)
-{
-    bus *b = connect_bus();
-    ensure(b, "PUBCBN", "pubcbn.>");
-    cb_log *c = cb_log_new();
-    char d[16];
-    int refused = 0;
-    for (int i = 0; i < CB_MAX; i++) {
-        snprintf(d, sizeof d, "n%d", i);
-        refused += publish_cb(b, "pubcbn.x", d, NULL, &c->slot[i]) != CH_OK;
-    }
-    CU_ASSERT_EQUAL(refused, 0);
-    CU_ASSERT_EQUAL(test_wait_atomic(&c->total, CB_MAX, 20000), CB_MAX);
-    test_sleep_ms(300);
-    CU_ASSERT_EQUAL(atomic_load(&c->total), CB_MAX);
-    uint8_t *hit = calloc(CB_MAX + 1, 1);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(hit);
-    int once = 0, ok = 0, distinct = 0;
-    for (int i = 0; i < CB_MAX; i++) {
-        once += atomic_load(&c->slot[i].calls) == 1;
-        ok += c->slot[i].st == CH_OK;
-        uint64_t seq = c->slot[i].seq;
-        if (seq >= 1 && seq <= CB_MAX && !hit[seq]) {
-            hit[seq] = 1;
-            distinct++;
-        }
-    }
-    CU_ASSERT_EQUAL(once, CB_MAX);
-    CU_ASSERT_EQUAL(ok, CB_MAX);
-    CU_ASSERT_EQUAL(distinct, CB_MAX);
-    uint64_t msgs = 0;
-    CU_ASSERT_EQUAL(bus_stream_info(b, "PUBCBN", &msgs, NULL), CH_OK);
-    CU_ASSERT_EQUAL(msgs, CB_MAX);
-    free(hit);
-    bus_destroy(b);
-
-    /* Destroyed with publishes in flight: each still calls back once. */
-    memset(c, 0, sizeof *c);
-    for (int i = 0; i < CB_MAX; i++) {
-        c->slot[i].total = &c->total;
-    }
-    b = connect_bus();
-    refused = 0;
-    for (int i = 0; i < 500; i++) {
-        snprintf(d, sizeof d, "z%d", i);
-        refused += publish_cb(b, "pubcbn.z", d, NULL, &c->slot[i]) != CH_OK;
-    }
-    CU_ASSERT_EQUAL(refused, 0);
-    bus_destroy(b);
-    CU_ASSERT_EQUAL(test_wait_atomic(&c->total, 500, 10000), 500);
-    test_sleep_ms(300);
-    int calls_ok = 0;
-    for (int i = 0; i < 500; i++) {
-        int n = atomic_load(&c->slot[i].calls);
-        calls_ok += n == 1 && (c->slot[i].st == CH_OK || c->slot[i].st == CH_UNAVAILABLE);
-    }
-    CU_ASSERT_EQUAL(calls_ok, 500);
-    CU_ASSERT_EQUAL(atomic_load(&c->total), 500);
-    free(c);
-}
-
-/* ---- followers ---- */
-
-typedef struct follow_log {
-    atomic_int n; /* entries below n are complete */
-    uint64_t seq[MAX_EVENTS];
-    char subject[MAX_EVENTS][64];
-    char data[MAX_EVENTS][32];
-} follow_log;
-
-/* The follower's callback: records every delivery (on the follower thread). */
-static ch_status follow_record(const bus_in_msg *m, void *ctx)
-{
-    follow_log *f = ctx;
-    int i = atomic_load(&f->n);
-    if (i < MAX_EVENTS) {
-        f->seq[i] = m->stream_seq;
-        snprintf(f->subject[i], sizeof f->subject[i], "%s", m->subject);
-        snprintf(f->data[i], sizeof f->data[i], "%.*s", (int)m->len, (const char *)m->data);
-        atomic_store(&f->n, i + 1);
-    }
-    return CH_CANCELLED; /* ignored: a follower does not stop on its callback's status */
-}
-
-static follow_log *follow_log_new(void)
-{
-    follow_log *f = calloc(1, sizeof *f);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-    atomic_init(&f->n, 0);
-    return f;
-}
-
-/* Stops f and returns how long that took, in ms. */
-static long long timed_stop(bus_follower *f)
+/* Stops x and returns how long that took, in ms. */
+static long long timed_sub_stop(bus_sub *x)
 {
     long long t0 = test_now_ms();
-    bus_follow_stop(f);
+    bus_sub_stop(x);
     return test_now_ms() - t0;
 }
 
 /* True when the log holds exactly the payloads want[0..n), in stream order. */
-static bool follow_log_is(const follow_log *f, const char *const *want, int n)
+static bool sub_log_is(const sub_log *l, const char *const *want, int n)
 {
-    if (atomic_load(&f->n) != n) {
+    if (atomic_load(&l->n) != n)
         return false;
-    }
-    for (int i = 0; i < n; i++) {
-        if (strcmp(f->data[i], want[i]) != 0 || (i > 0 && f->seq[i] <= f->seq[i - 1])) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(l->data[i], want[i]) != 0 || (i > 0 && l->seq[i] <= l->seq[i - 1]))
             return false;
-        }
-    }
     return true;
 }
 
-/* A locked follower's callback: records, and whether the lock was held. */
-typedef struct locked_log {
-    follow_log log;
-    pthread_mutex_t mu;
-    atomic_int unlocked; /* deliveries during which the lock was free */
-} locked_log;
-
-static ch_status follow_locked_record(const bus_in_msg *m, void *ctx)
-{
-    locked_log *l = ctx;
-    if (pthread_mutex_trylock(&l->mu) == 0) {
-        atomic_fetch_add(&l->unlocked, 1);
-        pthread_mutex_unlock(&l->mu);
-    }
-    return follow_record(m, &l->log);
-}
-
-static void test_bus_follow_locked_holds_the_lock(void)
-{
-    static const char *const want[] = {"l1", "l2", "l3", "l4", "l5"};
-    bus *b = connect_bus();
-    ensure(b, "FLOCK", "flock.>");
-    locked_log *l = calloc(1, sizeof *l);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
-    pthread_mutex_init(&l->mu, NULL);
-    for (int i = 0; i < 3; i++)
-        CU_ASSERT_EQUAL(publish(b, "flock.x", want[i], NULL, NULL), CH_OK);
-    bus_follower *f = NULL;
-    CU_ASSERT_EQUAL_FATAL(bus_follow_start_locked(b, "FLOCK", NULL, 1, follow_locked_record, l, &l->mu, &f),
-                          CH_OK);
-    CU_ASSERT_EQUAL(test_wait_atomic(&l->log.n, 3, 5000), 3);
-    /* while the caller holds the lock, nothing is delivered */
-    pthread_mutex_lock(&l->mu);
-    for (int i = 3; i < 5; i++)
-        CU_ASSERT_EQUAL(publish(b, "flock.x", want[i], NULL, NULL), CH_OK);
-    test_sleep_ms(300);
-    CU_ASSERT_EQUAL(atomic_load(&l->log.n), 3);
-    pthread_mutex_unlock(&l->mu);
-    CU_ASSERT_EQUAL(test_wait_atomic(&l->log.n, 5, 5000), 5);
-    CU_ASSERT_TRUE(follow_log_is(&l->log, want, 5));
-    CU_ASSERT_EQUAL(atomic_load(&l->unlocked), 0); /* every delivery ran with the lock held */
-    bus_follow_stop(f);
-    pthread_mutex_destroy(&l->mu);
-    free(l);
-    bus_destroy(b);
-}
-
-static void test_bus_follow_from_start_in_order_with_filter(void)
+static void test_bus_sub_follows_from_the_start_in_order_with_a_filter(void)
 {
     bus *b = connect_bus();
-    ensure(b, "FOLLOW", "follow.>");
-    CU_ASSERT_EQUAL(publish(b, "follow.a.1", "a1", NULL, NULL), CH_OK);
-    CU_ASSERT_EQUAL(publish(b, "follow.b.1", "b1", NULL, NULL), CH_OK);
-    CU_ASSERT_EQUAL(publish(b, "follow.a.2", "a2", NULL, NULL), CH_OK);
-    follow_log *only_a = follow_log_new(), *all = follow_log_new();
-    bus_follower *fa = NULL, *fall = NULL;
-    CU_ASSERT_EQUAL_FATAL(bus_follow_start(b, "FOLLOW", "follow.a.*", 1, follow_record, only_a, &fa), CH_OK);
-    CU_ASSERT_EQUAL_FATAL(bus_follow_start(b, "FOLLOW", NULL, 0, follow_record, all, &fall), CH_OK);
+    ensure(b, "SFOLLOW", "sfollow.>");
+    CU_ASSERT_EQUAL(publish(b, "sfollow.a.1", "a1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "sfollow.b.1", "b1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "sfollow.a.2", "a2", NULL, NULL), CH_OK);
+    sub_log *only_a = sub_log_new(), *all = sub_log_new();
+    bus_sub *fa = follow(b, "SFOLLOW", "sfollow.a.*", 1, 0, only_a);
+    bus_sub *fall = follow(b, "SFOLLOW", NULL, 0, 0, all);
     CU_ASSERT_EQUAL(test_wait_atomic(&only_a->n, 2, 5000), 2);
 
-    /* published while it follows: delivered as stored */
-    CU_ASSERT_EQUAL(publish(b, "follow.a.3", "a3", NULL, NULL), CH_OK);
-    CU_ASSERT_EQUAL(publish(b, "follow.b.2", "b2", NULL, NULL), CH_OK);
-    CU_ASSERT_EQUAL(publish(b, "follow.a.4", "a4", NULL, NULL), CH_OK);
+    /* published while it follows: handed over as stored */
+    CU_ASSERT_EQUAL(publish(b, "sfollow.a.3", "a3", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "sfollow.b.2", "b2", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "sfollow.a.4", "a4", NULL, NULL), CH_OK);
     CU_ASSERT_EQUAL(test_wait_atomic(&only_a->n, 4, 5000), 4);
     CU_ASSERT_EQUAL(test_wait_atomic(&all->n, 6, 5000), 6);
-    test_sleep_ms(700); /* more than one fetch wait: nothing is delivered twice */
+    test_sleep_ms(700); /* more than one wait for a message: nothing is handed over twice */
     const char *const want_a[] = {"a1", "a2", "a3", "a4"};
     const char *const want_all[] = {"a1", "b1", "a2", "a3", "b2", "a4"};
-    CU_ASSERT_TRUE(follow_log_is(only_a, want_a, 4));
-    CU_ASSERT_TRUE(follow_log_is(all, want_all, 6));
-    for (int i = 0; i < atomic_load(&only_a->n); i++) {
-        CU_ASSERT_EQUAL(strncmp(only_a->subject[i], "follow.a.", 9), 0);
-    }
+    CU_ASSERT_TRUE(sub_log_is(only_a, want_a, 4));
+    CU_ASSERT_TRUE(sub_log_is(all, want_all, 6));
+    for (int i = 0; i < atomic_load(&only_a->n); i++)
+        CU_ASSERT_EQUAL(strncmp(only_a->subject[i], "sfollow.a.", 10), 0);
     for (int i = 0; i < atomic_load(&all->n); i++) {
         CU_ASSERT_EQUAL(all->seq[i], (uint64_t)i + 1);
+        CU_ASSERT_EQUAL(all->deliveries[i], 1);
     }
 
-    /* stopping does not wait out more than the current fetch */
-    CU_ASSERT(timed_stop(fa) < 1000);
-    CU_ASSERT(timed_stop(fall) < 1000);
-    bus_follow_stop(NULL);
+    /* stopping does not wait out more than the current wait */
+    CU_ASSERT(timed_sub_stop(fa) < 1000);
+    CU_ASSERT(timed_sub_stop(fall) < 1000);
+    bus_sub_stop(NULL);
     free(only_a);
     free(all);
     bus_destroy(b);
 }
 
-static void test_bus_follow_from_later_sequence(void)
+static void test_bus_sub_follows_from_a_later_sequence(void)
 {
     bus *b = connect_bus();
-    ensure(b, "FLATER", "flater.>");
+    ensure(b, "SLATER", "slater.>");
     char d[16];
     for (int i = 1; i <= 5; i++) {
         snprintf(d, sizeof d, "m%d", i);
-        CU_ASSERT_EQUAL(publish(b, "flater.x", d, NULL, NULL), CH_OK);
+        CU_ASSERT_EQUAL(publish(b, "slater.x", d, NULL, NULL), CH_OK);
     }
-    follow_log *f = follow_log_new();
-    bus_follower *fl = NULL;
-    CU_ASSERT_EQUAL_FATAL(bus_follow_start(b, "FLATER", NULL, 4, follow_record, f, &fl), CH_OK);
-    CU_ASSERT_EQUAL(test_wait_atomic(&f->n, 2, 5000), 2);
-    CU_ASSERT_EQUAL(publish(b, "flater.x", "m6", NULL, NULL), CH_OK);
-    CU_ASSERT_EQUAL(test_wait_atomic(&f->n, 3, 5000), 3);
+    sub_log *l = sub_log_new();
+    bus_sub *x = follow(b, "SLATER", NULL, 4, 0, l);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, 2, 5000), 2);
+    CU_ASSERT_EQUAL(publish(b, "slater.x", "m6", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, 3, 5000), 3);
     test_sleep_ms(700);
     const char *const want[] = {"m4", "m5", "m6"};
-    CU_ASSERT_TRUE(follow_log_is(f, want, 3));
-    CU_ASSERT_EQUAL(f->seq[0], 4);
-    CU_ASSERT(timed_stop(fl) < 1000);
+    CU_ASSERT_TRUE(sub_log_is(l, want, 3));
+    CU_ASSERT_EQUAL(l->seq[0], 4);
+    CU_ASSERT(timed_sub_stop(x) < 1000);
 
     /* bad arguments: nothing started, *out cleared */
-    fl = (bus_follower *)f;
-    CU_ASSERT_EQUAL(bus_follow_start(NULL, "FLATER", NULL, 1, follow_record, f, &fl), CH_INVALID_ARGUMENT);
-    CU_ASSERT_PTR_NULL(fl);
-    CU_ASSERT_EQUAL(bus_follow_start(b, NULL, NULL, 1, follow_record, f, &fl), CH_INVALID_ARGUMENT);
-    CU_ASSERT_EQUAL(bus_follow_start(b, "FLATER", NULL, 1, NULL, f, &fl), CH_INVALID_ARGUMENT);
-    free(f);
+    bus_sub_spec sp = {.stream = "SLATER", .fn = sub_take, .ctx = l};
+    x = (bus_sub *)l;
+    CU_ASSERT_EQUAL(bus_sub_start(NULL, &sp, &x), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NULL(x);
+    CU_ASSERT_EQUAL(bus_sub_start(b, NULL, &x), CH_INVALID_ARGUMENT);
+    sp.stream = NULL;
+    CU_ASSERT_EQUAL(bus_sub_start(b, &sp, &x), CH_INVALID_ARGUMENT);
+    sp.stream = "SLATER";
+    sp.fn = NULL;
+    CU_ASSERT_EQUAL(bus_sub_start(b, &sp, &x), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NULL(x);
+    free(l);
     bus_destroy(b);
 }
 
-static void test_bus_follow_waits_for_stream(void)
+static void test_bus_sub_follower_waits_for_the_stream(void)
 {
     bus *b = connect_bus();
-    follow_log *f = follow_log_new();
-    bus_follower *fl = NULL;
+    sub_log *l = sub_log_new();
     /* the stream does not exist yet: the follower retries until it does */
-    CU_ASSERT_EQUAL_FATAL(bus_follow_start(b, "FWAIT", NULL, 1, follow_record, f, &fl), CH_OK);
+    bus_sub *x = follow(b, "SWAIT", NULL, 1, 0, l);
     test_sleep_ms(300);
-    ensure(b, "FWAIT", "fwait.>");
-    CU_ASSERT_EQUAL(publish(b, "fwait.x", "w1", NULL, NULL), CH_OK);
-    CU_ASSERT_EQUAL(test_wait_atomic(&f->n, 1, 5000), 1);
+    ensure(b, "SWAIT", "swait.>");
+    CU_ASSERT_EQUAL(publish(b, "swait.x", "w1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, 1, 5000), 1);
     const char *const want[] = {"w1"};
-    CU_ASSERT_TRUE(follow_log_is(f, want, 1));
-    CU_ASSERT(timed_stop(fl) < 1500); /* may be in a retry sleep */
-    free(f);
+    CU_ASSERT_TRUE(sub_log_is(l, want, 1));
+    CU_ASSERT(timed_sub_stop(x) < 1500); /* may be in a retry sleep */
+    free(l);
     bus_destroy(b);
 }
 
-static void test_bus_follow_resumes_after_server_restart(void)
+static void test_bus_sub_follower_resumes_after_a_server_restart(void)
 {
     bus *b = connect_bus();
-    ensure(b, "FRESTART", "frestart.>");
-    CU_ASSERT_EQUAL(publish(b, "frestart.x", "r1", NULL, NULL), CH_OK);
-    CU_ASSERT_EQUAL(publish(b, "frestart.x", "r2", NULL, NULL), CH_OK);
-    follow_log *f = follow_log_new();
-    bus_follower *fl = NULL;
-    CU_ASSERT_EQUAL_FATAL(bus_follow_start(b, "FRESTART", "frestart.x", 1, follow_record, f, &fl), CH_OK);
-    CU_ASSERT_EQUAL(test_wait_atomic(&f->n, 2, 5000), 2);
+    ensure(b, "SRESTART", "srestart.>");
+    CU_ASSERT_EQUAL(publish(b, "srestart.x", "r1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "srestart.y", "not followed", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "srestart.x", "r2", NULL, NULL), CH_OK);
+    sub_log *l = sub_log_new();
+    bus_sub *x = follow(b, "SRESTART", "srestart.x", 1, 0, l);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, 2, 5000), 2);
 
     CU_ASSERT_EQUAL_FATAL(natsd_restart(server), CH_OK);
     ch_status st = CH_UNAVAILABLE;
     for (int i = 0; i < 100 && st != CH_OK; i++) {
-        st = publish(b, "frestart.x", "r3", "r3-id", NULL); /* an id: a retry stores it once */
-        if (st != CH_OK) {
+        st = publish(b, "srestart.x", "r3", "sr3-id", NULL); /* an id: a retry stores it once */
+        if (st != CH_OK)
             test_sleep_ms(100);
-        }
     }
     CU_ASSERT_EQUAL_FATAL(st, CH_OK);
-    CU_ASSERT_EQUAL(publish(b, "frestart.x", "r4", "r4-id", NULL), CH_OK);
-    CU_ASSERT_EQUAL(test_wait_atomic(&f->n, 4, 15000), 4);
-    test_sleep_ms(1000); /* a resubscribe must not deliver r1..r4 again */
+    CU_ASSERT_EQUAL(publish(b, "srestart.y", "not followed", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "srestart.x", "r4", "sr4-id", NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, 4, 15000), 4);
+    test_sleep_ms(1000); /* a new subscription must not hand r1..r4 over again */
     const char *const want[] = {"r1", "r2", "r3", "r4"};
-    CU_ASSERT_TRUE(follow_log_is(f, want, 4));
-    if (!follow_log_is(f, want, 4)) {
-        for (int i = 0; i < atomic_load(&f->n); i++) {
-            fprintf(stderr, "\n  follower got seq %llu %s", (unsigned long long)f->seq[i], f->data[i]);
+    CU_ASSERT_TRUE(sub_log_is(l, want, 4));
+    if (!sub_log_is(l, want, 4))
+        for (int i = 0; i < atomic_load(&l->n); i++)
+            fprintf(stderr, "\n  follower got seq %llu %s", (unsigned long long)l->seq[i], l->data[i]);
+    CU_ASSERT(timed_sub_stop(x) < 1000);
+    free(l);
+    bus_destroy(b);
+}
+
+/* What has arrived goes over in one call, up to the batch cap. */
+static void test_bus_sub_hands_over_batches_up_to_its_cap(void)
+{
+    enum { N = 200, CAP = 16 };
+    bus *b = connect_bus();
+    ensure(b, "SBATCH", "sbatch.>");
+    for (int i = 0; i < N; i++) {
+        bus_out_msg m = {.subject = "sbatch.x", .data = "b", .len = 1};
+        CU_ASSERT_EQUAL_FATAL(bus_publish_async(b, &m), CH_OK);
+    }
+    CU_ASSERT_EQUAL_FATAL(bus_publish_async_wait(b, 10000, NULL), CH_OK);
+    sub_log *l = sub_log_new();
+    bus_sub *x = follow(b, "SBATCH", NULL, 1, CAP, l);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, N, 10000), N);
+    bus_sub_stop(x);
+    CU_ASSERT(atomic_load(&l->largest) <= CAP);
+    CU_ASSERT(atomic_load(&l->largest) > 1); /* they were stored before: several per call */
+    CU_ASSERT(atomic_load(&l->batches) >= N / CAP);
+    for (int i = 0; i < N; i++)
+        CU_ASSERT_EQUAL(l->seq[i], (uint64_t)i + 1);
+    free(l);
+    bus_destroy(b);
+}
+
+/* Two subscriptions on one durable (two replicas) share its messages: each
+ * gets some, none gets one the other got, and their acks settle them. */
+static void test_bus_sub_durable_shares_messages_between_subscriptions(void)
+{
+    enum { N = 200 };
+    bus *b1 = connect_bus(), *b2 = connect_bus();
+    ensure(b1, "SSHARE", "sshare.>");
+    sub_log *l1 = sub_log_new(), *l2 = sub_log_new();
+    bus_sub *x1 = consume(b1, "SSHARE", "sshare-c", 2000, l1);
+    bus_sub *x2 = consume(b2, "SSHARE", "sshare-c", 2000, l2);
+    char d[16];
+    for (int i = 0; i < N; i++) {
+        snprintf(d, sizeof d, "m%d", i);
+        CU_ASSERT_EQUAL(publish(b1, "sshare.x", d, NULL, NULL), CH_OK);
+    }
+    long long end = test_now_ms() + 10000;
+    while (atomic_load(&l1->n) + atomic_load(&l2->n) < N && test_now_ms() < end)
+        test_sleep_ms(10);
+    test_sleep_ms(2500); /* past AckWait: nothing acked comes back */
+    bus_sub_stop(x1);
+    bus_sub_stop(x2);
+    int n1 = atomic_load(&l1->n), n2 = atomic_load(&l2->n);
+    CU_ASSERT_EQUAL(n1 + n2, N);
+    CU_ASSERT(n1 > 0 && n2 > 0);
+    uint8_t got[N] = {0};
+    int distinct = 0;
+    for (int k = 0; k < 2; k++) {
+        const sub_log *l = k ? l2 : l1;
+        for (int i = 0; i < (k ? n2 : n1); i++) {
+            int v = atoi(l->data[i] + 1);
+            CU_ASSERT_EQUAL(l->deliveries[i], 1);
+            if (v >= 0 && v < N && !got[v]++)
+                distinct++;
         }
     }
-    CU_ASSERT(timed_stop(fl) < 1000);
-    free(f);
+    CU_ASSERT_EQUAL(distinct, N);
+    CU_ASSERT_EQUAL(atomic_load(&l1->settle_errs) + atomic_load(&l2->settle_errs), 0);
+    free(l1);
+    free(l2);
+    bus_destroy(b1);
+    bus_destroy(b2);
+}
+
+/* A durable's messages are settled by whoever holds them: an ack and a term
+ * end them, a nak brings one back after its delay. */
+static void test_bus_sub_durable_ack_and_term_settle_nak_comes_back(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "SSETTLE", "ssettle.>");
+    sub_log *l = sub_log_new();
+    l->nak_ms = 300;
+    bus_sub *x = consume(b, "SSETTLE", "ssettle-c", 1000, l);
+    CU_ASSERT_EQUAL(publish(b, "ssettle.x", "ack1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "ssettle.x", "nak1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "ssettle.x", "term1", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, 4, 5000), 4);
+    test_sleep_ms(1500); /* past AckWait: what was settled stays settled */
+    bus_sub_stop(x);
+    CU_ASSERT_EQUAL(atomic_load(&l->n), 4); /* l has room for more: the first 4 are readable */
+    const char *const want[] = {"ack1", "nak1", "term1", "nak1"};
+    for (int i = 0; i < 4; i++)
+        CU_ASSERT_STRING_EQUAL(l->data[i], want[i]);
+    CU_ASSERT_EQUAL(l->deliveries[1], 1);
+    CU_ASSERT_EQUAL(l->deliveries[3], 2);
+    CU_ASSERT_EQUAL(l->seq[3], l->seq[1]);
+    CU_ASSERT(l->at_ms[3] - l->at_ms[1] >= 290); /* not before the nak's delay */
+    CU_ASSERT_EQUAL(atomic_load(&l->settle_errs), 0);
+
+    /* and a new subscription on the durable finds nothing left */
+    sub_log *again = sub_log_new();
+    x = consume(b, "SSETTLE", "ssettle-c", 1000, again);
+    test_sleep_ms(500);
+    CU_ASSERT_EQUAL(atomic_load(&again->n), 0);
+    bus_sub_stop(x);
+    free(again);
+    free(l);
+    bus_destroy(b);
+}
+
+/* bus_dead_letter, from another thread than the subscription's: a copy to
+ * deadletter.<subject> with the message's own headers (its Nats-Msg-Id as
+ * Choreo-Original-Msg-Id), the Choreo-Dead-* ones and the message id
+ * dlq:<stream>:<seq> (the subscription's stream when none is given); then a
+ * term: it does not come back. The log line names the durable. */
+static void test_bus_dead_letter_copies_then_terms(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "SDEAD", "sdead.>");
+    sub_log *l = sub_log_new();
+    bus_sub *x = consume(b, "SDEAD", "sdead-c", 1000, l);
+    bus_out_msg m = {.subject = "sdead.x", .data = "keep-1", .len = 6, .msg_id = "sdead-1"};
+    m.headers[0] = (bus_header){"X-A", "alpha"};
+    m.nheaders = 1;
+    CU_ASSERT_EQUAL(bus_publish(b, &m, 2000, NULL), CH_OK);
+    CU_ASSERT_EQUAL(publish(b, "sdead.y", "keep-2", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(test_wait_atomic(&l->n_kept, 2, 5000), 2);
+    CU_ASSERT_EQUAL(bus_dead_letter(b, l->kept[0], "SDEAD", "bad data"), CH_OK);
+    CU_ASSERT_EQUAL(bus_dead_letter(b, l->kept[1], NULL, "worse data"), CH_OK);
+    bus_in_free(l->kept[0]);
+    bus_in_free(l->kept[1]);
+    test_sleep_ms(1500); /* past AckWait: terminated, not redelivered */
+    bus_sub_stop(x);
+    CU_ASSERT_EQUAL(atomic_load(&l->n), 2);
+
+    seen *s = seen_new();
+    CU_ASSERT_EQUAL(bus_replay(b, BUS_DEADLETTER_STREAM, "deadletter.sdead.>", 1, collect, s, NULL), CH_OK);
+    CU_ASSERT_EQUAL(s->n, 2);
+    CU_ASSERT_STRING_EQUAL(s->subject[0], "deadletter.sdead.x");
+    CU_ASSERT_STRING_EQUAL(s->data[0], "keep-1");
+    CU_ASSERT_STRING_EQUAL(s->hdr_a[0], "alpha");
+    CU_ASSERT_STRING_EQUAL(s->orig_msg_id[0], "sdead-1");
+    CU_ASSERT_STRING_EQUAL(s->msg_id[0], "dlq:SDEAD:1");
+    CU_ASSERT_STRING_EQUAL(s->reason[0], "bad data");
+    CU_ASSERT_STRING_EQUAL(s->deliveries[0], "1");
+    CU_ASSERT_STRING_EQUAL(s->orig_subject[0], "sdead.x");
+    CU_ASSERT_STRING_EQUAL(s->subject[1], "deadletter.sdead.y");
+    CU_ASSERT_STRING_EQUAL(s->msg_id[1], "dlq:SDEAD:2");
+    CU_ASSERT_STRING_EQUAL(s->reason[1], "worse data");
+    CU_ASSERT_TRUE(log_has("msg=\"message dead-lettered\" consumer=sdead-c subject=sdead.x "));
+    CU_ASSERT_TRUE(log_has("msg=\"message dead-lettered\" consumer=sdead-c subject=sdead.y "));
+    free(s);
+    free(l);
+    bus_destroy(b);
+}
+
+/* ---- pipes ---- */
+
+#define PIPE_MAX 2000
+
+/* What a pipe called back, in the order it did. */
+typedef struct pipe_log {
+    pthread_mutex_t mu;
+    int ids[PIPE_MAX]; /* tokens: &ids[i] is publish i's */
+    int n;             /* callbacks */
+    int order[PIPE_MAX];
+    int calls[PIPE_MAX];
+    ch_status st[PIPE_MAX];
+    bus_pub_ack ack[PIPE_MAX];
+    atomic_int total;
+} pipe_log;
+
+static pipe_log *pipe_log_new(void)
+{
+    pipe_log *l = calloc(1, sizeof *l);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+    pthread_mutex_init(&l->mu, NULL);
+    for (int i = 0; i < PIPE_MAX; i++)
+        l->ids[i] = i;
+    return l;
+}
+
+static void pipe_log_free(pipe_log *l)
+{
+    pthread_mutex_destroy(&l->mu);
+    free(l);
+}
+
+/* The pipe's callback (a cnats thread, or the publishing or destroying one). */
+static void on_piped(void *token, ch_status st, const bus_pub_ack *ack, void *ctx)
+{
+    pipe_log *l = ctx;
+    int i = *(const int *)token;
+    pthread_mutex_lock(&l->mu);
+    if (l->n < PIPE_MAX)
+        l->order[l->n] = i;
+    l->n++;
+    l->calls[i]++;
+    l->st[i] = st;
+    l->ack[i] = *ack;
+    pthread_mutex_unlock(&l->mu);
+    atomic_fetch_add(&l->total, 1);
+}
+
+static ch_status pipe_publish(bus_pipe *p, pipe_log *l, int i, const char *subject, const char *data,
+                              const char *msg_id)
+{
+    bus_out_msg m = {.subject = subject, .data = data, .len = strlen(data), .msg_id = msg_id};
+    return bus_pipe_publish(p, &m, &l->ids[i]);
+}
+
+/* True when the callbacks came once each, for publishes 0..n-1, in that order. */
+static bool pipe_log_in_order(pipe_log *l, int n)
+{
+    bool ok = true;
+    pthread_mutex_lock(&l->mu);
+    ok = l->n == n;
+    for (int i = 0; ok && i < n; i++)
+        ok = l->order[i] == i && l->calls[i] == 1;
+    pthread_mutex_unlock(&l->mu);
+    return ok;
+}
+
+static void test_bus_pipe_calls_back_once_each_in_order(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "PIPE", "pipe.>");
+    pipe_log *l = pipe_log_new();
+    bus_pipe *p = NULL;
+    char d[16];
+    CU_ASSERT_EQUAL_FATAL(bus_pipe_create(b, on_piped, l, 0, &p), CH_OK);
+    for (int i = 0; i < 10; i++) {
+        snprintf(d, sizeof d, "c%d", i);
+        CU_ASSERT_EQUAL(pipe_publish(p, l, i, "pipe.x", d, NULL), CH_OK);
+    }
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->total, 10, 10000), 10);
+    CU_ASSERT_TRUE(pipe_log_in_order(l, 10));
+    for (int i = 0; i < 10; i++) {
+        CU_ASSERT_EQUAL(l->st[i], CH_OK);
+        CU_ASSERT_EQUAL(l->ack[i].seq, (uint64_t)i + 1);
+        CU_ASSERT_FALSE(l->ack[i].duplicate);
+    }
+    CU_ASSERT_EQUAL(bus_pipe_in_flight(p), 0);
+
+    /* the same Msg-Id again: a duplicate, with the first one's sequence */
+    CU_ASSERT_EQUAL(pipe_publish(p, l, 10, "pipe.x", "once", "pipe-dup"), CH_OK);
+    CU_ASSERT_EQUAL(pipe_publish(p, l, 11, "pipe.x", "once", "pipe-dup"), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->total, 12, 10000), 12);
+    CU_ASSERT_EQUAL(l->st[10], CH_OK);
+    CU_ASSERT_FALSE(l->ack[10].duplicate);
+    CU_ASSERT_EQUAL(l->ack[10].seq, 11);
+    CU_ASSERT_EQUAL(l->st[11], CH_OK);
+    CU_ASSERT_TRUE(l->ack[11].duplicate);
+    CU_ASSERT_EQUAL(l->ack[11].seq, 11);
+
+    /* refused at once: the callback too, at once, on this thread */
+    bus_out_msg bad = {.subject = "pipe.x", .data = "x", .len = 1, .nheaders = BUS_MAX_HEADERS + 1};
+    CU_ASSERT_EQUAL(bus_pipe_publish(p, &bad, &l->ids[12]), CH_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(atomic_load(&l->total), 13);
+    CU_ASSERT_EQUAL(l->st[12], CH_INVALID_ARGUMENT);
+    /* no stream captures the subject */
+    CU_ASSERT_EQUAL(pipe_publish(p, l, 13, "nostream.pipe", "x", NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->total, 14, 10000), 14);
+    CU_ASSERT_EQUAL(l->st[13], CH_UNAVAILABLE);
+    test_sleep_ms(300); /* nothing calls back twice, or late */
+    CU_ASSERT_TRUE(pipe_log_in_order(l, 14));
+    uint64_t msgs = 0;
+    CU_ASSERT_EQUAL(bus_stream_info(b, "PIPE", &msgs, NULL), CH_OK);
+    CU_ASSERT_EQUAL(msgs, 11);
+    bus_pipe_destroy(p, 1000);
+    bus_pipe_destroy(NULL, 0);
+    CU_ASSERT_EQUAL(atomic_load(&l->total), 14);
+    pipe_log_free(l);
+    bus_destroy(b);
+}
+
+static void test_bus_pipe_many_in_flight(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "PIPEN", "pipen.>");
+    pipe_log *l = pipe_log_new();
+    bus_pipe *p = NULL;
+    char d[16];
+    int refused = 0;
+    CU_ASSERT_EQUAL_FATAL(bus_pipe_create(b, on_piped, l, 0, &p), CH_OK);
+    for (int i = 0; i < PIPE_MAX; i++) {
+        snprintf(d, sizeof d, "n%d", i);
+        refused += pipe_publish(p, l, i, "pipen.x", d, NULL) != CH_OK;
+    }
+    CU_ASSERT_EQUAL(refused, 0);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->total, PIPE_MAX, 20000), PIPE_MAX);
+    test_sleep_ms(300);
+    CU_ASSERT_TRUE(pipe_log_in_order(l, PIPE_MAX));
+    int ok = 0, in_seq = 0;
+    for (int i = 0; i < PIPE_MAX; i++) {
+        ok += l->st[i] == CH_OK;
+        in_seq += l->ack[i].seq == (uint64_t)i + 1;
+    }
+    CU_ASSERT_EQUAL(ok, PIPE_MAX);
+    CU_ASSERT_EQUAL(in_seq, PIPE_MAX);
+    CU_ASSERT_EQUAL(bus_pipe_in_flight(p), 0);
+    uint64_t msgs = 0;
+    CU_ASSERT_EQUAL(bus_stream_info(b, "PIPEN", &msgs, NULL), CH_OK);
+    CU_ASSERT_EQUAL(msgs, PIPE_MAX);
+    bus_pipe_destroy(p, 0);
+    CU_ASSERT_EQUAL(atomic_load(&l->total), PIPE_MAX);
+    pipe_log_free(l);
+    bus_destroy(b);
+}
+
+/* Pipelined compare-and-set: each publish expects the stream's last
+ * sequence and the message before it. When another writer stored first,
+ * the first expectation fails with CH_CONFLICT and says where the stream
+ * is; the one chained behind it fails too, though its sequence matches. */
+static void test_bus_pipe_lost_expectation_is_a_conflict_with_the_last_sequence(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "PIPECAS", "pipecas.>");
+    pipe_log *l = pipe_log_new();
+    bus_pipe *p = NULL;
+    CU_ASSERT_EQUAL_FATAL(bus_pipe_create(b, on_piped, l, 0, &p), CH_OK);
+    bus_out_msg m = {.subject = "pipecas.a", .data = "x", .len = 1, .expect_seq = true};
+
+    m.msg_id = "p1";
+    m.expect_last_seq = 0;
+    CU_ASSERT_EQUAL(bus_pipe_publish(p, &m, &l->ids[0]), CH_OK);
+    m.msg_id = "p2";
+    m.expect_last_seq = 1;
+    m.expect_last_msg_id = "p1";
+    CU_ASSERT_EQUAL(bus_pipe_publish(p, &m, &l->ids[1]), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->total, 2, 10000), 2);
+    CU_ASSERT_EQUAL(l->st[0], CH_OK);
+    CU_ASSERT_EQUAL(l->st[1], CH_OK);
+    CU_ASSERT_EQUAL(l->ack[1].seq, 2);
+
+    /* another writer */
+    CU_ASSERT_EQUAL(publish(b, "pipecas.b", "other", NULL, NULL), CH_OK);
+    m.msg_id = "q1";
+    m.expect_last_seq = 2;
+    m.expect_last_msg_id = "p2";
+    CU_ASSERT_EQUAL(bus_pipe_publish(p, &m, &l->ids[2]), CH_OK);
+    m.msg_id = "q2";
+    m.expect_last_seq = 3; /* what the stream's last is, by chance */
+    m.expect_last_msg_id = "q1";
+    CU_ASSERT_EQUAL(bus_pipe_publish(p, &m, &l->ids[3]), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->total, 4, 10000), 4);
+    CU_ASSERT_TRUE(pipe_log_in_order(l, 4));
+    CU_ASSERT_EQUAL(l->st[2], CH_CONFLICT);
+    CU_ASSERT_EQUAL(l->ack[2].conflict_last_seq, 3);
+    CU_ASSERT_EQUAL(l->ack[2].seq, 0);
+    CU_ASSERT_EQUAL(l->st[3], CH_CONFLICT);
+    CU_ASSERT_EQUAL(l->ack[3].seq, 0);
+    uint64_t msgs = 0, last = 0;
+    CU_ASSERT_EQUAL(bus_stream_info(b, "PIPECAS", &msgs, &last), CH_OK);
+    CU_ASSERT_EQUAL(msgs, 3);
+    CU_ASSERT_EQUAL(last, 3);
+    bus_pipe_destroy(p, 0);
+    pipe_log_free(l);
+    bus_destroy(b);
+}
+
+/* Publishes nobody answers (a plain NATS subscriber takes them, no stream):
+ * the pipe's timeout reports them as CH_TIMEOUT; destroying the pipe
+ * reports those still in flight as CH_UNAVAILABLE, once each, at once. */
+static void test_bus_pipe_times_out_and_destroy_reports_what_is_in_flight(void)
+{
+    bus *b = connect_bus();
+    natsConnection *nc = NULL;
+    natsSubscription *hole = NULL;
+    CU_ASSERT_EQUAL_FATAL(natsConnection_ConnectTo(&nc, natsd_url(server)), NATS_OK);
+    CU_ASSERT_EQUAL_FATAL(natsConnection_SubscribeSync(&hole, nc, "pipehole.>"), NATS_OK);
+    CU_ASSERT_EQUAL_FATAL(natsConnection_Flush(nc), NATS_OK);
+
+    pipe_log *l = pipe_log_new();
+    bus_pipe *p = NULL;
+    CU_ASSERT_EQUAL_FATAL(bus_pipe_create(b, on_piped, l, 300, &p), CH_OK);
+    long long t0 = test_now_ms();
+    for (int i = 0; i < 3; i++)
+        CU_ASSERT_EQUAL(pipe_publish(p, l, i, "pipehole.x", "lost", NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->total, 3, 10000), 3);
+    long long took = test_now_ms() - t0;
+    CU_ASSERT(took >= 250);
+    CU_ASSERT_TRUE(pipe_log_in_order(l, 3));
+    for (int i = 0; i < 3; i++)
+        CU_ASSERT_EQUAL(l->st[i], CH_TIMEOUT);
+    CU_ASSERT_EQUAL(bus_pipe_in_flight(p), 0);
+    bus_pipe_destroy(p, 0);
+    pipe_log_free(l);
+
+    l = pipe_log_new();
+    CU_ASSERT_EQUAL_FATAL(bus_pipe_create(b, on_piped, l, 30000, &p), CH_OK);
+    for (int i = 0; i < 5; i++)
+        CU_ASSERT_EQUAL(pipe_publish(p, l, i, "pipehole.y", "lost", NULL), CH_OK);
+    test_sleep_ms(200);
+    CU_ASSERT_EQUAL(bus_pipe_in_flight(p), 5);
+    CU_ASSERT_EQUAL(atomic_load(&l->total), 0);
+    t0 = test_now_ms();
+    bus_pipe_destroy(p, 0);
+    CU_ASSERT(test_now_ms() - t0 < 1000);
+    CU_ASSERT_TRUE(pipe_log_in_order(l, 5));
+    for (int i = 0; i < 5; i++)
+        CU_ASSERT_EQUAL(l->st[i], CH_UNAVAILABLE);
+    test_sleep_ms(300); /* and nothing late */
+    CU_ASSERT_EQUAL(atomic_load(&l->total), 5);
+    pipe_log_free(l);
+
+    natsSubscription_Destroy(hole);
+    natsConnection_Destroy(nc);
     bus_destroy(b);
 }
 
@@ -1282,10 +1058,10 @@ static void test_bus_connection_state(void)
     bus *b = connect_bus();
     ensure(b, "CONN", "conn.>");
     CU_ASSERT_TRUE(bus_connected(b));
-    worker_log *log = calloc(1, sizeof *log);
-    bus_worker *w = start_worker(b, "CONN", "conn-c", "conn.>", log, 5, 50, 50);
+    sub_log *l = sub_log_new();
+    bus_sub *x = consume(b, "CONN", "conn-c", 2000, l);
     CU_ASSERT_EQUAL(publish(b, "conn.x", "before", NULL, NULL), CH_OK);
-    CU_ASSERT_EQUAL(test_wait_atomic(&log->good, 1, 5000), 1);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, 1, 5000), 1);
 
     int downs = atomic_load(&state_downs), ups = atomic_load(&state_ups);
     CU_ASSERT_EQUAL(natsd_stop(server), CH_OK);
@@ -1301,7 +1077,7 @@ static void test_bus_connection_state(void)
     CU_ASSERT_EQUAL_FATAL(natsd_restart(server), CH_OK);
     CU_ASSERT(test_wait_atomic(&state_ups, ups + 1, 10000) >= ups + 1);
     CU_ASSERT_TRUE(bus_connected(b));
-    /* The stream survived (file storage) and the worker resumes. */
+    /* The stream survived (file storage) and the subscription resumes. */
     st = CH_UNAVAILABLE;
     for (int i = 0; i < 50 && st != CH_OK; i++) {
         st = publish(b, "conn.x", "after", NULL, NULL);
@@ -1310,12 +1086,14 @@ static void test_bus_connection_state(void)
         }
     }
     CU_ASSERT_EQUAL(st, CH_OK);
-    CU_ASSERT_EQUAL(test_wait_atomic(&log->good, 2, 10000), 2);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, 2, 10000), 2);
+    CU_ASSERT_STRING_EQUAL(l->data[1], "after");
+    CU_ASSERT_EQUAL(atomic_load(&l->settle_errs), 0);
     uint64_t msgs = 0;
     CU_ASSERT_EQUAL(bus_stream_info(b, "CONN", &msgs, NULL), CH_OK);
     CU_ASSERT_EQUAL(msgs, 2);
-    bus_worker_stop(w);
-    free(log);
+    bus_sub_stop(x);
+    free(l);
     bus_destroy(b);
 }
 
@@ -1382,28 +1160,43 @@ int main(void)
         {"async batch", test_bus_async_batch},
         {"replay empty and filter", test_bus_replay_empty_and_filter},
         {"replay large", test_bus_replay_large},
-        {"worker acks", test_bus_worker_acks},
-        {"worker retry backoff", test_bus_worker_retry_backoff},
-        {"worker dead-letters after max deliver", test_bus_worker_dead_letters_after_max_deliver},
-        {"worker dead now", test_bus_worker_dead_now},
-        {"worker flush acks even, retries odd", test_bus_worker_flush_acks_even_retries_odd},
-        {"worker flush dead-letters", test_bus_worker_flush_dead_letters},
-        {"worker flush deferred publishes then acks", test_bus_worker_flush_deferred_publishes_then_acks},
-        {"worker staged without flush is retried", test_bus_worker_staged_without_flush_is_retried},
-        {"publish cb calls back once with the ack", test_bus_publish_cb_calls_back_once_with_the_ack},
-        {"publish cb many in flight", test_bus_publish_cb_many_in_flight},
-        {"follow from the start, in order, with a filter", test_bus_follow_from_start_in_order_with_filter},
-        {"follow from a later sequence", test_bus_follow_from_later_sequence},
-        {"follow locked holds the lock", test_bus_follow_locked_holds_the_lock},
-        {"follow waits for the stream", test_bus_follow_waits_for_stream},
-        {"follow resumes after a server restart", test_bus_follow_resumes_after_server_restart},
+        {"sub follows from the start, in order, with a filter",
+         test_bus_sub_follows_from_the_start_in_order_with_a_filter},
+        {"sub follows from a later sequence", test_bus_sub_follows_from_a_later_sequence},
+        {"sub follower waits for the stream", test_bus_sub_follower_waits_for_the_stream},
+        {"sub follower resumes after a server restart", test_bus_sub_follower_resumes_after_a_server_restart},
+        {"sub hands over batches up to its cap", test_bus_sub_hands_over_batches_up_to_its_cap},
+        {"sub durable shares messages between subscriptions",
+         test_bus_sub_durable_shares_messages_between_subscriptions},
+        {"sub durable: ack and term settle, nak comes back",
+         test_bus_sub_durable_ack_and_term_settle_nak_comes_back},
+        {"dead letter copies then terms", test_bus_dead_letter_copies_then_terms},
+        {"pipe calls back once each, in order", test_bus_pipe_calls_back_once_each_in_order},
+        {"pipe many in flight", test_bus_pipe_many_in_flight},
+        {"pipe lost expectation is a conflict with the last sequence",
+         test_bus_pipe_lost_expectation_is_a_conflict_with_the_last_sequence},
+        {"pipe times out, and destroy reports what is in flight",
+         test_bus_pipe_times_out_and_destroy_reports_what_is_in_flight},
         {"connection state", test_bus_connection_state},
         {"create before server", test_bus_create_before_server},
         {NULL, NULL},
     };
 
-    log_configure("test_bus", getenv("TEST_LOG") ? LOG_DEBUG : LOG_ERROR, 2);
+    int fd = mkstemp(log_path);
+    if (fd < 0 || fcntl(fd, F_SETFL, O_APPEND) != 0)
+        return 1;
+    log_configure("test_bus", getenv("TEST_LOG") ? LOG_DEBUG : LOG_WARN, fd);
     int rc = cu_run("bus", suite_init, suite_clean, tests);
     bus_library_shutdown();
+    if (rc != 0 || getenv("TEST_LOG")) {
+        char line[2 * LOG_LINE_MAX];
+        FILE *f = fopen(log_path, "r");
+        while (f && fgets(line, sizeof line, f))
+            fputs(line, stderr);
+        if (f)
+            fclose(f);
+    }
+    close(fd);
+    unlink(log_path);
     return rc;
 }

@@ -9,9 +9,10 @@
 #include "event_codec.h"
 
 static const char *const type_names[EVENT_TYPE_COUNT] = {
-    "order.created",    "inventory.reserved", "inventory.failed",  "payment.processed",
-    "payment.failed",   "inventory.released", "order.confirmed",   "order.cancel_requested",
-    "payment.refunded", "order.cancelled",    "notification.sent",
+    "order.created",       "inventory.reserved",       "inventory.failed",  "payment.processed",
+    "payment.failed",      "inventory.released",       "order.confirmed",   "order.cancel_requested",
+    "payment.refunded",    "order.cancelled",          "notification.sent", "inventory.committed",
+    "inventory.stock_set", "inventory.stock_adjusted", "payment.credited",
 };
 
 /* Envelopes are ~9 KB: keep them off the stack. */
@@ -49,6 +50,9 @@ static void fill_payload(choreo_events_v1_Envelope *e, event_type t)
         strcpy(e->payload.inventory_reserved.customer_id, "cust-1");
         e->payload.inventory_reserved.total_cents = 2599;
         e->payload.inventory_reserved.units = 3;
+        e->payload.inventory_reserved.lines_count = 1;
+        strcpy(e->payload.inventory_reserved.lines[0].sku, "SKU-A");
+        e->payload.inventory_reserved.lines[0].quantity = 3;
         break;
     case EVENT_INVENTORY_FAILED:
         strcpy(e->payload.inventory_failed.sku, "SKU-Z");
@@ -92,6 +96,21 @@ static void fill_payload(choreo_events_v1_Envelope *e, event_type t)
         strcpy(e->payload.notification_sent.customer_id, "cust-1");
         strcpy(e->payload.notification_sent.kind, "order_confirmed");
         strcpy(e->payload.notification_sent.notification_id, "ord-1:order_confirmed");
+        break;
+    case EVENT_INVENTORY_COMMITTED: e->payload.inventory_committed.units = 3; break;
+    case EVENT_INVENTORY_STOCK_SET:
+        strcpy(e->payload.inventory_stock_set.sku, "SKU-A");
+        e->payload.inventory_stock_set.available = 10;
+        e->payload.inventory_stock_set.delta = 10;
+        break;
+    case EVENT_INVENTORY_STOCK_ADJUSTED:
+        strcpy(e->payload.inventory_stock_adjusted.sku, "SKU-A");
+        e->payload.inventory_stock_adjusted.delta = -2;
+        strcpy(e->payload.inventory_stock_adjusted.idempotency_key, "k-1");
+        break;
+    case EVENT_PAYMENT_CREDITED:
+        strcpy(e->payload.payment_credited.customer_id, "cust-1");
+        e->payload.payment_credited.amount_cents = 500;
         break;
     default: CU_FAIL("unknown type"); break;
     }
@@ -177,13 +196,72 @@ static void test_event_codec_init(void)
     free(b);
 }
 
+#define TRACEPARENT "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+#define TRACE_ID    "0af7651916cd43dd8448eb211c80319c"
+
+static void test_event_codec_init_caused_copies_context(void)
+{
+    choreo_events_v1_Envelope *cause = env_new(), *e = env_new();
+    CU_ASSERT_EQUAL(event_init(cause, EVENT_ORDER_CREATED, "ord-c1", "req-1", "orders", TRACEPARENT), CH_OK);
+    CU_ASSERT_EQUAL(event_init_caused(e, EVENT_INVENTORY_RESERVED, cause, "inventory"), CH_OK);
+    CU_ASSERT_STRING_EQUAL(e->type, "inventory.reserved");
+    CU_ASSERT_EQUAL(e->which_payload, event_type_payload_tag(EVENT_INVENTORY_RESERVED));
+    CU_ASSERT_STRING_EQUAL(e->order_id, "ord-c1");
+    CU_ASSERT_STRING_EQUAL(e->traceparent, TRACEPARENT);
+    CU_ASSERT_STRING_EQUAL(e->causation_id, cause->event_id);
+    CU_ASSERT_STRING_EQUAL(e->producer, "inventory");
+    CU_ASSERT_EQUAL(strlen(e->event_id), EVENT_ID_LEN);
+    CU_ASSERT_STRING_NOT_EQUAL(e->event_id, cause->event_id);
+    CU_ASSERT_EQUAL(e->schema_version, EVENT_SCHEMA_VERSION);
+
+    /* No traceparent on the cause: none on the effect. */
+    CU_ASSERT_EQUAL(event_init(cause, EVENT_PAYMENT_FAILED, "ord-c2", NULL, "payment", NULL), CH_OK);
+    CU_ASSERT_EQUAL(event_init_caused(e, EVENT_INVENTORY_RELEASED, cause, "inventory"), CH_OK);
+    CU_ASSERT_STRING_EQUAL(e->order_id, "ord-c2");
+    CU_ASSERT_STRING_EQUAL(e->traceparent, "");
+    CU_ASSERT_STRING_EQUAL(e->causation_id, cause->event_id);
+    CU_ASSERT_EQUAL(event_init_caused(e, EVENT_TYPE_COUNT, cause, "inventory"), CH_INVALID_ARGUMENT);
+    free(e);
+    free(cause);
+}
+
+static void test_event_codec_trace_id(void)
+{
+    char out[33];
+    /* out starts as a terminated string of junk, so a missing write shows */
+    memset(out, 'x', sizeof out - 1);
+    out[32] = '\0';
+    event_trace_id(TRACEPARENT, out);
+    CU_ASSERT_STRING_EQUAL(out, TRACE_ID);
+
+    static const char *const malformed[] = {
+        "",
+        "00",
+        "00-0af7651916cd43dd8448eb211c80319c",                      /* no span id */
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0",   /* one short */
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-011", /* one long */
+        "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",  /* bad first dash */
+        "00-0af7651916cd43dd8448eb211c80319cXb7ad6b7169203331-01",  /* bad second dash */
+        "00-0af7651916cd43dd8448eb211c8031zz-b7ad6b7169203331-01",  /* trace id not hex */
+    };
+    for (size_t i = 0; i < sizeof malformed / sizeof malformed[0]; i++) {
+        memset(out, 'x', sizeof out - 1);
+        event_trace_id(malformed[i], out);
+        CU_ASSERT_STRING_EQUAL(out, "");
+    }
+    memset(out, 'x', sizeof out - 1);
+    event_trace_id(NULL, out);
+    CU_ASSERT_STRING_EQUAL(out, "");
+}
+
 static void test_event_codec_round_trip_every_type(void)
 {
     uint8_t *buf = malloc(EVENT_MAX_BYTES);
     CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
     for (int i = 0; i < EVENT_TYPE_COUNT; i++) {
         choreo_events_v1_Envelope *e = env_new(), *d = env_new();
-        CU_ASSERT_EQUAL(event_init(e, (event_type)i, "ord-42", "cause-1", "test",
+        CU_ASSERT_EQUAL(event_init(e, (event_type)i, event_type_has_order((event_type)i) ? "ord-42" : NULL,
+                                   "cause-1", "test",
                                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
                         CH_OK);
         fill_payload(e, (event_type)i);
@@ -211,8 +289,51 @@ static void test_event_codec_round_trip_every_type(void)
     size_t len = 0;
     CU_ASSERT_EQUAL(event_encode(e, buf, EVENT_MAX_BYTES, &len, NULL, 0), CH_OK);
     CU_ASSERT(len <= EVENT_MAX_BYTES);
+    /* and so does the largest reservation (100 lines, every SKU full) */
+    CU_ASSERT_EQUAL_FATAL(event_init(e, EVENT_INVENTORY_RESERVED, "ord-1", "c", "inventory", NULL), CH_OK);
+    memset(e->payload.inventory_reserved.customer_id, 'c', 64);
+    e->payload.inventory_reserved.lines_count = 100;
+    for (int i = 0; i < 100; i++) {
+        memset(e->payload.inventory_reserved.lines[i].sku, 'x', 64);
+        e->payload.inventory_reserved.lines[i].quantity = 1000000;
+    }
+    CU_ASSERT_EQUAL(event_encode(e, buf, EVENT_MAX_BYTES, &len, NULL, 0), CH_OK);
+    CU_ASSERT(len <= EVENT_MAX_BYTES);
     free(e);
     free(buf);
+}
+
+/* Events of a SKU or a customer carry no order id; their subject's key is in
+ * the payload, and it must be a valid token. */
+static void test_event_codec_keyed_types(void)
+{
+    choreo_events_v1_Envelope *e = env_new();
+    uint8_t buf[1024];
+    size_t len;
+    char reason[256] = "";
+
+    CU_ASSERT_FALSE(event_type_has_order(EVENT_INVENTORY_STOCK_SET));
+    CU_ASSERT_FALSE(event_type_has_order(EVENT_PAYMENT_CREDITED));
+    CU_ASSERT_TRUE(event_type_has_order(EVENT_INVENTORY_COMMITTED));
+    CU_ASSERT_EQUAL_FATAL(event_init(e, EVENT_PAYMENT_CREDITED, NULL, NULL, "payment", NULL), CH_OK);
+    fill_payload(e, EVENT_PAYMENT_CREDITED);
+    CU_ASSERT_EQUAL(event_encode(e, buf, sizeof buf, &len, reason, sizeof reason), CH_OK);
+    CU_ASSERT_STRING_EQUAL(event_key(e), "cust-1");
+    strcpy(e->order_id, "ord-1");
+    CU_ASSERT_EQUAL(event_encode(e, buf, sizeof buf, &len, reason, sizeof reason), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(reason, "order_id must be empty"));
+    e->order_id[0] = '\0';
+    strcpy(e->payload.payment_credited.customer_id, "a.b");
+    CU_ASSERT_EQUAL(event_encode(e, buf, sizeof buf, &len, reason, sizeof reason), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(reason, "valid SKU or customer"));
+    /* and an order's event without an order id is refused as before */
+    CU_ASSERT_EQUAL_FATAL(event_init(e, EVENT_INVENTORY_COMMITTED, NULL, NULL, "inventory", NULL), CH_OK);
+    CU_ASSERT_EQUAL(event_encode(e, buf, sizeof buf, &len, reason, sizeof reason), CH_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(reason, "order_id missing"));
+    char subject[EVENT_SUBJECT_MAX];
+    CU_ASSERT_EQUAL(event_subject(subject, sizeof subject, EVENT_INVENTORY_STOCK_SET, "apple"), CH_OK);
+    CU_ASSERT_STRING_EQUAL(subject, "events.inventory.stock_set.apple");
+    free(e);
 }
 
 static void test_event_codec_rejects_truncated_and_garbage(void)
@@ -360,7 +481,10 @@ int main(void)
         {"type names", test_event_codec_type_names},
         {"subject and msg id", test_event_codec_subject_and_msg_id},
         {"init", test_event_codec_init},
+        {"init caused copies context", test_event_codec_init_caused_copies_context},
+        {"trace id", test_event_codec_trace_id},
         {"round trip every type", test_event_codec_round_trip_every_type},
+        {"keyed types", test_event_codec_keyed_types},
         {"rejects truncated and garbage", test_event_codec_rejects_truncated_and_garbage},
         {"rejects oversized", test_event_codec_rejects_oversized},
         {"rejects schema versions", test_event_codec_rejects_schema_versions},

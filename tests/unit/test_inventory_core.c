@@ -550,6 +550,8 @@ typedef struct recorded {
     inv_decision d;
     char order_id[INV_ORDER_ID_MAX + 1];
     char sku[INV_SKU_MAX + 1];
+    char key[INV_KEY_MAX + 1];
+    inv_undo u; /* what applying it said it takes to undo it */
 } recorded;
 
 static void record(recorded *r, const inv_decision *d)
@@ -563,6 +565,10 @@ static void record(recorded *r, const inv_decision *d)
     if (e->sku) {
         snprintf(r->sku, sizeof r->sku, "%s", e->sku);
         e->sku = r->sku;
+    }
+    if (e->idempotency_key) {
+        snprintf(r->key, sizeof r->key, "%s", e->idempotency_key);
+        e->idempotency_key = r->key;
     }
     if (e->lines)
         e->lines = r->d.lines;
@@ -626,7 +632,7 @@ static void test_inventory_core_random_sagas_conserve_and_refold(void)
     CU_ASSERT_TRUE(n_log > STEPS / 3);
 
     /* the fold is deterministic: the same entries give the same state (what
-     * a restart does: replay the ledger into an empty store) */
+     * a restart does: replay the stream into an empty store) */
     for (size_t i = 0; i < n_log; i++)
         CU_ASSERT_EQUAL(inv_apply(again, &log[i].d.entry, NULL), CH_OK);
     for (size_t k = 0; k < 4; k++) {
@@ -775,8 +781,9 @@ static void test_inventory_core_text_copy_cuts_at_a_character(void)
 
 /* ---- inv_revert ---- */
 
-enum { SNAP_SKUS = 4, SNAP_ORDERS = 48, SNAP_LINES = 4 };
-static const char *const snap_skus[SNAP_SKUS] = {"sku-a", "sku-b", "sku-c", "sku-d"};
+enum { SNAP_SKUS = 6, SNAP_ORDERS = 48, SNAP_LINES = 4 };
+/* sku-e and sku-f are stocked by no history: entries create them */
+static const char *const snap_skus[SNAP_SKUS] = {"sku-a", "sku-b", "sku-c", "sku-d", "sku-e", "sku-f"};
 
 /* What can be observed of one reservation. */
 typedef struct res_view {
@@ -792,10 +799,12 @@ typedef struct res_view {
 } res_view;
 
 /* What can be observed of a store: the stock of snap_skus, the reservations
- * of ord-0..ord-47 and the counts. */
+ * of ord-0..ord-47, the counts, and which of the keys k-0..k-7 are
+ * remembered for which of snap_skus. */
 typedef struct inv_snap {
     bool has_stock[SNAP_SKUS];
     int64_t stock[SNAP_SKUS][4]; /* available, reserved, sold, total_in */
+    bool keys[SNAP_SKUS][8];
     size_t n_skus, n_res;
     res_view res[SNAP_ORDERS];
 } inv_snap;
@@ -813,6 +822,10 @@ static void snap_take(const inv_store *s, inv_snap *v)
             v->stock[k][1] = st->reserved;
             v->stock[k][2] = st->sold;
             v->stock[k][3] = st->total_in;
+        }
+        for (int j = 0; j < 8; j++) {
+            snprintf(id, sizeof id, "k-%d", j);
+            v->keys[k][j] = inv_store_adjust_key_known(s, snap_skus[k], id);
         }
     }
     v->n_skus = inv_store_sku_count(s);
@@ -882,6 +895,32 @@ static void keep_release(const inv_store *s, recorded *r, const char *order_id, 
     record(r, dec);
 }
 
+static void keep_set(const inv_store *s, recorded *r, const char *sku, int64_t available)
+{
+    char err[256];
+    CU_ASSERT_EQUAL_FATAL(inv_decide_set(s, sku, available, dec, err, sizeof err), CH_OK);
+    record(r, dec);
+}
+
+/* key NULL: none */
+static void keep_adjust(const inv_store *s, recorded *r, const char *sku, int64_t delta, const char *key)
+{
+    inv_outcome out = INV_NOOP;
+    char err[256];
+    CU_ASSERT_EQUAL_FATAL(inv_decide_adjust_key(s, sku, delta, key, dec, &out, err, sizeof err), CH_OK);
+    CU_ASSERT_EQUAL_FATAL(out, INV_APPEND);
+    record(r, dec);
+}
+
+/* Applies r's entry, which must change s, and keeps its undo record in r. */
+static void apply_keep(inv_store *s, recorded *r)
+{
+    bool changed = false;
+    CU_ASSERT_EQUAL_FATAL(inv_apply_undoable(s, &r->d.entry, &changed, &r->u), CH_OK);
+    CU_ASSERT_TRUE(changed);
+    CU_ASSERT_EQUAL(r->u.kind, r->d.entry.kind);
+}
+
 static void apply_changes(inv_store *s, const inv_entry *e)
 {
     bool changed = false;
@@ -889,25 +928,42 @@ static void apply_changes(inv_store *s, const inv_entry *e)
     CU_ASSERT_TRUE(changed);
 }
 
-/* Applies e, checks that it changed what can be seen, reverts it and checks
- * that the store is as before. */
-static void apply_then_revert(inv_store *s, const inv_entry *e)
+/* Applies r's entry, checks that it changed what can be seen, reverts it and
+ * checks that the store is as before. */
+static void apply_then_revert(inv_store *s, recorded *r)
 {
     inv_snap before, after, back;
 
     snap_take(s, &before);
-    apply_changes(s, e);
+    apply_keep(s, r);
     snap_take(s, &after);
     CU_ASSERT_FALSE(snap_same(&before, &after));
-    CU_ASSERT_EQUAL(inv_revert(s, e), CH_OK);
+    CU_ASSERT_EQUAL(inv_revert(s, &r->u), CH_OK);
     snap_take(s, &back);
     CU_ASSERT_TRUE(snap_same(&before, &back));
     check_conservation(s);
     /* and the entry applies again as it did the first time */
-    apply_changes(s, e);
+    apply_keep(s, r);
     snap_take(s, &back);
     CU_ASSERT_TRUE(snap_same(&after, &back));
-    CU_ASSERT_EQUAL(inv_revert(s, e), CH_OK);
+    CU_ASSERT_EQUAL(inv_revert(s, &r->u), CH_OK);
+}
+
+/* An entry of any kind, copied into *r to apply and revert by hand. */
+static void keep_entry(recorded *r, const inv_entry *e)
+{
+    inv_decision d;
+    memset(&d, 0, sizeof d);
+    d.entry = *e;
+    if (e->lines) {
+        memcpy(d.lines, e->lines, e->n_lines * sizeof *e->lines);
+        d.entry.lines = d.lines;
+    }
+    if (e->reason) {
+        snprintf(d.reason, sizeof d.reason, "%s", e->reason);
+        d.entry.reason = d.reason;
+    }
+    record(r, &d);
 }
 
 /* Stock of four SKUs and orders in every status: ord-0 RESERVED, ord-1
@@ -946,33 +1002,37 @@ static void test_inventory_core_revert_each_kind_restores_the_state(void)
 
     keep_reserve(s, r, "ord-10", a3b2c1, 3); /* RESERVED over three SKUs */
     CU_ASSERT_EQUAL(r->d.entry.kind, INV_ENTRY_RESERVED);
-    apply_then_revert(s, &r->d.entry);
+    CU_ASSERT_EQUAL(r->d.entry.units, 6);
+    apply_then_revert(s, r);
     CU_ASSERT_PTR_NULL(inv_store_reservation(s, "ord-10"));
 
     keep_reserve(s, r, "ord-11", &c50, 1); /* REJECTED */
     CU_ASSERT_EQUAL(r->d.entry.kind, INV_ENTRY_REJECTED);
-    apply_then_revert(s, &r->d.entry);
+    apply_then_revert(s, r);
     CU_ASSERT_PTR_NULL(inv_store_reservation(s, "ord-11"));
 
     keep_commit(s, r, "ord-0"); /* COMMITTED */
-    apply_then_revert(s, &r->d.entry);
+    CU_ASSERT_EQUAL(r->d.entry.units, 3);
+    apply_then_revert(s, r);
     CU_ASSERT_EQUAL(inv_store_reservation(s, "ord-0")->status, INV_RES_RESERVED);
 
     keep_release(s, r, "ord-0", false, "balance 0 < 1234"); /* RELEASED from reserved */
-    apply_then_revert(s, &r->d.entry);
+    CU_ASSERT_EQUAL(r->d.entry.units, 3);
+    apply_then_revert(s, r);
     keep_release(s, r, "ord-0", true, NULL); /* RELEASED from reserved by a cancel */
-    apply_then_revert(s, &r->d.entry);
+    apply_then_revert(s, r);
     keep_release(s, r, "ord-1", true, "too late"); /* RELEASED from sold */
-    apply_then_revert(s, &r->d.entry);
+    apply_then_revert(s, r);
     const inv_reservation *res = inv_store_reservation(s, "ord-1");
     CU_ASSERT_EQUAL(res->status, INV_RES_COMMITTED);
     CU_ASSERT_FALSE(res->was_committed);
     CU_ASSERT_FALSE(res->restocked);
     CU_ASSERT_PTR_NULL(res->reason);
 
-    /* a release without a reason, straight from the ledger */
+    /* a release without a reason, as an event may carry it */
     inv_entry bare = {.kind = INV_ENTRY_RELEASED, .order_id = "ord-1", .restocked = true, .reason = ""};
-    apply_then_revert(s, &bare);
+    keep_entry(r, &bare);
+    apply_then_revert(s, r);
 
     /* a RESERVED entry carries no reason (a stray one is not read), so the
      * reservation has none to restore when its release is undone */
@@ -984,30 +1044,67 @@ static void test_inventory_core_revert_each_kind_restores_the_state(void)
                        .lines = &b1,
                        .n_lines = 1,
                        .reason = "not a reservation's"};
-    apply_then_revert(s, &stray);
-    apply_changes(s, &stray);
+    recorded *made = calloc(1, sizeof *made);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(made);
+    keep_entry(made, &stray);
+    apply_then_revert(s, made);
+    apply_keep(s, made);
     CU_ASSERT_PTR_NULL(inv_store_reservation(s, "ord-12")->reason);
     keep_release(s, r, "ord-12", false, "declined");
-    apply_then_revert(s, &r->d.entry);
+    apply_then_revert(s, r);
     CU_ASSERT_PTR_NULL(inv_store_reservation(s, "ord-12")->reason);
-    CU_ASSERT_EQUAL(inv_revert(s, &stray), CH_OK);
+    CU_ASSERT_EQUAL(inv_revert(s, &made->u), CH_OK);
+
+    /* stock entries: SetStock up and down, of a new SKU (to 0 as well) */
+    keep_set(s, r, "sku-a", 12);
+    apply_then_revert(s, r);
+    keep_set(s, r, "sku-a", 1);
+    apply_then_revert(s, r);
+    keep_set(s, r, "sku-e", 4);
+    apply_then_revert(s, r);
+    CU_ASSERT_PTR_NULL(inv_store_stock(s, "sku-e")); /* the SKU it created is gone again */
+    keep_set(s, r, "sku-e", 0);
+    CU_ASSERT_EQUAL(r->d.entry.delta, 0);
+    apply_then_revert(s, r); /* it changed the store all the same: the SKU is there */
+    CU_ASSERT_PTR_NULL(inv_store_stock(s, "sku-e"));
+    /* AdjustStock: with and without a key, of a new SKU, and down */
+    keep_adjust(s, r, "sku-b", 3, NULL);
+    apply_then_revert(s, r);
+    keep_adjust(s, r, "sku-b", -2, "k-1");
+    apply_then_revert(s, r);
+    CU_ASSERT_FALSE(inv_store_adjust_key_known(s, "sku-b", "k-1")); /* the key is forgotten */
+    keep_adjust(s, r, "sku-f", 7, "k-2");
+    apply_then_revert(s, r);
+    CU_ASSERT_PTR_NULL(inv_store_stock(s, "sku-f"));
+    CU_ASSERT_FALSE(inv_store_adjust_key_known(s, "sku-f", "k-2"));
+    /* an entry that changes nothing has nothing to undo */
+    inv_undo none;
+    bool changed = true;
+    keep_set(s, r, "sku-c", 3);
+    CU_ASSERT_EQUAL(inv_apply_undoable(s, &r->d.entry, &changed, &none), CH_OK);
+    CU_ASSERT_FALSE(changed);
+    CU_ASSERT_EQUAL(none.kind, 0);
+    CU_ASSERT_EQUAL(inv_revert(s, &none), CH_INVALID_ARGUMENT);
 
     expect_stock(s, "sku-a", 7, 2, 1, 10);
     expect_stock(s, "sku-b", 4, 1, 0, 5);
     expect_stock(s, "sku-c", 3, 0, 0, 3);
+    CU_ASSERT_EQUAL(inv_store_sku_count(s), 4);
     CU_ASSERT_EQUAL(inv_store_reservation_count(s), 5);
+    free(made);
     free(r);
     inv_store_destroy(s);
 }
 
 static void test_inventory_core_revert_batch_newest_first(void)
 {
-    enum { MAX = 16 };
+    enum { MAX = 24 };
     inv_store *s = NULL;
     recorded *b = calloc(MAX, sizeof *b);
     inv_snap *before = malloc(sizeof *before), *after = malloc(sizeof *after), *now = malloc(sizeof *now);
     inv_line a1 = line("sku-a", 1), a2b1[2] = {line("sku-a", 2), line("sku-b", 1)}, a3 = line("sku-a", 3),
-             c4 = line("sku-c", 4), b2c3[2] = {line("sku-b", 2), line("sku-c", 3)};
+             c4 = line("sku-c", 4), b2c3[2] = {line("sku-b", 2), line("sku-c", 3)}, e2 = line("sku-e", 2),
+             e1f1[2] = {line("sku-e", 1), line("sku-f", 1)};
     size_t n = 0;
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(b);
@@ -1017,11 +1114,11 @@ static void test_inventory_core_revert_batch_newest_first(void)
     snap_take(s, before);
 
     /* One batch, each decision taken on the state the previous ones left,
-     * and applied at once, as the service will do. */
+     * and applied at once, as the service's writer does. */
 #define STEP(call)                                                                                           \
     do {                                                                                                     \
         call;                                                                                                \
-        apply_changes(s, &b[n++].d.entry);                                                                   \
+        apply_keep(s, &b[n++]);                                                                              \
     } while (0)
     STEP(keep_reserve(s, &b[n], "ord-20", &a1, 1));
     STEP(keep_reserve(s, &b[n], "ord-21", a2b1, 2)); /* the same SKU again */
@@ -1030,31 +1127,130 @@ static void test_inventory_core_revert_batch_newest_first(void)
     STEP(keep_release(s, &b[n], "ord-1", true, "cancel")); /* an earlier commit, back from sold */
     STEP(keep_commit(s, &b[n], "ord-20"));
     STEP(keep_reserve(s, &b[n], "ord-23", &c4, 1)); /* rejected: sku-c has 3 */
+    STEP(keep_set(s, &b[n], "sku-c", 4));           /* now it would not be */
     STEP(keep_release(s, &b[n], "ord-21", false, "declined"));
     STEP(keep_release(s, &b[n], "ord-20", true, NULL)); /* committed in this batch, then cancelled */
     STEP(keep_reserve(s, &b[n], "ord-24", b2c3, 2));
     STEP(keep_commit(s, &b[n], "ord-22"));
     STEP(keep_reserve(s, &b[n], "ord-25", a2b1, 2)); /* uses units ord-21 gave back */
+    STEP(keep_set(s, &b[n], "sku-e", 2));            /* a new SKU ... */
+    STEP(keep_reserve(s, &b[n], "ord-26", &e2, 1));  /* ... held at once ... */
+    STEP(keep_adjust(s, &b[n], "sku-e", 5, "k-3"));  /* ... and topped up, with a key */
+    STEP(keep_adjust(s, &b[n], "sku-f", 1, NULL));   /* another new SKU, by an adjustment */
+    STEP(keep_reserve(s, &b[n], "ord-27", e1f1, 2));
+    STEP(keep_commit(s, &b[n], "ord-27"));
+    STEP(keep_adjust(s, &b[n], "sku-a", -1, "k-4"));
+    STEP(keep_set(s, &b[n], "sku-e", 0)); /* what is held stays held */
 #undef STEP
     CU_ASSERT_EQUAL(b[6].d.entry.kind, INV_ENTRY_REJECTED);
+    CU_ASSERT_EQUAL(b[14].d.entry.kind, INV_ENTRY_RESERVED);
+    CU_ASSERT_TRUE(b[13].u.created);
+    CU_ASSERT_TRUE(b[16].u.created);
     check_conservation(s);
     snap_take(s, after);
     CU_ASSERT_FALSE(snap_same(before, after));
 
     for (size_t i = n; i-- > 0;)
-        CU_ASSERT_EQUAL(inv_revert(s, &b[i].d.entry), CH_OK);
+        CU_ASSERT_EQUAL(inv_revert(s, &b[i].u), CH_OK);
     snap_take(s, now);
     CU_ASSERT_TRUE(snap_same(before, now));
     CU_ASSERT_EQUAL(inv_store_reservation_count(s), 5);
+    CU_ASSERT_EQUAL(inv_store_sku_count(s), 4);
     expect_stock(s, "sku-a", 7, 2, 1, 10);
     check_conservation(s);
 
     /* the same entries again give the same state as the first time */
     for (size_t i = 0; i < n; i++)
-        apply_changes(s, &b[i].d.entry);
+        apply_keep(s, &b[i]);
     snap_take(s, now);
     CU_ASSERT_TRUE(snap_same(after, now));
 
+    free(before);
+    free(after);
+    free(now);
+    free(b);
+    inv_store_destroy(s);
+}
+
+/* Random batches of random decisions over a random history: each batch is
+ * applied one decision at a time, then undone newest first, and the store
+ * must be exactly as before the batch; then it is applied again (the
+ * writer's next attempt) and must be exactly as the first time. */
+static void test_inventory_core_random_batches_revert_exactly(void)
+{
+    enum { ROUNDS = 60, BATCH_MAX = 12 };
+    inv_store *s = NULL;
+    recorded *b = calloc(BATCH_MAX, sizeof *b);
+    inv_snap *before = malloc(sizeof *before), *after = malloc(sizeof *after), *now = malloc(sizeof *now);
+    uint64_t rng = 0x853c49e6748fea9bULL;
+    char err[256], order_id[32], key[16];
+    size_t undone = 0;
+
+    CU_ASSERT_FATAL(b && before && after && now);
+    CU_ASSERT_EQUAL_FATAL(inv_store_create(&s), CH_OK);
+    for (int round = 0; round < ROUNDS; round++) {
+        size_t n = 0;
+        rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+        size_t want = 1 + (size_t)(rng >> 33) % BATCH_MAX;
+        bool keep = round % 3 == 0; /* every third batch stays: the history grows */
+        snap_take(s, before);
+        for (int tries = 0; n < want && tries < 100; tries++) {
+            rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+            unsigned r = (unsigned)(rng >> 33);
+            const char *sku = snap_skus[(r >> 12) % SNAP_SKUS];
+            inv_outcome out = INV_NOOP;
+            ch_status st = CH_OK;
+            snprintf(order_id, sizeof order_id, "ord-%u", r % SNAP_ORDERS);
+            snprintf(key, sizeof key, "k-%u", (r >> 20) % 8);
+            switch ((r >> 8) % 6) {
+            case 0: {
+                int64_t delta = (int64_t)((r >> 16) % 9) - 3;
+                st = inv_decide_adjust_key(s, sku, delta >= 0 ? delta + 1 : delta, (r >> 24) % 2 ? key : NULL,
+                                           dec, &out, err, sizeof err);
+                break;
+            }
+            case 1:
+                st = inv_decide_set(s, sku, (r >> 16) % 12, dec, err, sizeof err);
+                out = INV_APPEND;
+                break;
+            case 2: {
+                inv_line items[2] = {line(sku, 1 + (r >> 16) % 3), line(snap_skus[(r >> 18) % SNAP_SKUS], 1)};
+                inv_reserve_req q = req(order_id, items, 1 + (r >> 20) % 2);
+                q.n_items = items[0].sku[4] == items[1].sku[4] ? 1 : q.n_items; /* at most SNAP_LINES lines */
+                st = inv_decide_reserve(s, &q, dec, &out, err, sizeof err);
+                break;
+            }
+            case 3: st = inv_decide_commit(s, order_id, "", dec, &out); break;
+            case 4: st = inv_decide_release(s, order_id, false, "declined", "", dec, &out); break;
+            default: st = inv_decide_release(s, order_id, true, "cancel", "", dec, &out); break;
+            }
+            if (st != CH_OK || out != INV_APPEND)
+                continue;
+            bool changed = false;
+            record(&b[n], dec);
+            CU_ASSERT_EQUAL_FATAL(inv_apply_undoable(s, &b[n].d.entry, &changed, &b[n].u), CH_OK);
+            if (changed) /* a SetStock to the level there changes nothing: nothing to undo */
+                n++;
+            check_conservation(s);
+        }
+        snap_take(s, after);
+        for (size_t i = n; i-- > 0;)
+            CU_ASSERT_EQUAL(inv_revert(s, &b[i].u), CH_OK);
+        undone += n;
+        snap_take(s, now);
+        CU_ASSERT_TRUE(snap_same(before, now));
+        if (!keep)
+            continue;
+        for (size_t i = 0; i < n; i++) {
+            bool changed = false;
+            CU_ASSERT_EQUAL(inv_apply_undoable(s, &b[i].d.entry, &changed, &b[i].u), CH_OK);
+            CU_ASSERT_TRUE(changed);
+        }
+        snap_take(s, now);
+        CU_ASSERT_TRUE(snap_same(after, now));
+    }
+    CU_ASSERT_TRUE(undone > ROUNDS * 2);
+    CU_ASSERT_TRUE(inv_store_reservation_count(s) > 0);
     free(before);
     free(after);
     free(now);
@@ -1082,7 +1278,7 @@ static void test_inventory_core_revert_deletes_under_collisions(void)
     for (int i = 0; i < N; i++) {
         snprintf(id, sizeof id, "o%d", i);
         keep_reserve(s, &b[i], id, &one, 1);
-        apply_changes(s, &b[i].d.entry);
+        apply_keep(s, &b[i]);
     }
     CU_ASSERT_EQUAL_FATAL(inv_store_reservation_count(s), N);
     /* reservations of different orders are independent, so any subset may be
@@ -1091,7 +1287,7 @@ static void test_inventory_core_revert_deletes_under_collisions(void)
         rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
         if (i < N - NEWEST && (rng >> 33) % 3 != 0)
             continue;
-        CU_ASSERT_EQUAL(inv_revert(s, &b[i].d.entry), CH_OK);
+        CU_ASSERT_EQUAL(inv_revert(s, &b[i].u), CH_OK);
         gone[i] = true;
         kept--;
     }
@@ -1124,73 +1320,91 @@ static void test_inventory_core_revert_deletes_under_collisions(void)
     inv_store_destroy(s);
 }
 
+/* An undo record made by hand. */
+static inv_undo undo_of(inv_entry_kind kind, const char *id)
+{
+    inv_undo u;
+    memset(&u, 0, sizeof u);
+    u.kind = kind;
+    if (kind == INV_ENTRY_STOCK_SET || kind == INV_ENTRY_STOCK_ADJUSTED)
+        snprintf(u.sku, sizeof u.sku, "%s", id);
+    else
+        snprintf(u.order_id, sizeof u.order_id, "%s", id);
+    return u;
+}
+
 static void test_inventory_core_revert_refuses_what_was_not_applied(void)
 {
     inv_store *s = NULL;
     recorded *r = calloc(1, sizeof *r);
     inv_snap *before = malloc(sizeof *before), *now = malloc(sizeof *now);
-    inv_line a1 = line("sku-a", 1);
-    char err[256];
+    inv_undo u;
 
     CU_ASSERT_FATAL(r && before && now);
     CU_ASSERT_EQUAL_FATAL(inv_store_create(&s), CH_OK);
     revert_history(s);
     snap_take(s, before);
 
-    /* stock entries are not revertible */
-    CU_ASSERT_EQUAL_FATAL(inv_decide_set(s, "sku-a", 4, dec, err, sizeof err), CH_OK);
-    CU_ASSERT_EQUAL(inv_revert(s, &dec->entry), CH_INVALID_ARGUMENT);
-    CU_ASSERT_EQUAL_FATAL(inv_decide_adjust(s, "sku-b", 1, dec, err, sizeof err), CH_OK);
-    CU_ASSERT_EQUAL(inv_revert(s, &dec->entry), CH_INVALID_ARGUMENT);
-    inv_entry odd = {.kind = 99, .order_id = "ord-0"};
-    CU_ASSERT_EQUAL(inv_revert(s, &odd), CH_INVALID_ARGUMENT);
+    /* nothing to undo, or an unknown kind, or a record that is not one */
+    u = undo_of(0, "ord-0");
+    CU_ASSERT_EQUAL(inv_revert(s, &u), CH_INVALID_ARGUMENT);
+    u = undo_of(99, "ord-0");
+    CU_ASSERT_EQUAL(inv_revert(s, &u), CH_INVALID_ARGUMENT);
+    u = undo_of(INV_ENTRY_COMMITTED, "ord-1");
+    memset(u.order_id, 'x', sizeof u.order_id); /* no NUL */
+    CU_ASSERT_EQUAL(inv_revert(s, &u), CH_INVALID_ARGUMENT);
+    u = undo_of(INV_ENTRY_STOCK_SET, "sku-a");
+    snprintf(u.key, sizeof u.key, "k-1"); /* a SetStock remembers no key */
+    CU_ASSERT_EQUAL(inv_revert(s, &u), CH_INVALID_ARGUMENT);
 
     /* ord-0 is RESERVED: it was never committed nor released */
-    inv_entry e = {.kind = INV_ENTRY_COMMITTED, .order_id = "ord-0"};
-    CU_ASSERT_EQUAL(inv_revert(s, &e), CH_FAILED_PRECONDITION);
-    e.kind = INV_ENTRY_RELEASED;
-    CU_ASSERT_EQUAL(inv_revert(s, &e), CH_FAILED_PRECONDITION);
-    e.kind = INV_ENTRY_REJECTED;
-    e.sku = "sku-a";
-    CU_ASSERT_EQUAL(inv_revert(s, &e), CH_FAILED_PRECONDITION);
-    /* a RESERVED entry is undone only while its reservation is RESERVED, with its lines */
-    inv_line a2 = line("sku-a", 2);
-    inv_entry made = {.kind = INV_ENTRY_RESERVED,
-                      .order_id = "ord-0",
-                      .customer_id = "cust-1",
-                      .total_cents = 1234,
-                      .lines = &a2,
-                      .n_lines = 1};
-    CU_ASSERT_EQUAL(inv_revert(s, &made), CH_FAILED_PRECONDITION); /* ord-0 has two lines */
-    made.order_id = "ord-1";
-    made.lines = &a1;
-    CU_ASSERT_EQUAL(inv_revert(s, &made), CH_FAILED_PRECONDITION); /* committed since */
-    /* ord-3 was released by a cancel, with that reason */
-    e = (inv_entry){.kind = INV_ENTRY_RELEASED,
-                    .order_id = "ord-3",
-                    .restocked = false,
-                    .reason = "cancelled by the customer: changed my mind"};
-    CU_ASSERT_EQUAL(inv_revert(s, &e), CH_FAILED_PRECONDITION);
-    e.restocked = true;
-    e.reason = "another reason";
-    CU_ASSERT_EQUAL(inv_revert(s, &e), CH_FAILED_PRECONDITION);
-    /* unknown orders */
-    e.order_id = "ord-none";
-    CU_ASSERT_EQUAL(inv_revert(s, &e), CH_NOT_FOUND);
-    made.order_id = "ord-none";
-    CU_ASSERT_EQUAL(inv_revert(s, &made), CH_NOT_FOUND);
+    u = undo_of(INV_ENTRY_COMMITTED, "ord-0");
+    CU_ASSERT_EQUAL(inv_revert(s, &u), CH_FAILED_PRECONDITION);
+    u.kind = INV_ENTRY_RELEASED;
+    CU_ASSERT_EQUAL(inv_revert(s, &u), CH_FAILED_PRECONDITION);
+    u.kind = INV_ENTRY_REJECTED;
+    CU_ASSERT_EQUAL(inv_revert(s, &u), CH_FAILED_PRECONDITION);
+    /* a RESERVED entry is undone only while its reservation is RESERVED */
+    u = undo_of(INV_ENTRY_RESERVED, "ord-1");
+    CU_ASSERT_EQUAL(inv_revert(s, &u), CH_FAILED_PRECONDITION); /* committed since */
+    /* ord-3 was released by a cancel */
+    u = undo_of(INV_ENTRY_RELEASED, "ord-3");
+    u.restocked = false;
+    CU_ASSERT_EQUAL(inv_revert(s, &u), CH_FAILED_PRECONDITION);
+    /* unknown orders and SKUs */
+    u = undo_of(INV_ENTRY_RELEASED, "ord-none");
+    CU_ASSERT_EQUAL(inv_revert(s, &u), CH_NOT_FOUND);
+    u = undo_of(INV_ENTRY_RESERVED, "ord-none");
+    CU_ASSERT_EQUAL(inv_revert(s, &u), CH_NOT_FOUND);
+    u = undo_of(INV_ENTRY_STOCK_ADJUSTED, "sku-none");
+    CU_ASSERT_EQUAL(inv_revert(s, &u), CH_NOT_FOUND);
+    /* stock that is not as the entry left it */
+    u = undo_of(INV_ENTRY_STOCK_SET, "sku-a"); /* sku-a: 7 available of 10 put in */
+    u.delta = 8;
+    CU_ASSERT_EQUAL(inv_revert(s, &u), CH_FAILED_PRECONDITION); /* available would go negative */
+    u.delta = -INV_UNITS_MAX;
+    CU_ASSERT_EQUAL(inv_revert(s, &u), CH_FAILED_PRECONDITION); /* total_in would pass the cap */
+    u.delta = INV_UNITS_MAX + 1;
+    CU_ASSERT_EQUAL(inv_revert(s, &u), CH_INVALID_ARGUMENT);
+    u.delta = 7;
+    u.created = true; /* sku-a holds reserved and sold units: not a SKU this entry added */
+    CU_ASSERT_EQUAL(inv_revert(s, &u), CH_FAILED_PRECONDITION);
+    u = undo_of(INV_ENTRY_STOCK_ADJUSTED, "sku-b");
+    u.delta = 1;
+    snprintf(u.key, sizeof u.key, "k-never");
+    CU_ASSERT_EQUAL(inv_revert(s, &u), CH_FAILED_PRECONDITION); /* a key never remembered */
     snap_take(s, now);
     CU_ASSERT_TRUE(snap_same(before, now));
 
     /* counters that would go negative: all or nothing over the lines */
     inv_line a1b2[2] = {line("sku-a", 1), line("sku-b", 2)};
     keep_reserve(s, r, "ord-30", a1b2, 2);
-    apply_changes(s, &r->d.entry);
+    apply_keep(s, r);
     keep_release(s, r, "ord-30", false, "declined");
-    apply_changes(s, &r->d.entry);
+    apply_keep(s, r);
     set_stock(s, "sku-b", 1); /* sku-b: only 1 available now, the revert needs 2 back */
     snap_take(s, before);
-    CU_ASSERT_EQUAL(inv_revert(s, &r->d.entry), CH_FAILED_PRECONDITION);
+    CU_ASSERT_EQUAL(inv_revert(s, &r->u), CH_FAILED_PRECONDITION);
     snap_take(s, now);
     CU_ASSERT_TRUE(snap_same(before, now));
     CU_ASSERT_EQUAL(inv_store_reservation(s, "ord-30")->status, INV_RES_RELEASED);
@@ -1217,6 +1431,7 @@ int main(void)
         {"text copy cuts at a character", test_inventory_core_text_copy_cuts_at_a_character},
         {"revert each kind restores the state", test_inventory_core_revert_each_kind_restores_the_state},
         {"revert a batch newest first", test_inventory_core_revert_batch_newest_first},
+        {"random batches revert exactly", test_inventory_core_random_batches_revert_exactly},
         {"revert deletes under collisions", test_inventory_core_revert_deletes_under_collisions},
         {"revert refuses what was not applied", test_inventory_core_revert_refuses_what_was_not_applied},
         {NULL, NULL},

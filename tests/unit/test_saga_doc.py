@@ -4,7 +4,9 @@
 - Events: every event type of the codec's table (common/event_codec.c,
   event_types[]) has exactly one row in the events table of docs/saga.md
   (section "## Events", the table whose header starts "| event | subject"),
-  and that row's subject is events.<type>.<order_id>. A row for a type the
+  and that row's subject is events.<type>.<order_id>, or, for the types
+  the code keys by a SKU or a customer (true in the table's third field),
+  events.<type>.<sku> or events.<type>.<customer_id>. A row for a type the
   code does not have fails too.
 - Tests: every citation `tests/<path>.c: name, name` names a file that
   exists and, for each name, a `static void name(void)` registered in the
@@ -35,10 +37,13 @@ def read(path):
 
 
 def code_event_types(repo):
-    """The type names of event_types[] in event_codec.c, checked against the
-    number of entries of the event_type enum so a parse miss cannot hide."""
+    """The type names of event_types[] in event_codec.c, mapped to whether
+    the code keys them by something other than an order (the entry's third
+    field is true), checked against the number of entries of the event_type
+    enum so a parse miss cannot hide."""
     src = read(os.path.join(repo, "common", "event_codec.c"))
-    names = re.findall(r"\[EVENT_[A-Z_]+\]\s*=\s*\{\s*\"([a-z_]+\.[a-z_]+)\"", src)
+    entries = re.findall(r"\[EVENT_[A-Z_]+\]\s*=\s*\{\s*\"([a-z_]+\.[a-z_]+)\"\s*,\s*[\w]+\s*(,\s*true)?\s*\}", src)
+    names = {name: bool(keyed) for name, keyed in entries}
     hdr = read(os.path.join(repo, "common", "event_codec.h"))
     enum = re.search(r"typedef enum event_type \{(.*?)EVENT_TYPE_COUNT", hdr, re.S)
     count = len(re.findall(r"\bEVENT_[A-Z_]+\b", enum.group(1))) if enum else -1
@@ -81,12 +86,12 @@ def check_events(doc, types):
         if c[0] in rows:
             out.append("events table: %s has two rows" % c[0])
         rows[c[0]] = c[1]
-    for t in types:
-        want = "events.%s.<order_id>" % t
+    for t, keyed in types.items():
+        wants = ["events.%s.<sku>" % t, "events.%s.<customer_id>" % t] if keyed else ["events.%s.<order_id>" % t]
         if t not in rows:
             out.append("events table: no row for %s (common/event_codec.c has it)" % t)
-        elif rows[t] != want:
-            out.append("events table: %s has subject %r, the code publishes %r" % (t, rows[t], want))
+        elif rows[t] not in wants:
+            out.append("events table: %s has subject %r, the code publishes %r" % (t, rows[t], " or ".join(wants)))
     for t in rows:
         if t not in types:
             out.append("events table: row %s is not an event type of common/event_codec.c" % t)
@@ -171,7 +176,7 @@ def check(doc, repo, types):
 
 def self_test(doc, repo, types):
     """Each way the document can drift, made in memory, must be reported."""
-    t = types[1]
+    t = sorted(n for n, keyed in types.items() if not keyed)[1]
     row = re.search(r"^\| `%s` \|.*$" % re.escape(t), doc, re.M)
     cite = re.search(r"`tests/integration/test_saga\.c: (test_saga_\w+)", doc)
     assert row and cite, "self-test: the document lost the rows it breaks"

@@ -2,8 +2,9 @@
  *
  *   follow    subscribes to events.> and prints each event as one line,
  *             coloured per order when stdout is a terminal
- *   timeline  reads one order's events (events.*.*.<order_id>) back from the
- *             stream and prints them with the time between steps */
+ *   timeline  reads one order's events back from every producer's stream
+ *             and prints them in the order they happened, with the time
+ *             between steps */
 #include <inttypes.h>
 #include <nats/nats.h>
 #include <stdio.h>
@@ -123,66 +124,61 @@ cleanup:
 }
 
 typedef struct timeline {
-    choreo_events_v1_Envelope e;
     int64_t first_ns, prev_ns;
     int n;
     bool tty;
 } timeline;
 
-static ch_status timeline_one(const bus_in_msg *m, void *arg)
+static ch_status timeline_one(const choreo_events_v1_Envelope *e, const char *stream, uint64_t seq, void *arg)
 {
     timeline *t = arg;
-    char prefix[48], reason[160];
+    char prefix[48], subject[EVENT_SUBJECT_MAX] = "";
+    event_type type;
 
-    if (event_decode(m->data, m->len, &t->e, reason, sizeof reason) != CH_OK) {
-        printf("seq %" PRIu64 ": undecodable event: %s\n", m->stream_seq, reason);
-        return CH_OK;
-    }
-    int64_t ns = t->e.occurred_at_unix_ns;
+    (void)stream;
+    (void)seq;
+    if (event_type_of(e, &type) == CH_OK)
+        event_subject(subject, sizeof subject, type, event_key(e));
+    int64_t ns = e->occurred_at_unix_ns;
     if (t->n++ == 0)
         t->first_ns = t->prev_ns = ns;
     snprintf(prefix, sizeof prefix, "+%8.2fms ", (double)(ns - t->prev_ns) / 1e6);
     t->prev_ns = ns;
-    print_event(&t->e, m->subject, t->tty, prefix);
+    print_event(e, subject, t->tty, prefix);
     return CH_OK;
 }
 
 static int show_timeline(const char *order_id)
 {
     bus_options o = {.url = nats_url(), .name = "choreo-cli", .no_retry_on_failed_connect = true};
-    char filter[EVENT_SUBJECT_MAX];
     bus *b = NULL;
     int code = 1;
-    timeline *t = calloc(1, sizeof *t);
+    timeline t = {.tty = isatty(STDOUT_FILENO)};
 
-    if (!t)
-        return 1;
-    t->tty = isatty(STDOUT_FILENO);
-    if (snprintf(filter, sizeof filter, "events.*.*.%s", order_id) >= (int)sizeof filter ||
-        strpbrk(order_id, ".*> ")) {
+    if (strpbrk(order_id, ".*> ") || !order_id[0] || strlen(order_id) > EVENT_ORDER_ID_MAX) {
         fprintf(stderr, "error: \"%s\" is not an order id\n", order_id);
-        goto cleanup;
+        return 1;
     }
     if (bus_create(&b, &o) != CH_OK) {
         fprintf(stderr, "error: cannot reach NATS at %s\n", nats_url());
         goto cleanup;
     }
-    ch_status st = bus_replay(b, EVENT_STREAM, filter, 1, timeline_one, t, NULL);
-    if (st != CH_OK) {
-        fprintf(stderr, "error: cannot read the event stream: %s\n", ch_status_str(st));
-        goto cleanup;
-    }
-    if (t->n == 0) {
+    /* every producer's stream, in the order the events happened */
+    ch_status st = event_read_order(b, order_id, 0, timeline_one, &t);
+    if (st == CH_NOT_FOUND) {
         fprintf(stderr, "no events for order %s\n", order_id);
         goto cleanup;
     }
-    printf("%d events, %.2f ms from first to last\n", t->n, (double)(t->prev_ns - t->first_ns) / 1e6);
+    if (st != CH_OK) {
+        fprintf(stderr, "error: cannot read the event streams: %s\n", ch_status_str(st));
+        goto cleanup;
+    }
+    printf("%d events, %.2f ms from first to last\n", t.n, (double)(t.prev_ns - t.first_ns) / 1e6);
     code = 0;
 
 cleanup:
     bus_destroy(b);
     bus_library_shutdown();
-    free(t);
     return code;
 }
 
