@@ -8,8 +8,10 @@
 #
 # A round is open c=16 and closed c=16 with BENCH_N orders, closed c=1 with
 # BENCH_N1, each run by choreo, the peer with PUBLISH=sync and with
-# PUBLISH=async. Odd rounds start each configuration with choreo, even rounds
-# with the peer, so a drifting machine does not favour one side. Before every
+# PUBLISH=async, and (PEER_FLOOR=1, the default) choreo-bus-floor --pattern
+# own: choreo's messages with no service behind them, its floor. Odd rounds
+# start each configuration with choreo, even rounds end with it, so a drifting
+# machine does not favour one side. Before every
 # run the peer's quiet.sh waits (at most QUIET_MAX s, default 60) for an idle
 # machine; PEER_QUIET=0 skips that.
 #
@@ -23,11 +25,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
 BIN=$BUILD_DIR/bench/choreo-bench
+FLOOR_BIN=$BUILD_DIR/bench/choreo-bus-floor
 PEER_DIR=${PEER_DIR:-../shared/peer-go}
 ROUNDS=${PEER_ROUNDS:-3}
 N=${BENCH_N:-5000}
 N1=${BENCH_N1:-1000}
 QUIET=${PEER_QUIET:-1}
+FLOOR=${PEER_FLOOR:-1}
 
 if [[ ! -x $PEER_DIR/run.sh || ! -x $PEER_DIR/build.sh ]]; then
   echo "bench-peer: no Go peer at $PEER_DIR (set PEER_DIR to compare with it); nothing to do"
@@ -39,14 +43,18 @@ for knob in "PEER_ROUNDS=$ROUNDS" "BENCH_N=$N" "BENCH_N1=$N1"; do
     exit 2
   fi
 done
-if [[ $QUIET != 0 && $QUIET != 1 ]]; then
-  echo "bench/peer.sh: PEER_QUIET: '$QUIET' is not 0 or 1" >&2
-  exit 2
-fi
-if [[ ! -x $BIN ]]; then
-  echo "bench/peer.sh: $BIN is missing: run \`make bench-peer\` (it builds first)" >&2
-  exit 1
-fi
+for knob in "PEER_QUIET=$QUIET" "PEER_FLOOR=$FLOOR"; do
+  if [[ ${knob#*=} != 0 && ${knob#*=} != 1 ]]; then
+    echo "bench/peer.sh: ${knob%%=*}: '${knob#*=}' is not 0 or 1" >&2
+    exit 2
+  fi
+done
+for bin in "$BIN" "$FLOOR_BIN"; do
+  if [[ ! -x $bin ]]; then
+    echo "bench/peer.sh: $bin is missing: run \`make bench-peer\` (it builds first)" >&2
+    exit 1
+  fi
+done
 
 # The peer's scripts read PEER_OUT; its build.sh changes directory, so absolute.
 PEER_OUT=$(realpath -m "$BUILD_DIR/peer-go")
@@ -80,6 +88,10 @@ run_one() {
     out=$("$BIN" -q -m "$mode" -n "$n" -c "$c") || status=$?
     line=$(grep '^bench:' <<<"$out" | tail -n 1 || true)
     line=${line:-"bench: mode=$mode n=$n c=$c checks=failed failed=no_summary_line"}
+  elif [[ $impl == floor-own ]]; then
+    out=$("$FLOOR_BIN" -q --pattern own -m "$mode" -n "$n" -c "$c") || status=$?
+    line=$(grep '^floor:' <<<"$out" | tail -n 1 || true)
+    line=${line:-"floor: mode=$mode n=$n c=$c checks=failed failed=no_summary_line"}
   else
     out=$(N=$n C=$c MODE=$mode PUBLISH=${impl#peer-} "$PEER_DIR/run.sh") || status=$?
     line=$(grep '^{' <<<"$out" | tail -n 1 || true)
@@ -95,7 +107,8 @@ run_one() {
 
 for ((r = 1; r <= ROUNDS; r++)); do
   impls=(choreo peer-sync peer-async)
-  ((r % 2)) || impls=(peer-async peer-sync choreo)
+  if ((FLOOR)); then impls+=(floor-own); fi
+  ((r % 2)) || mapfile -t impls < <(printf '%s\n' "${impls[@]}" | tac)
   for cfg in "open 16 $N" "closed 16 $N" "closed 1 $N1"; do
     read -r mode c n <<<"$cfg"
     for impl in "${impls[@]}"; do

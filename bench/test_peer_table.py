@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""The table of `make bench-peer`: peer_table.py on fixture lines of both
-summary formats (choreo-bench's `bench:` line, the peer driver's JSON), with
+"""The table of `make bench-peer`: peer_table.py on fixture lines of every
+summary format (choreo-bench's `bench:` line, the peer driver's JSON,
+choreo-bus-floor's `floor:` line), with
 every expected median and ratio worked out by hand. Never runs the peer."""
 import json
 import os
@@ -34,6 +35,16 @@ def peer(ops, p50, p99, cpu, nats_cpu_s, rss_kb, ok=True, n=5000):
             "nats_server": {"cpu_s": nats_cpu_s, "rss_peak_kb": 99999},
             "rss_peak_kb": {"orders": rss_kb, "inventory": 1024, "payment": 2048, "notifications": 3072},
         }
+    )
+
+
+def floor(ops, p50, p99, cpu, nats, rss, checks="ok"):
+    return (
+        f"floor: pattern=own mode=open n=5000 c=16 orders_per_s={ops} p50_ms={p50} p95_ms=1 p99_ms={p99}"
+        f" create_p50_ms=1 cpu_s_per_1k_relays={cpu} cpu_s_per_1k_orders=0.1 cpu_s_per_1k_nats={nats}"
+        f" cpu_s_per_1k_driver=0.08 ctxsw_per_order_relays=20.0 ctxsw_per_order_nats=4.5"
+        f" rss_mb_relay_max={rss} writes_in_series=4 writes_per_order=6.00 pushes_per_order=7"
+        f" acks_per_order=4 conflicts=0 checks={checks}"
     )
 
 
@@ -84,6 +95,14 @@ def run_table(lines):
     return p.returncode, cells, p.stdout
 
 
+# ALL_OK with the floor's runs: two with figures, one that failed its checks.
+WITH_FLOOR = ALL_OK + [
+    "1\tfloor-own" + OPEN + floor(2500, 16.0, 48.0, 0.26, 0.40, 6.5),
+    "2\tfloor-own" + OPEN + floor(2000, 20.0, 40.0, 0.30, 0.50, 7.5),
+    "3\tfloor-own" + OPEN + "floor: mode=open n=5000 c=16 checks=failed failed=no_summary_line",
+]
+
+
 class PeerTableTest(unittest.TestCase):
     def test_peer_table_medians_and_ratios(self):
         code, cells, out = run_table(ALL_OK)
@@ -101,6 +120,24 @@ class PeerTableTest(unittest.TestCase):
         self.assertEqual(cells[(cfg, "svc RSS MiB max")], ["19.0", "27.0", "25.0", "0.70", "0.76"])
         self.assertEqual(cells[(cfg, "runs ok")], ["3/3", "3/3", "3/3"])
         self.assertNotIn("FAILED", out)
+
+    def test_peer_table_floor_column_only_with_floor_runs(self):
+        code, _, out = run_table(ALL_OK)
+        self.assertNotIn("floor", out.splitlines()[1])
+        code, cells, out = run_table(WITH_FLOOR)
+        self.assertEqual(code, 1, out)
+        self.assertEqual(out.splitlines()[1].split()[-4:], ["choreo/async", "floor", "own", "choreo/floor"])
+        cfg = "open c=16 n=5000"
+        # choreo, peer sync, peer async, choreo/sync, choreo/async, floor own, choreo/floor;
+        # the floor's median is the mean of its two runs with figures
+        self.assertEqual(cells[(cfg, "orders/s")], ["2000", "2500", "4500", "0.80", "0.44", "2250", "0.89"])
+        self.assertEqual(cells[(cfg, "p50 ms")], ["35.00", "800.00", "22.00", "0.04", "1.59", "18.00", "1.94"])
+        # the floor's svc CPU is its relays', its RSS its largest relay's
+        self.assertEqual(cells[(cfg, "svc CPU s/1k")], ["0.350", "0.380", "0.200", "0.92", "1.75", "0.280", "1.25"])
+        self.assertEqual(cells[(cfg, "nats CPU s/1k")], ["0.250", "0.260", "0.125", "0.96", "2.00", "0.450", "0.56"])
+        self.assertEqual(cells[(cfg, "svc RSS MiB max")], ["19.0", "27.0", "25.0", "0.70", "0.76", "7.0", "2.71"])
+        self.assertEqual(cells[(cfg, "runs ok")], ["3/3", "3/3", "3/3", "2/3"])
+        self.assertIn("bench-peer: FAILED round 3 floor-own open c=16 n=5000: no_summary_line", out)
 
     def test_peer_table_failed_runs_shown_and_exit_nonzero(self):
         code, cells, out = run_table(WITH_FAILURES)
