@@ -1,4 +1,4 @@
-/* writer.c: a service's one writer (writer.h): its queue, its thread, its
+/* writer.c: a service's one writer (writer.h): its queue, its role, its
  * pipeline of compare-and-set publishes, its catch-ups. */
 #include "writer.h"
 
@@ -90,19 +90,21 @@ struct writer {
     w_source sources[WRITER_MAX_CONSUMERS + WRITER_MAX_FOLLOWS];
     int n_subs;
     bus_pipe *pipe;
-    pthread_t thread;
-    bool thread_started;
 
+    /* The writer's role: held by the one thread deciding, never waited for
+     * (trylock) except by writer_destroy. Everything below "the role's
+     * own" is touched only by its holder. */
+    pthread_mutex_t role;
     pthread_mutex_t
         qmu; /* guards queue, stopping, the sources' caught_up, barrier_done and every slot's state/st/seq */
-    pthread_cond_t qcv;       /* the writer thread waits on it */
+    pthread_cond_t qcv;       /* writer_destroy waits on it for outcomes */
     pthread_cond_t follow_cv; /* writer_start waits on it for the followers */
     bool barrier_done;        /* writer_start's barrier was decided (under qmu) */
     w_list queue;             /* arrived, not taken yet */
     bool stopping;
-    bool resolved; /* a slot's outcome came in since the thread last looked */
+    bool resolved; /* a slot's outcome came in since the holder last looked */
 
-    /* the writer thread's own */
+    /* the role's own */
     uint64_t last;                 /* sequence of the last event stored and folded in */
     uint64_t serial;               /* events emitted so far */
     uint64_t batch_first;          /* serial of the first event the current batch emits (or would) */
@@ -210,6 +212,8 @@ static void stat_add(writer *w, uint64_t *field, uint64_t n)
 
 /* ---- the queue: other threads hand inputs in ---- */
 
+static void writer_run(writer *w);
+
 static w_input *input_new(writer_input_kind kind)
 {
     w_input *in = calloc(1, sizeof *in);
@@ -228,7 +232,6 @@ static void input_free(w_input *in)
     }
 }
 
-/* A subscription's batch (its thread): every message becomes an input. */
 /* True when a follower's message is of a type its service wants, read
  * from the subject (events.<aggregate>.<event>.<key>) without decoding. */
 static bool follow_wants(const w_source *src, const char *subject)
@@ -250,6 +253,8 @@ static bool follow_wants(const w_source *src, const char *subject)
     return event_type_parse(name, &t) != CH_OK || src->wanted[t];
 }
 
+/* A subscription's batch (its thread): every message becomes an input,
+ * decided on this thread unless another holds the role. */
 static void on_batch(bus_in_msg *const *msgs, size_t n, void *ctx)
 {
     w_source *src = ctx;
@@ -276,8 +281,8 @@ static void on_batch(bus_in_msg *const *msgs, size_t n, void *ctx)
         in->pub.source = src->index;
         list_push(&w->queue, in);
     }
-    pthread_cond_signal(&w->qcv);
     pthread_mutex_unlock(&w->qmu);
+    writer_run(w);
 }
 
 ch_status writer_submit(writer *w, void *call)
@@ -288,19 +293,19 @@ ch_status writer_submit(writer *w, void *call)
     in->pub.call = call;
     pthread_mutex_lock(&w->qmu);
     bool stopping = w->stopping;
-    if (!stopping) {
+    if (!stopping)
         list_push(&w->queue, in);
-        pthread_cond_signal(&w->qcv);
-    }
     pthread_mutex_unlock(&w->qmu);
     if (stopping) {
         free(in);
         return CH_UNAVAILABLE;
     }
+    writer_run(w);
     return CH_OK;
 }
 
-/* The pipe's callback (a cnats thread): records the slot's outcome. */
+/* The pipe's callback (a cnats thread, or the role's holder when a publish
+ * fails at once): records the slot's outcome and goes on from there. */
 static void on_stored(void *token, ch_status st, const bus_pub_ack *ack, void *ctx)
 {
     writer *w = ctx;
@@ -315,6 +320,7 @@ static void on_stored(void *token, ch_status st, const bus_pub_ack *ack, void *c
     w->resolved = true;
     pthread_cond_signal(&w->qcv);
     pthread_mutex_unlock(&w->qmu);
+    writer_run(w);
 }
 
 /* ---- finishing inputs ---- */
@@ -721,7 +727,7 @@ static void settle_waiting(writer *w)
     list_append(&w->redo, &w->not_found);
 }
 
-/* ---- the thread ---- */
+/* ---- the role ---- */
 
 /* Something to do now (qmu held): an outcome came in, or there are inputs
  * and room to decide them (a broken pipeline decides nothing until every
@@ -746,45 +752,64 @@ static bool idle(writer *w)
     return !w->n_slots && !w->redo.first && !w->waiting.first && !w->not_found.first && !w->emitting.first;
 }
 
-static void *writer_main(void *arg)
+/* One pass (the role held): takes what has queued up, takes in the
+ * outcomes, recovers a broken pipeline, decides, answers what it can. */
+static void writer_pass(writer *w)
 {
-    writer *w = arg;
-
-    for (;;) {
-        w_list taken = {0};
-        pthread_mutex_lock(&w->qmu);
-        while (!has_work(w) && !(w->stopping && idle(w)))
-            pthread_cond_wait(&w->qcv, &w->qmu);
-        if (w->stopping && idle(w) && !w->queue.first) {
-            pthread_mutex_unlock(&w->qmu);
-            break;
-        }
-        w->resolved = false;
-        if (!w->broken && w->n_slots + 8 <= WRITER_MAX_IN_FLIGHT) {
-            taken = w->queue;
-            w->queue = (w_list){0};
-        }
-        for (w_input *in = taken.first; in; in = in->next)
-            in->order = ++w->taken; /* their order, for deciding again after a lost race */
-        bool recoverable = w->broken && all_resolved(w);
-        pthread_mutex_unlock(&w->qmu);
-
-        log_hold(&w->logs);
-        advance(w);
-        if (w->broken && !recoverable) {
-            pthread_mutex_lock(&w->qmu);
-            recoverable = all_resolved(w);
-            pthread_mutex_unlock(&w->qmu);
-        }
-        if (w->broken && recoverable)
-            recover(w); /* every outcome is in: undo, catch up, decide again */
-        w->batch_first = w->serial + 1;
-        decide_all(w, &taken);
-        advance(w);
-        settle_waiting(w);
-        log_release(&w->logs);
+    w_list taken = {0};
+    pthread_mutex_lock(&w->qmu);
+    w->resolved = false;
+    if (!w->broken && w->n_slots + 8 <= WRITER_MAX_IN_FLIGHT) {
+        taken = w->queue;
+        w->queue = (w_list){0};
     }
-    return NULL;
+    for (w_input *in = taken.first; in; in = in->next)
+        in->order = ++w->taken; /* their order, for deciding again after a lost race */
+    bool recoverable = w->broken && all_resolved(w);
+    pthread_mutex_unlock(&w->qmu);
+
+    log_hold(&w->logs);
+    advance(w);
+    if (w->broken && !recoverable) {
+        pthread_mutex_lock(&w->qmu);
+        recoverable = all_resolved(w);
+        pthread_mutex_unlock(&w->qmu);
+    }
+    if (w->broken && recoverable)
+        recover(w); /* every outcome is in: undo, catch up, decide again */
+    w->batch_first = w->serial + 1;
+    decide_all(w, &taken);
+    advance(w);
+    settle_waiting(w);
+    log_release(&w->logs);
+}
+
+static bool work_waiting(writer *w)
+{
+    pthread_mutex_lock(&w->qmu);
+    bool work = has_work(w);
+    pthread_mutex_unlock(&w->qmu);
+    return work;
+}
+
+/* Called by every thread that brings work (an input, an outcome): it takes
+ * the writer's role and does the work itself, unless another thread holds
+ * the role; that one sees the work before it lets go (it looks again after
+ * unlocking), so nothing waits for a thread to wake up. This is the one
+ * writer without a thread of its own: an input is decided on the thread
+ * that received it, a PubAck taken in on the thread that read it, instead
+ * of two hand-offs to a writer thread (each a futex wake and a context
+ * switch, per event, in every service). */
+static void writer_run(writer *w)
+{
+    while (work_waiting(w)) {
+        if (pthread_mutex_trylock(&w->role) != 0)
+            return; /* the holder will see it */
+        do
+            writer_pass(w);
+        while (work_waiting(w));
+        pthread_mutex_unlock(&w->role);
+    }
 }
 
 /* ---- start and stop ---- */
@@ -813,6 +838,7 @@ ch_status writer_start(bus *b, const writer_spec *spec, writer **out)
     snprintf(w->stream, sizeof w->stream, "%s", spec->stream);
     w->max_deliver = spec->max_deliver > 0 ? spec->max_deliver : 8;
     w->batch = spec->batch > 0 ? spec->batch : 256;
+    pthread_mutex_init(&w->role, NULL);
     pthread_mutex_init(&w->qmu, NULL);
     pthread_cond_init(&w->qcv, NULL);
     pthread_cond_init(&w->follow_cv, NULL);
@@ -822,9 +848,6 @@ ch_status writer_start(bus *b, const writer_spec *spec, writer **out)
     ch_status st = catch_up(w, 0);
     if (st == CH_OK)
         st = bus_pipe_create(b, on_stored, w, spec->publish_timeout_ms, &w->pipe);
-    if (st == CH_OK && pthread_create(&w->thread, NULL, writer_main, w) != 0)
-        st = CH_NO_MEMORY;
-    w->thread_started = st == CH_OK;
     for (int i = 0; st == CH_OK && i < spec->n_consumers + spec->n_follows; i++) {
         w_source *src = &w->sources[i];
         bus_sub_spec ss = {.fn = on_batch, .ctx = src, .batch = w->batch};
@@ -887,7 +910,9 @@ ch_status writer_start(bus *b, const writer_spec *spec, writer **out)
         barrier->barrier = true;
         pthread_mutex_lock(&w->qmu);
         list_push(&w->queue, barrier);
-        pthread_cond_signal(&w->qcv);
+        pthread_mutex_unlock(&w->qmu);
+        writer_run(w);
+        pthread_mutex_lock(&w->qmu);
         while (!w->barrier_done && !timed_out)
             timed_out = pthread_cond_timedwait(&w->follow_cv, &w->qmu, &dl) != 0;
         pthread_mutex_unlock(&w->qmu);
@@ -919,17 +944,25 @@ void writer_destroy(writer *w)
         return;
     for (int i = 0; i < w->n_subs; i++)
         bus_sub_request_stop(w->subs[i]);
-    if (w->thread_started) {
-        pthread_mutex_lock(&w->qmu);
-        w->stopping = true;
-        pthread_cond_signal(&w->qcv);
+    /* Takes the role for good (after its holder, if any, is done) and
+     * finishes what is queued or in flight: acks go through the
+     * subscriptions, still open. Whoever brings work from now on leaves it
+     * queued. */
+    pthread_mutex_lock(&w->role);
+    pthread_mutex_lock(&w->qmu);
+    w->stopping = true;
+    while (w->pipe && !(idle(w) && !w->queue.first)) {
+        while (!has_work(w))
+            pthread_cond_wait(&w->qcv, &w->qmu); /* an outcome: on_stored */
         pthread_mutex_unlock(&w->qmu);
-        pthread_join(w->thread, NULL); /* finishes what it holds: acks go through the subscriptions */
+        writer_pass(w);
+        pthread_mutex_lock(&w->qmu);
     }
+    pthread_mutex_unlock(&w->qmu);
     for (int i = 0; i < w->n_subs; i++)
         bus_sub_stop(w->subs[i]);
-    /* what arrived after the thread ended: never decided (calls are told
-     * so: CH_CANCELLED), not settled (events come back) */
+    /* what arrived after that: never decided (calls are told so:
+     * CH_CANCELLED), not settled (events come back) */
     w_input *in;
     while ((in = list_pop(&w->queue))) {
         if (in->pub.kind == WRITER_CALL && w->ops.finish)
@@ -937,6 +970,8 @@ void writer_destroy(writer *w)
         input_free(in);
     }
     bus_pipe_destroy(w->pipe, 0);
+    pthread_mutex_unlock(&w->role);
+    pthread_mutex_destroy(&w->role);
     pthread_mutex_destroy(&w->qmu);
     pthread_cond_destroy(&w->qcv);
     pthread_cond_destroy(&w->follow_cv);

@@ -1,11 +1,10 @@
-/* writer.h: a service's one writer: the thread that owns its state and its
- * stream.
+/* writer.h: a service's one writer: what owns its state and its stream.
  *
  * Every service writes its decisions as events to a stream that only it
  * writes (ORDER_EVENTS on events.order.>, INVENTORY_EVENTS, ...); its state
- * is the fold of that stream. A decision is one write: the event. One thread
- * per replica, the writer, owns the state and the position in the stream:
- * everything that reads or changes the state reaches it through one queue,
+ * is the fold of that stream. A decision is one write: the event. One writer
+ * per replica owns the state and the position in the stream: everything that
+ * reads or changes the state reaches it through one queue,
  *
  *   events of other services   from durable consumers (acked when done) or
  *                              from followers of their streams (no acks)
@@ -42,11 +41,23 @@
  * event lost WRITER_CONFLICTS_MAX races is finished with CH_CONFLICT; a
  * writer that keeps losing waits a little (jittered) before deciding again.
  *
+ * The writer is a role, not a thread: the thread that brings work (a
+ * subscription's thread with a batch, cnats' PubAck thread with an outcome,
+ * a gRPC thread with a call) takes the role if it is free and does the
+ * work itself, everything queued included; if another thread holds it, the
+ * work stays queued and the holder does it before letting go. Decisions are
+ * taken one at a time, in the queue's order, as by one thread, without a
+ * hand-off to a writer thread (two wake-ups per event, measured in
+ * bench/README.md). No thread ever waits for the role (writer_destroy
+ * aside), so no lock is held across I/O that another thread waits on.
+ *
  * Ownership: the caller owns the writer (writer_destroy) and the service
  * context; the writer owns the inputs and hands them to the ops only for the
- * duration of a call. Threads: ops run on the writer's thread (fold also on
- * the thread calling writer_start, during the start-up replay);
- * writer_submit may be called from any thread. */
+ * duration of a call. Threads: ops run on whichever thread holds the role
+ * (fold also on the thread calling writer_start, during the start-up
+ * replay), one at a time, never nested; writer_submit may be called from
+ * any thread that holds no lock the ops take (it may decide and finish
+ * the call, or others, before it returns). */
 #ifndef CHOREO_WRITER_H
 #define CHOREO_WRITER_H
 
@@ -148,7 +159,7 @@ typedef struct writer_spec {
 } writer_spec;
 
 /* Replays the service's stream into ops->fold (on this thread), then starts
- * the writer's thread, its consumers and its followers. *out is the
+ * the writer's consumers and followers. *out is the
  * caller's. Main thread, at start-up. */
 ch_status writer_start(bus *b, const writer_spec *spec, writer **out);
 
@@ -161,12 +172,12 @@ ch_status writer_submit(writer *w, void *call);
  * (expecting the stream's last sequence, pipelined), after the service has
  * applied it to the state; undo (len bytes, at most WRITER_UNDO_MAX, copied)
  * is what ops->undo needs to take it back. CH_INVALID_ARGUMENT for an
- * envelope that does not encode (the caller undoes its apply). Writer thread
+ * envelope that does not encode (the caller undoes its apply). From decide()
  * only. */
 ch_status writer_emit(writer *w, const choreo_events_v1_Envelope *env, const void *undo, size_t len);
 
 /* Sequence of the last event of the stream the state holds, stored (0:
- * none). Writer thread (or after writer_start returned, for a log line). */
+ * none). From the ops (or after writer_start returned, for a log line). */
 uint64_t writer_last_seq(const writer *w);
 
 typedef struct writer_stats {
@@ -181,7 +192,7 @@ typedef struct writer_stats {
 void writer_get_stats(writer *w, writer_stats *out);
 
 /* Stops the consumers and followers, finishes what is queued or in flight
- * (bounded by the publish timeout), joins the thread and frees the writer.
+ * (bounded by the publish timeout) and frees the writer.
  * Accepts NULL. Main thread, before the bus is destroyed. */
 void writer_destroy(writer *w);
 
