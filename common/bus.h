@@ -281,10 +281,11 @@ typedef struct bus_pipe bus_pipe;
  * the token it was given: CH_CONFLICT when an expectation (expect_seq)
  * failed, CH_TIMEOUT when no answer came in the pipe's timeout,
  * CH_UNAVAILABLE when the bus went away first, or another error. Called in
- * publish order, on a cnats thread (or the destroying one): must not block. */
+ * publish order, on a cnats thread, the pipe's watchdog (CH_TIMEOUT) or the
+ * destroying one: must not block for long. */
 typedef void (*bus_pipe_fn)(void *token, ch_status st, const bus_pub_ack *ack, void *ctx);
 
-/* A publisher of its own (a JetStream context with its PubAck handler).
+/* A publisher of its own (its inbox, its PubAck subscription, a watchdog).
  * timeout_ms: 0 is the bus's publish timeout. *out is the caller's. */
 ch_status bus_pipe_create(bus *b, bus_pipe_fn fn, void *ctx, int timeout_ms, bus_pipe **out);
 

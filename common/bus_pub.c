@@ -4,6 +4,7 @@
  * pipes whose PubAcks come back in publish order.
  *
  * Notes on choices:
+ * - Pipes do not use cnats' async publish: see "pipes" below.
  * - Async publishes are tracked with our own counters in the AckHandler (not
  *   ErrHandler + PublishAsyncComplete, whose ordering versus the error
  *   callback is not documented), each with a MaxWait so none stays pending.
@@ -23,16 +24,30 @@
 
 #include "log.h"
 
+/* The time ms from now on clock, for a timed wait. */
+static struct timespec bus__deadline(clockid_t clock, int ms)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
 /* ---- messages ---------------------------------------------------------------- */
 
-static ch_status bus__make_msg(natsMsg **out, const bus_out_msg *m)
+static ch_status bus__make_msg(natsMsg **out, const bus_out_msg *m, const char *reply)
 {
     if (!m || !m->subject || (m->len > 0 && !m->data) || m->len > INT32_MAX || m->nheaders < 0 ||
         m->nheaders > BUS_MAX_HEADERS) {
         return CH_INVALID_ARGUMENT;
     }
     natsMsg *msg = NULL;
-    natsStatus s = natsMsg_Create(&msg, m->subject, NULL, m->data, (int)m->len);
+    natsStatus s = natsMsg_Create(&msg, m->subject, reply, m->data, (int)m->len);
     if (s == NATS_OK && m->expect_seq) {
         /* set here, not through jsPubOptions, which cannot expect 0 (an empty stream) */
         char seq[24];
@@ -93,7 +108,7 @@ ch_status bus_publish(bus *b, const bus_out_msg *m, int timeout_ms, bus_pub_ack 
         return CH_INVALID_ARGUMENT;
     }
     natsMsg *msg = NULL;
-    ch_status st = bus__make_msg(&msg, m);
+    ch_status st = bus__make_msg(&msg, m, NULL);
     if (st != CH_OK) {
         return st;
     }
@@ -138,7 +153,7 @@ ch_status bus_publish_async(bus *b, const bus_out_msg *m)
         return CH_UNAVAILABLE;
     }
     natsMsg *msg = NULL;
-    ch_status st = bus__make_msg(&msg, m);
+    ch_status st = bus__make_msg(&msg, m, NULL);
     if (st != CH_OK) {
         return st;
     }
@@ -170,14 +185,7 @@ ch_status bus_publish_async_wait(bus *b, int timeout_ms, uint64_t *failed)
         timeout_ms = 5000;
     }
     ch_status st = CH_OK;
-    struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += timeout_ms / 1000;
-    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000L;
-    }
+    struct timespec dl = bus__deadline(CLOCK_REALTIME, timeout_ms);
     pthread_mutex_lock(&b->mu);
     while (b->async_done < b->async_sent) {
         if (pthread_cond_timedwait(&b->cond, &b->mu, &dl) != 0) {
@@ -206,30 +214,61 @@ ch_status bus_publish_async_wait(bus *b, int timeout_ms, uint64_t *failed)
 
 /* ---- pipes ------------------------------------------------------------------- */
 
+/* A pipe publishes with plain core publishes whose reply subject is its own
+ * inbox (<inbox>.<id>), and reads the PubAcks on one subscription of its
+ * own, rather than through a JetStream context's async publish: cnats 3.4
+ * tracks every async publish with a MaxWait in a list and a library timer
+ * that fires once per publish's deadline and hands a dead "timeout" message
+ * to the PubAck thread even when the PubAck came long before (two wake-ups
+ * and four allocations per publish, measured in bench/README.md). Here the
+ * in-flight publishes are a ring in publish order and one watchdog thread
+ * looks at the oldest a few times per timeout. */
+
+#define BUS_PIPE_WATCH_MIN_MS 20
+#define BUS_PIPE_WATCH_MAX_MS 1000
+
 typedef struct bus_pipe_entry {
-    natsMsg *msg; /* identity only: cnats owns it while in flight */
+    uint64_t id;      /* the reply subject's last token */
+    int64_t deadline; /* ms, CLOCK_MONOTONIC */
     void *token;
 } bus_pipe_entry;
 
 struct bus_pipe {
     bus *b;
-    jsCtx *js;
     int timeout_ms;
     bus_pipe_fn fn;
     void *ctx;
-    pthread_mutex_t mu; /* guards the ring */
+    natsSubscription *sub;
+    char inbox[96]; /* "<inbox>." */
+    size_t inbox_len;
+    pthread_mutex_t mu; /* guards the ring, next_id, stopping, sub_done */
+    pthread_cond_t cv;  /* the watchdog sleeps on it; destroy waits on it */
     bus_pipe_entry *ring;
     size_t cap, head, n; /* entries head .. head+n-1 (mod cap) are in flight, in publish order */
+    uint64_t next_id;
+    bool stopping;
+    bool draining; /* destroy waits for the ring to empty (then it is signalled) */
+    bool sub_done; /* the subscription's callbacks are over */
+    pthread_t watchdog;
+    bool watchdog_started;
 };
 
-/* Takes msg's entry out of the ring (usually the oldest); NULL token if none. */
-static bool bus__pipe_take(bus_pipe *p, const natsMsg *msg, void **token)
+static int64_t bus__mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Takes entry id out of the ring (usually the oldest): its token, or false
+ * when it is not there (timed out before, or not ours). */
+static bool bus__pipe_take(bus_pipe *p, uint64_t id, void **token)
 {
     bool found = false;
     pthread_mutex_lock(&p->mu);
     for (size_t i = 0; i < p->n; i++) {
         size_t k = (p->head + i) % p->cap;
-        if (p->ring[k].msg != msg) {
+        if (p->ring[k].id != id) {
             continue;
         }
         *token = p->ring[k].token;
@@ -242,38 +281,145 @@ static bool bus__pipe_take(bus_pipe *p, const natsMsg *msg, void **token)
         found = true;
         break;
     }
+    if (found && p->n == 0 && p->draining) {
+        pthread_cond_broadcast(&p->cv); /* destroy waits for an empty ring */
+    }
     pthread_mutex_unlock(&p->mu);
     return found;
 }
 
-static void bus__on_pipe_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *arg)
+/* Where the value of "key" starts in a PubAck's flat JSON (nats-server
+ * writes it by hand: {"stream":"S", "seq":9,"duplicate": true}), or NULL. */
+static const char *bus__json_value(const char *json, const char *key)
 {
-    (void)js;
-    bus_pipe *p = arg;
-    void *token = NULL;
-    bus_pub_ack ack = {0};
-    ch_status st = CH_OK;
+    /* the key is the one followed by a colon ("seq" may also be a stream's name) */
+    for (const char *at = strstr(json, key); at; at = strstr(at + 1, key)) {
+        const char *colon = at + strlen(key) + strspn(at + strlen(key), " \t");
+        if (*colon == ':') {
+            return colon + 1 + strspn(colon + 1, " \t");
+        }
+    }
+    return NULL;
+}
 
-    if (pae) {
-        st = bus__status(pae->Err, pae->ErrCode);
+/* The number that is the value of "key", or 0. */
+static uint64_t bus__json_u64(const char *json, const char *key)
+{
+    const char *v = bus__json_value(json, key);
+    return v ? strtoull(v, NULL, 10) : 0;
+}
+
+/* Reads a PubAck: {"stream":"S","seq":N[,"duplicate":true]}, or
+ * {"error":{"code":C,"err_code":E,"description":"..."}}, or a status
+ * message (503: no stream captures the subject). */
+static ch_status bus__pub_ack_parse(natsMsg *msg, bus_pub_ack *ack, char *why, size_t why_cap)
+{
+    const char *status = NULL;
+    char json[512];
+    int len = natsMsg_GetDataLength(msg);
+
+    why[0] = '\0';
+    if (natsMsg_IsNoResponders(msg)) {
+        snprintf(why, why_cap, "no stream captures the subject");
+        return CH_UNAVAILABLE;
+    }
+    if (len == 0 && natsMsgHeader_Get(msg, "Status", &status) == NATS_OK && status) {
+        snprintf(why, why_cap, "status %s instead of a PubAck", status);
+        return CH_INTERNAL;
+    }
+    if (len <= 0 || (size_t)len >= sizeof json) {
+        snprintf(why, why_cap, "unreadable PubAck (%d bytes)", len);
+        return CH_INTERNAL;
+    }
+    memcpy(json, natsMsg_GetData(msg), (size_t)len);
+    json[len] = '\0';
+    if (strstr(json, "\"error\"")) {
+        jsErrCode ec = (jsErrCode)bus__json_u64(json, "\"err_code\"");
+        const char *d = bus__json_value(json, "\"description\"");
+        snprintf(why, why_cap, "%.200s", d && *d == '"' ? d + 1 : json);
+        char *q = strchr(why, '"');
+        if (q) {
+            *q = '\0';
+        }
+        ch_status st = bus__status(NATS_ERR, ec);
         st = st == CH_OK ? CH_INTERNAL : st;
         /* "wrong last sequence: 1234": where the stream is, saving a question */
-        const char *at = pae->ErrText ? strstr(pae->ErrText, "wrong last sequence: ") : NULL;
+        const char *at = strstr(why, "wrong last sequence: ");
         if (st == CH_CONFLICT && at) {
-            ack.conflict_last_seq = strtoull(at + strlen("wrong last sequence: "), NULL, 10);
+            ack->conflict_last_seq = strtoull(at + strlen("wrong last sequence: "), NULL, 10);
         }
-        if (st != CH_CONFLICT) { /* a lost compare-and-set is the writer's business */
-            log_warn("publish failed", "subject", msg ? natsMsg_GetSubject(msg) : NULL, "nats_status",
-                     natsStatus_GetText(pae->Err), "detail", pae->ErrText, NULL);
-        }
-    } else if (pa) {
-        ack.seq = pa->Sequence;
-        ack.duplicate = pa->Duplicate;
+        return st;
     }
-    if (bus__pipe_take(p, msg, &token)) {
+    ack->seq = bus__json_u64(json, "\"seq\"");
+    const char *dup = bus__json_value(json, "\"duplicate\"");
+    ack->duplicate = dup && strncmp(dup, "true", 4) == 0;
+    if (ack->seq == 0) {
+        snprintf(why, why_cap, "PubAck without a sequence: %.200s", json);
+        return CH_INTERNAL;
+    }
+    return CH_OK;
+}
+
+/* The pipe's subscription (its cnats thread): one PubAck. */
+static void bus__on_pipe_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    bus_pipe *p = closure;
+    const char *subject = natsMsg_GetSubject(msg);
+    void *token = NULL;
+    bus_pub_ack ack = {0};
+    char why[256];
+
+    if (strncmp(subject, p->inbox, p->inbox_len) == 0 &&
+        bus__pipe_take(p, strtoull(subject + p->inbox_len, NULL, 10), &token)) {
+        ch_status st = bus__pub_ack_parse(msg, &ack, why, sizeof why);
+        if (st != CH_OK && st != CH_CONFLICT) { /* a lost compare-and-set is the writer's business */
+            log_warn("publish failed", "detail", why, "status", ch_status_str(st), NULL);
+        }
         p->fn(token, st, &ack, p->ctx);
     }
     natsMsg_Destroy(msg);
+}
+
+/* The subscription's callbacks are over (cnats calls it after the last). */
+static void bus__on_pipe_sub_done(void *closure)
+{
+    bus_pipe *p = closure;
+    pthread_mutex_lock(&p->mu);
+    p->sub_done = true;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Reports the publishes whose PubAck is overdue, oldest first: CH_TIMEOUT. */
+static void *bus__pipe_watchdog(void *arg)
+{
+    bus_pipe *p = arg;
+    int every = p->timeout_ms / 4;
+    every = every < BUS_PIPE_WATCH_MIN_MS ? BUS_PIPE_WATCH_MIN_MS : every;
+    every = every > BUS_PIPE_WATCH_MAX_MS ? BUS_PIPE_WATCH_MAX_MS : every;
+
+    pthread_mutex_lock(&p->mu);
+    while (!p->stopping) {
+        struct timespec until = bus__deadline(CLOCK_MONOTONIC, every);
+        pthread_cond_timedwait(&p->cv, &p->mu, &until);
+        int64_t now = bus__mono_ms();
+        while (!p->stopping && p->n > 0 && p->ring[p->head].deadline <= now) {
+            void *token = p->ring[p->head].token;
+            p->head = (p->head + 1) % p->cap;
+            p->n--;
+            if (p->n == 0 && p->draining) {
+                pthread_cond_broadcast(&p->cv);
+            }
+            pthread_mutex_unlock(&p->mu);
+            bus_pub_ack none = {0};
+            p->fn(token, CH_TIMEOUT, &none, p->ctx);
+            pthread_mutex_lock(&p->mu);
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
 }
 
 ch_status bus_pipe_create(bus *b, bus_pipe_fn fn, void *ctx, int timeout_ms, bus_pipe **out)
@@ -291,20 +437,42 @@ ch_status bus_pipe_create(bus *b, bus_pipe_fn fn, void *ctx, int timeout_ms, bus
     p->ctx = ctx;
     p->timeout_ms = timeout_ms > 0 ? timeout_ms : b->pipe_timeout_ms;
     p->cap = 1024;
+    p->next_id = 1;
     p->ring = calloc(p->cap, sizeof *p->ring);
     pthread_mutex_init(&p->mu, NULL);
-    jsOptions jo;
-    jsOptions_Init(&jo);
-    jo.Wait = p->timeout_ms;
-    jo.PublishAsync.MaxPending = 1 << 16;
-    jo.PublishAsync.AckHandler = bus__on_pipe_ack;
-    jo.PublishAsync.AckHandlerClosure = p;
-    natsStatus s = p->ring ? natsConnection_JetStream(&p->js, b->nc, &jo) : NATS_NO_MEMORY;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->cv, &ca);
+    pthread_condattr_destroy(&ca);
+
+    natsInbox *inbox = NULL;
+    natsStatus s = p->ring ? natsInbox_Create(&inbox) : NATS_NO_MEMORY;
+    if (s == NATS_OK) {
+        int n = snprintf(p->inbox, sizeof p->inbox, "%s.", (const char *)inbox);
+        p->inbox_len = (size_t)n;
+        s = n > 0 && (size_t)n < sizeof p->inbox - 1 ? NATS_OK : NATS_ERR;
+    }
+    natsInbox_Destroy(inbox);
+    char filter[sizeof p->inbox + 1];
+    snprintf(filter, sizeof filter, "%s*", p->inbox);
+    if (s == NATS_OK) {
+        s = natsConnection_Subscribe(&p->sub, b->nc, filter, bus__on_pipe_reply, p);
+    }
+    if (s == NATS_OK) {
+        s = natsSubscription_SetPendingLimits(p->sub, -1, -1); /* bounded by the ring */
+    }
+    if (s == NATS_OK) {
+        s = natsSubscription_SetOnCompleteCB(p->sub, bus__on_pipe_sub_done, p);
+    }
+    if (s == NATS_OK) {
+        s = pthread_create(&p->watchdog, NULL, bus__pipe_watchdog, p) == 0 ? NATS_OK : NATS_NO_MEMORY;
+        p->watchdog_started = s == NATS_OK;
+    }
     if (s != NATS_OK) {
-        pthread_mutex_destroy(&p->mu);
-        free(p->ring);
-        free(p);
-        return bus__fail("jetstream context failed", "pipe", s, 0);
+        ch_status st = bus__fail("pipe not created", filter, s, 0);
+        bus_pipe_destroy(p, 0);
+        return st;
     }
     *out = p;
     return CH_OK;
@@ -314,7 +482,9 @@ ch_status bus_pipe_publish(bus_pipe *p, const bus_out_msg *m, void *token)
 {
     natsMsg *msg = NULL;
     bus_pub_ack none = {0};
-    ch_status st = atomic_load(&p->b->up) ? bus__make_msg(&msg, m) : CH_UNAVAILABLE;
+    char reply[sizeof p->inbox + 24];
+    uint64_t id = 0;
+    ch_status st = atomic_load(&p->b->up) ? CH_OK : CH_UNAVAILABLE;
 
     if (st == CH_OK) {
         /* in the ring before the publish: its ack may come before this returns */
@@ -333,25 +503,31 @@ ch_status bus_pipe_publish(bus_pipe *p, const bus_out_msg *m, void *token)
         }
         st = p->n < p->cap ? CH_OK : CH_NO_MEMORY;
         if (st == CH_OK) {
-            p->ring[(p->head + p->n) % p->cap] = (bus_pipe_entry){msg, token};
+            id = p->next_id++;
+            p->ring[(p->head + p->n) % p->cap] = (bus_pipe_entry){id, bus__mono_ms() + p->timeout_ms, token};
             p->n++;
         }
         pthread_mutex_unlock(&p->mu);
     }
     if (st == CH_OK) {
-        jsPubOptions po;
-        jsPubOptions_Init(&po);
-        po.MsgId = m->msg_id;
-        po.MaxWait = p->timeout_ms; /* the same for all: cnats appends it to its list */
-        natsMsg *keep = msg;
-        natsStatus s = js_PublishMsgAsync(p->js, &msg, &po);
-        if (s != NATS_OK) {
-            void *t = NULL;
-            bus__pipe_take(p, keep, &t); /* not sent: no ack will come */
+        snprintf(reply, sizeof reply, "%s%" PRIu64, p->inbox, id);
+        st = bus__make_msg(&msg, m, reply);
+        natsStatus s = NATS_OK;
+        if (st == CH_OK && m->msg_id) {
+            s = natsMsgHeader_Set(msg, "Nats-Msg-Id", m->msg_id);
+        }
+        if (st == CH_OK && s == NATS_OK) {
+            s = natsConnection_PublishMsg(p->b->nc, msg);
+        }
+        if (st == CH_OK && s != NATS_OK) {
             st = bus__fail("publish failed", m->subject, s, 0);
         }
+        void *t = NULL;
+        if (st != CH_OK && !bus__pipe_take(p, id, &t)) {
+            st = CH_OK; /* the watchdog took it first and reported it */
+        }
     }
-    natsMsg_Destroy(msg); /* NULL when cnats took it */
+    natsMsg_Destroy(msg);
     if (st != CH_OK) {
         p->fn(token, st, &none, p->ctx);
     }
@@ -371,18 +547,32 @@ void bus_pipe_destroy(bus_pipe *p, int wait_ms)
     if (!p) {
         return;
     }
-    if (wait_ms > 0 && bus_pipe_in_flight(p) > 0) {
-        jsPubOptions po;
-        jsPubOptions_Init(&po);
-        po.MaxWait = wait_ms;
-        js_PublishAsyncComplete(p->js, &po);
+    if (wait_ms > 0) {
+        struct timespec until = bus__deadline(CLOCK_MONOTONIC, wait_ms);
+        pthread_mutex_lock(&p->mu);
+        p->draining = true;
+        while (p->n > 0 && pthread_cond_timedwait(&p->cv, &p->mu, &until) == 0) {
+        }
+        pthread_mutex_unlock(&p->mu);
     }
-    /* what is still in flight is taken back, so no late ack finds the pipe
-     * (cnats 3.4 crashes asking for an empty list: only when there is one) */
-    natsMsgList pending = {0};
-    if (bus_pipe_in_flight(p) > 0 && js_PublishAsyncGetPendingList(&pending, p->js) == NATS_OK) {
-        natsMsgList_Destroy(&pending);
+    pthread_mutex_lock(&p->mu);
+    p->stopping = true;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    if (p->watchdog_started) {
+        pthread_join(p->watchdog, NULL);
     }
+    /* no callback runs after this: a late PubAck finds nothing (bounded:
+     * a connection already closed has ended them, or never will) */
+    if (p->sub) {
+        natsSubscription_Unsubscribe(p->sub);
+        struct timespec until = bus__deadline(CLOCK_MONOTONIC, 5000);
+        pthread_mutex_lock(&p->mu);
+        while (!p->sub_done && pthread_cond_timedwait(&p->cv, &p->mu, &until) == 0) {
+        }
+        pthread_mutex_unlock(&p->mu);
+    }
+    natsSubscription_Destroy(p->sub);
     bus_pub_ack none = {0};
     pthread_mutex_lock(&p->mu);
     while (p->n > 0) {
@@ -394,7 +584,7 @@ void bus_pipe_destroy(bus_pipe *p, int wait_ms)
         pthread_mutex_lock(&p->mu);
     }
     pthread_mutex_unlock(&p->mu);
-    jsCtx_Destroy(p->js);
+    pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->mu);
     free(p->ring);
     free(p);

@@ -952,6 +952,38 @@ static void test_bus_pipe_many_in_flight(void)
     bus_destroy(b);
 }
 
+/* The pipe reads PubAcks itself: a stream named like one of their keys
+ * ("seq", "duplicate") does not confuse it. */
+static void test_bus_pipe_reads_pub_acks_of_a_stream_named_seq(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "seq", "seqname.>");
+    ensure(b, "duplicate", "dupname.>");
+    pipe_log *l = pipe_log_new();
+    bus_pipe *p = NULL;
+    CU_ASSERT_EQUAL_FATAL(bus_pipe_create(b, on_piped, l, 0, &p), CH_OK);
+    CU_ASSERT_EQUAL(pipe_publish(p, l, 0, "seqname.a", "one", "named-1"), CH_OK);
+    CU_ASSERT_EQUAL(pipe_publish(p, l, 1, "seqname.b", "two", "named-2"), CH_OK);
+    CU_ASSERT_EQUAL(pipe_publish(p, l, 2, "seqname.b", "two", "named-2"), CH_OK);
+    CU_ASSERT_EQUAL(pipe_publish(p, l, 3, "dupname.a", "one", "named-3"), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->total, 4, 10000), 4);
+    for (int i = 0; i < 4; i++) { /* two streams: in order within each */
+        CU_ASSERT_EQUAL(l->calls[i], 1);
+        CU_ASSERT_EQUAL(l->st[i], CH_OK);
+    }
+    CU_ASSERT_EQUAL(l->ack[0].seq, 1);
+    CU_ASSERT_FALSE(l->ack[0].duplicate);
+    CU_ASSERT_EQUAL(l->ack[1].seq, 2);
+    CU_ASSERT_FALSE(l->ack[1].duplicate);
+    CU_ASSERT_EQUAL(l->ack[2].seq, 2);
+    CU_ASSERT_TRUE(l->ack[2].duplicate);
+    CU_ASSERT_EQUAL(l->ack[3].seq, 1);
+    CU_ASSERT_FALSE(l->ack[3].duplicate);
+    bus_pipe_destroy(p, 0);
+    pipe_log_free(l);
+    bus_destroy(b);
+}
+
 /* Pipelined compare-and-set: each publish expects the stream's last
  * sequence and the message before it. When another writer stored first,
  * the first expectation fails with CH_CONFLICT and says where the stream
@@ -1173,6 +1205,7 @@ int main(void)
         {"dead letter copies then terms", test_bus_dead_letter_copies_then_terms},
         {"pipe calls back once each, in order", test_bus_pipe_calls_back_once_each_in_order},
         {"pipe many in flight", test_bus_pipe_many_in_flight},
+        {"pipe reads PubAcks of a stream named seq", test_bus_pipe_reads_pub_acks_of_a_stream_named_seq},
         {"pipe lost expectation is a conflict with the last sequence",
          test_bus_pipe_lost_expectation_is_a_conflict_with_the_last_sequence},
         {"pipe times out, and destroy reports what is in flight",
