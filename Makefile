@@ -5,6 +5,8 @@
 #   make demo          build, start NATS and the services, run the demo
 #   make test          format check, the whole suite, then again under ASan/UBSan
 #   make up/status/down  the local stack in the background (scripts/stack.sh)
+#   make cluster-up/cluster-status/cluster-down  the prod topology here: 3 NATS nodes,
+#                      2 replicas of every service (scripts/cluster.py, deploy/README.md)
 #   make bench         the saga benchmark (BENCH_FLOOR=1: and its floor, bench/README.md)
 #   make bench-peer    choreo and the Go peer (../shared/peer-go) side by side, one table of ratios
 #   make format        clang-format -i on the tracked C sources
@@ -28,7 +30,7 @@ FORMAT_FILES = $(shell { git ls-files --cached --others --exclude-standard -- '*
                    || find . -name '*.[ch]' -not -path './build*' -not -path './.git/*' | sed 's|^\./||'; } \
                  | grep -v -e '^build' -e '/gen/' -e '\.pb\.[ch]$$' -e '\.pb-c\.[ch]$$' | sort -u)
 
-.PHONY: all deps build test test-asan demo up status down bench bench-peer format format-check clean help
+.PHONY: all deps build test test-asan demo up status down cluster-up cluster-status cluster-down bench bench-peer format format-check clean help
 
 all: build
 
@@ -64,6 +66,15 @@ status:
 
 down:
 	bash scripts/stack.sh down
+
+cluster-up: build
+	python3 scripts/cluster.py --build-dir $(BUILD_DIR) up
+
+cluster-status:
+	python3 scripts/cluster.py --build-dir $(BUILD_DIR) status
+
+cluster-down:
+	python3 scripts/cluster.py down
 
 bench: build
 	bash bench/run.sh

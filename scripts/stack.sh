@@ -136,8 +136,8 @@ sys.exit(0 if state == "SERVING" else 1)
 # is built, else python3-grpcio, else only checks that the port accepts.
 grpc_health() {
     local addr=$1 out rc
-    if [ -x "$BUILD_DIR/cli/choreo" ]; then
-        out=$("$BUILD_DIR/cli/choreo" health "$addr" 2>/dev/null) && rc=0 || rc=$?
+    if [ -x "$BUILD_DIR/tools/choreo/choreo" ]; then
+        out=$("$BUILD_DIR/tools/choreo/choreo" health "$addr" 2>/dev/null) && rc=0 || rc=$?
         echo "${out:-UNAVAILABLE}" | tail -n 1
         return $rc
     fi
@@ -148,7 +148,7 @@ grpc_health() {
         return $rc
     fi
     if port_open "${addr##*:}"; then
-        echo "LISTENING (no health client: build cli/ or install python3-grpcio)"
+        echo "LISTENING (no health client: build tools/choreo or install python3-grpcio)"
         return 0
     fi
     echo "UNAVAILABLE"
