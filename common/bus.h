@@ -250,6 +250,14 @@ ch_status bus_sub_start(bus *b, const bus_sub_spec *s, bus_sub **out);
 /* Asks the thread to stop after its current batch, without waiting. */
 void bus_sub_request_stop(bus_sub *s);
 
+/* A follower: hands over again everything from stream sequence seq on (its
+ * subscription is made again from there, on its thread, within one wait of
+ * it; requests before that is done keep the lowest). What a follower hands
+ * over has no ack to withhold: this is how its receiver gets a message back
+ * when it could not take it in (NATS unavailable). No effect on a durable
+ * consumer's subscription. Any thread. */
+void bus_sub_rewind(bus_sub *s, uint64_t seq);
+
 /* Stops the thread, unsubscribes and frees. Messages handed over and not
  * yet settled must be settled first (their acks go through this
  * subscription). Accepts NULL. */
@@ -326,5 +334,9 @@ ch_status bus_purge_stream(bus *b, const char *stream);
 /* Message count and last sequence of stream (either pointer may be NULL).
  * CH_NOT_FOUND if it does not exist. */
 ch_status bus_stream_info(bus *b, const char *stream, uint64_t *msgs, uint64_t *last_seq);
+
+/* The stream's first sequence (its last + 1 when it is empty): what is before
+ * it was purged or aged out. CH_NOT_FOUND for no such stream. */
+ch_status bus_stream_first_seq(bus *b, const char *stream, uint64_t *first_seq);
 
 #endif

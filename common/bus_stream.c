@@ -164,7 +164,8 @@ ch_status bus_purge_stream(bus *b, const char *stream)
     return s == NATS_OK ? CH_OK : bus__fail("stream not purged", stream, s, ec);
 }
 
-ch_status bus_stream_info(bus *b, const char *stream, uint64_t *msgs, uint64_t *last_seq)
+/* The state of a stream: js_GetStreamInfo's, one conversion of its errors. */
+static ch_status bus__stream_state(bus *b, const char *stream, jsStreamState *out)
 {
     if (!b || !stream) {
         return CH_INVALID_ARGUMENT;
@@ -178,14 +179,35 @@ ch_status bus_stream_info(bus *b, const char *stream, uint64_t *msgs, uint64_t *
         }
         return bus__fail("stream info failed", stream, s, ec);
     }
-    if (msgs) {
-        *msgs = si->State.Msgs;
-    }
-    if (last_seq) {
-        *last_seq = si->State.LastSeq;
-    }
+    *out = si->State;
+    out->Deleted = NULL; /* owned by si */
+    out->Subjects = NULL;
+    out->Lost = NULL;
     jsStreamInfo_Destroy(si);
     return CH_OK;
+}
+
+ch_status bus_stream_info(bus *b, const char *stream, uint64_t *msgs, uint64_t *last_seq)
+{
+    jsStreamState state;
+    ch_status st = bus__stream_state(b, stream, &state);
+    if (st == CH_OK && msgs) {
+        *msgs = state.Msgs;
+    }
+    if (st == CH_OK && last_seq) {
+        *last_seq = state.LastSeq;
+    }
+    return st;
+}
+
+ch_status bus_stream_first_seq(bus *b, const char *stream, uint64_t *first_seq)
+{
+    jsStreamState state;
+    ch_status st = bus__stream_state(b, stream, &state);
+    if (st == CH_OK) {
+        *first_seq = state.FirstSeq;
+    }
+    return st;
 }
 
 /* ---- reading back ------------------------------------------------------------ */

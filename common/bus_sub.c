@@ -59,7 +59,8 @@ struct bus_sub {
     char *stream;
     char *durable; /* NULL: a follower */
     char *filter;
-    uint64_t next; /* a follower's first sequence not handed over yet */
+    uint64_t next;           /* a follower's first sequence not handed over yet */
+    _Atomic uint64_t rewind; /* a follower: hand over again from here (0: no) */
     int batch;
     bus_batch_fn fn;
     void *ctx;
@@ -103,6 +104,15 @@ static void *bus__sub_main(void *arg)
     int errors = 0;
 
     while (raw && batch && !atomic_load(&x->stop)) {
+        uint64_t rewind = atomic_exchange(&x->rewind, 0);
+        if (rewind && !x->durable && rewind < x->next) {
+            if (x->sub) {
+                natsSubscription_Unsubscribe(x->sub);
+                natsSubscription_Destroy(x->sub);
+                x->sub = NULL;
+            }
+            x->next = rewind; /* the subscription is made again from there */
+        }
         if (!x->sub && !(x->sub = bus__sub_subscribe(x))) {
             if (errors++ == 0) {
                 log_warn("subscription not ready yet, retrying", "stream", x->stream, "consumer", x->durable,
@@ -185,6 +195,7 @@ ch_status bus_sub_start(bus *b, const bus_sub_spec *sp, bus_sub **out)
         return CH_NO_MEMORY;
     }
     atomic_init(&x->stop, false);
+    atomic_init(&x->rewind, 0);
     x->b = b;
     x->stream = bus__strdup(sp->stream);
     x->durable = bus__strdup(sp->durable);
@@ -212,6 +223,16 @@ void bus_sub_request_stop(bus_sub *x)
 {
     if (x) {
         atomic_store(&x->stop, true);
+    }
+}
+
+void bus_sub_rewind(bus_sub *x, uint64_t seq)
+{
+    if (!x || seq == 0) {
+        return;
+    }
+    uint64_t cur = atomic_load(&x->rewind);
+    while ((cur == 0 || seq < cur) && !atomic_compare_exchange_weak(&x->rewind, &cur, seq)) {
     }
 }
 

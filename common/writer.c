@@ -14,8 +14,10 @@
 #include "event_bus.h"
 #include "log.h"
 
-#define WRITER_CATCH_UP_DIRECT 8  /* events read one by one before a catch-up replays */
-#define WRITER_FOLLOW_START_S  60 /* longest wait for followed streams at start-up */
+#define WRITER_CATCH_UP_DIRECT  8  /* events read one by one before a catch-up replays */
+#define WRITER_CATCH_UP_TRIES   20 /* reads of a stored event that reads as missing, ... */
+#define WRITER_CATCH_UP_WAIT_MS 50 /* ... this far apart, before a catch-up fails */
+#define WRITER_FOLLOW_START_S   60 /* longest wait for followed streams at start-up */
 
 static const int writer_backoff_ms[] = {50, 200, 500, 1000, 2000};
 
@@ -353,7 +355,12 @@ static void settle_event(writer *w, w_input *in, ch_status st)
         if (!reason[0])
             snprintf(reason, BUS_REASON_MAX, "%s", ch_status_str(st));
     }
-    if (v == BUS_RETRY && m->deliveries >= (uint64_t)w->max_deliver) {
+    /* NATS unavailable or not answering in time (a stream leader being
+     * elected, a node or the link down) is not the event's fault: it is
+     * retried, however long that lasts, and never dead-lettered; only a
+     * decision that keeps failing is. */
+    bool nats_away = st == CH_UNAVAILABLE || st == CH_TIMEOUT;
+    if (v == BUS_RETRY && !nats_away && m->deliveries >= (uint64_t)w->max_deliver) {
         size_t used = strlen(reason);
         snprintf(reason + used, BUS_REASON_MAX - used, " (gave up after %" PRIu64 " deliveries)",
                  m->deliveries);
@@ -393,6 +400,14 @@ static void finish(writer *w, w_input *in, ch_status st)
     in->pub.env = NULL;
     if (in->pub.kind != WRITER_FACT && w->ops.finish)
         w->ops.finish(w->ctx, &in->pub, st);
+    /* A fact whose decision was not stored for a passing reason (NATS
+     * unavailable or not answering in time, lost races, no room in flight)
+     * has no ack to withhold: its follower hands it over again from its
+     * sequence, and it is decided again then, rather than lost with the
+     * reaction it made due. */
+    if (in->pub.kind == WRITER_FACT && in->pub.source >= 0 &&
+        (st == CH_UNAVAILABLE || st == CH_TIMEOUT || st == CH_CONFLICT || st == CH_RESOURCE_EXHAUSTED))
+        bus_sub_rewind(w->subs[w->n_consumers + in->pub.source], in->msg->stream_seq);
     if (in->pub.kind == WRITER_EVENT)
         settle_event(w, in, st);
     stat_add(w, &w->stats.decided, 1);
@@ -424,7 +439,15 @@ static ch_status fold_one(const bus_in_msg *m, void *arg)
 
 /* Folds in what the stream holds after w->last (nothing in flight: the state
  * is exactly the stream up to w->last). Usually a few events of another
- * replica: read one by one; a long gap is replayed. */
+ * replica: read one by one; a long gap is replayed.
+ *
+ * A sequence the stream has (up to its last) but that reads as missing is
+ * skipped only when it is gone for good: before the stream's first
+ * sequence (purged, aged out). Otherwise it is not readable yet where it
+ * was asked (measured: right after a stream leader's node died, a replay
+ * stopped short and a read missed a stored event); it is read again,
+ * WRITER_CATCH_UP_TRIES times, then the catch-up fails (CH_UNAVAILABLE: the
+ * inputs waiting on it are retried) rather than fold a state without it. */
 static ch_status catch_up(writer *w, uint64_t known_end)
 {
     uint64_t before = w->last, end = known_end;
@@ -433,22 +456,34 @@ static ch_status catch_up(writer *w, uint64_t known_end)
     ch_status st = !bus_connected(w->b) ? CH_UNAVAILABLE
                    : known_end          ? CH_OK
                                         : bus_stream_info(w->b, w->stream, NULL, &end);
+    int misses = 0;
 
     stat_add(w, &w->stats.catch_ups, 1);
-    if (st != CH_OK)
-        return st;
-    if (end > w->last + WRITER_CATCH_UP_DIRECT) {
-        st = bus_replay(w->b, w->stream, NULL, w->last + 1, fold_one, w, NULL);
-        if (st == CH_OK && w->last < end)
-            w->last = end; /* the rest was deleted (purge, age): nothing to fold */
-    } else {
-        while (st == CH_OK && w->last < end) {
-            uint64_t want = w->last + 1;
-            st = bus_get_seq(w->b, w->stream, want, fold_one, w);
-            if (st == CH_NOT_FOUND) { /* a gap (a deleted message): go on after it */
-                w->last = want;
-                st = CH_OK;
-            }
+    while (st == CH_OK && w->last < end) {
+        uint64_t at = w->last;
+        if (end > w->last + WRITER_CATCH_UP_DIRECT)
+            st = bus_replay(w->b, w->stream, NULL, w->last + 1, fold_one, w, NULL);
+        else
+            st = bus_get_seq(w->b, w->stream, w->last + 1, fold_one, w);
+        if (st == CH_NOT_FOUND)
+            st = CH_OK; /* nothing read: as below */
+        if (st != CH_OK || w->last > at) {
+            misses = 0;
+            continue;
+        }
+        uint64_t first = 0;
+        st = bus_stream_first_seq(w->b, w->stream, &first);
+        if (st == CH_OK && first > w->last + 1) {
+            w->last = first - 1; /* gone for good: nothing to fold */
+        } else if (st == CH_OK && ++misses > WRITER_CATCH_UP_TRIES) {
+            char seq[24];
+            snprintf(seq, sizeof seq, "%" PRIu64, w->last + 1);
+            log_warn("event of the own stream not readable yet; catching up later", "stream", w->stream,
+                     "seq", seq, NULL);
+            st = CH_UNAVAILABLE;
+        } else if (st == CH_OK) {
+            struct timespec ts = {0, WRITER_CATCH_UP_WAIT_MS * 1000000L};
+            nanosleep(&ts, NULL);
         }
     }
     if (w->last > before)

@@ -154,7 +154,9 @@ typedef struct writer_spec {
     writer_follow follows[WRITER_MAX_FOLLOWS];
     int n_follows;
     int publish_timeout_ms; /* PubAck wait; 0: the bus's */
-    int max_deliver;        /* an EVENT is dead-lettered once delivered this often; 0: 8 */
+    int max_deliver;        /* an EVENT whose decision keeps failing is dead-lettered once delivered
+                               this often (0: 8); one that fails because NATS is unavailable or
+                               slow (CH_UNAVAILABLE, CH_TIMEOUT) is retried without end */
     int batch;              /* inputs decided together at most; 0: 256 */
 } writer_spec;
 

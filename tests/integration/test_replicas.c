@@ -18,6 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <nats/nats.h>
+
+#include "event_bus.h"
 #include "choreo/notifications/v1/notifications.pb-c.h"
 #include "choreo/orders/v1/orders.pb-c.h"
 #include "cu_run.h"
@@ -503,12 +506,183 @@ static void test_replicas_one_replica_of_each_killed_mid_run(void)
     run_check_state(&rn);
 }
 
+#ifdef REPLICAS_ON_CLUSTER
+/* ---- a NATS node dies under load ---- */
+
+/* A JetStream context on the cluster, for what the bus does not say: which
+ * node leads a stream, how far its consumers are. */
+typedef struct jsconn {
+    natsConnection *nc;
+    jsCtx *js;
+} jsconn;
+
+static bool jsconn_open(jsconn *c)
+{
+    *c = (jsconn){0};
+    natsOptions *o = NULL;
+    const char *urls = natsd_cluster_urls(cluster);
+    char buf[512], *servers[NATSD_CLUSTER_MAX];
+    int n = 0;
+    snprintf(buf, sizeof buf, "%s", urls);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t && n < NATSD_CLUSTER_MAX;
+         t = strtok_r(NULL, ",", &save))
+        servers[n++] = t;
+    bool ok = natsOptions_Create(&o) == NATS_OK &&
+              natsOptions_SetServers(o, (const char **)servers, n) == NATS_OK &&
+              natsOptions_SetMaxReconnect(o, -1) == NATS_OK && natsConnection_Connect(&c->nc, o) == NATS_OK &&
+              natsConnection_JetStream(&c->js, c->nc, NULL) == NATS_OK;
+    natsOptions_Destroy(o);
+    return ok;
+}
+
+static void jsconn_close(jsconn *c)
+{
+    jsCtx_Destroy(c->js);
+    natsConnection_Destroy(c->nc);
+}
+
+/* The index of the node leading stream ("n1" is node 1), or -1. */
+static int stream_leader(jsconn *c, const char *stream)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode ec = 0;
+    int leader = -1;
+    if (js_GetStreamInfo(&si, c->js, stream, NULL, &ec) == NATS_OK && si->Cluster && si->Cluster->Leader &&
+        si->Cluster->Leader[0] == 'n')
+        leader = atoi(si->Cluster->Leader + 1);
+    jsStreamInfo_Destroy(si);
+    return leader;
+}
+
+/* True once every durable consumer of the saga's streams has nothing
+ * pending and nothing waiting for an ack (the run's events all handled). */
+static bool consumers_drained(jsconn *c, int timeout_ms)
+{
+    static const char *const streams[] = {EVENT_STREAM_ORDER, EVENT_STREAM_INVENTORY, EVENT_STREAM_PAYMENT};
+    long long end = test_now_ms() + timeout_ms;
+    char why[256] = "";
+    do {
+        bool all = true;
+        for (size_t i = 0; all && i < sizeof streams / sizeof streams[0]; i++) {
+            jsConsumerInfoList *l = NULL;
+            jsErrCode ec = 0;
+            if (js_Consumers(&l, c->js, streams[i], NULL, &ec) != NATS_OK) {
+                snprintf(why, sizeof why, "consumers of %s not listed (%d)", streams[i], (int)ec);
+                all = false;
+                break;
+            }
+            for (int k = 0; all && k < l->Count; k++) {
+                jsConsumerInfo *ci = l->List[k];
+                if (!ci->Config->Durable)
+                    continue; /* orders' ordered followers: no acks */
+                if (ci->NumPending || ci->NumAckPending) {
+                    snprintf(why, sizeof why, "%s: %llu pending, %lld waiting for an ack", ci->Name,
+                             (unsigned long long)ci->NumPending, (long long)ci->NumAckPending);
+                    all = false;
+                }
+            }
+            jsConsumerInfoList_Destroy(l);
+        }
+        if (all)
+            return true;
+        test_sleep_ms(200);
+    } while (test_now_ms() < end);
+    fprintf(stderr, "consumers not drained: %s\n", why);
+    return false;
+}
+
+/* Counts the terminal events of the run's orders in ORDER_EVENTS. */
+typedef struct terminal_count {
+    const run *rn;
+    int confirmed[RUN_MAX], cancelled[RUN_MAX];
+} terminal_count;
+
+static ch_status count_terminal(const bus_in_msg *m, void *ctx)
+{
+    terminal_count *t = ctx;
+    static const char conf[] = "events.order.confirmed.", canc[] = "events.order.cancelled.";
+    bool is_conf = strncmp(m->subject, conf, sizeof conf - 1) == 0;
+    bool is_canc = strncmp(m->subject, canc, sizeof canc - 1) == 0;
+    const char *id = m->subject + (is_conf ? sizeof conf - 1 : sizeof canc - 1);
+    for (int k = 0; (is_conf || is_canc) && k < t->rn->n; k++)
+        if (strcmp(t->rn->orders[k].id, id) == 0) {
+            (is_conf ? t->confirmed : t->cancelled)[k]++;
+            break;
+        }
+    return CH_OK;
+}
+
+static uint64_t dead_letters(bus *b)
+{
+    uint64_t msgs = 0;
+    return bus_stream_info(b, BUS_DEADLETTER_STREAM, &msgs, NULL) == CH_OK ? msgs : UINT64_MAX;
+}
+
+/* The node leading ORDER_EVENTS (CreateOrder and every terminal event go
+ * through it) is killed (SIGKILL) a third into a run and restarted 5 s
+ * later, while one replica of each service keeps running on each side:
+ * the sagas pause during the election and go on; every order ends, exactly
+ * once (one terminal event each in the stream), conservation holds read
+ * through every replica, nothing is dead-lettered, every consumer drains. */
+static void test_cluster_stream_leader_killed_mid_run(void)
+{
+    static run rn = {.prefix = "nk", .n = 150, .pace_ms = 5};
+    placer pl[RUN_THREADS];
+    jsconn c;
+    bus *b = NULL;
+    bus_options bo = {.url = natsd_cluster_urls(cluster), .name = "test_cluster"};
+
+    CU_ASSERT_TRUE_FATAL(jsconn_open(&c));
+    CU_ASSERT_EQUAL_FATAL(bus_create(&b, &bo), CH_OK);
+    uint64_t dead_before = dead_letters(b);
+    run_start(&rn, pl);
+    long long end = test_now_ms() + 20000;
+    while (atomic_load(&rn.placed) < rn.n / 3 && test_now_ms() < end)
+        test_sleep_ms(5);
+    CU_ASSERT_TRUE(atomic_load(&rn.placed) < rn.n); /* mid-run */
+    int leader = stream_leader(&c, EVENT_STREAM_ORDER);
+    CU_ASSERT_TRUE_FATAL(leader >= 0 && leader < natsd_cluster_size(cluster));
+    natsd *node = natsd_cluster_node(cluster, leader);
+    long long killed = test_now_ms();
+    CU_ASSERT_EQUAL_FATAL(natsd_kill(node), CH_OK);
+    test_sleep_ms(5000);
+    CU_ASSERT_EQUAL_FATAL(natsd_restart(node), CH_OK);
+    fprintf(stderr, "\n  n%d (ORDER_EVENTS' leader) killed, back after %lld ms; new leader n%d\n", leader,
+            test_now_ms() - killed, stream_leader(&c, EVENT_STREAM_ORDER));
+
+    run_finish(&rn, pl, A);
+    run_check_state(&rn);
+    CU_ASSERT_TRUE(consumers_drained(&c, 30000));
+    terminal_count *t = calloc(1, sizeof *t);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    t->rn = &rn;
+    CU_ASSERT_EQUAL(bus_replay(b, EVENT_STREAM_ORDER, "events.order.>", 1, count_terminal, t, NULL), CH_OK);
+    int once = 0;
+    for (int k = 0; k < rn.n; k++) {
+        bool ok = rn.orders[k].status == CONFIRMED ? t->confirmed[k] == 1 && t->cancelled[k] == 0
+                                                   : t->cancelled[k] == 1 && t->confirmed[k] == 0;
+        if (!ok)
+            fprintf(stderr, "order %s: %d order.confirmed, %d order.cancelled stored\n", rn.orders[k].id,
+                    t->confirmed[k], t->cancelled[k]);
+        once += ok;
+    }
+    CU_ASSERT_EQUAL(once, rn.n);
+    CU_ASSERT_EQUAL(dead_letters(b), dead_before);
+    free(t);
+    bus_destroy(b);
+    jsconn_close(&c);
+}
+#endif
+
 int main(void)
 {
     static const cu_test tests[] = {
         {"read models follow the stream", test_replicas_read_models_follow_the_stream},
         {"replicas compete and effects happen once", test_replicas_compete_and_effects_happen_once},
         {"one replica of each service killed mid-run", test_replicas_one_replica_of_each_killed_mid_run},
+#ifdef REPLICAS_ON_CLUSTER
+        {"the stream leader killed mid-run", test_cluster_stream_leader_killed_mid_run},
+#endif
         {NULL, NULL},
     };
 #ifdef REPLICAS_ON_CLUSTER

@@ -649,6 +649,40 @@ static void test_bus_sub_follower_resumes_after_a_server_restart(void)
     bus_destroy(b);
 }
 
+/* A follower rewound hands over again from the sequence asked (the lowest
+ * of the requests made before it acts on them), then goes on as before. */
+static void test_bus_sub_follower_rewinds(void)
+{
+    bus *b = connect_bus();
+    ensure(b, "SREWIND", "srewind.>");
+    const char *const first[] = {"w1", "w2", "w3", "w4"};
+    for (int i = 0; i < 4; i++)
+        CU_ASSERT_EQUAL(publish(b, "srewind.x", first[i], NULL, NULL), CH_OK);
+    sub_log *l = sub_log_new();
+    bus_sub *x = follow(b, "SREWIND", NULL, 1, 0, l);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, 4, 5000), 4);
+    bus_sub_rewind(x, 3);
+    bus_sub_rewind(x, 2); /* the lowest wins */
+    bus_sub_rewind(x, 4);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, 7, 5000), 7);
+    CU_ASSERT_EQUAL(publish(b, "srewind.x", "w5", NULL, NULL), CH_OK);
+    CU_ASSERT_EQUAL(test_wait_atomic(&l->n, 8, 5000), 8);
+    test_sleep_ms(700); /* nothing more: not w1 again, not w2..w4 a third time */
+    const char *const want[] = {"w1", "w2", "w3", "w4", "w2", "w3", "w4", "w5"};
+    const uint64_t want_seq[] = {1, 2, 3, 4, 2, 3, 4, 5};
+    bool same = atomic_load(&l->n) == 8;
+    for (int i = 0; same && i < 8; i++)
+        same = strcmp(l->data[i], want[i]) == 0 && l->seq[i] == want_seq[i];
+    CU_ASSERT_TRUE(same);
+    if (!same)
+        for (int i = 0; i < atomic_load(&l->n); i++)
+            fprintf(stderr, "\n  follower got seq %llu %s", (unsigned long long)l->seq[i], l->data[i]);
+    bus_sub_rewind(NULL, 1); /* accepted, no effect */
+    CU_ASSERT(timed_sub_stop(x) < 1000);
+    free(l);
+    bus_destroy(b);
+}
+
 /* What has arrived goes over in one call, up to the batch cap. */
 static void test_bus_sub_hands_over_batches_up_to_its_cap(void)
 {
@@ -1197,6 +1231,7 @@ int main(void)
         {"sub follows from a later sequence", test_bus_sub_follows_from_a_later_sequence},
         {"sub follower waits for the stream", test_bus_sub_follower_waits_for_the_stream},
         {"sub follower resumes after a server restart", test_bus_sub_follower_resumes_after_a_server_restart},
+        {"sub follower rewinds", test_bus_sub_follower_rewinds},
         {"sub hands over batches up to its cap", test_bus_sub_hands_over_batches_up_to_its_cap},
         {"sub durable shares messages between subscriptions",
          test_bus_sub_durable_shares_messages_between_subscriptions},

@@ -137,11 +137,17 @@ static ch_status toy_decide(void *ctx, writer *w, writer_input *in)
         return CH_OK; /* a read: answered in finish, once current */
     const choreo_events_v1_Envelope *e = in->env;
     toy_record_call(t, e->order_id, in->msg->deliveries);
-    /* orders named for a failure: "down-" fails transiently at every
-     * delivery, "flaky-" at its first two, "bad-" is refused for good */
+    /* orders named for a failure: "down-" cannot be decided at any
+     * delivery, "flaky-" at its first two, "bad-" is refused for good;
+     * "away-" meets NATS unavailable at its first five deliveries, "slow-"
+     * NATS not answering in time at its first four */
     if (strncmp(e->order_id, "down-", 5) == 0 ||
         (strncmp(e->order_id, "flaky-", 6) == 0 && in->msg->deliveries <= 2))
+        return CH_FAILED_PRECONDITION;
+    if (strncmp(e->order_id, "away-", 5) == 0 && in->msg->deliveries <= 5)
         return CH_UNAVAILABLE;
+    if (strncmp(e->order_id, "slow-", 5) == 0 && in->msg->deliveries <= 4)
+        return CH_TIMEOUT;
     if (strncmp(e->order_id, "bad-", 4) == 0) {
         in->verdict = BUS_DEAD;
         snprintf(in->reason, sizeof in->reason, "toy refuses it");
@@ -753,7 +759,7 @@ static void test_writer_naks_transient_failures_with_backoff_then_dead_letters(v
     CU_ASSERT(c[2].at_ms - c[1].at_ms >= 190);
     CU_ASSERT_EQUAL(d->n, 1); /* d has room for more: index 0 is readable */
     CU_ASSERT_STRING_EQUAL(d->orig_subject[0], "events.inventory.reserved.down-0");
-    CU_ASSERT_STRING_EQUAL(d->reason[0], "UNAVAILABLE (gave up after 3 deliveries)");
+    CU_ASSERT_STRING_EQUAL(d->reason[0], "FAILED_PRECONDITION (gave up after 3 deliveries)");
     CU_ASSERT_STRING_EQUAL(d->deliveries[0], "3");
 
     CU_ASSERT_EQUAL(toy_calls_of(a.t, "flaky-0", 0, NULL), 3);
@@ -761,15 +767,44 @@ static void test_writer_naks_transient_failures_with_backoff_then_dead_letters(v
     CU_ASSERT_EQUAL(c[3].deliveries, 3);
 
     CU_ASSERT_EQUAL(log_count(mark, LINES("order_id=down-0 ")), 3);
-    CU_ASSERT_EQUAL(
-        log_count(mark, LINES("order_id=down-0 ", "deliveries=1 ", "outcome=retry", "reason=UNAVAILABLE")),
-        1);
+    CU_ASSERT_EQUAL(log_count(mark, LINES("order_id=down-0 ", "deliveries=1 ", "outcome=retry",
+                                          "reason=FAILED_PRECONDITION")),
+                    1);
     CU_ASSERT_EQUAL(log_count(mark, LINES("order_id=down-0 ", "deliveries=2 ", "outcome=retry")), 1);
     CU_ASSERT_EQUAL(
         log_count(mark, LINES("order_id=down-0 ", "deliveries=3 ", "outcome=dead", "gave up after 3")), 1);
     CU_ASSERT_EQUAL(log_count(mark, LINES("order_id=flaky-0 ")), 3);
     CU_ASSERT_EQUAL(log_count(mark, LINES("order_id=flaky-0 ", "outcome=retry")), 2);
     CU_ASSERT_EQUAL(log_count(mark, LINES("order_id=flaky-0 ", "deliveries=3 ", "outcome=ack")), 1);
+    free(d);
+    node_free(&a);
+}
+
+/* NATS unavailable, or not answering in time, is not the event's fault (a
+ * stream leader being elected takes seconds): such a failure is retried
+ * past max_deliver, with the backoff, and never dead-lettered; the event
+ * is acked once it goes through. */
+static void test_writer_retries_while_nats_is_away_without_dead_letters(void)
+{
+    node a = {.max_deliver = 3};
+    off_t mark = start_and_reserve(&a, "away", "slow");
+
+    CU_ASSERT_TRUE(wait_finished(&a, 1, 11)); /* 6 + 5 deliveries, about 3.8 s */
+    test_sleep_ms(2500);                      /* longer than the last backoff: no more deliveries */
+    CU_ASSERT_EQUAL(toy_calls_of(a.t, "away-0", 0, NULL), 6);
+    CU_ASSERT_EQUAL(toy_calls_of(a.t, "slow-0", 0, NULL), 5);
+    CU_ASSERT_EQUAL(log_count(mark, LINES("order_id=away-0 ", "outcome=retry", "reason=UNAVAILABLE")), 5);
+    CU_ASSERT_EQUAL(log_count(mark, LINES("order_id=away-0 ", "deliveries=6 ", "outcome=ack")), 1);
+    CU_ASSERT_EQUAL(log_count(mark, LINES("order_id=slow-0 ", "outcome=retry", "reason=TIMEOUT")), 4);
+    CU_ASSERT_EQUAL(log_count(mark, LINES("order_id=slow-0 ", "deliveries=5 ", "outcome=ack")), 1);
+    CU_ASSERT_EQUAL(log_count(mark, LINES("outcome=dead")), 0);
+    dead *d = dead_wait(a.b, 0);
+    CU_ASSERT_EQUAL(d->n, 0);
+    toy_read r;
+    CU_ASSERT_EQUAL(node_read(&a, &r, "away-0"), CH_OK);
+    CU_ASSERT_TRUE(r.decided);
+    CU_ASSERT_EQUAL(node_read(&a, &r, "slow-0"), CH_OK);
+    CU_ASSERT_TRUE(r.decided);
     free(d);
     node_free(&a);
 }
@@ -912,6 +947,8 @@ int main(void)
          test_writer_dead_letters_what_does_not_decode_or_is_not_its_type},
         {"naks transient failures with backoff, then dead-letters",
          test_writer_naks_transient_failures_with_backoff_then_dead_letters},
+        {"retries while NATS is away without dead letters",
+         test_writer_retries_while_nats_is_away_without_dead_letters},
         {"dead-letters a dead verdict", test_writer_dead_letters_a_dead_verdict},
         {"two replicas race on a three-node cluster", test_writer_two_replicas_race_on_a_three_node_cluster},
         {NULL, NULL},
