@@ -225,16 +225,15 @@ static const floor_role floor_own_orders = {.name = "orders",
                                             .stream = "FLOOR_ORDER",
                                             .creates = true};
 
-static const floor_pattern floor_own = {
-    .name = "own",
-    .created = "order.created",
-    .confirmed = "order.confirmed",
-    .sent = "notification.sent",
-    .writes_in_series = 4,
-    .streams = floor_own_streams,
-    .n_roles = 4,
-    .roles = {&floor_own_orders, &floor_own_inventory, &floor_own_payment, &floor_own_notifications},
-};
+/* own and own-acked differ in the orders role alone. */
+#define FLOOR_OWN_PATTERN(pattern_name, orders_role)                                                         \
+    {                                                                                                        \
+        .name = pattern_name, .created = "order.created", .confirmed = "order.confirmed",                    \
+        .sent = "notification.sent", .writes_in_series = 4, .streams = floor_own_streams, .n_roles = 4,      \
+        .roles = {orders_role, &floor_own_inventory, &floor_own_payment, &floor_own_notifications},          \
+    }
+
+static const floor_pattern floor_own = FLOOR_OWN_PATTERN("own", &floor_own_orders);
 
 /* own-acked: the same with durable consumers and acks in orders. */
 static const floor_role floor_own_acked_orders = {
@@ -248,16 +247,7 @@ static const floor_role floor_own_acked_orders = {
     .stream = "FLOOR_ORDER",
     .creates = true};
 
-static const floor_pattern floor_own_acked = {
-    .name = "own-acked",
-    .created = "order.created",
-    .confirmed = "order.confirmed",
-    .sent = "notification.sent",
-    .writes_in_series = 4,
-    .streams = floor_own_streams,
-    .n_roles = 4,
-    .roles = {&floor_own_acked_orders, &floor_own_inventory, &floor_own_payment, &floor_own_notifications},
-};
+static const floor_pattern floor_own_acked = FLOOR_OWN_PATTERN("own-acked", &floor_own_acked_orders);
 
 static const floor_pattern *const floor_patterns[] = {&floor_path, &floor_full, &floor_own, &floor_own_acked};
 

@@ -74,6 +74,13 @@ void bus__sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
+int64_t bus__now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* ---- connection -------------------------------------------------------------- */
 
 static void bus__set_up(bus *b, bool up)

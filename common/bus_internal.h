@@ -61,6 +61,9 @@ ch_status bus__fail(const char *what, const char *name, natsStatus s, jsErrCode 
 /* Sleeps ms milliseconds. (bus.c) */
 void bus__sleep_ms(int ms);
 
+/* Milliseconds on the monotonic clock, for deadlines and stalls. (bus.c) */
+int64_t bus__now_ms(void);
+
 /* The PubAck handler of b->js, which bus_create installs: counts the
  * results of bus_publish_async for bus_publish_async_wait and frees msg.
  * Runs on a cnats thread. (bus_pub.c) */

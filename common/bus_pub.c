@@ -253,11 +253,21 @@ struct bus_pipe {
     bool watchdog_started;
 };
 
-static int64_t bus__mono_ms(void)
+/* Takes the i-th entry in flight (0: the oldest) out of the ring and
+ * returns its token (p->mu held). */
+static void *bus__pipe_remove(bus_pipe *p, size_t i)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    void *token = p->ring[(p->head + i) % p->cap].token;
+    /* close the gap: entries before it move up one (an out-of-order ack is rare) */
+    for (size_t j = i; j > 0; j--) {
+        p->ring[(p->head + j) % p->cap] = p->ring[(p->head + j - 1) % p->cap];
+    }
+    p->head = (p->head + 1) % p->cap;
+    p->n--;
+    if (p->n == 0 && p->draining) {
+        pthread_cond_broadcast(&p->cv); /* destroy waits for an empty ring */
+    }
+    return token;
 }
 
 /* Takes entry id out of the ring (usually the oldest): its token, or false
@@ -266,23 +276,11 @@ static bool bus__pipe_take(bus_pipe *p, uint64_t id, void **token)
 {
     bool found = false;
     pthread_mutex_lock(&p->mu);
-    for (size_t i = 0; i < p->n; i++) {
-        size_t k = (p->head + i) % p->cap;
-        if (p->ring[k].id != id) {
-            continue;
+    for (size_t i = 0; i < p->n && !found; i++) {
+        if (p->ring[(p->head + i) % p->cap].id == id) {
+            *token = bus__pipe_remove(p, i);
+            found = true;
         }
-        *token = p->ring[k].token;
-        /* close the gap: entries before it move up one (an out-of-order ack is rare) */
-        for (size_t j = i; j > 0; j--) {
-            p->ring[(p->head + j) % p->cap] = p->ring[(p->head + j - 1) % p->cap];
-        }
-        p->head = (p->head + 1) % p->cap;
-        p->n--;
-        found = true;
-        break;
-    }
-    if (found && p->n == 0 && p->draining) {
-        pthread_cond_broadcast(&p->cv); /* destroy waits for an empty ring */
     }
     pthread_mutex_unlock(&p->mu);
     return found;
@@ -404,14 +402,9 @@ static void *bus__pipe_watchdog(void *arg)
     while (!p->stopping) {
         struct timespec until = bus__deadline(CLOCK_MONOTONIC, every);
         pthread_cond_timedwait(&p->cv, &p->mu, &until);
-        int64_t now = bus__mono_ms();
+        int64_t now = bus__now_ms();
         while (!p->stopping && p->n > 0 && p->ring[p->head].deadline <= now) {
-            void *token = p->ring[p->head].token;
-            p->head = (p->head + 1) % p->cap;
-            p->n--;
-            if (p->n == 0 && p->draining) {
-                pthread_cond_broadcast(&p->cv);
-            }
+            void *token = bus__pipe_remove(p, 0);
             pthread_mutex_unlock(&p->mu);
             bus_pub_ack none = {0};
             p->fn(token, CH_TIMEOUT, &none, p->ctx);
@@ -504,7 +497,7 @@ ch_status bus_pipe_publish(bus_pipe *p, const bus_out_msg *m, void *token)
         st = p->n < p->cap ? CH_OK : CH_NO_MEMORY;
         if (st == CH_OK) {
             id = p->next_id++;
-            p->ring[(p->head + p->n) % p->cap] = (bus_pipe_entry){id, bus__mono_ms() + p->timeout_ms, token};
+            p->ring[(p->head + p->n) % p->cap] = (bus_pipe_entry){id, bus__now_ms() + p->timeout_ms, token};
             p->n++;
         }
         pthread_mutex_unlock(&p->mu);
@@ -576,9 +569,7 @@ void bus_pipe_destroy(bus_pipe *p, int wait_ms)
     bus_pub_ack none = {0};
     pthread_mutex_lock(&p->mu);
     while (p->n > 0) {
-        void *token = p->ring[p->head].token;
-        p->head = (p->head + 1) % p->cap;
-        p->n--;
+        void *token = bus__pipe_remove(p, 0);
         pthread_mutex_unlock(&p->mu);
         p->fn(token, CH_UNAVAILABLE, &none, p->ctx);
         pthread_mutex_lock(&p->mu);

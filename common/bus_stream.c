@@ -212,13 +212,6 @@ ch_status bus_stream_first_seq(bus *b, const char *stream, uint64_t *first_seq)
 
 /* ---- reading back ------------------------------------------------------------ */
 
-static int64_t bus__now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 ch_status bus_get_seq(bus *b, const char *stream, uint64_t seq, bus_replay_fn fn, void *ctx)
 {
     if (!b || !stream || !fn || seq == 0) {

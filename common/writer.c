@@ -341,6 +341,20 @@ static const char *verdict_name(bus_verdict v)
     return v == BUS_ACK ? "ack" : v == BUS_RETRY ? "retry" : "dead";
 }
 
+/* NATS unavailable or not answering in time (a stream leader being elected,
+ * a node or the link down): not the input's fault. */
+static bool nats_away(ch_status st)
+{
+    return st == CH_UNAVAILABLE || st == CH_TIMEOUT;
+}
+
+/* An input whose decision was not stored for a passing reason: NATS away,
+ * lost races, no room in flight. */
+static bool passing(ch_status st)
+{
+    return nats_away(st) || st == CH_CONFLICT || st == CH_RESOURCE_EXHAUSTED;
+}
+
 /* Acks, naks or dead-letters an EVENT, with its log line. */
 static void settle_event(writer *w, w_input *in, ch_status st)
 {
@@ -355,12 +369,9 @@ static void settle_event(writer *w, w_input *in, ch_status st)
         if (!reason[0])
             snprintf(reason, BUS_REASON_MAX, "%s", ch_status_str(st));
     }
-    /* NATS unavailable or not answering in time (a stream leader being
-     * elected, a node or the link down) is not the event's fault: it is
-     * retried, however long that lasts, and never dead-lettered; only a
-     * decision that keeps failing is. */
-    bool nats_away = st == CH_UNAVAILABLE || st == CH_TIMEOUT;
-    if (v == BUS_RETRY && !nats_away && m->deliveries >= (uint64_t)w->max_deliver) {
+    /* NATS away is retried, however long that lasts, and never
+     * dead-lettered; only a decision that keeps failing is. */
+    if (v == BUS_RETRY && !nats_away(st) && m->deliveries >= (uint64_t)w->max_deliver) {
         size_t used = strlen(reason);
         snprintf(reason + used, BUS_REASON_MAX - used, " (gave up after %" PRIu64 " deliveries)",
                  m->deliveries);
@@ -386,6 +397,16 @@ static void settle_event(writer *w, w_input *in, ch_status st)
     }
 }
 
+/* A FACT has no ack to withhold: one whose decision was not stored for a
+ * passing reason is handed over again by its follower, from its sequence,
+ * and decided again then, rather than lost with the reaction it made due
+ * (what a nak is to an EVENT). */
+static void settle_fact(writer *w, w_input *in, ch_status st)
+{
+    if (passing(st) && in->pub.source >= 0)
+        bus_sub_rewind(w->subs[w->n_consumers + in->pub.source], in->msg->stream_seq);
+}
+
 /* The input is done: the service learns it, the message is settled. */
 static void finish(writer *w, w_input *in, ch_status st)
 {
@@ -400,16 +421,10 @@ static void finish(writer *w, w_input *in, ch_status st)
     in->pub.env = NULL;
     if (in->pub.kind != WRITER_FACT && w->ops.finish)
         w->ops.finish(w->ctx, &in->pub, st);
-    /* A fact whose decision was not stored for a passing reason (NATS
-     * unavailable or not answering in time, lost races, no room in flight)
-     * has no ack to withhold: its follower hands it over again from its
-     * sequence, and it is decided again then, rather than lost with the
-     * reaction it made due. */
-    if (in->pub.kind == WRITER_FACT && in->pub.source >= 0 &&
-        (st == CH_UNAVAILABLE || st == CH_TIMEOUT || st == CH_CONFLICT || st == CH_RESOURCE_EXHAUSTED))
-        bus_sub_rewind(w->subs[w->n_consumers + in->pub.source], in->msg->stream_seq);
     if (in->pub.kind == WRITER_EVENT)
         settle_event(w, in, st);
+    else if (in->pub.kind == WRITER_FACT)
+        settle_fact(w, in, st);
     stat_add(w, &w->stats.decided, 1);
     input_free(in);
 }
@@ -456,6 +471,7 @@ static ch_status catch_up(writer *w, uint64_t known_end)
     ch_status st = !bus_connected(w->b) ? CH_UNAVAILABLE
                    : known_end          ? CH_OK
                                         : bus_stream_info(w->b, w->stream, NULL, &end);
+    uint64_t first = 0; /* the stream's first sequence, asked at the first miss */
     int misses = 0;
 
     stat_add(w, &w->stats.catch_ups, 1);
@@ -471,8 +487,8 @@ static ch_status catch_up(writer *w, uint64_t known_end)
             misses = 0;
             continue;
         }
-        uint64_t first = 0;
-        st = bus_stream_first_seq(w->b, w->stream, &first);
+        if (first == 0)
+            st = bus_stream_first_seq(w->b, w->stream, &first);
         if (st == CH_OK && first > w->last + 1) {
             w->last = first - 1; /* gone for good: nothing to fold */
         } else if (st == CH_OK && ++misses > WRITER_CATCH_UP_TRIES) {

@@ -27,6 +27,7 @@
 #include "harness.h"
 #include "order_core.h"
 #include "saga_client.h"
+#include "url_list.h"
 
 enum { ORDERS, INVENTORY, PAYMENT, NOTIFICATIONS, NSVC };
 enum { A, B, NREP };
@@ -533,15 +534,11 @@ static bool jsconn_open(jsconn *c)
 {
     *c = (jsconn){0};
     natsOptions *o = NULL;
-    const char *urls = natsd_cluster_urls(cluster);
-    char buf[512], *servers[NATSD_CLUSTER_MAX];
-    int n = 0;
-    snprintf(buf, sizeof buf, "%s", urls);
-    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t && n < NATSD_CLUSTER_MAX;
-         t = strtok_r(NULL, ",", &save))
-        servers[n++] = t;
-    bool ok = natsOptions_Create(&o) == NATS_OK &&
-              natsOptions_SetServers(o, (const char **)servers, n) == NATS_OK &&
+    url_list servers;
+    char why[128];
+    bool ok = url_list_parse(natsd_cluster_urls(cluster), &servers, why, sizeof why) == CH_OK &&
+              natsOptions_Create(&o) == NATS_OK &&
+              natsOptions_SetServers(o, servers.ptrs, servers.n) == NATS_OK &&
               natsOptions_SetMaxReconnect(o, -1) == NATS_OK && natsConnection_Connect(&c->nc, o) == NATS_OK &&
               natsConnection_JetStream(&c->js, c->nc, NULL) == NATS_OK;
     natsOptions_Destroy(o);
